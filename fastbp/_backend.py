@@ -1,0 +1,120 @@
+"""Which kernel backend runs, and on how many threads.
+
+The state is process-wide, like NumPy's error state: ``set_backend`` and
+``set_num_threads`` change it, ``backend(name)`` changes it for a ``with``
+block. Each public kernel reads it once per call and passes ``n_threads`` to the
+compiled code explicitly, so both backends obey the same count, and since at most
+one backend runs a kernel at a time the cores are never oversubscribed.
+"""
+
+import contextlib
+import importlib
+import os
+
+BACKENDS = ("cython", "numba")
+_PREFERENCE = ("cython", "numba")  # fastest first: used when choosing the default
+
+_state = {"backend": None, "n_threads": None}
+_modules = {}
+_load_errors = {}
+
+
+def _max_threads():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _load(name):
+    """Import backend ``name`` once; raise ImportError naming what is missing."""
+    if name in _modules:
+        return _modules[name]
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}")
+    if name in _load_errors:
+        raise ImportError(_load_errors[name])
+    try:
+        module = importlib.import_module(f"fastbp._kernels.{name}")
+    except ImportError as exc:
+        hint = (
+            "the compiled Cython extensions are missing: reinstall fastbp with "
+            "`pip install .` (a C compiler is needed)"
+            if name == "cython"
+            else "numba is not installed: `pip install numba`"
+        )
+        _load_errors[name] = f"backend {name!r} cannot be loaded ({exc}); {hint}"
+        raise ImportError(_load_errors[name]) from exc
+    _modules[name] = module
+    return module
+
+
+def available_backends():
+    """Names of the backends that load in this process, fastest first."""
+    found = []
+    for name in _PREFERENCE:
+        try:
+            _load(name)
+        except ImportError:
+            continue
+        found.append(name)
+    return tuple(found)
+
+
+def get_backend():
+    """Name of the backend kernels run on ('cython' or 'numba')."""
+    if _state["backend"] is None:
+        found = available_backends()
+        if not found:
+            raise ImportError(
+                "no fastbp backend can be loaded: " + "; ".join(_load_errors.values())
+            )
+        _state["backend"] = found[0]
+    return _state["backend"]
+
+
+def set_backend(name):
+    """Run kernels on backend ``name``: 'cython' or 'numba'.
+
+    Raises ValueError for an unknown name and ImportError, naming what is
+    missing, for a backend that cannot be loaded; the current backend is kept.
+    """
+    _load(name)
+    _state["backend"] = name
+
+
+@contextlib.contextmanager
+def backend(name):
+    """Context manager running the kernels of its block on backend ``name``."""
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield name
+    finally:
+        _state["backend"] = previous
+
+
+def backend_module(name=None):
+    """The kernel module of backend ``name`` (default: the current one)."""
+    return _load(name or get_backend())
+
+
+def get_num_threads():
+    """Number of threads every parallel kernel uses (default: the usable cores)."""
+    if _state["n_threads"] is None:
+        _state["n_threads"] = _max_threads()
+    return _state["n_threads"]
+
+
+def set_num_threads(n):
+    """Use ``n`` threads, 1 <= n <= the number of usable cores, on both backends.
+
+    Results are bitwise identical for any ``n``: every reduction runs in a fixed order.
+    """
+    limit = _max_threads()
+    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
+        raise TypeError(f"n_threads must be an integer, got {type(n).__name__}")
+    n = int(n)
+    if not 1 <= n <= limit:
+        raise ValueError(f"n_threads must be between 1 and {limit} (usable cores), got {n}")
+    _state["n_threads"] = n

@@ -1,0 +1,190 @@
+"""Plain NumPy reference of the kernel contract: the executable specification.
+
+Every compiled backend (``fastbp._kernels.numba``, ``fastbp._kernels.cython``)
+exports these same names with these same signatures, and the tests compare each
+of them with this module. Arguments arrive validated by ``fastbp.kernels``; the
+caller allocates every output and the kernels only write into it.
+
+Contract shared by all backends
+-------------------------------
+* dtypes are float32 or float64, the same for every floating argument of a call.
+* ``gemm`` operands may have any strides (transposes are passed as views);
+  every other 2-D array is C-contiguous.
+* ``n_threads`` is the number of threads a parallel kernel may use. Results do
+  not depend on it, bit for bit: reductions run in a fixed order.
+* An output may alias an input only where a docstring says so.
+"""
+
+import numpy as np
+
+from . import registry as R
+
+NAME = "reference"
+
+
+def gemm(a, b, c, alpha, beta, n_threads):
+    """c := alpha*a·b + beta*c.  IN a (m, k), b (k, n); IN/OUT c (m, n). c is not read when beta == 0."""
+    product = alpha * (a @ b) if a.shape[1] else np.zeros(c.shape, c.dtype)
+    if beta == 0.0:
+        c[...] = product
+    else:
+        c[...] = product + beta * c
+
+
+# ---------------------------------------------------------------- activations
+def _sigmoid(z):
+    # exp of a non-positive argument only: no overflow for any finite z.
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype)
+
+
+def _erf(x):
+    from math import erf
+
+    return np.vectorize(erf, otypes=[np.float64])(x)
+
+
+def _activation(act, z):
+    if act == R.IDENTITY:
+        return z.copy()
+    if act == R.STEP:
+        return (z > 0).astype(z.dtype)
+    if act == R.HARDTANH:
+        return np.clip(z, -1.0, 1.0)
+    if act == R.SIGMOID:
+        return _sigmoid(z)
+    if act == R.TANH:
+        return np.tanh(z)
+    if act == R.RELU:
+        return np.maximum(z, 0)
+    if act == R.LEAKY_RELU:
+        return np.where(z > 0, z, z * z.dtype.type(R.LEAKY_RELU_SLOPE))
+    if act == R.ELU:
+        return np.where(z > 0, z, R.ELU_ALPHA * np.expm1(np.minimum(z, 0))).astype(z.dtype)
+    if act == R.SOFTPLUS:
+        return (np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))).astype(z.dtype)
+    if act == R.GELU:
+        return (0.5 * z * (1.0 + _erf(z / np.sqrt(2.0)))).astype(z.dtype)
+    if act == R.SOFTMAX:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    raise ValueError(f"unknown activation id {act}")
+
+
+def _derivative(act, z, a):
+    """act'(z), computed from the output a except for gelu, which needs z."""
+    if act == R.IDENTITY:
+        return np.ones_like(a)
+    if act == R.STEP:
+        return np.zeros_like(a)  # zero almost everywhere; undefined at 0, taken as 0
+    if act == R.HARDTANH:
+        return ((a > -1) & (a < 1)).astype(a.dtype)
+    if act == R.SIGMOID:
+        return a * (1 - a)
+    if act == R.TANH:
+        return 1 - a * a
+    if act == R.RELU:
+        return (a > 0).astype(a.dtype)
+    if act == R.LEAKY_RELU:
+        return np.where(a > 0, 1.0, R.LEAKY_RELU_SLOPE).astype(a.dtype)
+    if act == R.ELU:
+        return np.where(a > 0, 1.0, a + R.ELU_ALPHA).astype(a.dtype)
+    if act == R.SOFTPLUS:
+        return (-np.expm1(-a)).astype(a.dtype)  # sigmoid(z) = 1 - exp(-softplus(z))
+    if act == R.GELU:
+        pdf = np.exp(-0.5 * z.astype(np.float64) ** 2) / np.sqrt(2 * np.pi)
+        cdf = 0.5 * (1.0 + _erf(z / np.sqrt(2.0)))
+        return (cdf + z * pdf).astype(z.dtype)
+    raise ValueError(f"activation id {act} has no element-wise derivative")
+
+
+def activation_forward(act, z, a, n_threads):
+    """a := act(z), row-wise for softmax.  IN z (m, n); OUT a (m, n), may alias z."""
+    a[...] = _activation(act, z)
+
+
+def activation_backward(act, z, a, grad_a, grad_z, n_threads):
+    """grad_z := grad_a ⊙ act'(z); for softmax the row Jacobian-vector product a ⊙ (g - Σ g⊙a).
+
+    IN z, a (m, n): the pre-activation and the output; z is read only by gelu,
+    so z may be ``a`` itself for every other activation. IN grad_a (m, n).
+    OUT grad_z (m, n), may alias grad_a.
+    """
+    if act == R.SOFTMAX:
+        dot = np.sum(grad_a * a, axis=1, keepdims=True)
+        grad_z[...] = a * (grad_a - dot)
+    else:
+        grad_z[...] = grad_a * _derivative(act, z, a)
+
+
+# ---------------------------------------------------------------- dense layer
+def dense_forward(x, w, bias, act, z, a, n_threads):
+    """z := x·w + bias; a := act(z).  IN x (m, k), w (k, n), bias (n,); OUT z, a (m, n), may alias."""
+    pre = x @ w + bias
+    z[...] = pre
+    a[...] = _activation(act, pre)
+
+
+def dense_backward(x, w, z, a, grad_a, act, grad_z, dw, db, dx, compute_dx, accumulate, n_threads):
+    """Backward pass of a dense layer.
+
+    grad_z := grad_a ⊙ act'(z)  (grad_z may alias grad_a)
+    dw := xᵀ·grad_z  (+ dw if accumulate);  db := Σ_rows grad_z  (+ db if accumulate)
+    dx := grad_z·wᵀ  when compute_dx (dx is not touched otherwise)
+    IN x (m, k), w (k, n), z, a, grad_a (m, n); OUT grad_z (m, n), dw (k, n), db (n,), dx (m, k).
+    """
+    activation_backward(act, z, a, grad_a, grad_z, n_threads)
+    beta = 1.0 if accumulate else 0.0
+    gemm(x.T, grad_z, dw, 1.0, beta, n_threads)
+    db[...] = grad_z.sum(axis=0) + (db if accumulate else 0)
+    if compute_dx:
+        gemm(grad_z, w.T, dx, 1.0, 0.0, n_threads)
+
+
+# ---------------------------------------------------------------- losses
+# Each loss returns its value as a Python float (accumulated in float64) and
+# writes d loss / d output into grad. Definitions follow PyTorch.
+def mse(output, target, grad, n_threads):
+    """mean((output - target)²); grad := 2(output - target)/N."""
+    diff = output.astype(np.float64) - target
+    grad[...] = 2.0 * diff / diff.size
+    return float(np.mean(diff * diff))
+
+
+def _log_softmax(logits):
+    z = logits.astype(np.float64)
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax_cross_entropy(logits, target, grad, n_threads):
+    """Cross-entropy of softmax(logits) with probability rows target, mean over the batch.
+
+    loss = -Σ_ij target_ij·log softmax(logits)_ij / m;
+    grad := (softmax(logits)·Σ_j target_ij - target) / m.
+    """
+    m = logits.shape[0]
+    logp = _log_softmax(logits)
+    grad[...] = (np.exp(logp) * target.sum(axis=1, keepdims=True) - target) / m
+    return float(-(target * logp).sum() / m)
+
+
+def softmax_cross_entropy_index(logits, labels, grad, n_threads):
+    """As softmax_cross_entropy with class indices labels (m,) int64 in [0, n_classes)."""
+    m = logits.shape[0]
+    logp = _log_softmax(logits)
+    rows = np.arange(m)
+    p = np.exp(logp)
+    p[rows, labels] -= 1.0
+    grad[...] = p / m
+    return float(-logp[rows, labels].sum() / m)
+
+
+def binary_cross_entropy(logits, target, grad, n_threads):
+    """Binary cross-entropy from logits, mean over all elements (PyTorch's BCEWithLogitsLoss).
+
+    loss = mean(max(z, 0) - z·y + log(1 + exp(-|z|)));  grad := (sigmoid(z) - y)/N.
+    """
+    z = logits.astype(np.float64)
+    grad[...] = (_sigmoid(z) - target) / z.size
+    return float(np.mean(np.maximum(z, 0) - z * target + np.log1p(np.exp(-np.abs(z)))))

@@ -1,0 +1,315 @@
+"""Public, validated entry points to the compiled kernels.
+
+Each function checks its arguments (types, dtypes, shapes, ``out`` buffers),
+then calls the same-named kernel of the current backend (see
+``fastbp.set_backend``) with the current thread count. Outputs are written into
+``out`` arguments when given, so a training loop can run without allocating.
+"""
+
+import numpy as np
+
+from . import _backend
+from . import _validation as V
+from ._kernels import registry as R
+from ._kernels.registry import ACTIVATIONS, LOSSES  # noqa: F401  (re-exported)
+
+__all__ = [
+    "ACTIVATIONS",
+    "LOSSES",
+    "gemm",
+    "dense_forward",
+    "dense_backward",
+    "activation",
+    "activation_grad",
+    "loss",
+    "loss_and_grad",
+]
+
+
+def _kernels():
+    return _backend.backend_module(), _backend.get_num_threads()
+
+
+def _readable(x, out):
+    """``x``, copied if it overlaps ``out`` (the kernel reads x while writing out)."""
+    return x.copy() if np.may_share_memory(x, out) else x
+
+
+def gemm(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    """General matrix product ``out = alpha·op(a)·op(b) + beta·out``.
+
+    Parameters
+    ----------
+    a : ndarray of shape (m, k), or (k, m) if ``trans_a``; float32 or float64
+    b : ndarray of shape (k, n), or (n, k) if ``trans_b``; same dtype as ``a``
+        Any memory layout: C-ordered, F-ordered or strided views.
+    out : C-contiguous ndarray of shape (m, n), optional
+        Written in place and returned. Required when ``beta != 0``; with
+        ``beta == 0`` its previous content is ignored, NaN included.
+    trans_a, trans_b : bool
+        Use the transpose of ``a`` / ``b`` (no copy is made).
+    alpha, beta : float
+
+    Returns
+    -------
+    out : ndarray of shape (m, n)
+    """
+    a = V.float_array("a", a)
+    b = V.float_array("b", b, dtype=a.dtype)
+    alpha, beta = V.scalar("alpha", alpha), V.scalar("beta", beta)
+    op_a = a.T if trans_a else a
+    op_b = b.T if trans_b else b
+    (m, k), (k_b, n) = op_a.shape, op_b.shape
+    if k != k_b:
+        raise ValueError(
+            f"gemm: op(a) has shape {op_a.shape} and op(b) has shape {op_b.shape}; "
+            f"their inner dimensions {k} and {k_b} differ"
+        )
+    if out is None and beta != 0.0:
+        raise ValueError("gemm: beta != 0 needs an out array to accumulate into")
+    out = V.output_array("out", out, (m, n), a.dtype)
+    if m == 0 or n == 0:
+        return out
+    if k == 0:  # an empty sum: out = beta*out
+        if beta == 0.0:
+            out.fill(0)
+        else:
+            out *= beta
+        return out
+    kernels, n_threads = _kernels()
+    kernels.gemm(_readable(op_a, out), _readable(op_b, out), out, alpha, beta, n_threads)
+    return out
+
+
+def _activation_id(name):
+    return R.activation_id(name)
+
+
+def activation(name, z, out=None):
+    """Apply activation ``name`` to ``z``: element-wise, or row-wise for softmax.
+
+    Parameters
+    ----------
+    name : str, one of ``ACTIVATIONS``
+    z : ndarray of shape (n_samples, n_features), float32 or float64
+    out : C-contiguous ndarray like ``z``, optional; may be ``z`` itself
+
+    Returns
+    -------
+    out : ndarray of shape (n_samples, n_features)
+    """
+    act = _activation_id(name)
+    z = V.contiguous_input("z", z, 2)
+    out = V.output_array("out", out, z.shape, z.dtype)
+    if z.size:
+        kernels, n_threads = _kernels()
+        kernels.activation_forward(act, z, out, n_threads)
+    return out
+
+
+def _checked_preactivation(name, output, preactivation):
+    """The array the kernel reads as z: ``preactivation``, or ``output`` when z is not needed."""
+    if preactivation is None:
+        if name in R.NEEDS_PREACTIVATION:
+            raise ValueError(f"the derivative of {name!r} needs the preactivation z, got None")
+        return output
+    z = V.contiguous_input("preactivation", preactivation, 2, output.dtype)
+    if z.shape != output.shape:
+        raise ValueError(f"preactivation must have shape {output.shape}, got {z.shape}")
+    return z
+
+
+def activation_grad(name, grad_output, output, preactivation=None, out=None):
+    """Backpropagate through activation ``name``: ``out = grad_output ⊙ act'(z)``.
+
+    For softmax this is the row-wise Jacobian-vector product
+    ``a ⊙ (grad_output - Σ_j grad_output ⊙ a)``. The step function's
+    derivative is zero everywhere (its value at 0 is taken as 0).
+
+    Parameters
+    ----------
+    name : str, one of ``ACTIVATIONS``
+    grad_output : ndarray of shape (n_samples, n_features): d loss / d a
+    output : ndarray like ``grad_output``: a = act(z), from the forward pass
+    preactivation : ndarray like ``grad_output``, optional
+        z; needed only by activations in ``NEEDS_PREACTIVATION`` (gelu).
+    out : C-contiguous ndarray like ``grad_output``, optional; may be ``grad_output``
+
+    Returns
+    -------
+    out : ndarray of shape (n_samples, n_features): d loss / d z
+    """
+    act = _activation_id(name)
+    grad_output = V.contiguous_input("grad_output", grad_output, 2)
+    output = V.contiguous_input("output", output, 2, grad_output.dtype)
+    if output.shape != grad_output.shape:
+        raise ValueError(f"output must have shape {grad_output.shape}, got {output.shape}")
+    z = _checked_preactivation(name, output, preactivation)
+    out = V.output_array("out", out, grad_output.shape, grad_output.dtype, inputs=(output, z))
+    if out.size:
+        kernels, n_threads = _kernels()
+        kernels.activation_backward(act, z, output, grad_output, out, n_threads)
+    return out
+
+
+def _dense_operands(x, w, b):
+    x = V.float_array("x", x)
+    w = V.float_array("w", w, dtype=x.dtype)
+    b = V.contiguous_input("b", b, 1, x.dtype)
+    if x.shape[1] != w.shape[0]:
+        raise ValueError(
+            f"x has shape {x.shape} ({x.shape[1]} features) but w has shape {w.shape} ({w.shape[0]} inputs)"
+        )
+    if b.shape != (w.shape[1],):
+        raise ValueError(f"b must have shape ({w.shape[1]},) to match w of shape {w.shape}, got {b.shape}")
+    return x, w, b
+
+
+def dense_forward(x, w, b, activation="identity", out=None, preactivation_out=None):
+    """Fused dense layer ``a = act(x·w + b)``, one pass over each output tile.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, n_in), any layout
+    w : ndarray of shape (n_in, n_out), same dtype, any layout
+    b : ndarray of shape (n_out,)
+    activation : str, one of ``ACTIVATIONS``
+    out : C-contiguous ndarray of shape (n_samples, n_out), optional
+    preactivation_out : C-contiguous ndarray of shape (n_samples, n_out), optional
+        Receives z = x·w + b, which backward needs for gelu.
+
+    Returns
+    -------
+    out : ndarray of shape (n_samples, n_out)
+    """
+    act = _activation_id(activation)
+    x, w, b = _dense_operands(x, w, b)
+    shape = (x.shape[0], w.shape[1])
+    out = V.output_array("out", out, shape, x.dtype, inputs=(x, w, b))
+    z = V.output_array("preactivation_out", preactivation_out, shape, x.dtype, inputs=(x, w, b, out)) \
+        if preactivation_out is not None else out
+    if out.size:
+        kernels, n_threads = _kernels()
+        kernels.dense_forward(x, w, b, act, z, out, n_threads)
+    return out
+
+
+def dense_backward(x, w, output, grad_output, activation="identity", preactivation=None, *,
+                   grad_preactivation_out=None, dw_out=None, db_out=None, dx_out=None,
+                   compute_dx=True, accumulate=False):
+    """Backward pass of a dense layer ``a = act(x·w + b)``.
+
+    Computes ``δ = grad_output ⊙ act'(z)``, ``dw = xᵀ·δ``, ``db = Σ_rows δ`` and
+    ``dx = δ·wᵀ``; with ``accumulate`` the gradients are added to ``dw_out`` and
+    ``db_out`` instead of overwriting them (as backpropagation through time needs).
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, n_in): the layer's input
+    w : ndarray of shape (n_in, n_out)
+    output : ndarray of shape (n_samples, n_out): a, from the forward pass
+    grad_output : ndarray of shape (n_samples, n_out): d loss / d a
+    activation : str, one of ``ACTIVATIONS``
+    preactivation : ndarray of shape (n_samples, n_out), optional: z, needed for gelu
+    grad_preactivation_out : C-contiguous ndarray like ``output``, optional
+        Receives δ; may be ``grad_output`` itself.
+    dw_out, db_out, dx_out : C-contiguous ndarrays of shapes (n_in, n_out), (n_out,), (n_samples, n_in)
+    compute_dx : bool
+        False skips dx (the first layer needs none) and returns None for it.
+    accumulate : bool
+        Add to ``dw_out``/``db_out``, which must then be given.
+
+    Returns
+    -------
+    dw, db, dx : ndarrays (dx is None when ``compute_dx`` is False)
+    """
+    act = _activation_id(activation)
+    x = V.float_array("x", x)
+    w = V.float_array("w", w, dtype=x.dtype)
+    m, n_in = x.shape
+    if w.shape[0] != n_in:
+        raise ValueError(f"x has shape {x.shape} but w has shape {w.shape}; expected w with {n_in} rows")
+    n_out = w.shape[1]
+    output = V.contiguous_input("output", output, 2, x.dtype)
+    grad_output = V.contiguous_input("grad_output", grad_output, 2, x.dtype)
+    for name, arr in (("output", output), ("grad_output", grad_output)):
+        if arr.shape != (m, n_out):
+            raise ValueError(f"{name} must have shape {(m, n_out)} to match x {x.shape} and w {w.shape}, got {arr.shape}")
+    z = _checked_preactivation(activation, output, preactivation)
+    if accumulate and (dw_out is None or db_out is None):
+        raise ValueError("accumulate=True needs dw_out and db_out to add into")
+    inputs = (x, w, output, z)
+    if grad_preactivation_out is not None and grad_preactivation_out is not grad_output:
+        inputs = inputs + (grad_output,)
+    delta = V.output_array("grad_preactivation_out", grad_preactivation_out, (m, n_out), x.dtype, inputs=inputs)
+    dw = V.output_array("dw_out", dw_out, (n_in, n_out), x.dtype, inputs=inputs + (delta,))
+    db = V.output_array("db_out", db_out, (n_out,), x.dtype, inputs=inputs + (delta, dw))
+    dx = V.output_array("dx_out", dx_out, (m, n_in), x.dtype, inputs=inputs + (delta, dw, db)) \
+        if compute_dx else None
+    if m == 0:
+        if not accumulate:
+            dw.fill(0)
+            db.fill(0)
+        return dw, db, dx
+    kernels, n_threads = _kernels()
+    kernels.dense_backward(x, w, z, output, grad_output, act, delta, dw, db,
+                           dx if compute_dx else delta, bool(compute_dx), bool(accumulate), n_threads)
+    return dw, db, dx
+
+
+def _loss_operands(name, output, target):
+    R.check_loss(name)
+    output = V.contiguous_input("output", output, 2)
+    if not isinstance(target, np.ndarray):
+        raise TypeError(f"target must be a numpy.ndarray, got {type(target).__name__}")
+    if name == "softmax_cross_entropy" and target.ndim == 1:
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"class-index targets must be integers, got dtype {target.dtype}")
+        if target.shape[0] != output.shape[0]:
+            raise ValueError(f"target has {target.shape[0]} labels but output has {output.shape[0]} rows")
+        n_classes = output.shape[1]
+        if target.size and (target.min() < 0 or target.max() >= n_classes):
+            raise ValueError(
+                f"class indices must lie in [0, {n_classes}), got values in [{target.min()}, {target.max()}]"
+            )
+        return output, np.ascontiguousarray(target, dtype=np.int64), "softmax_cross_entropy_index"
+    if target.dtype.kind not in "fiub":
+        raise TypeError(f"target must be numeric, got dtype {target.dtype}")
+    if target.shape != output.shape:
+        raise ValueError(f"target must have the shape of output {output.shape}, got {target.shape}")
+    return output, np.ascontiguousarray(target, dtype=output.dtype), name
+
+
+def loss_and_grad(name, output, target, grad_out=None):
+    """Loss ``name`` of ``output`` against ``target``, and its gradient with respect to ``output``.
+
+    Losses follow PyTorch: ``mse`` is the mean over all elements of
+    (output - target)²; ``softmax_cross_entropy`` takes logits and either class
+    indices (int array of shape (n_samples,)) or probability rows, and averages
+    over the batch; ``binary_cross_entropy`` takes logits and averages over all
+    elements. Computed overflow-free (log-sum-exp with the max subtracted).
+
+    Parameters
+    ----------
+    name : str, one of ``LOSSES``
+    output : ndarray of shape (n_samples, n_outputs), float32 or float64
+    target : ndarray of shape (n_samples, n_outputs), or (n_samples,) class indices
+    grad_out : C-contiguous ndarray like ``output``, optional
+
+    Returns
+    -------
+    loss : float
+    grad : ndarray of shape (n_samples, n_outputs)
+    """
+    output, target, kernel = _loss_operands(name, output, target)
+    grad = V.output_array("grad_out", grad_out, output.shape, output.dtype, inputs=(output, target))
+    if output.size == 0:
+        raise ValueError(f"output must not be empty, got shape {output.shape}")
+    kernels, n_threads = _kernels()
+    value = getattr(kernels, kernel)(output, target, grad, n_threads)
+    return float(value), grad
+
+
+def loss(name, output, target):
+    """Loss ``name`` of ``output`` against ``target`` (see ``loss_and_grad``)."""
+    return loss_and_grad(name, output, target)[0]
