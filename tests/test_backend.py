@@ -1,0 +1,82 @@
+"""Backend selection and thread count."""
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _backend
+
+
+def test_both_backends_load():
+    assert set(fastbp.available_backends()) == {"cython", "numba"}
+
+
+def test_default_is_cython_the_faster_one():
+    assert _backend._PREFERENCE[0] == "cython"
+    assert fastbp.get_backend() in fastbp.available_backends()
+
+
+def test_set_and_restore_backend():
+    start = fastbp.get_backend()
+    with fastbp.backend("numba") as name:
+        assert name == "numba" and fastbp.get_backend() == "numba"
+        with fastbp.backend("cython"):
+            assert fastbp.get_backend() == "cython"
+        assert fastbp.get_backend() == "numba"
+    assert fastbp.get_backend() == start
+    fastbp.set_backend("numba")
+    try:
+        assert fastbp.get_backend() == "numba"
+    finally:
+        fastbp.set_backend(start)
+
+
+def test_backend_restored_after_exception():
+    start = fastbp.get_backend()
+    with pytest.raises(RuntimeError):
+        with fastbp.backend("numba"):
+            raise RuntimeError
+    assert fastbp.get_backend() == start
+
+
+def test_unknown_backend_is_a_clear_error():
+    start = fastbp.get_backend()
+    with pytest.raises(ValueError, match="known backends: cython, numba"):
+        fastbp.set_backend("fortran")
+    assert fastbp.get_backend() == start
+
+
+def test_unloadable_backend_names_what_is_missing(monkeypatch):
+    def broken_import(name):
+        raise ImportError("No module named 'fastbp._kernels.cython._gemm'")
+
+    monkeypatch.setattr(_backend, "_modules", {})
+    monkeypatch.setattr(_backend, "_load_errors", {})
+    monkeypatch.setattr(_backend.importlib, "import_module", broken_import)
+    with pytest.raises(ImportError, match="compiled Cython extensions are missing"):
+        fastbp.set_backend("cython")
+
+
+def test_backends_report_their_isa():
+    for name in ("cython", "numba"):
+        module = _backend.backend_module(name)
+        assert module.NAME == name
+        assert module.ISA in ("avx512", "avx2", "generic")
+
+
+def test_thread_count(threads):
+    limit = _backend._max_threads()
+    assert 1 <= fastbp.get_num_threads() <= limit
+    threads(1)
+    assert fastbp.get_num_threads() == 1
+    threads(np.int64(limit))
+    assert fastbp.get_num_threads() == limit
+
+
+@pytest.mark.parametrize("bad,error", [(0, ValueError), (-1, ValueError), (10_000, ValueError),
+                                       (1.5, TypeError), ("2", TypeError), (True, TypeError)])
+def test_bad_thread_count(bad, error):
+    before = fastbp.get_num_threads()
+    with pytest.raises(error, match="n_threads"):
+        fastbp.set_num_threads(bad)
+    assert fastbp.get_num_threads() == before

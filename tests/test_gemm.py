@@ -1,0 +1,166 @@
+"""GEMM against a float64 NumPy product, on both backends, both dtypes, every layout."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastbp
+from fastbp import kernels
+from fastbp._kernels import blocking
+
+from conftest import eps
+
+# 1, primes, and non-multiples of every block size (MR 6/12, NR 8/16/32, KC 256, MC 96/144).
+SHAPES = [
+    (1, 1, 1),
+    (1, 7, 1),
+    (2, 3, 5),
+    (7, 13, 29),
+    (13, 1, 31),
+    (31, 300, 17),
+    (97, 131, 257),
+    (145, 257, 33),
+    (200, 513, 70),
+    (3, 5, 4100),  # n larger than NC
+]
+
+
+def gemm_bound(a, b, k, dtype):
+    """Rigorous forward-error bound of a length-k dot product: ~k·eps·(|a|·|b|)."""
+    return 2 * (k + 2) * eps(dtype) * (np.abs(a).astype(np.float64) @ np.abs(b)) + 1e-30
+
+
+def check_product(out, a, b, alpha=1.0, beta=0.0, c0=None):
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    expected = alpha * (a64 @ b64)
+    if beta != 0.0:
+        expected += beta * c0.astype(np.float64)
+    bound = abs(alpha) * gemm_bound(a, b, a.shape[1], out.dtype)
+    if beta != 0.0:
+        bound += abs(beta) * eps(out.dtype) * np.abs(c0)
+    err = np.abs(out - expected)
+    assert np.all(err <= bound), f"max error {err.max()} exceeds the bound"
+
+
+def random_matrix(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES, ids=lambda v: str(v))
+def test_gemm_matches_numpy(backend, dtype, rng, m, k, n):
+    a = random_matrix(rng, (m, k), dtype)
+    b = random_matrix(rng, (k, n), dtype)
+    out = kernels.gemm(a, b)
+    assert out.shape == (m, n) and out.dtype == dtype
+    check_product(out, a, b)
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_gemm_transposes_and_orders(backend, dtype, rng, trans_a, trans_b, order):
+    m, k, n = 37, 291, 45
+    a = np.asarray(random_matrix(rng, (k, m) if trans_a else (m, k), dtype), order=order)
+    b = np.asarray(random_matrix(rng, (n, k) if trans_b else (k, n), dtype), order=order)
+    out = kernels.gemm(a, b, trans_a=trans_a, trans_b=trans_b)
+    check_product(out, a.T if trans_a else a, b.T if trans_b else b)
+
+
+def test_gemm_strided_and_negative_strides(backend, dtype, rng):
+    big_a = random_matrix(rng, (60, 90), dtype)
+    big_b = random_matrix(rng, (80, 70), dtype)
+    a = big_a[::2, 3::3]          # (30, 29), strided in both dimensions
+    b = big_b[::-1, ::2][:29]     # (29, 35), negative row stride
+    out = kernels.gemm(a, b)
+    check_product(out, a, b)
+    bc = np.broadcast_to(random_matrix(rng, (1, 35), dtype), (29, 35))  # zero row stride, read-only
+    check_product(kernels.gemm(a, bc), a, bc)
+
+
+def test_gemm_alpha_beta(backend, dtype, rng):
+    a = random_matrix(rng, (19, 300), dtype)
+    b = random_matrix(rng, (300, 23), dtype)
+    c0 = random_matrix(rng, (19, 23), dtype)
+    out = c0.copy()
+    assert kernels.gemm(a, b, out=out, alpha=-0.5, beta=2.0) is out
+    check_product(out, a, b, alpha=-0.5, beta=2.0, c0=c0)
+
+
+def test_gemm_beta_zero_ignores_nan_in_out(backend, dtype, rng):
+    a = random_matrix(rng, (9, 11), dtype)
+    b = random_matrix(rng, (11, 40), dtype)
+    out = np.full((9, 40), np.nan, dtype)
+    kernels.gemm(a, b, out=out)
+    check_product(out, a, b)
+
+
+def test_gemm_out_overlapping_input_is_safe(backend, dtype, rng):
+    a = random_matrix(rng, (16, 16), dtype)
+    b = random_matrix(rng, (16, 16), dtype)
+    expected = kernels.gemm(a, b)
+    kernels.gemm(a, b, out=a)  # out aliases a: the wrapper must read a copy
+    np.testing.assert_array_equal(a, expected)
+
+
+def test_gemm_empty_dimensions(backend, dtype):
+    out = np.full((3, 4), 7.0, dtype)
+    kernels.gemm(np.ones((3, 0), dtype), np.ones((0, 4), dtype), out=out, beta=0.5)
+    np.testing.assert_array_equal(out, np.full((3, 4), 3.5, dtype))
+    assert kernels.gemm(np.ones((0, 5), dtype), np.ones((5, 2), dtype)).shape == (0, 2)
+
+
+def test_gemm_hand_worked_example(backend, dtype):
+    a = np.array([[1, 2], [3, 4], [5, 6]], dtype)
+    b = np.array([[1, 0, -1], [2, 1, 0]], dtype)
+    expected = np.array([[5, 2, -1], [11, 4, -3], [17, 6, -5]], dtype)
+    np.testing.assert_array_equal(kernels.gemm(a, b), expected)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (97, 131, 257), (200, 600, 70), (301, 64, 290)])
+def test_gemm_bitwise_identical_for_1_and_2_threads(backend, dtype, rng, threads, m, k, n):
+    a = random_matrix(rng, (m, k), dtype)
+    b = random_matrix(rng, (k, n), dtype)
+    threads(1)
+    one = kernels.gemm(a, b)
+    threads(2)
+    two = kernels.gemm(a, b)
+    np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("m,k,n", [(7, 13, 29), (150, 300, 100)])
+def test_gemm_backends_agree(dtype, rng, m, k, n):
+    a = random_matrix(rng, (m, k), dtype)
+    b = random_matrix(rng, (k, n), dtype)
+    with fastbp.backend("cython"):
+        c_cython = kernels.gemm(a, b)
+    with fastbp.backend("numba"):
+        c_numba = kernels.gemm(a, b)
+    np.testing.assert_allclose(c_cython, c_numba, rtol=0, atol=np.max(gemm_bound(a, b, k, dtype)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    m=st.integers(1, 70),
+    k=st.integers(1, 300),
+    n=st.integers(1, 70),
+    trans_a=st.booleans(),
+    trans_b=st.booleans(),
+    use_float32=st.booleans(),
+    backend_name=st.sampled_from(["cython", "numba"]),
+)
+def test_gemm_property(m, k, n, trans_a, trans_b, use_float32, backend_name):
+    dtype = np.dtype(np.float32 if use_float32 else np.float64)
+    rng = np.random.default_rng(m * 1_000_003 + k * 1009 + n)
+    a = random_matrix(rng, (k, m) if trans_a else (m, k), dtype)
+    b = random_matrix(rng, (n, k) if trans_b else (k, n), dtype)
+    with fastbp.backend(backend_name):
+        out = kernels.gemm(a, b, trans_a=trans_a, trans_b=trans_b)
+    check_product(out, a.T if trans_a else a, b.T if trans_b else b)
+
+
+def test_block_table_covers_every_isa_and_dtype():
+    for isa in blocking.ISAS:
+        for dtype in ("float32", "float64"):
+            mr, nr, kc, mc, nc = blocking.block_sizes(isa, dtype)
+            assert mc % mr == 0 and nc % nr == 0 and kc > 0
