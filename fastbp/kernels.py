@@ -23,6 +23,9 @@ __all__ = [
     "activation_grad",
     "loss",
     "loss_and_grad",
+    "sgd_step",
+    "rmsprop_step",
+    "adam_step",
 ]
 
 
@@ -313,3 +316,61 @@ def loss_and_grad(name, output, target, grad_out=None):
 def loss(name, output, target):
     """Loss ``name`` of ``output`` against ``target`` (see ``loss_and_grad``)."""
     return loss_and_grad(name, output, target)[0]
+
+
+# ---------------------------------------------------------------- optimizers
+def _optimizer_buffers(param, grad, **state):
+    param = V.float_array("param", param, ndim=1)
+    if not param.flags.c_contiguous or not param.flags.writeable:
+        raise ValueError("param must be a writable C-contiguous 1-D array")
+    grad = V.contiguous_input("grad", grad, 1, param.dtype)
+    if grad.shape != param.shape:
+        raise ValueError(f"grad must have shape {param.shape}, got {grad.shape}")
+    for name, buf in state.items():
+        V.output_array(name, buf, param.shape, param.dtype, inputs=(param, grad))
+    return param, grad
+
+
+def sgd_step(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """One in-place SGD step on flat buffers, torch.optim.SGD's rule (dampening 0).
+
+    ``g = grad + weight_decay·param``; with momentum μ ``velocity = μ·velocity + g`` and
+    ``g = g + μ·velocity`` (Nesterov) or ``g = velocity``; then ``param -= lr·g``.
+
+    Parameters
+    ----------
+    param : writable C-contiguous ndarray of shape (n_params,)
+    grad : ndarray of shape (n_params,)
+    velocity : writable C-contiguous ndarray of shape (n_params,); untouched when momentum is 0
+    """
+    param, grad = _optimizer_buffers(param, grad, velocity=velocity)
+    kernels, n_threads = _kernels()
+    kernels.sgd_step(param, grad, velocity, V.scalar("lr", lr), V.scalar("momentum", momentum),
+                     bool(nesterov), V.scalar("weight_decay", weight_decay), n_threads)
+
+
+def rmsprop_step(param, grad, square_avg, lr, rho=0.9, eps=1e-8, weight_decay=0.0):
+    """One in-place RMSprop step, torch.optim.RMSprop's rule (eps outside the root).
+
+    ``g = grad + weight_decay·param; square_avg = ρ·square_avg + (1-ρ)·g²;
+    param -= lr·g / (√square_avg + eps)``.
+    """
+    param, grad = _optimizer_buffers(param, grad, square_avg=square_avg)
+    kernels, n_threads = _kernels()
+    kernels.rmsprop_step(param, grad, square_avg, V.scalar("lr", lr), V.scalar("rho", rho), V.scalar("eps", eps),
+                         V.scalar("weight_decay", weight_decay), n_threads)
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+    """One in-place Adam step number ``step`` (>= 1), torch.optim.Adam's rule with bias correction.
+
+    ``m = β1·m + (1-β1)·g; v = β2·v + (1-β2)·g²;
+    param -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + eps)`` with ``g = grad + weight_decay·param``.
+    """
+    param, grad = _optimizer_buffers(param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step must be an integer >= 1, got {step!r}")
+    kernels, n_threads = _kernels()
+    kernels.adam_step(param, grad, exp_avg, exp_avg_sq, V.scalar("lr", lr), V.scalar("beta1", beta1),
+                      V.scalar("beta2", beta2), V.scalar("eps", eps), V.scalar("weight_decay", weight_decay),
+                      int(step), n_threads)

@@ -188,3 +188,45 @@ def binary_cross_entropy(logits, target, grad, n_threads):
     z = logits.astype(np.float64)
     grad[...] = (_sigmoid(z) - target) / z.size
     return float(np.mean(np.maximum(z, 0) - z * target + np.log1p(np.exp(-np.abs(z)))))
+
+
+# ---------------------------------------------------------------- optimizers
+# One call updates every parameter of a network at once: the network keeps its
+# parameters, gradients and optimizer state in flat 1-D buffers (the layers'
+# arrays are views into them). Update rules are torch.optim's, in the dtype of
+# the parameters; hyperparameters arrive as Python floats.
+def sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay, n_threads):
+    """g = grad + wd·p; v := μ·v + g; p -= lr·(g + μ·v if nesterov else v)  (v unused when μ == 0).
+
+    IN grad (n,); IN/OUT param (n,), velocity (n,).
+    """
+    g = grad + weight_decay * param if weight_decay else grad.copy()
+    if momentum:
+        velocity *= momentum
+        velocity += g
+        g = g + momentum * velocity if nesterov else velocity
+    param -= lr * g
+
+
+def rmsprop_step(param, grad, square_avg, lr, rho, eps, weight_decay, n_threads):
+    """g = grad + wd·p; s := ρ·s + (1-ρ)·g²; p -= lr·g / (√s + eps).  IN grad; IN/OUT param, square_avg."""
+    g = grad + weight_decay * param if weight_decay else grad
+    square_avg *= rho
+    square_avg += (1 - rho) * g * g
+    param -= lr * g / (np.sqrt(square_avg) + eps)
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step, n_threads):
+    """Adam with bias correction at step t >= 1 (torch.optim.Adam, amsgrad=False).
+
+    g = grad + wd·p; m := β1·m + (1-β1)·g; v := β2·v + (1-β2)·g²;
+    p -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + eps).   IN grad; IN/OUT param, exp_avg, exp_avg_sq.
+    """
+    g = grad + weight_decay * param if weight_decay else grad
+    exp_avg *= beta1
+    exp_avg += (1 - beta1) * g
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * g * g
+    step_size = lr / (1 - beta1**step)
+    denom = np.sqrt(exp_avg_sq) / np.sqrt(1 - beta2**step) + eps
+    param -= step_size * exp_avg / denom
