@@ -1,0 +1,52 @@
+"""Cython/OpenMP backend of fastbp's kernels: the names and signatures of
+``fastbp._kernels.reference``, compiled.
+
+``ISA`` is the instruction set whose GEMM micro-kernels run ("avx512", "avx2" or
+"generic"), found at import by CPUID (``FASTBP_CYTHON_ISA=avx2|generic`` lowers
+it, for testing). Block sizes are read from ``fastbp._kernels.blocking`` for that
+ISA; import fails with an AssertionError if the table's MR, NR differ from the
+compiled micro-kernels. ``OPENMP`` is False when the extensions were built
+without OpenMP, in which case every kernel runs on one thread.
+"""
+
+from .. import blocking as _blocking_table
+from .. import registry as _registry
+from . import _gemm
+
+_isa_id = _gemm._detect_isa()
+ISA = _gemm.ISA_NAMES[_isa_id]
+_gemm._configure(
+    _isa_id,
+    _blocking_table.block_sizes(ISA, "float32"),
+    _blocking_table.block_sizes(ISA, "float64"),
+)
+OPENMP = _gemm._openmp()
+NAME = "cython"
+
+from ._activations import activation_backward, activation_forward  # noqa: E402
+from ._dense import dense_backward, dense_forward  # noqa: E402
+from ._gemm import gemm  # noqa: E402
+from ._losses import (  # noqa: E402
+    binary_cross_entropy,
+    mse,
+    softmax_cross_entropy,
+    softmax_cross_entropy_index,
+)
+
+if _registry.SOFTMAX != 10 or len(_registry.ACTIVATIONS) != 11:  # ids compiled into _activations.pxd
+    raise AssertionError("fastbp._kernels.registry's activation ids differ from _activations.pxd")
+
+__all__ = [
+    "NAME",
+    "ISA",
+    "OPENMP",
+    "gemm",
+    "activation_forward",
+    "activation_backward",
+    "dense_forward",
+    "dense_backward",
+    "mse",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_index",
+    "binary_cross_entropy",
+]

@@ -1,0 +1,143 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Fused dense layer, forward and backward, float32 and float64."""
+# Design: forward is one GEMM whose epilogue adds the bias and applies the
+# activation to each micro-tile right after its last KC slice (softmax, being
+# row-wise, gets the bias in the epilogue and one row pass afterwards).
+# Backward follows scikit-learn's order: δ := grad_a ⊙ act'(a) (row-parallel),
+# dw := xᵀ·δ and dx := δ·wᵀ through the same GEMM with transposed strides (no
+# copies), db := Σ_rows δ per column block (parallel over column blocks, each
+# column summed in row order in double). Nothing depends on the thread count.
+# Layout: x and w have any strides; every other 2-D array is C-contiguous.
+
+from cython.parallel cimport prange
+from cython cimport floating
+
+from fastbp._kernels.cython._gemm cimport gemm_nogil
+from fastbp._kernels.cython._activations cimport (
+    ACT_IDENTITY, ACT_SOFTMAX, N_ACTIVATIONS,
+    activation_backward_nogil, activation_forward_nogil,
+)
+
+# Columns of db summed by one task.
+DEF DB_BLOCK = 128
+
+
+cdef void _column_sums(const floating* g, Py_ssize_t m, Py_ssize_t n, Py_ssize_t block,
+                       floating* db, bint accumulate) noexcept nogil:
+    """db[j] := Σ_i g[i, j] (+ db[j]) for the columns of block ``block``, rows in order."""
+    cdef double acc[DB_BLOCK]
+    cdef Py_ssize_t i, j, j0 = block * DB_BLOCK
+    cdef Py_ssize_t width = min(<Py_ssize_t>DB_BLOCK, n - j0)
+    cdef const floating* row
+    for j in range(width):
+        acc[j] = 0.0
+    for i in range(m):
+        row = g + i * n + j0
+        for j in range(width):
+            acc[j] += row[j]
+    for j in range(width):
+        if accumulate:
+            db[j0 + j] = <floating>acc[j] + db[j0 + j]
+        else:
+            db[j0 + j] = <floating>acc[j]
+
+
+def _check_act(int act):
+    if act < 0 or act >= N_ACTIVATIONS:
+        raise ValueError(f"unknown activation id {act}")
+
+
+def _check_shape(str kernel, str name, arr, tuple shape):
+    if tuple(arr.shape)[:len(shape)] != shape:
+        raise ValueError(f"{kernel}: {name} has shape {tuple(arr.shape)[:len(shape)]}, expected {shape}")
+
+
+def dense_forward(const floating[:, :] x, const floating[:, :] w, const floating[::1] bias,
+                  int act, floating[:, ::1] z, floating[:, ::1] a, int n_threads):
+    """z := x·w + bias; a := act(z).
+
+    IN x (m, k), w (k, n) any strides, bias (n,); OUT z, a (m, n) C-contiguous, may be the same array.
+    """
+    _check_act(act)
+    cdef Py_ssize_t m = x.shape[0], k = x.shape[1], n = w.shape[1]
+    _check_shape("dense_forward", "w", w, (k, n))
+    _check_shape("dense_forward", "bias", bias, (n,))
+    _check_shape("dense_forward", "z", z, (m, n))
+    _check_shape("dense_forward", "a", a, (m, n))
+    if m == 0 or n == 0:
+        return
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    cdef const floating* px = &x[0, 0] if k > 0 else NULL
+    cdef const floating* pw = &w[0, 0] if k > 0 else NULL
+    cdef floating* pz = &z[0, 0]
+    cdef floating* pa = &a[0, 0]
+    cdef int epilogue_act = act
+    if act == ACT_SOFTMAX or (act == ACT_IDENTITY and pa == pz):
+        epilogue_act = -1
+    cdef int status
+    with nogil:
+        status = gemm_nogil(m, n, k, <floating>1,
+                            px, x.strides[0] // itemsize, x.strides[1] // itemsize,
+                            pw, w.strides[0] // itemsize, w.strides[1] // itemsize,
+                            <floating>0, pz, n, &bias[0], epilogue_act, pa, n, n_threads)
+        if status == 0 and act == ACT_SOFTMAX:
+            activation_forward_nogil(ACT_SOFTMAX, pz, pa, m, n, n_threads)
+    if status != 0:
+        raise MemoryError("dense_forward: cannot allocate the GEMM workspace")
+
+
+def dense_backward(const floating[:, :] x, const floating[:, :] w, const floating[:, ::1] z,
+                   const floating[:, ::1] a, const floating[:, ::1] grad_a, int act,
+                   floating[:, ::1] grad_z, floating[:, ::1] dw, floating[::1] db,
+                   floating[:, ::1] dx, bint compute_dx, bint accumulate, int n_threads):
+    """Backward pass of a dense layer.
+
+    grad_z := grad_a ⊙ act'(z) (grad_z may alias grad_a);
+    dw := xᵀ·grad_z (+ dw if accumulate); db := Σ_rows grad_z (+ db if accumulate);
+    dx := grad_z·wᵀ when compute_dx (dx is not touched otherwise).
+    IN x (m, k), w (k, n) any strides, z, a, grad_a (m, n) (z read by gelu only);
+    OUT grad_z (m, n), dw (k, n), db (n,), dx (m, k).
+    """
+    _check_act(act)
+    cdef Py_ssize_t m = x.shape[0], k = x.shape[1], n = w.shape[1]
+    _check_shape("dense_backward", "w", w, (k, n))
+    for name, arr in (("z", z), ("a", a), ("grad_a", grad_a), ("grad_z", grad_z)):
+        _check_shape("dense_backward", name, arr, (m, n))
+    _check_shape("dense_backward", "dw", dw, (k, n))
+    _check_shape("dense_backward", "db", db, (n,))
+    if compute_dx:
+        _check_shape("dense_backward", "dx", dx, (m, k))
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    cdef Py_ssize_t block, n_blocks = (n + DB_BLOCK - 1) // DB_BLOCK
+    cdef floating beta = 1 if accumulate else 0
+    cdef int status = 0
+    if m == 0 or n == 0:
+        if not accumulate:
+            dw[:, :] = 0
+            db[:] = 0
+        return
+    cdef const floating* px = &x[0, 0] if k > 0 else NULL
+    cdef const floating* pw = &w[0, 0] if k > 0 else NULL
+    cdef floating* pdw = &dw[0, 0] if k > 0 else NULL
+    cdef floating* pdx = &dx[0, 0] if (compute_dx and k > 0) else NULL
+    cdef floating* gz = &grad_z[0, 0]
+    with nogil:
+        activation_backward_nogil(act, &z[0, 0], &a[0, 0], &grad_a[0, 0], gz, m, n, n_threads)
+        # dw := xᵀ·δ: x read through swapped strides
+        status = gemm_nogil(k, n, m, <floating>1,
+                            px, x.strides[1] // itemsize, x.strides[0] // itemsize,
+                            gz, n, 1, beta, pdw, n, NULL, -1, NULL, 0, n_threads)
+        if n_threads < 2 or n_blocks < 2 or m * n < 32768:
+            for block in range(n_blocks):
+                _column_sums(gz, m, n, block, &db[0], accumulate)
+        else:
+            for block in prange(n_blocks, schedule="static", num_threads=n_threads):
+                _column_sums(gz, m, n, block, &db[0], accumulate)
+        if status == 0 and compute_dx:
+            # dx := δ·wᵀ: w read through swapped strides
+            status = gemm_nogil(m, k, n, <floating>1,
+                                gz, n, 1,
+                                pw, w.strides[1] // itemsize, w.strides[0] // itemsize,
+                                <floating>0, pdx, k, NULL, -1, NULL, 0, n_threads)
+    if status != 0:
+        raise MemoryError("dense_backward: cannot allocate the GEMM workspace")

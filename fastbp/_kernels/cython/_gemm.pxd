@@ -1,0 +1,19 @@
+# Pointer-level, nogil GEMM driver (BLIS five loops around a register-blocked
+# micro-kernel), shared by the gemm wrapper and the dense layer kernels.
+from cython cimport floating
+
+# C := alpha*A·B + beta*C on raw pointers with element strides (any sign, 0
+# allowed) for A (m, k) and B (k, n), C row-major with row stride ldc.
+# C is not read when beta == 0. k == 0 gives C := beta*C (0 when beta == 0).
+# Epilogue, applied to each micro-tile right after its last KC slice:
+#   if bias != NULL: C[i, j] += bias[j];
+#   if act >= 0:     out[i, :] := act(C[i, :]) (element-wise activation id; out
+#                    row stride ldo, out may be C).
+# Results do not depend on n_threads, bit for bit.
+# Returns 0, or -1 when the packing workspace cannot be allocated.
+cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+                    const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                    const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
+                    floating beta, floating* c, Py_ssize_t ldc,
+                    const floating* bias, int act, floating* out, Py_ssize_t ldo,
+                    int n_threads) noexcept nogil

@@ -1,0 +1,373 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""fastbp's GEMM, C := alpha*A·B + beta*C, float32 and float64."""
+# Design: BLIS's five loops around a register-blocked micro-kernel.
+#   5th loop (jc, NC)  columns of C and B
+#   4th loop (pc, KC)  the shared dimension; B[pc:pc+kc, jc:jc+nc] is packed
+#                      into NR-wide, zero-padded micro-panels (pack_b, the
+#                      threads share the work, one micro-panel per iteration)
+#   3rd loop (ic, MC)  rows of C and A, parallel (static prange over blocks of
+#                      whole MR-row tiles); a block packs A[ic:ic+mc, pc:pc+kc]
+#                      into MR-high micro-panels in its own region of the
+#                      workspace (indexed by block, not by thread) and runs
+#   2nd loop (jr, NR)  macro_kernel: over the packed B micro-panels,
+#   1st loop (ir, MR)  over the packed A micro-panels -> micro_kernel, one
+#                      MR x NR tile of C, written with intrinsics in microkernels.h.
+# Layout: A and B have any element strides (transposes arrive as views; negative
+# and zero strides work); C is row-major with row stride ldc.
+# Determinism: the KC loop is never parallel. Each C element is summed over k
+# in KC slices in increasing order (the first slice applies beta, the others
+# add), each slice in increasing k inside one micro-kernel call; edge tiles go
+# through the same kernel on a temporary tile. Blocks only group whole tiles,
+# so the thread count (which sets the block sizes) changes nothing numerically.
+# Epilogue: dense_forward's bias and activation are applied to each tile right
+# after its last KC slice, while it is in L1.
+# Block sizes (MR, NR, KC, MC, NC) come from fastbp._kernels.blocking for the
+# ISA found at import (CPUID); MR and NR are checked against the compiled kernels.
+
+import os
+
+from cython.parallel cimport prange
+from libc.stddef cimport ptrdiff_t
+
+from fastbp._kernels.cython._activations cimport act_row
+
+cdef extern from "microkernels.h" nogil:
+    ctypedef void (*fastbp_ukr_s)(ptrdiff_t kc, const float* ap, const float* bp,
+                                  float* c, ptrdiff_t ldc, float alpha, float beta)
+    ctypedef void (*fastbp_ukr_d)(ptrdiff_t kc, const double* ap, const double* bp,
+                                  double* c, ptrdiff_t ldc, double alpha, double beta)
+    int fastbp_openmp()
+    int fastbp_detect_isa()
+    void fastbp_tile(int isa, int double_, int* mr, int* nr)
+    fastbp_ukr_s fastbp_select_ukr_s(int isa)
+    fastbp_ukr_d fastbp_select_ukr_d(int isa)
+    void fastbp_edge_s(fastbp_ukr_s ukr, int MR, int NR, int mr, int nr, ptrdiff_t kc,
+                       const float* ap, const float* bp, float* c, ptrdiff_t ldc,
+                       float alpha, float beta)
+    void fastbp_edge_d(fastbp_ukr_d ukr, int MR, int NR, int mr, int nr, ptrdiff_t kc,
+                       const double* ap, const double* bp, double* c, ptrdiff_t ldc,
+                       double alpha, double beta)
+    void* fastbp_aligned_malloc(size_t nbytes)
+    void fastbp_aligned_free(void* p)
+
+
+cdef struct Blocking:
+    Py_ssize_t mr, nr, kc, mc, nc
+
+# Set once at import by _configure().
+cdef Blocking _BLOCKING_S, _BLOCKING_D
+cdef fastbp_ukr_s _ukr_s = NULL
+cdef fastbp_ukr_d _ukr_d = NULL
+
+# Below this many multiply-adds the GEMM runs on the calling thread: thread
+# start-up would cost more than it saves.
+cdef Py_ssize_t SERIAL_MAX_FLOPS = 64 * 64 * 64
+# Rows of A packed at once per KC slice (bounds the workspace for tall A).
+cdef Py_ssize_t WAVE_ROWS = 4096
+
+ISA_NAMES = ("generic", "avx2", "avx512")
+
+
+# ---------------------------------------------------------------- packing
+cdef void pack_a(const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                 Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t pc, Py_ssize_t kc,
+                 Py_ssize_t mr, floating* ap) noexcept nogil:
+    """ap := A[i0:i1, pc:pc+kc] as MR-high micro-panels (ap[p*MR + r]), rows past i1 zero.
+
+    IN a with element strides rs_a, cs_a; OUT ap, ceil((i1-i0)/MR)*MR*kc values.
+    """
+    cdef Py_ssize_t t, ip, r, p, rows
+    cdef const floating* src
+    cdef floating* dst
+    for t in range((i1 - i0 + mr - 1) // mr):
+        ip = i0 + t * mr
+        rows = min(mr, i1 - ip)
+        dst = ap + (ip - i0) * kc
+        if rs_a == 1:  # column-major A (e.g. a transposed C-ordered array)
+            for p in range(kc):
+                src = a + ip + (pc + p) * cs_a
+                for r in range(rows):
+                    dst[p * mr + r] = src[r]
+        elif cs_a == 1:
+            for r in range(rows):
+                src = a + (ip + r) * rs_a + pc
+                for p in range(kc):
+                    dst[p * mr + r] = src[p]
+        else:
+            for r in range(rows):
+                src = a + (ip + r) * rs_a + pc * cs_a
+                for p in range(kc):
+                    dst[p * mr + r] = src[p * cs_a]
+        for r in range(rows, mr):
+            for p in range(kc):
+                dst[p * mr + r] = 0
+
+
+cdef void pack_b(const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
+                 Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t pc, Py_ssize_t kc,
+                 Py_ssize_t nr, floating* bp) noexcept nogil:
+    """bp := B[pc:pc+kc, j0:j1] as one NR-wide micro-panel (bp[p*NR + col]), j1 - j0 <= NR, zero-padded.
+
+    IN b with element strides rs_b, cs_b; OUT bp, NR*kc values.
+    """
+    cdef Py_ssize_t p, col, cols = j1 - j0
+    cdef const floating* src
+    if cs_b == 1:  # row-major B
+        for p in range(kc):
+            src = b + (pc + p) * rs_b + j0
+            for col in range(cols):
+                bp[p * nr + col] = src[col]
+            for col in range(cols, nr):
+                bp[p * nr + col] = 0
+    else:
+        for col in range(cols):
+            src = b + pc * rs_b + (j0 + col) * cs_b
+            for p in range(kc):
+                bp[p * nr + col] = src[p * rs_b]
+        for col in range(cols, nr):
+            for p in range(kc):
+                bp[p * nr + col] = 0
+
+
+# ---------------------------------------------------------------- kernels
+cdef inline void micro_kernel(Blocking* bs, Py_ssize_t mr, Py_ssize_t nr, Py_ssize_t kc,
+                              const floating* ap, const floating* bp, floating* c,
+                              Py_ssize_t ldc, floating alpha, floating beta) noexcept nogil:
+    """C[0:mr, 0:nr] := alpha*ap·bp + beta*C, through the MR x NR kernel of the ISA."""
+    if floating is float:
+        if mr == bs.mr and nr == bs.nr:
+            _ukr_s(kc, ap, bp, c, ldc, alpha, beta)
+        else:
+            fastbp_edge_s(_ukr_s, <int>bs.mr, <int>bs.nr, <int>mr, <int>nr, kc, ap, bp, c, ldc, alpha, beta)
+    else:
+        if mr == bs.mr and nr == bs.nr:
+            _ukr_d(kc, ap, bp, c, ldc, alpha, beta)
+        else:
+            fastbp_edge_d(_ukr_d, <int>bs.mr, <int>bs.nr, <int>mr, <int>nr, kc, ap, bp, c, ldc, alpha, beta)
+
+
+cdef inline void epilogue(floating* c, Py_ssize_t ldc, const floating* bias, int act,
+                          floating* out, Py_ssize_t ldo, Py_ssize_t mr, Py_ssize_t nr) noexcept nogil:
+    """C[i, :] += bias; out[i, :] := act(C[i, :]) on an mr x nr tile (bias/act skipped when NULL/-1)."""
+    cdef Py_ssize_t i, j
+    cdef floating* row
+    for i in range(mr):
+        row = c + i * ldc
+        if bias != NULL:
+            for j in range(nr):
+                row[j] = row[j] + bias[j]
+        if act >= 0:
+            act_row(act, row, out + i * ldo, nr)
+
+
+cdef void macro_kernel(Blocking* bs, Py_ssize_t mb, Py_ssize_t nc, Py_ssize_t kc,
+                       const floating* ap, const floating* bp, floating alpha, floating beta,
+                       floating* c, Py_ssize_t ldc, bint last,
+                       const floating* bias, int act, floating* out, Py_ssize_t ldo) noexcept nogil:
+    """C[0:mb, 0:nc] := alpha*Ap·Bp + beta*C for one packed block; epilogue after the last slice."""
+    cdef Py_ssize_t q, t, jr, ir, mr, nr
+    cdef bint fused = last and (bias != NULL or act >= 0)
+    # 2nd loop (jr, NR)
+    for q in range((nc + bs.nr - 1) // bs.nr):
+        jr = q * bs.nr
+        nr = min(bs.nr, nc - jr)
+        # 1st loop (ir, MR)
+        for t in range((mb + bs.mr - 1) // bs.mr):
+            ir = t * bs.mr
+            mr = min(bs.mr, mb - ir)
+            micro_kernel(bs, mr, nr, kc, ap + ir * kc, bp + jr * kc,
+                         c + ir * ldc + jr, ldc, alpha, beta)
+            if fused:
+                epilogue(c + ir * ldc + jr, ldc, (bias + jr) if bias != NULL else NULL, act,
+                         (out + ir * ldo + jr) if act >= 0 else NULL, ldo, mr, nr)
+
+
+cdef void _pack_b_panel(Blocking* bs, const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
+                        Py_ssize_t jc, Py_ssize_t nc, Py_ssize_t pc, Py_ssize_t kc,
+                        Py_ssize_t q, floating* bpack) noexcept nogil:
+    """Pack micro-panel q of B[pc:pc+kc, jc:jc+nc]."""
+    cdef Py_ssize_t j0 = jc + q * bs.nr
+    pack_b(b, rs_b, cs_b, j0, min(j0 + bs.nr, jc + nc), pc, kc, bs.nr, bpack + q * bs.nr * kc)
+
+
+cdef void _ic_block(Blocking* bs, Py_ssize_t blk, Py_ssize_t n_blocks, Py_ssize_t n_tiles,
+                    Py_ssize_t m, Py_ssize_t jc, Py_ssize_t nc, Py_ssize_t pc, Py_ssize_t kc,
+                    floating alpha, const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                    const floating* bpack, floating beta, floating* c, Py_ssize_t ldc,
+                    bint last, const floating* bias, int act, floating* out, Py_ssize_t ldo,
+                    floating* apack) noexcept nogil:
+    """Block blk of the 3rd loop: rows of tiles [blk*T/nb, (blk+1)*T/nb); pack A, run the macro-kernel."""
+    cdef Py_ssize_t i0 = (blk * n_tiles // n_blocks) * bs.mr
+    cdef Py_ssize_t i1 = min(((blk + 1) * n_tiles // n_blocks) * bs.mr, m)
+    if i1 <= i0:
+        return
+    pack_a(a, rs_a, cs_a, i0, i1, pc, kc, bs.mr, apack)
+    macro_kernel(bs, i1 - i0, nc, kc, apack, bpack, alpha, beta,
+                 c + i0 * ldc + jc, ldc, last,
+                 (bias + jc) if bias != NULL else NULL, act,
+                 (out + i0 * ldo + jc) if act >= 0 else NULL, ldo)
+
+
+cdef void _scale_c(Py_ssize_t m, Py_ssize_t n, floating beta, floating* c, Py_ssize_t ldc,
+                   const floating* bias, int act, floating* out, Py_ssize_t ldo) noexcept nogil:
+    """k == 0: C := beta*C (0 when beta == 0, C not read), then the epilogue."""
+    cdef Py_ssize_t i, j
+    for i in range(m):
+        for j in range(n):
+            c[i * ldc + j] = 0 if beta == 0 else beta * c[i * ldc + j]
+    epilogue(c, ldc, bias, act, out, ldo, m, n)
+
+
+cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+                    const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                    const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
+                    floating beta, floating* c, Py_ssize_t ldc,
+                    const floating* bias, int act, floating* out, Py_ssize_t ldo,
+                    int n_threads) noexcept nogil:
+    """C := alpha*A·B + beta*C (then C += bias; out := act(C) per tile). 0, or -1 if out of memory."""
+    cdef Blocking bs
+    if floating is float:
+        bs = _BLOCKING_S
+    else:
+        bs = _BLOCKING_D
+    if m <= 0 or n <= 0:
+        return 0
+    if k <= 0:
+        _scale_c(m, n, beta, c, ldc, bias, act, out, ldo)
+        return 0
+
+    cdef Py_ssize_t nt = n_threads if n_threads > 1 else 1
+    if m * n * k < SERIAL_MAX_FLOPS:
+        nt = 1
+    # 3rd-loop blocks: whole MR-row tiles, at most MC rows each, a multiple of
+    # nt blocks (balanced), packed wave_blocks at a time.
+    cdef Py_ssize_t n_tiles = (m + bs.mr - 1) // bs.mr
+    cdef Py_ssize_t tiles_per_mc = max(1, bs.mc // bs.mr)
+    cdef Py_ssize_t n_blocks = (n_tiles + tiles_per_mc - 1) // tiles_per_mc
+    n_blocks = ((n_blocks + nt - 1) // nt) * nt
+    n_blocks = min(n_blocks, n_tiles)
+    cdef Py_ssize_t block_rows = ((n_tiles + n_blocks - 1) // n_blocks) * bs.mr
+    cdef Py_ssize_t wave_blocks = max(nt, (WAVE_ROWS // block_rows) // nt * nt)
+    wave_blocks = min(wave_blocks, n_blocks)
+    cdef Py_ssize_t kc_max = min(bs.kc, k)
+    cdef Py_ssize_t nc_max = min(bs.nc, n)
+    cdef Py_ssize_t a_region = block_rows * kc_max
+    cdef Py_ssize_t b_size = ((nc_max + bs.nr - 1) // bs.nr) * bs.nr * kc_max
+    cdef floating* work = <floating*>fastbp_aligned_malloc(
+        (wave_blocks * a_region + b_size) * sizeof(floating))
+    if work == NULL:
+        return -1
+    cdef floating* bpack = work
+    cdef floating* apack = work + b_size
+
+    cdef Py_ssize_t jj, pp, ww, jc, nc, pc, kc, q, n_panels, b0, b_end, blk
+    cdef floating beta_slice
+    cdef bint last
+    # 5th loop (jc, NC)
+    for jj in range((n + bs.nc - 1) // bs.nc):
+        jc = jj * bs.nc
+        nc = min(bs.nc, n - jc)
+        n_panels = (nc + bs.nr - 1) // bs.nr
+        # 4th loop (pc, KC): serial, every slice updates the same C
+        for pp in range((k + bs.kc - 1) // bs.kc):
+            pc = pp * bs.kc
+            kc = min(bs.kc, k - pc)
+            beta_slice = beta if pc == 0 else 1
+            last = pc + kc == k
+            if nt == 1:
+                for q in range(n_panels):
+                    _pack_b_panel(&bs, b, rs_b, cs_b, jc, nc, pc, kc, q, bpack)
+            else:
+                for q in prange(n_panels, schedule="static", num_threads=nt):
+                    _pack_b_panel(&bs, b, rs_b, cs_b, jc, nc, pc, kc, q, bpack)
+            # 3rd loop (ic, MC)
+            for ww in range((n_blocks + wave_blocks - 1) // wave_blocks):
+                b0 = ww * wave_blocks
+                b_end = min(b0 + wave_blocks, n_blocks)
+                if nt == 1:
+                    for blk in range(b0, b_end):
+                        _ic_block(&bs, blk, n_blocks, n_tiles, m, jc, nc, pc, kc, alpha,
+                                  a, rs_a, cs_a, bpack, beta_slice, c, ldc, last,
+                                  bias, act, out, ldo, apack + (blk - b0) * a_region)
+                else:
+                    for blk in prange(b0, b_end, schedule="static", num_threads=nt):
+                        _ic_block(&bs, blk, n_blocks, n_tiles, m, jc, nc, pc, kc, alpha,
+                                  a, rs_a, cs_a, bpack, beta_slice, c, ldc, last,
+                                  bias, act, out, ldo, apack + (blk - b0) * a_region)
+    fastbp_aligned_free(work)
+    return 0
+
+
+# ---------------------------------------------------------------- Python API
+def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
+         double alpha, double beta, int n_threads):
+    """c := alpha*a·b + beta*c.  IN a (m, k), b (k, n), any strides; IN/OUT c (m, n) C-contiguous.
+
+    c is not read when beta == 0.
+    """
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = b.shape[1]
+    if b.shape[0] != k or c.shape[0] != m or c.shape[1] != n:
+        raise ValueError(
+            f"gemm: shapes a {tuple(a.shape)[:2]}, b {tuple(b.shape)[:2]}, c {tuple(c.shape)[:2]} do not agree")
+    if m == 0 or n == 0:
+        return
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    cdef const floating* pa = &a[0, 0] if k > 0 else NULL
+    cdef const floating* pb = &b[0, 0] if k > 0 else NULL
+    cdef int status
+    with nogil:
+        status = gemm_nogil(m, n, k, <floating>alpha,
+                            pa, a.strides[0] // itemsize, a.strides[1] // itemsize,
+                            pb, b.strides[0] // itemsize, b.strides[1] // itemsize,
+                            <floating>beta, &c[0, 0], n, NULL, -1, NULL, 0, n_threads)
+    if status != 0:
+        raise MemoryError("gemm: cannot allocate the packing workspace")
+
+
+# ---------------------------------------------------------------- set-up
+def _detect_isa():
+    """Best ISA of this CPU, lowered (never raised) by FASTBP_CYTHON_ISA=avx2|generic."""
+    best = fastbp_detect_isa()
+    forced = os.environ.get("FASTBP_CYTHON_ISA")
+    if forced:
+        if forced not in ISA_NAMES:
+            raise ValueError(f"FASTBP_CYTHON_ISA must be one of {ISA_NAMES}, got {forced!r}")
+        best = min(best, ISA_NAMES.index(forced))
+    return best
+
+
+def _configure(int isa, sizes_s, sizes_d):
+    """Select the micro-kernels of ``isa`` and the block sizes (MR, NR, KC, MC, NC) per dtype.
+
+    Raises AssertionError when the table's MR, NR are not those compiled for ``isa``.
+    """
+    global _BLOCKING_S, _BLOCKING_D, _ukr_s, _ukr_d
+    cdef int mr, nr
+    cdef Blocking bs
+    for is_double, sizes in ((0, sizes_s), (1, sizes_d)):
+        fastbp_tile(isa, is_double, &mr, &nr)
+        MR, NR, KC, MC, NC = (int(v) for v in sizes)
+        if (MR, NR) != (mr, nr):
+            raise AssertionError(
+                f"blocking table gives MR, NR = {MR}, {NR} for {ISA_NAMES[isa]} "
+                f"{'float64' if is_double else 'float32'}, but the compiled micro-kernel is {mr} x {nr}")
+        if min(KC, MC, NC) < 1:
+            raise ValueError(f"block sizes must be positive, got KC, MC, NC = {KC}, {MC}, {NC}")
+        bs.mr, bs.nr, bs.kc, bs.mc, bs.nc = MR, NR, KC, MC, NC
+        if is_double:
+            _BLOCKING_D = bs
+        else:
+            _BLOCKING_S = bs
+    _ukr_s = fastbp_select_ukr_s(isa)
+    _ukr_d = fastbp_select_ukr_d(isa)
+
+
+def _blocking(dtype):
+    """(MR, NR, KC, MC, NC) in use for ``dtype`` ('float32' or 'float64')."""
+    cdef Blocking bs = _BLOCKING_D if str(dtype) == "float64" else _BLOCKING_S
+    return (bs.mr, bs.nr, bs.kc, bs.mc, bs.nc)
+
+
+def _openmp():
+    """True when this module was compiled with OpenMP."""
+    return bool(fastbp_openmp())

@@ -1,0 +1,202 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Losses and their gradients, float32 and float64: each returns the loss as a
+Python float (accumulated in float64) and writes d loss / d output into grad."""
+# Design: one nogil function per row writes that row's gradient and returns
+# its partial sum (in double); a static prange over rows fills a buffer of
+# partial sums, which is then added serially in row order, so the loss does
+# not depend on the thread count. Logits are handled in double with the row
+# max subtracted (log-sum-exp) and the two-branch sigmoid: no overflow for
+# any finite input. Layout: every 2-D array is C-contiguous (m, n).
+
+import numpy as np
+
+from cython.parallel cimport prange
+from cython cimport floating
+from libc.math cimport exp, log, log1p, fabs
+from libc.stdint cimport int64_t
+
+# Below this many elements a loss runs on the calling thread.
+cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+cdef double _mse_row(const floating* o, const floating* t, floating* g,
+                     Py_ssize_t n, double size) noexcept nogil:
+    """g := 2(o - t)/N; return Σ (o - t)²."""
+    cdef Py_ssize_t j
+    cdef double diff, s = 0.0
+    for j in range(n):
+        diff = <double>o[j] - <double>t[j]
+        g[j] = <floating>(2.0 * diff / size)
+        s += diff * diff
+    return s
+
+
+cdef inline double _log_sum_exp_shift(const floating* z, Py_ssize_t n, double* mx) noexcept nogil:
+    """Return log Σ exp(z - max z) and set mx = max z (in double)."""
+    cdef Py_ssize_t j
+    cdef double m = z[0], s = 0.0
+    for j in range(1, n):
+        if z[j] > m:
+            m = z[j]
+    for j in range(n):
+        s += exp(<double>z[j] - m)
+    mx[0] = m
+    return log(s)
+
+
+cdef double _softmax_ce_row(const floating* z, const floating* t, floating* g,
+                            Py_ssize_t n, double m_rows) noexcept nogil:
+    """g := (softmax(z)·Σt - t)/m; return Σ t·log softmax(z)."""
+    cdef Py_ssize_t j
+    cdef double mx, lse, logp, t_sum = 0.0, s = 0.0
+    lse = _log_sum_exp_shift(z, n, &mx)
+    for j in range(n):
+        t_sum += t[j]
+    for j in range(n):
+        logp = (<double>z[j] - mx) - lse
+        g[j] = <floating>((exp(logp) * t_sum - t[j]) / m_rows)
+        s += t[j] * logp
+    return s
+
+
+cdef double _softmax_ce_index_row(const floating* z, int64_t label, floating* g,
+                                  Py_ssize_t n, double m_rows) noexcept nogil:
+    """g := (softmax(z) - onehot(label))/m; return log softmax(z)[label]."""
+    cdef Py_ssize_t j
+    cdef double mx, lse, logp, picked = 0.0
+    lse = _log_sum_exp_shift(z, n, &mx)
+    for j in range(n):
+        logp = (<double>z[j] - mx) - lse
+        if j == label:
+            picked = logp
+            g[j] = <floating>((exp(logp) - 1.0) / m_rows)
+        else:
+            g[j] = <floating>(exp(logp) / m_rows)
+    return picked
+
+
+cdef double _bce_row(const floating* z, const floating* y, floating* g,
+                     Py_ssize_t n, double size) noexcept nogil:
+    """g := (sigmoid(z) - y)/N; return Σ max(z, 0) - z·y + log1p(exp(-|z|))."""
+    cdef Py_ssize_t j
+    cdef double v, e, sig, s = 0.0
+    for j in range(n):
+        v = z[j]
+        e = exp(-fabs(v))
+        sig = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
+        g[j] = <floating>((sig - y[j]) / size)
+        s += (v if v > 0 else 0.0) - v * y[j] + log1p(e)
+    return s
+
+
+cdef inline bint _serial(Py_ssize_t m, Py_ssize_t n, int n_threads) noexcept nogil:
+    return n_threads < 2 or m < 2 or m * n < PARALLEL_MIN_ELEMENTS
+
+
+cdef double _ordered_sum(const double[::1] partial) noexcept nogil:
+    """Σ partial in index order."""
+    cdef Py_ssize_t i
+    cdef double s = 0.0
+    for i in range(partial.shape[0]):
+        s += partial[i]
+    return s
+
+
+def _check_same_shape(str kernel, output, other, str name):
+    if output.shape[0] != other.shape[0] or output.shape[1] != other.shape[1]:
+        raise ValueError(f"{kernel}: {name} has shape {tuple(other.shape)[:2]}, "
+                         f"expected that of output {tuple(output.shape)[:2]}")
+
+
+def mse(const floating[:, ::1] output, const floating[:, ::1] target,
+        floating[:, ::1] grad, int n_threads):
+    """mean((output - target)²); grad := 2(output - target)/N.  IN output, target (m, n); OUT grad (m, n)."""
+    _check_same_shape("mse", output, target, "target")
+    _check_same_shape("mse", output, grad, "grad")
+    cdef Py_ssize_t i, m = output.shape[0], n = output.shape[1]
+    if m == 0 or n == 0:
+        raise ValueError("mse: output must not be empty")
+    cdef double size = <double>m * n
+    cdef double[::1] partial = np.empty(m, np.float64)
+    with nogil:
+        if _serial(m, n, n_threads):
+            for i in range(m):
+                partial[i] = _mse_row(&output[i, 0], &target[i, 0], &grad[i, 0], n, size)
+        else:
+            for i in prange(m, schedule="static", num_threads=n_threads):
+                partial[i] = _mse_row(&output[i, 0], &target[i, 0], &grad[i, 0], n, size)
+    return _ordered_sum(partial) / size
+
+
+def softmax_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] target,
+                          floating[:, ::1] grad, int n_threads):
+    """-Σ target·log softmax(logits) / m; grad := (softmax(logits)·Σ_j target - target)/m.
+
+    IN logits, target (m, n) probability rows; OUT grad (m, n).
+    """
+    _check_same_shape("softmax_cross_entropy", logits, target, "target")
+    _check_same_shape("softmax_cross_entropy", logits, grad, "grad")
+    cdef Py_ssize_t i, m = logits.shape[0], n = logits.shape[1]
+    if m == 0 or n == 0:
+        raise ValueError("softmax_cross_entropy: logits must not be empty")
+    cdef double m_rows = <double>m
+    cdef double[::1] partial = np.empty(m, np.float64)
+    with nogil:
+        if _serial(m, n, n_threads):
+            for i in range(m):
+                partial[i] = _softmax_ce_row(&logits[i, 0], &target[i, 0], &grad[i, 0], n, m_rows)
+        else:
+            for i in prange(m, schedule="static", num_threads=n_threads):
+                partial[i] = _softmax_ce_row(&logits[i, 0], &target[i, 0], &grad[i, 0], n, m_rows)
+    return -_ordered_sum(partial) / m_rows
+
+
+def softmax_cross_entropy_index(const floating[:, ::1] logits, const int64_t[::1] labels,
+                                floating[:, ::1] grad, int n_threads):
+    """-Σ_i log softmax(logits)[i, labels[i]] / m; grad := (softmax(logits) - onehot(labels))/m.
+
+    IN logits (m, n), labels (m,) int64 in [0, n); OUT grad (m, n).
+    """
+    _check_same_shape("softmax_cross_entropy_index", logits, grad, "grad")
+    cdef Py_ssize_t i, m = logits.shape[0], n = logits.shape[1]
+    if labels.shape[0] != m:
+        raise ValueError(f"softmax_cross_entropy_index: {labels.shape[0]} labels for {m} rows")
+    if m == 0 or n == 0:
+        raise ValueError("softmax_cross_entropy_index: logits must not be empty")
+    for i in range(m):
+        if labels[i] < 0 or labels[i] >= n:
+            raise ValueError(f"softmax_cross_entropy_index: label {labels[i]} of row {i} "
+                             f"is not in [0, {n})")
+    cdef double m_rows = <double>m
+    cdef double[::1] partial = np.empty(m, np.float64)
+    with nogil:
+        if _serial(m, n, n_threads):
+            for i in range(m):
+                partial[i] = _softmax_ce_index_row(&logits[i, 0], labels[i], &grad[i, 0], n, m_rows)
+        else:
+            for i in prange(m, schedule="static", num_threads=n_threads):
+                partial[i] = _softmax_ce_index_row(&logits[i, 0], labels[i], &grad[i, 0], n, m_rows)
+    return -_ordered_sum(partial) / m_rows
+
+
+def binary_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] target,
+                         floating[:, ::1] grad, int n_threads):
+    """mean(max(z, 0) - z·y + log(1 + exp(-|z|))); grad := (sigmoid(z) - y)/N.
+
+    IN logits z, target y (m, n); OUT grad (m, n).
+    """
+    _check_same_shape("binary_cross_entropy", logits, target, "target")
+    _check_same_shape("binary_cross_entropy", logits, grad, "grad")
+    cdef Py_ssize_t i, m = logits.shape[0], n = logits.shape[1]
+    if m == 0 or n == 0:
+        raise ValueError("binary_cross_entropy: logits must not be empty")
+    cdef double size = <double>m * n
+    cdef double[::1] partial = np.empty(m, np.float64)
+    with nogil:
+        if _serial(m, n, n_threads):
+            for i in range(m):
+                partial[i] = _bce_row(&logits[i, 0], &target[i, 0], &grad[i, 0], n, size)
+        else:
+            for i in prange(m, schedule="static", num_threads=n_threads):
+                partial[i] = _bce_row(&logits[i, 0], &target[i, 0], &grad[i, 0], n, size)
+    return _ordered_sum(partial) / size

@@ -1,0 +1,335 @@
+/* Register-blocked GEMM micro-kernels of fastbp's Cython backend, and the
+ * runtime choice between them.
+ *
+ * Design: one micro-kernel per (ISA, dtype). It multiplies a packed A
+ * micro-panel (kc x MR, the MR values of one k adjacent) by a packed B
+ * micro-panel (kc x NR, the NR values of one k adjacent) into MR x NR
+ * accumulators held in vector registers, then updates the row-major tile
+ *     C[0:MR, 0:NR] := alpha*acc + beta*C      (C is not read when beta == 0)
+ * C's rows hold NR columns in registers and MR values of A are broadcast.
+ * The tile update is `t = alpha*acc; C = fma(beta, C, t)`: with beta == 1
+ * that is the exact sum C + t. Edge tiles (fewer than MR rows or NR columns)
+ * run the same full kernel on a temporary tile, so every element of C goes
+ * through the same arithmetic wherever it lies.
+ *
+ * Every function here is compiled for baseline x86-64 (or any other CPU);
+ * the AVX2/AVX-512 ones carry a target attribute and are only called after
+ * fastbp_detect_isa() found the instructions (CPUID, via __builtin_cpu_supports).
+ */
+#ifndef FASTBP_MICROKERNELS_H
+#define FASTBP_MICROKERNELS_H
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#define FASTBP_ISA_GENERIC 0
+#define FASTBP_ISA_AVX2 1
+#define FASTBP_ISA_AVX512 2
+
+/* Micro-tile sizes (MR, NR) compiled here; the Python side asserts they
+ * equal fastbp._kernels.blocking's table. */
+#define FASTBP_AVX512_MR_S 12
+#define FASTBP_AVX512_NR_S 32
+#define FASTBP_AVX512_MR_D 12
+#define FASTBP_AVX512_NR_D 16
+#define FASTBP_AVX2_MR_S 6
+#define FASTBP_AVX2_NR_S 16
+#define FASTBP_AVX2_MR_D 6
+#define FASTBP_AVX2_NR_D 8
+#define FASTBP_GENERIC_MR_S 6
+#define FASTBP_GENERIC_NR_S 16
+#define FASTBP_GENERIC_MR_D 6
+#define FASTBP_GENERIC_NR_D 8
+#define FASTBP_MAX_TILE (12 * 32)  /* largest MR*NR, the temporary edge tile */
+
+typedef void (*fastbp_ukr_s)(ptrdiff_t kc, const float *ap, const float *bp,
+                             float *c, ptrdiff_t ldc, float alpha, float beta);
+typedef void (*fastbp_ukr_d)(ptrdiff_t kc, const double *ap, const double *bp,
+                             double *c, ptrdiff_t ldc, double alpha, double beta);
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define FASTBP_X86 1
+#include <immintrin.h>
+#else
+#define FASTBP_X86 0
+#endif
+
+#ifdef _OPENMP
+static int fastbp_openmp(void) { return 1; }
+#else
+static int fastbp_openmp(void) { return 0; }
+#endif
+
+/* ------------------------------------------------------------ generic C */
+/* Same tile sizes as AVX2; plain loops the compiler may vectorise. */
+#define FASTBP_GENERIC_UKR(NAME, T, MR, NR)                                      \
+    static void NAME(ptrdiff_t kc, const T *ap, const T *bp, T *c,               \
+                     ptrdiff_t ldc, T alpha, T beta)                             \
+    {                                                                            \
+        T acc[MR][NR];                                                           \
+        ptrdiff_t p;                                                             \
+        int i, j;                                                                \
+        for (i = 0; i < MR; i++)                                                 \
+            for (j = 0; j < NR; j++) acc[i][j] = 0;                              \
+        for (p = 0; p < kc; p++) {                                               \
+            for (i = 0; i < MR; i++) {                                           \
+                T a = ap[i];                                                     \
+                for (j = 0; j < NR; j++) acc[i][j] += a * bp[j];                 \
+            }                                                                    \
+            ap += MR;                                                            \
+            bp += NR;                                                            \
+        }                                                                        \
+        for (i = 0; i < MR; i++) {                                               \
+            T *ci = c + i * ldc;                                                 \
+            if (beta == 0) {                                                     \
+                for (j = 0; j < NR; j++) ci[j] = alpha * acc[i][j];              \
+            } else {                                                             \
+                for (j = 0; j < NR; j++) ci[j] = beta * ci[j] + alpha * acc[i][j]; \
+            }                                                                    \
+        }                                                                        \
+    }
+
+FASTBP_GENERIC_UKR(fastbp_ukr_s_generic, float, FASTBP_GENERIC_MR_S, FASTBP_GENERIC_NR_S)
+FASTBP_GENERIC_UKR(fastbp_ukr_d_generic, double, FASTBP_GENERIC_MR_D, FASTBP_GENERIC_NR_D)
+
+#if FASTBP_X86
+#define FASTBP_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma")))
+#define FASTBP_TARGET_AVX2 __attribute__((target("avx2,fma")))
+
+/* ------------------------------------------------------------ AVX-512 */
+/* Row i of the tile is two zmm registers c<i>0, c<i>1 (float32: 2x16
+ * columns; float64: 2x8). 24 accumulators + 2 B loads + 1 broadcast. */
+#define FASTBP_ROWS12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#define FASTBP_ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
+
+FASTBP_TARGET_AVX512 static void
+fastbp_ukr_s_avx512(ptrdiff_t kc, const float *ap, const float *bp, float *c,
+                    ptrdiff_t ldc, float alpha, float beta)
+{
+#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
+    FASTBP_ROWS12(DECL)
+#undef DECL
+    ptrdiff_t p;
+    for (p = 0; p < kc; p++) {
+        __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16), a;
+        _mm_prefetch((const char *)(bp + 8 * 32), _MM_HINT_T0);
+#define STEP(i) a = _mm512_set1_ps(ap[i]); \
+        c##i##0 = _mm512_fmadd_ps(a, b0, c##i##0); c##i##1 = _mm512_fmadd_ps(a, b1, c##i##1);
+        FASTBP_ROWS12(STEP)
+#undef STEP
+        ap += 12;
+        bp += 32;
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    if (beta == 0.0f) {
+#define STORE(i) _mm512_storeu_ps(c + i * ldc, _mm512_mul_ps(va, c##i##0)); \
+        _mm512_storeu_ps(c + i * ldc + 16, _mm512_mul_ps(va, c##i##1));
+        FASTBP_ROWS12(STORE)
+#undef STORE
+    } else {
+#define STORE(i) _mm512_storeu_ps(c + i * ldc, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + i * ldc), _mm512_mul_ps(va, c##i##0))); \
+        _mm512_storeu_ps(c + i * ldc + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + i * ldc + 16), _mm512_mul_ps(va, c##i##1)));
+        FASTBP_ROWS12(STORE)
+#undef STORE
+    }
+}
+
+FASTBP_TARGET_AVX512 static void
+fastbp_ukr_d_avx512(ptrdiff_t kc, const double *ap, const double *bp, double *c,
+                    ptrdiff_t ldc, double alpha, double beta)
+{
+#define DECL(i) __m512d c##i##0 = _mm512_setzero_pd(), c##i##1 = _mm512_setzero_pd();
+    FASTBP_ROWS12(DECL)
+#undef DECL
+    ptrdiff_t p;
+    for (p = 0; p < kc; p++) {
+        __m512d b0 = _mm512_loadu_pd(bp), b1 = _mm512_loadu_pd(bp + 8), a;
+        _mm_prefetch((const char *)(bp + 8 * 16), _MM_HINT_T0);
+#define STEP(i) a = _mm512_set1_pd(ap[i]); \
+        c##i##0 = _mm512_fmadd_pd(a, b0, c##i##0); c##i##1 = _mm512_fmadd_pd(a, b1, c##i##1);
+        FASTBP_ROWS12(STEP)
+#undef STEP
+        ap += 12;
+        bp += 16;
+    }
+    __m512d va = _mm512_set1_pd(alpha), vb = _mm512_set1_pd(beta);
+    if (beta == 0.0) {
+#define STORE(i) _mm512_storeu_pd(c + i * ldc, _mm512_mul_pd(va, c##i##0)); \
+        _mm512_storeu_pd(c + i * ldc + 8, _mm512_mul_pd(va, c##i##1));
+        FASTBP_ROWS12(STORE)
+#undef STORE
+    } else {
+#define STORE(i) _mm512_storeu_pd(c + i * ldc, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + i * ldc), _mm512_mul_pd(va, c##i##0))); \
+        _mm512_storeu_pd(c + i * ldc + 8, _mm512_fmadd_pd(vb, _mm512_loadu_pd(c + i * ldc + 8), _mm512_mul_pd(va, c##i##1)));
+        FASTBP_ROWS12(STORE)
+#undef STORE
+    }
+}
+
+/* ------------------------------------------------------------ AVX2 + FMA */
+/* Row i is two ymm registers: 12 accumulators, 6x16 floats or 6x8 doubles. */
+FASTBP_TARGET_AVX2 static void
+fastbp_ukr_s_avx2(ptrdiff_t kc, const float *ap, const float *bp, float *c,
+                  ptrdiff_t ldc, float alpha, float beta)
+{
+#define DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();
+    FASTBP_ROWS6(DECL)
+#undef DECL
+    ptrdiff_t p;
+    for (p = 0; p < kc; p++) {
+        __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8), a;
+#define STEP(i) a = _mm256_broadcast_ss(ap + i); \
+        c##i##0 = _mm256_fmadd_ps(a, b0, c##i##0); c##i##1 = _mm256_fmadd_ps(a, b1, c##i##1);
+        FASTBP_ROWS6(STEP)
+#undef STEP
+        ap += 6;
+        bp += 16;
+    }
+    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    if (beta == 0.0f) {
+#define STORE(i) _mm256_storeu_ps(c + i * ldc, _mm256_mul_ps(va, c##i##0)); \
+        _mm256_storeu_ps(c + i * ldc + 8, _mm256_mul_ps(va, c##i##1));
+        FASTBP_ROWS6(STORE)
+#undef STORE
+    } else {
+#define STORE(i) _mm256_storeu_ps(c + i * ldc, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + i * ldc), _mm256_mul_ps(va, c##i##0))); \
+        _mm256_storeu_ps(c + i * ldc + 8, _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + i * ldc + 8), _mm256_mul_ps(va, c##i##1)));
+        FASTBP_ROWS6(STORE)
+#undef STORE
+    }
+}
+
+FASTBP_TARGET_AVX2 static void
+fastbp_ukr_d_avx2(ptrdiff_t kc, const double *ap, const double *bp, double *c,
+                  ptrdiff_t ldc, double alpha, double beta)
+{
+#define DECL(i) __m256d c##i##0 = _mm256_setzero_pd(), c##i##1 = _mm256_setzero_pd();
+    FASTBP_ROWS6(DECL)
+#undef DECL
+    ptrdiff_t p;
+    for (p = 0; p < kc; p++) {
+        __m256d b0 = _mm256_loadu_pd(bp), b1 = _mm256_loadu_pd(bp + 4), a;
+#define STEP(i) a = _mm256_broadcast_sd(ap + i); \
+        c##i##0 = _mm256_fmadd_pd(a, b0, c##i##0); c##i##1 = _mm256_fmadd_pd(a, b1, c##i##1);
+        FASTBP_ROWS6(STEP)
+#undef STEP
+        ap += 6;
+        bp += 8;
+    }
+    __m256d va = _mm256_set1_pd(alpha), vb = _mm256_set1_pd(beta);
+    if (beta == 0.0) {
+#define STORE(i) _mm256_storeu_pd(c + i * ldc, _mm256_mul_pd(va, c##i##0)); \
+        _mm256_storeu_pd(c + i * ldc + 4, _mm256_mul_pd(va, c##i##1));
+        FASTBP_ROWS6(STORE)
+#undef STORE
+    } else {
+#define STORE(i) _mm256_storeu_pd(c + i * ldc, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c + i * ldc), _mm256_mul_pd(va, c##i##0))); \
+        _mm256_storeu_pd(c + i * ldc + 4, _mm256_fmadd_pd(vb, _mm256_loadu_pd(c + i * ldc + 4), _mm256_mul_pd(va, c##i##1)));
+        FASTBP_ROWS6(STORE)
+#undef STORE
+    }
+}
+#endif /* FASTBP_X86 */
+
+/* ------------------------------------------------------------ dispatch */
+/* The best ISA this CPU (and OS) supports. */
+static int fastbp_detect_isa(void)
+{
+#if FASTBP_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("fma"))
+        return FASTBP_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return FASTBP_ISA_AVX2;
+#endif
+    return FASTBP_ISA_GENERIC;
+}
+
+/* MR, NR of the micro-kernel for isa and dtype (double_ != 0 for float64). */
+static void fastbp_tile(int isa, int double_, int *mr, int *nr)
+{
+#if FASTBP_X86
+    if (isa == FASTBP_ISA_AVX512) {
+        *mr = double_ ? FASTBP_AVX512_MR_D : FASTBP_AVX512_MR_S;
+        *nr = double_ ? FASTBP_AVX512_NR_D : FASTBP_AVX512_NR_S;
+        return;
+    }
+    if (isa == FASTBP_ISA_AVX2) {
+        *mr = double_ ? FASTBP_AVX2_MR_D : FASTBP_AVX2_MR_S;
+        *nr = double_ ? FASTBP_AVX2_NR_D : FASTBP_AVX2_NR_S;
+        return;
+    }
+#endif
+    *mr = double_ ? FASTBP_GENERIC_MR_D : FASTBP_GENERIC_MR_S;
+    *nr = double_ ? FASTBP_GENERIC_NR_D : FASTBP_GENERIC_NR_S;
+}
+
+static fastbp_ukr_s fastbp_select_ukr_s(int isa)
+{
+#if FASTBP_X86
+    if (isa == FASTBP_ISA_AVX512) return fastbp_ukr_s_avx512;
+    if (isa == FASTBP_ISA_AVX2) return fastbp_ukr_s_avx2;
+#endif
+    (void)isa;
+    return fastbp_ukr_s_generic;
+}
+
+static fastbp_ukr_d fastbp_select_ukr_d(int isa)
+{
+#if FASTBP_X86
+    if (isa == FASTBP_ISA_AVX512) return fastbp_ukr_d_avx512;
+    if (isa == FASTBP_ISA_AVX2) return fastbp_ukr_d_avx2;
+#endif
+    (void)isa;
+    return fastbp_ukr_d_generic;
+}
+
+/* Edge tile: C[0:mr, 0:nr] through the full MR x NR kernel on a temporary
+ * tile, so the arithmetic is that of an interior tile. */
+#define FASTBP_EDGE(NAME, T, UKR_T)                                              \
+    static void NAME(UKR_T ukr, int MR, int NR, int mr, int nr, ptrdiff_t kc,    \
+                     const T *ap, const T *bp, T *c, ptrdiff_t ldc, T alpha,     \
+                     T beta)                                                     \
+    {                                                                            \
+        T tile[FASTBP_MAX_TILE];                                                 \
+        int i, j;                                                                \
+        if (beta != 0) {                                                         \
+            for (i = 0; i < mr; i++)                                             \
+                for (j = 0; j < nr; j++) tile[i * NR + j] = c[i * ldc + j];      \
+        }                                                                        \
+        ukr(kc, ap, bp, tile, NR, alpha, beta);                                  \
+        for (i = 0; i < mr; i++)                                                 \
+            for (j = 0; j < nr; j++) c[i * ldc + j] = tile[i * NR + j];          \
+    }
+
+FASTBP_EDGE(fastbp_edge_s, float, fastbp_ukr_s)
+FASTBP_EDGE(fastbp_edge_d, double, fastbp_ukr_d)
+
+/* 64-byte aligned workspace (packed panels); NULL on failure. */
+static void *fastbp_aligned_malloc(size_t nbytes)
+{
+    void *p = NULL;
+    if (nbytes == 0) nbytes = 64;
+    nbytes = (nbytes + 63) & ~(size_t)63;
+#if defined(_WIN32)
+    p = _aligned_malloc(nbytes, 64);
+#else
+    if (posix_memalign(&p, 64, nbytes) != 0) p = NULL;
+#endif
+    return p;
+}
+
+static void fastbp_aligned_free(void *p)
+{
+#if defined(_WIN32)
+    _aligned_free(p);
+#else
+    free(p);
+#endif
+}
+
+#endif /* FASTBP_MICROKERNELS_H */
