@@ -1,0 +1,95 @@
+"""Threading layer, thread count and instruction set of the Numba backend.
+
+Design: Numba's ``workqueue`` layer costs ~90 µs per ``parallel=True`` call and
+OpenMP ~1-2 µs, so OpenMP is selected here, before any parallel kernel first
+runs (this module is imported first by the package). If it cannot load (no
+libgomp), the default layer is used with a warning. The ISA is read from
+llvmlite's host CPU features, which is what Numba compiles for.
+"""
+
+import warnings
+
+import llvmlite.binding as llvm
+import numba
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+from numba.np.ufunc import parallel as _parallel
+
+
+def _select_openmp():
+    """Launch Numba's thread pool on the OpenMP layer, or the default one if that fails."""
+    if not getattr(_parallel, "_is_initialized", False):
+        previous = numba.config.THREADING_LAYER
+        numba.config.THREADING_LAYER = "omp"
+        try:
+            _parallel._launch_threads()
+        except (ValueError, ImportError, OSError) as exc:
+            numba.config.THREADING_LAYER = previous
+            warnings.warn(
+                f"fastbp: Numba's OpenMP threading layer cannot load ({exc}); using the "
+                "default layer, which adds ~0.1 ms to every parallel kernel call",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            _parallel._launch_threads()
+    layer = numba.threading_layer()
+    if layer != "omp":
+        warnings.warn(
+            f"fastbp: Numba runs on the {layer!r} threading layer, not 'omp'; parallel "
+            "kernels pay a larger start-up cost per call",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return layer
+
+
+THREADING_LAYER = _select_openmp()
+MAX_THREADS = numba.config.NUMBA_NUM_THREADS
+
+
+def clamp_threads(n_threads):
+    """The thread count Numba can honour: ``n_threads`` within [1, NUMBA_NUM_THREADS]."""
+    return max(1, min(int(n_threads), MAX_THREADS))
+
+
+@intrinsic
+def set_threads(typingctx, n_ty):
+    """Use n threads in this thread's next parallel regions (n in [1, MAX_THREADS]: see ``clamp_threads``).
+
+    ``numba.set_num_threads`` called in jitted code holds a ctypes pointer, which
+    Numba cannot cache; this calls the threading layer's exported symbol instead,
+    as Numba's own parfor code does.
+    """
+    if not isinstance(n_ty, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(32)]), "set_num_threads"
+        )
+        builder.call(fn, [context.cast(builder, args[0], signature.args[0], types.int32)])
+        return context.get_dummy_value()
+
+    return types.void(n_ty), codegen
+
+
+def _host_isa():
+    """'avx512', 'avx2' or 'generic': the vector ISA Numba's generated code may use."""
+    if numba.config.CPU_NAME not in (None, "host"):
+        return "generic"  # portable code was asked for (NUMBA_CPU_NAME)
+    features = llvm.get_host_cpu_features()
+    if features.get("avx512f", False):
+        return "avx512"
+    if features.get("avx2", False) and features.get("fma", False):
+        return "avx2"
+    return "generic"
+
+
+ISA = _host_isa()
+# Lanes of one SIMD register for each dtype (used by the micro-kernel).
+VECTOR_LANES = {
+    "avx512": {"float32": 16, "float64": 8},
+    "avx2": {"float32": 8, "float64": 4},
+    "generic": {"float32": 4, "float64": 2},
+}[ISA]

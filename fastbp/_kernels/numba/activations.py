@@ -1,0 +1,219 @@
+"""Activations and their derivatives: scalar functions, span kernels, row-parallel drivers.
+
+Design: one scalar function per activation (overflow-safe for any finite
+input: two-branch sigmoid, softplus = max(z, 0) + log1p(exp(-|z|)), expm1 for
+elu, max-subtracted softmax). ``activation_span`` applies activation ``act`` to
+a contiguous span of a flat array with the id tested once, outside the loop,
+so each branch is a simple loop LLVM can vectorise; the GEMM epilogue calls it
+on every finished micro-tile row and ``activation_forward`` on every row.
+Derivatives are taken from the output a (as scikit-learn does), except gelu's,
+which needs z.
+
+Layout: every 2-D array is C-contiguous and is read as a flat array; rows are
+split over threads with ``prange`` (element-wise work: no reduction, so the
+result does not depend on the thread count). Softmax rows reduce serially.
+"""
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from .. import registry as R
+from ._arrays import writable
+from ._threads import clamp_threads, set_threads
+
+# Element counts below which a kernel runs on one thread (a parallel region
+# costs ~1-2 µs with OpenMP; an element costs ~1 ns).
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_IDENTITY, _STEP, _HARDTANH, _SIGMOID, _TANH, _RELU = R.IDENTITY, R.STEP, R.HARDTANH, R.SIGMOID, R.TANH, R.RELU
+_LEAKY_RELU, _ELU, _SOFTPLUS, _GELU, _SOFTMAX = R.LEAKY_RELU, R.ELU, R.SOFTPLUS, R.GELU, R.SOFTMAX
+_SLOPE, _ALPHA = R.LEAKY_RELU_SLOPE, R.ELU_ALPHA
+
+_jit = numba.njit(cache=True, nogil=True)
+_jit_inline = numba.njit(cache=True, nogil=True, inline="always")
+
+
+# ---------------------------------------------------------------- scalar functions
+@_jit
+def sigmoid(z):
+    """1 / (1 + exp(-z)), exp of a non-positive argument only."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@_jit
+def softplus(z):
+    """log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|))."""
+    return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+
+
+@_jit
+def gelu(z):
+    """z·Φ(z) with the exact erf."""
+    return 0.5 * z * (1.0 + math.erf(z * _SQRT_HALF))
+
+
+@_jit
+def gelu_derivative(z):
+    """Φ(z) + z·φ(z)."""
+    return 0.5 * (1.0 + math.erf(z * _SQRT_HALF)) + z * _INV_SQRT_2PI * math.exp(-0.5 * z * z)
+
+
+# ---------------------------------------------------------------- span kernels
+@_jit
+def activation_span(act, src, src_off, dst, dst_off, count):
+    """dst[dst_off:+count] := act(src[src_off:+count]), element-wise (softmax: not here).
+
+    IN src (flat); OUT dst (flat), may be src at the same offset.
+    """
+    if act == _IDENTITY:
+        for j in range(count):
+            dst[dst_off + j] = src[src_off + j]
+    elif act == _STEP:
+        for j in range(count):
+            dst[dst_off + j] = 1.0 if src[src_off + j] > 0 else 0.0
+    elif act == _HARDTANH:
+        for j in range(count):
+            dst[dst_off + j] = min(max(src[src_off + j], -1.0), 1.0)
+    elif act == _SIGMOID:
+        for j in range(count):
+            dst[dst_off + j] = sigmoid(src[src_off + j])
+    elif act == _TANH:
+        for j in range(count):
+            dst[dst_off + j] = math.tanh(src[src_off + j])
+    elif act == _RELU:
+        for j in range(count):
+            dst[dst_off + j] = max(src[src_off + j], 0.0)
+    elif act == _LEAKY_RELU:
+        for j in range(count):
+            v = src[src_off + j]
+            dst[dst_off + j] = v if v > 0 else v * _SLOPE
+    elif act == _ELU:
+        for j in range(count):
+            v = src[src_off + j]
+            dst[dst_off + j] = v if v > 0 else _ALPHA * math.expm1(v)
+    elif act == _SOFTPLUS:
+        for j in range(count):
+            dst[dst_off + j] = softplus(src[src_off + j])
+    elif act == _GELU:
+        for j in range(count):
+            dst[dst_off + j] = gelu(src[src_off + j])
+
+
+@_jit
+def derivative_span(act, z, a, grad_a, grad_z, off, count):
+    """grad_z[off:+count] := grad_a ⊙ act'(z), act' from a except for gelu (from z).
+
+    IN z, a, grad_a (flat); OUT grad_z (flat), may be grad_a.
+    """
+    if act == _IDENTITY:
+        for j in range(count):
+            grad_z[off + j] = grad_a[off + j]
+    elif act == _STEP:
+        for j in range(count):
+            grad_z[off + j] = 0.0
+    elif act == _HARDTANH:
+        for j in range(count):
+            v = a[off + j]
+            grad_z[off + j] = grad_a[off + j] if (v > -1.0 and v < 1.0) else 0.0
+    elif act == _SIGMOID:
+        for j in range(count):
+            v = a[off + j]
+            grad_z[off + j] = grad_a[off + j] * (v * (1 - v))
+    elif act == _TANH:
+        for j in range(count):
+            v = a[off + j]
+            grad_z[off + j] = grad_a[off + j] * (1 - v * v)
+    elif act == _RELU:
+        for j in range(count):
+            grad_z[off + j] = grad_a[off + j] if a[off + j] > 0 else 0.0
+    elif act == _LEAKY_RELU:
+        for j in range(count):
+            g = grad_a[off + j]
+            grad_z[off + j] = g if a[off + j] > 0 else g * _SLOPE
+    elif act == _ELU:
+        for j in range(count):
+            v = a[off + j]
+            g = grad_a[off + j]
+            grad_z[off + j] = g if v > 0 else g * (v + _ALPHA)
+    elif act == _SOFTPLUS:
+        for j in range(count):
+            grad_z[off + j] = grad_a[off + j] * -math.expm1(-a[off + j])
+    elif act == _GELU:
+        for j in range(count):
+            grad_z[off + j] = grad_a[off + j] * gelu_derivative(z[off + j])
+
+
+@_jit
+def softmax_row(z, a, off, count):
+    """a[off:+count] := exp(z - max z) / Σ exp(z - max z), the sum in float64.  OUT a, may be z."""
+    top = z[off]
+    for j in range(1, count):
+        top = max(top, z[off + j])
+    total = 0.0
+    for j in range(count):
+        e = math.exp(z[off + j] - top)
+        a[off + j] = e
+        total += e
+    scale = 1.0 / total
+    for j in range(count):
+        a[off + j] = a[off + j] * scale
+
+
+@_jit
+def softmax_backward_row(a, grad_a, grad_z, off, count):
+    """grad_z[off:+count] := a ⊙ (g - Σ g⊙a), the dot in float64.  OUT grad_z, may be grad_a."""
+    dot = 0.0
+    for j in range(count):
+        dot += grad_a[off + j] * a[off + j]
+    for j in range(count):
+        grad_z[off + j] = a[off + j] * (grad_a[off + j] - dot)
+
+
+# ---------------------------------------------------------------- row-parallel drivers
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _activation_forward(act, z, a, n_threads):
+    """a := act(z), row-wise for softmax.  IN z (m, n); OUT a (m, n), may be z."""
+    m, n = z.shape
+    set_threads(n_threads if m * n >= PARALLEL_MIN_ELEMENTS else 1)
+    zf = z.reshape(m * n)
+    af = a.reshape(m * n)
+    for i in prange(m):
+        if act == _SOFTMAX:
+            softmax_row(zf, af, i * n, n)
+        else:
+            activation_span(act, zf, i * n, af, i * n, n)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _activation_backward(act, z, a, grad_a, grad_z, n_threads):
+    """grad_z := grad_a ⊙ act'(z) (softmax: a ⊙ (g - Σ g⊙a) per row).  OUT grad_z, may be grad_a."""
+    m, n = a.shape
+    set_threads(n_threads if m * n >= PARALLEL_MIN_ELEMENTS else 1)
+    zf = z.reshape(m * n)
+    af = a.reshape(m * n)
+    gf = grad_a.reshape(m * n)
+    of = grad_z.reshape(m * n)
+    for i in prange(m):
+        if act == _SOFTMAX:
+            softmax_backward_row(af, gf, of, i * n, n)
+        else:
+            derivative_span(act, zf, af, gf, of, i * n, n)
+
+
+def activation_forward(act, z, a, n_threads):
+    """a := act(z), row-wise for softmax.  IN z (m, n); OUT a (m, n), may alias z."""
+    _activation_forward(act, writable(z), a, clamp_threads(n_threads))
+
+
+def activation_backward(act, z, a, grad_a, grad_z, n_threads):
+    """grad_z := grad_a ⊙ act'(z).  IN z, a, grad_a (m, n); OUT grad_z (m, n), may alias grad_a."""
+    _activation_backward(act, writable(z), writable(a), writable(grad_a), grad_z, clamp_threads(n_threads))
+

@@ -1,0 +1,193 @@
+"""BLIS-style cache-blocked GEMM with a fused bias + activation epilogue.
+
+Design: five loops around a register-blocked micro-kernel (``microkernel.py``),
+block sizes MR, NR, KC, MC, NC from the one table in ``blocking.py``:
+
+    5th loop (jc, NC)   columns of C and B
+    4th loop (pc, KC)   pack B[pc:pc+KC, jc:jc+NC] into NR-wide micro-panels (parallel over panels)
+    3rd loop (ic, MC)   parallel over tasks = ic blocks (x jr chunks when m is small);
+                        each task packs its A block into its own workspace region
+    2nd loop (jr, NR)   micro-panels of packed B
+    1st loop (ir, MR)   micro-panels of packed A -> micro-kernel -> ``store_tile``
+
+``store_tile`` is the epilogue: the first KC slice applies alpha and beta, later
+slices add; after the last slice it adds the bias and writes z and act(z),
+so the dense layer's forward is one pass over each output tile.
+
+Layout: A and B may have any strides (C, F, transposed, negative), read only
+by the packing routines; C (z) and the activation output are C-contiguous and
+read as flat arrays. Each driver is compiled once per dtype with an explicit
+layout-'A' signature, so C-, F- and strided operands share one compilation.
+The block sizes are closure constants of the driver, so they are baked into
+the compiled code and part of Numba's cache key.
+
+Determinism: every C element is summed over k in KC slices in increasing
+order, each slice in increasing k in one micro-kernel lane. Tasks only
+partition C, so nothing numeric depends on the thread count.
+"""
+
+import numba
+import numpy as np
+from numba import prange, types
+
+from ..blocking import block_sizes
+from .activations import activation_span
+from .microkernel import micro_kernel_loops, micro_kernel_simd
+from .packing import pack_a, pack_b_panel
+from ._arrays import writable
+from ._threads import ISA, clamp_threads, set_threads
+
+# Below this many flops (2mnk) the GEMM runs on one thread.
+PARALLEL_MIN_FLOPS = 1 << 22
+# ``act`` value of a plain GEMM: write C only, no activation output.
+NO_ACTIVATION = -1
+
+_jit = numba.njit(cache=True, nogil=True)
+
+
+@_jit
+def store_edge_tile(ab, nr_block, rows, cols, z, c_off, ldc, beta):
+    """z[tile] := ab[tile] + beta·z[tile] for the valid rows x cols of an edge tile (z unread if beta == 0).
+
+    IN ab (MR*NR,): alpha·AB from the micro-kernel; IN/OUT z (flat m*n).
+    """
+    for i in range(rows):
+        t = i * nr_block
+        c = c_off + i * ldc
+        if beta == 0.0:
+            for j in range(cols):
+                z[c + j] = ab[t + j]
+        else:
+            for j in range(cols):
+                z[c + j] = ab[t + j] + beta * z[c + j]
+
+
+@_jit
+def finish_tile(rows, cols, z, out, c_off, ldc, bias, col0, act):
+    """Dense epilogue of a finished tile: z += bias[col0:col0+cols]; out := act(z) unless act < 0.
+
+    IN/OUT z (flat m*n); OUT out (flat m*n), may be z.
+    """
+    has_bias = bias.shape[0] > 0
+    for i in range(rows):
+        c = c_off + i * ldc
+        if has_bias:
+            for j in range(cols):
+                z[c + j] = z[c + j] + bias[col0 + j]
+        if act >= 0:
+            activation_span(act, z, c, out, c, cols)
+
+
+def _make_driver(dtype):
+    """Compile-on-first-use GEMM driver for ``dtype`` with the block sizes of this ISA."""
+    MR, NR, KC, MC, NC = block_sizes(ISA, dtype)
+    SIMD = ISA != "generic"
+    SCALAR = np.float32 if dtype == "float32" else np.float64
+
+    def _gemm(a, b, z, out, bias, alpha, beta, act, n_threads):
+        """z := alpha·a·b + beta·z + bias; out := act(z) unless act < 0.
+
+        IN a (m, k), b (k, n) any strides, k >= 1; bias (n,), or (0,) for none.
+        IN/OUT z (m, n) C-contiguous, not read when beta == 0.
+        OUT out (m, n) C-contiguous, may be z.
+        """
+        m, k = a.shape
+        n = b.shape[1]
+        n_threads = n_threads if 2.0 * m * n * k >= PARALLEL_MIN_FLOPS else 1
+        set_threads(n_threads)
+        zf = z.reshape(m * n)
+        of = out.reshape(m * n)
+        alpha_t = SCALAR(alpha)
+        finish = bias.shape[0] > 0 or act >= 0
+
+        # ic blocks: at least n_threads of them when m allows, a multiple of it otherwise.
+        n_ic = -(-m // MC)
+        n_ic = -(-n_ic // n_threads) * n_threads
+        mc_block = -(-(-(-m // n_ic)) // MR) * MR  # ceil(m / n_ic) rounded up to MR, <= MC
+        n_ic = -(-m // mc_block)
+        # Too few ic blocks for the threads (small m): also split the jr loop.
+        n_split = 1 if n_ic >= n_threads else -(-n_threads // n_ic)
+        n_tasks = n_ic * n_split
+        nc_max = min(NC, n)
+
+        pb_size = KC * (-(-nc_max // NR) * NR)
+        pa_size = mc_block * KC
+        task_size = pa_size + 2 * MR * NR  # packed A block, edge tile, scratch of the loop kernel
+        work = np.empty(pb_size + n_tasks * task_size, dtype=z.dtype)
+        pb = work[:pb_size]
+
+        for jc in range(0, n, NC):  # 5th loop (jc, NC)
+            nc = min(NC, n - jc)
+            n_panels = -(-nc // NR)
+            jr_chunk = -(-n_panels // n_split) * NR
+            for pc in range(0, k, KC):  # 4th loop (pc, KC)
+                kc = min(KC, k - pc)
+                beta_t = SCALAR(beta) if pc == 0 else SCALAR(1.0)  # later slices accumulate
+                last = pc + kc == k
+                for q in prange(n_panels):
+                    pack_b_panel(b, pc, kc, jc + q * NR, min(NR, nc - q * NR), NR, pb, q * NR * kc)
+                for task in prange(n_tasks):  # 3rd loop (ic, MC), split over tasks
+                    ib = task // n_split
+                    jr_lo = (task - ib * n_split) * jr_chunk
+                    jr_hi = min(nc, jr_lo + jr_chunk)
+                    ic = ib * mc_block
+                    mc = min(mc_block, m - ic)
+                    pa_off = pb_size + task * task_size
+                    ab = work[pa_off + pa_size:pa_off + pa_size + MR * NR]
+                    ab_scratch = work[pa_off + pa_size + MR * NR:pa_off + pa_size + 2 * MR * NR]
+                    if jr_lo < jr_hi:
+                        pack_a(a, ic, mc, pc, kc, MR, work, pa_off)
+                    for jr in range(jr_lo, jr_hi, NR):  # 2nd loop (jr, NR)
+                        cols = min(NR, nc - jr)
+                        for ir in range(0, mc, MR):  # 1st loop (ir, MR)
+                            rows = min(MR, mc - ir)
+                            c_off = (ic + ir) * n + jc + jr
+                            full = rows == MR and cols == NR
+                            # A full tile is updated in place; an edge tile goes through ab.
+                            tile, tile_off, ldt = (zf, c_off, n) if full else (ab, 0, NR)
+                            tile_beta = beta_t if full else SCALAR(0.0)
+                            if SIMD:
+                                micro_kernel_simd(MR, NR, kc, work, pa_off + ir * kc, pb, jr * kc,
+                                                  tile, tile_off, ldt, alpha_t, tile_beta)
+                            else:
+                                micro_kernel_loops(MR, NR, kc, work, pa_off + ir * kc, pb, jr * kc,
+                                                   tile, tile_off, ldt, alpha_t, tile_beta, ab_scratch)
+                            if not full:
+                                store_edge_tile(ab, NR, rows, cols, zf, c_off, n, beta_t)
+                            if last and finish:
+                                finish_tile(rows, cols, zf, of, c_off, n, bias, jc + jr, act)
+
+    nb_dtype = numba.from_dtype(np.dtype(dtype))
+    matrix_any = types.Array(nb_dtype, 2, "A")
+    matrix_c = types.Array(nb_dtype, 2, "C")
+    signature = types.void(matrix_any, matrix_any, matrix_c, matrix_c, types.Array(nb_dtype, 1, "C"),
+                           types.float64, types.float64, types.int64, types.int64)
+    return numba.njit([signature], cache=True, nogil=True, parallel=True)(_gemm)
+
+
+_drivers = {}
+
+
+def driver(dtype):
+    """The compiled GEMM driver for ``dtype`` (compiled, or loaded from cache, on first use)."""
+    key = np.dtype(dtype).name
+    if key not in _drivers:
+        _drivers[key] = _make_driver(key)
+    return _drivers[key]
+
+
+_no_bias = {}
+
+
+def no_bias(dtype):
+    """An empty bias vector of ``dtype``: the driver adds no bias."""
+    key = np.dtype(dtype).name
+    if key not in _no_bias:
+        _no_bias[key] = np.empty(0, dtype=key)
+    return _no_bias[key]
+
+
+def gemm(a, b, c, alpha, beta, n_threads):
+    """c := alpha*a·b + beta*c.  IN a (m, k), b (k, n) any strides, k >= 1; IN/OUT c (m, n), not read if beta == 0."""
+    driver(c.dtype)(writable(a), writable(b), c, c, no_bias(c.dtype), float(alpha), float(beta),
+                    NO_ACTIVATION, clamp_threads(n_threads))
