@@ -1,10 +1,13 @@
 """fastbp: backpropagation on the CPU, as fast as the hardware allows.
 
 Kernels live in ``fastbp.kernels`` and run on one of two compiled backends,
-Cython with OpenMP or Numba, chosen with ``set_backend``/``backend``.
+Cython with OpenMP or Numba, chosen with ``set_backend``/``backend``. On them,
+``Network`` of ``Dense`` layers, the optimizers ``SGD``/``RMSprop``/``Adam``,
+``EarlyStopping``, ``schedules``, ``gradcheck`` and ``save``/``load`` are what
+a user trains with.
 """
 
-from . import kernels
+from . import callbacks, init, kernels, losses, optim, schedules
 from ._backend import (
     available_backends,
     backend,
@@ -13,6 +16,12 @@ from ._backend import (
     set_backend,
     set_num_threads,
 )
+from .callbacks import EarlyStopping
+from .gradcheck import gradcheck
+from .layers import Dense
+from .network import Network
+from .optim import SGD, Adam, RMSprop
+from .serialization import load, save
 
 __version__ = "0.1.0"
 
@@ -24,4 +33,18 @@ __all__ = [
     "set_backend",
     "get_num_threads",
     "set_num_threads",
+    "Network",
+    "Dense",
+    "SGD",
+    "RMSprop",
+    "Adam",
+    "EarlyStopping",
+    "gradcheck",
+    "save",
+    "load",
+    "callbacks",
+    "init",
+    "losses",
+    "optim",
+    "schedules",
 ]

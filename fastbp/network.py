@@ -1,0 +1,564 @@
+"""Network: a chain of layers, its flat parameter buffers, and the training loop.
+
+Orchestration only: every array operation of a training step is a kernel call
+on a preallocated buffer.
+
+Memory layout
+-------------
+* ``params`` and ``grads``: one flat vector each, of the network's dtype; each
+  layer's ``W``, ``b``, ``dW``, ``db`` are views into them (layer 0's W, then
+  its b, then layer 1's W, ...). An optimizer step is one kernel call.
+* A ``_Workspace`` per batch size: for each layer its output ``a``, its
+  pre-activation ``z`` (the same array as ``a`` unless backward needs z:
+  gelu) and its ``delta`` (d loss/d a, turned into d loss/d z in place), plus
+  the gather buffers for a shuffled batch of X and y. ``fit`` uses at most two
+  batch sizes (the batch and the last, smaller one), so after the first batch
+  of each size a training step allocates nothing.
+
+Hot path
+--------
+``fit`` validates and converts X and y once, then calls the current backend's
+kernels (``fastbp._backend.backend_module()``) directly with the current thread
+count; no per-step checks, no per-step allocations.
+"""
+
+import math
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from . import _backend
+from . import kernels as _public_kernels
+from . import init as _init
+from . import losses as _losses
+from .layers import Dense
+from .optim import Adam, Optimizer
+
+__all__ = ["Network"]
+
+_EVAL_CHUNK = 1024  # rows per forward pass when predicting/evaluating, to bound memory
+_MAX_WORKSPACES = 6  # batch sizes kept: fit needs 2 for training and 2 for validation
+
+
+class _NonFinite(ArithmeticError):
+    """Raised by a training step, before its update, when the loss or a gradient is not finite."""
+
+
+class _Workspace:
+    """Per-batch-size buffers: activations, pre-activations, deltas, and fit's gather buffers."""
+
+    def __init__(self, layers, n_samples, dtype):
+        self.n_samples = n_samples
+        self.activations = [np.empty((n_samples, layer.n_out), dtype) for layer in layers]
+        self.preactivations = [np.empty_like(a) if layer.needs_preactivation else a
+                               for layer, a in zip(layers, self.activations)]
+        self.deltas = [np.empty_like(a) for a in self.activations]
+        self.batch_x = None  # (n_samples, n_in), allocated by fit when it shuffles
+        self.batch_y = None
+
+
+def _check_count(name, value, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an integer{' or None' if allow_none else ''}, got {value!r}")
+    value = int(value)
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+class Network:
+    """A feed-forward network of ``Dense`` layers trained by backpropagation.
+
+    Parameters
+    ----------
+    layers : list of Dense
+        Consecutive layers must chain: ``layers[i].n_out == layers[i+1].n_in``.
+        A layer belongs to one network only.
+    loss : str
+        ``"mse"``, ``"softmax_cross_entropy"`` or ``"binary_cross_entropy"``, as
+        PyTorch defines them (the cross-entropies take logits: the last layer
+        normally has no activation; see ``fastbp.losses`` for the valid pairs).
+    dtype : float32 or float64
+        Dtype of the parameters and of every computation. Inputs of other
+        dtypes are converted, once, on entry.
+    seed : int, numpy.random.Generator or None
+        Seeds the Generator that draws the initial weights and the shuffling
+        order, so a seed makes a whole run reproducible bit for bit, for any
+        thread count.
+
+    Attributes
+    ----------
+    layers : list of Dense
+    params, grads : ndarrays of shape (n_params,)
+        Every parameter, and every gradient, in one flat vector.
+    n_inputs, n_outputs : int
+
+    Examples
+    --------
+    >>> net = Network([Dense(64, 128, activation="relu"), Dense(128, 10)],
+    ...               loss="softmax_cross_entropy", dtype=np.float32, seed=0)
+    >>> history = net.fit(X, y, optimizer=Adam(net, lr=1e-3), epochs=30)  # doctest: +SKIP
+    """
+
+    def __init__(self, layers, loss="mse", dtype=np.float32, seed=None):
+        layers = list(layers) if not isinstance(layers, Dense) else [layers]
+        if not layers:
+            raise ValueError("a Network needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Dense):
+                raise TypeError(f"layer {i} must be a fastbp.Dense, got {type(layer).__name__}")
+        for i, (before, after) in enumerate(zip(layers, layers[1:])):
+            if before.n_out != after.n_in:
+                raise ValueError(
+                    f"layer sizes do not chain: layer {i} {before!r} has {before.n_out} outputs "
+                    f"but layer {i + 1} {after!r} expects {after.n_in} inputs"
+                )
+        if len({id(layer) for layer in layers}) != len(layers):
+            raise ValueError("the same Dense object appears twice in layers; create one per position")
+        self.loss = _losses.check_loss(loss)
+        _losses.check_output_activation(self.loss, layers[-1].activation, layers[-1].n_out)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.seed = seed if isinstance(seed, (int, np.integer)) or seed is None else None
+        self._rng = np.random.default_rng(seed)
+
+        n_params = sum(layer.n_params for layer in layers)
+        self.params = np.zeros(n_params, self.dtype)
+        self.grads = np.zeros(n_params, self.dtype)
+        offset = 0
+        for layer in layers:
+            end = offset + layer.n_params
+            layer._bind(self.params[offset:end], self.grads[offset:end])
+            offset = end
+        self.layers = layers
+        for layer in layers:  # in layer order, from one Generator: reproducible
+            _init.initialize(layer.W, layer.init, self._rng)
+        self._workspaces = OrderedDict()
+        self._cache = None  # (workspace, x) of the last public forward, for backward
+
+    # ------------------------------------------------------------ structure
+    @property
+    def n_inputs(self):
+        return self.layers[0].n_in
+
+    @property
+    def n_outputs(self):
+        return self.layers[-1].n_out
+
+    @property
+    def n_params(self):
+        return self.params.size
+
+    def parameters(self):
+        """The flat (params, grads) pair, each an ndarray of shape (n_params,); optimizers take it."""
+        return self.params, self.grads
+
+    def named_parameters(self):
+        """List of (name, param, grad) for every layer's W and b, e.g. ("layers.0.W", W, dW)."""
+        named = []
+        for i, layer in enumerate(self.layers):
+            named.append((f"layers.{i}.W", layer.W, layer.dW))
+            named.append((f"layers.{i}.b", layer.b, layer.db))
+        return named
+
+    def zero_grad(self):
+        """Set every gradient to zero (backward overwrites them; training never needs this)."""
+        self.grads.fill(0)
+
+    def get_config(self):
+        """The architecture as a JSON-serialisable dict (what ``save`` stores besides the weights)."""
+        return {"layers": [layer.get_config() for layer in self.layers], "loss": self.loss,
+                "dtype": self.dtype.name, "seed": None if self.seed is None else int(self.seed)}
+
+    def __repr__(self):
+        inner = ",\n    ".join(repr(layer) for layer in self.layers)
+        return f"Network([\n    {inner}],\n  loss={self.loss!r}, dtype={self.dtype.name})"
+
+    # ------------------------------------------------------------ boundary checks
+    def _check_X(self, X, name="X"):
+        """X as a C-contiguous array of the network's dtype, shape (n_samples, n_inputs); one copy at most."""
+        if not isinstance(X, np.ndarray):
+            try:
+                X = np.asarray(X)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{name} must be a numeric 2-D array: {exc}") from None
+        if X.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be numeric, got dtype {X.dtype}")
+        if X.ndim != 2:
+            hint = "; for one sample use X.reshape(1, -1)" if X.ndim == 1 else ""
+            raise ValueError(f"{name} must be 2-D of shape (n_samples, {self.n_inputs}), got shape {X.shape}{hint}")
+        if X.shape[0] == 0:
+            raise ValueError(f"{name} is empty: shape {X.shape}")
+        if X.shape[1] != self.n_inputs:
+            raise ValueError(f"{name} has {X.shape[1]} features but the network expects {self.n_inputs}")
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        if not np.isfinite(X).all():
+            raise ValueError(f"{name} contains NaN or infinity (or values that overflow {self.dtype.name})")
+        return X
+
+    def _check_y(self, y, n_samples, name="y"):
+        return _losses.check_target(self.loss, y, n_samples, self.n_outputs, self.dtype, name)
+
+    # ------------------------------------------------------------ buffers
+    def _workspace(self, n_samples):
+        """The buffers for batches of ``n_samples`` rows: made once, then reused (least recent evicted)."""
+        ws = self._workspaces.get(n_samples)
+        if ws is None:
+            if len(self._workspaces) >= _MAX_WORKSPACES:
+                self._workspaces.popitem(last=False)
+            ws = self._workspaces[n_samples] = _Workspace(self.layers, n_samples, self.dtype)
+        else:
+            self._workspaces.move_to_end(n_samples)
+        return ws
+
+    # ------------------------------------------------------------ passes (trusted arguments)
+    def _forward(self, ws, x, kernels, n_threads):
+        """Chain the layers' forward passes; returns the last layer's output buffer (n_samples, n_outputs)."""
+        for layer, z, a in zip(self.layers, ws.preactivations, ws.activations):
+            layer._forward(x, z, a, kernels, n_threads)
+            x = a
+        return x
+
+    def _loss(self, ws, y, loss_kernel, kernels, n_threads):
+        """Loss of the last forward; writes d loss/d output into the last delta buffer."""
+        return getattr(kernels, loss_kernel)(ws.activations[-1], y, ws.deltas[-1], n_threads)
+
+    def _backward(self, ws, x, kernels, n_threads):
+        """Chain the layers' backward passes from the last delta; fills ``grads``."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            x_in = ws.activations[i - 1] if i else x
+            dx = ws.deltas[i - 1] if i else None  # the first layer needs no input gradient
+            self.layers[i]._backward(x_in, ws.preactivations[i], ws.activations[i], ws.deltas[i], dx,
+                                     kernels, n_threads)
+
+    # ------------------------------------------------------------ public one-off passes
+    def forward(self, X):
+        """Raw output of the last layer (logits for the cross-entropies), caching what ``backward`` needs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_inputs)
+
+        Returns
+        -------
+        out : ndarray of shape (n_samples, n_outputs), a new array of the network's dtype
+        """
+        X = self._check_X(X)
+        ws = self._workspace(X.shape[0])
+        out = self._forward(ws, X, _backend.backend_module(), _backend.get_num_threads())
+        self._cache = (ws, X)
+        return out.copy()
+
+    __call__ = forward
+
+    def backward(self, y):
+        """Loss of the last ``forward`` against ``y``; fills every layer's ``dW`` and ``db``.
+
+        Parameters
+        ----------
+        y : array-like
+            Targets for the samples of the last forward (see ``fastbp.losses.check_target``):
+            class indices of shape (n_samples,) or rows of shape (n_samples, n_outputs).
+
+        Returns
+        -------
+        loss : float
+        """
+        if self._cache is None:
+            raise RuntimeError("backward() needs a forward() first")
+        ws, X = self._cache
+        y, loss_kernel = self._check_y(y, X.shape[0])
+        kernels, n_threads = _backend.backend_module(), _backend.get_num_threads()
+        if ws.activations[-1].shape[0] != X.shape[0] or self._workspaces.get(X.shape[0]) is not ws:
+            ws = self._workspace(X.shape[0])  # evicted or reused since: recompute the forward
+            self._forward(ws, X, kernels, n_threads)
+        loss = self._loss(ws, y, loss_kernel, kernels, n_threads)
+        self._backward(ws, X, kernels, n_threads)
+        return float(loss)
+
+    def _raw_output(self, X, out):
+        """Forward ``X`` (checked) in chunks into ``out`` (n_samples, n_outputs)."""
+        kernels, n_threads = _backend.backend_module(), _backend.get_num_threads()
+        for start in range(0, X.shape[0], _EVAL_CHUNK):
+            x = X[start:start + _EVAL_CHUNK]
+            out[start:start + x.shape[0]] = self._forward(self._workspace(x.shape[0]), x, kernels, n_threads)
+        return out
+
+    def predict(self, X):
+        """Predictions: softmax probabilities (softmax_cross_entropy), sigmoid probabilities
+        (binary_cross_entropy) or the raw output (mse).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_inputs)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_outputs)
+        """
+        X = self._check_X(X)
+        out = self._raw_output(X, np.empty((X.shape[0], self.n_outputs), self.dtype))
+        act = _losses.PREDICT_ACTIVATION[self.loss]
+        return out if act == "identity" else _public_kernels.activation(act, out, out=out)
+
+    def predict_classes(self, X):
+        """Predicted labels: argmax of the outputs, or output > 0.5 for binary_cross_entropy.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) of int64, or (n_samples, n_outputs) for binary_cross_entropy
+        """
+        proba = self.predict(X)
+        if self.loss == "binary_cross_entropy":
+            return (proba > 0.5).astype(np.int64)
+        return proba.argmax(axis=1)
+
+    def evaluate(self, X, y):
+        """Mean loss over (X, y), without touching the gradients.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_inputs)
+        y : array-like of targets (see ``backward``)
+
+        Returns
+        -------
+        loss : float
+        """
+        X = self._check_X(X)
+        y, loss_kernel = self._check_y(y, X.shape[0])
+        return self._evaluate(X, y, loss_kernel)
+
+    def _evaluate(self, X, y, loss_kernel):
+        """Mean loss over checked (X, y), chunk by chunk (every loss is a mean over rows × a constant)."""
+        kernels, n_threads = _backend.backend_module(), _backend.get_num_threads()
+        total = 0.0
+        n = X.shape[0]
+        for start in range(0, n, _EVAL_CHUNK):
+            x, t = X[start:start + _EVAL_CHUNK], y[start:start + _EVAL_CHUNK]
+            ws = self._workspace(x.shape[0])
+            self._forward(ws, x, kernels, n_threads)
+            total += float(self._loss(ws, t, loss_kernel, kernels, n_threads)) * x.shape[0]
+        return total / n
+
+    def _val_accuracy(self, X, y):
+        """Accuracy on checked (X, y) for the cross-entropies (y as indices or rows)."""
+        out = self._raw_output(X, np.empty((X.shape[0], self.n_outputs), self.dtype))
+        if self.loss == "binary_cross_entropy":
+            return float(np.mean((out > 0) == (y > 0.5)))
+        labels = y if y.ndim == 1 else y.argmax(axis=1)
+        return float(np.mean(out.argmax(axis=1) == labels))
+
+    # ------------------------------------------------------------ training
+    def _train_step(self, ws, x, y, loss_kernel, optimizer, kernels, n_threads):
+        """One step on a batch: forward, loss, backward, update. Allocates nothing.
+
+        Returns the batch loss. Raises ``_NonFinite`` before the update if the loss
+        or a gradient is not finite, so the weights stay as they were.
+        """
+        self._forward(ws, x, kernels, n_threads)
+        loss = self._loss(ws, y, loss_kernel, kernels, n_threads)
+        if not math.isfinite(loss):
+            raise _NonFinite(f"the training loss became non-finite ({loss})")
+        self._backward(ws, x, kernels, n_threads)
+        # A finite sum of squares means every gradient is finite; if it is not,
+        # confirm element-wise (a float32 sum of squares may overflow on its own).
+        if not math.isfinite(np.dot(self.grads, self.grads)) and not np.isfinite(self.grads).all():
+            raise _NonFinite(f"a gradient became non-finite (loss {loss})")
+        optimizer.step()
+        return loss
+
+    def fit(self, X, y, optimizer=None, epochs=10, batch_size=32, shuffle=True, validation_data=None,
+            verbose=1, callbacks=None, lr_schedule=None):
+        """Train on (X, y) by backpropagation; full-batch, stochastic or mini-batch.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_inputs)
+            Any numeric dtype and memory layout; converted once to a C-contiguous
+            array of the network's dtype.
+        y : array-like
+            Class indices of shape (n_samples,) or target rows of shape
+            (n_samples, n_outputs); see ``fastbp.losses.check_target``.
+        optimizer : Optimizer, optional
+            Built on this network's parameters (``fb.Adam(net, ...)``). Default:
+            ``Adam(self, lr=1e-3)``. Gradient clipping is an optimizer option.
+        epochs : int >= 1
+        batch_size : int >= 1 or None
+            None or >= n_samples: full-batch gradient descent (one step per
+            epoch, no shuffling needed); 1: stochastic; otherwise mini-batch,
+            the last batch of an epoch holding the remainder.
+        shuffle : bool
+            Draw one permutation per epoch from the network's seeded Generator.
+        validation_data : (X_val, y_val), optional
+            Evaluated at the end of every epoch: ``val_loss``, and
+            ``val_accuracy`` for the cross-entropies.
+        verbose : 0, 1 or 2
+            0 prints nothing, 1 shows a tqdm progress bar per epoch (loss,
+            val_loss, samples/s), 2 prints one line per epoch.
+        callbacks : list of callables, optional
+            ``callback(network, epoch, logs)`` at each epoch end; returning True
+            stops training. See ``fastbp.callbacks`` (``EarlyStopping``).
+        lr_schedule : callable, optional
+            ``lr_schedule(epoch, base_lr) -> lr``, applied at the start of each
+            epoch; see ``fastbp.schedules``.
+
+        Returns
+        -------
+        history : dict of lists, one entry per epoch
+            ``"loss"`` (mean training loss over the epoch's batches, weighted by
+            batch size), ``"lr"``, ``"samples_per_sec"``, and with
+            validation_data ``"val_loss"`` (and ``"val_accuracy"`` for the
+            cross-entropies).
+
+        Raises
+        ------
+        TypeError, ValueError
+            On bad input, before any weight changes.
+        FloatingPointError
+            If the loss or a gradient becomes non-finite; names the epoch and
+            step, and the weights are left as they were before that step.
+        """
+        # ---- validate everything, once, before any weight changes
+        X = self._check_X(X)
+        n_samples = X.shape[0]
+        y, loss_kernel = self._check_y(y, n_samples)
+        epochs = _check_count("epochs", epochs)
+        batch_size = _check_count("batch_size", batch_size, allow_none=True)
+        batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
+        if verbose not in (0, 1, 2) or isinstance(verbose, float):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        if optimizer is None:
+            optimizer = Adam(self)
+        elif not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a fastbp optimizer (fb.Adam(net), ...), got {type(optimizer).__name__}")
+        if optimizer.params is not self.params or optimizer.grads is not self.grads:
+            raise ValueError("the optimizer was built on other parameters; build it with this network: fb.Adam(net)")
+        if validation_data is not None:
+            try:
+                X_val, y_val = validation_data
+            except (TypeError, ValueError):
+                raise TypeError("validation_data must be a pair (X_val, y_val)") from None
+            X_val = self._check_X(X_val, "X_val")
+            y_val, val_kernel = self._check_y(y_val, X_val.shape[0], "y_val")
+        callbacks = [] if callbacks is None else list(callbacks) if not callable(callbacks) else [callbacks]
+        for cb in callbacks:
+            if not callable(cb):
+                raise TypeError(f"each callback must be callable as callback(network, epoch, logs), got {cb!r}")
+        if lr_schedule is not None and not callable(lr_schedule):
+            raise TypeError(f"lr_schedule must be callable as lr_schedule(epoch, base_lr), got {lr_schedule!r}")
+        metrics = ["loss", "lr", "samples_per_sec"]
+        if validation_data is not None:
+            metrics.append("val_loss")
+            if self.loss != "mse":
+                metrics.append("val_accuracy")
+        for cb in callbacks:
+            if hasattr(cb, "on_train_begin"):
+                cb.on_train_begin(self, tuple(metrics))
+
+        # ---- buffers: at most two batch sizes, each made once
+        full_batch = batch_size == n_samples
+        gather = shuffle and not full_batch  # a full batch's loss does not depend on row order
+        sizes = {batch_size, n_samples % batch_size or batch_size}
+        for size in sizes:
+            ws = self._workspace(size)
+            if gather:
+                if ws.batch_x is None or ws.batch_x.shape[1] != X.shape[1]:
+                    ws.batch_x = np.empty((size, X.shape[1]), self.dtype)
+                if ws.batch_y is None or ws.batch_y.shape[1:] != y.shape[1:] or ws.batch_y.dtype != y.dtype:
+                    ws.batch_y = np.empty((size,) + y.shape[1:], y.dtype)
+        workspaces = {size: self._workspaces[size] for size in sizes}
+        self._cache = None
+
+        history = {name: [] for name in metrics}
+        base_lr = optimizer.lr
+        progress = None
+        if verbose == 1:
+            from tqdm.auto import tqdm
+        try:
+            for epoch in range(epochs):
+                if lr_schedule is not None:
+                    optimizer.lr = lr_schedule(epoch, base_lr)
+                order = self._rng.permutation(n_samples) if gather else None
+                if verbose == 1:
+                    progress = tqdm(total=n_samples, desc=f"Epoch {epoch + 1}/{epochs}", unit="sample",
+                                    leave=True, dynamic_ncols=True)
+                kernels, n_threads = _backend.backend_module(), _backend.get_num_threads()
+                started = time.perf_counter()
+                total = 0.0
+                for step, start in enumerate(range(0, n_samples, batch_size)):
+                    stop = min(start + batch_size, n_samples)
+                    ws = workspaces[stop - start]
+                    if gather:
+                        idx = order[start:stop]
+                        x = np.take(X, idx, axis=0, out=ws.batch_x, mode="clip")  # clip: unbuffered
+                        t = np.take(y, idx, axis=0, out=ws.batch_y, mode="clip")
+                    else:
+                        x, t = X[start:stop], y[start:stop]
+                    try:
+                        loss = self._train_step(ws, x, t, loss_kernel, optimizer, kernels, n_threads)
+                    except _NonFinite as exc:
+                        raise FloatingPointError(
+                            f"{exc} at epoch {epoch + 1}, step {step + 1} (batch of samples "
+                            f"{start}..{stop - 1}); training stopped and the weights are those before "
+                            f"that step. Try a smaller learning rate or gradient clipping."
+                        ) from None
+                    total += loss * (stop - start)
+                    if progress is not None:
+                        progress.update(stop - start)
+                elapsed = time.perf_counter() - started
+                logs = {"loss": total / n_samples, "lr": optimizer.lr,
+                        "samples_per_sec": n_samples / elapsed if elapsed > 0 else math.inf}
+                if validation_data is not None:
+                    logs["val_loss"] = self._evaluate(X_val, y_val, val_kernel)
+                    if "val_accuracy" in metrics:
+                        logs["val_accuracy"] = self._val_accuracy(X_val, y_val)
+                for name in metrics:
+                    history[name].append(logs[name])
+                if progress is not None:
+                    progress.set_postfix(self._postfix(logs), refresh=False)
+                    progress.close()
+                    progress = None
+                elif verbose == 2:
+                    print(f"Epoch {epoch + 1}/{epochs}: "
+                          + ", ".join(f"{k}={v:.4g}" for k, v in self._postfix(logs).items()), flush=True)
+                stop_training = False
+                for cb in callbacks:
+                    stop_training = bool(cb(self, epoch, logs)) or stop_training
+                if stop_training:
+                    break
+        finally:
+            if progress is not None:
+                progress.close()
+            optimizer.lr = base_lr
+        for cb in callbacks:
+            if hasattr(cb, "on_train_end"):
+                cb.on_train_end(self)
+        return history
+
+    @staticmethod
+    def _postfix(logs):
+        shown = {"loss": logs["loss"]}
+        for name in ("val_loss", "val_accuracy"):
+            if name in logs:
+                shown[name] = logs[name]
+        shown["samples/s"] = logs["samples_per_sec"]
+        return {k: (round(v) if k == "samples/s" and math.isfinite(v) else float(f"{v:.4g}"))
+                for k, v in shown.items()}
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path):
+        """Write the architecture, dtype and weights to ``path`` (.npz + JSON metadata), atomically.
+
+        See ``fastbp.save``.
+        """
+        from .serialization import save
+
+        return save(self, path)

@@ -1,0 +1,299 @@
+"""Optimizers with torch.optim's update rules, on flat parameter buffers.
+
+Every parameter of a network lives in one flat vector and every gradient in
+another (see ``Network``), so an optimizer step is ONE kernel call over the
+whole vector, whatever the number of layers. Each optimizer validates its
+hyperparameters in ``__init__``, keeps its state in a named structure of flat
+buffers the size of the parameters, and delegates ``step()`` to a functional
+update (``sgd``, ``rmsprop``, ``adam``) that calls the current backend's fused
+kernel.
+
+Gradient clipping is an optimizer option, as in Keras: ``clip_value`` clamps
+each gradient to [-clip_value, clip_value], then ``clip_norm`` rescales the
+whole gradient vector to global L2 norm at most ``clip_norm`` (the factor is
+``clip_norm / (norm + 1e-6)``, as ``torch.nn.utils.clip_grad_norm_``). Both act
+in place on the gradients, before weight decay is added.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _backend
+
+__all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "SGDState", "RMSpropState", "AdamState",
+           "sgd", "rmsprop", "adam", "clip_grads"]
+
+
+# ---------------------------------------------------------------- state
+@dataclass
+class SGDState:
+    """velocity : ndarray of shape (n_params,), the momentum buffer (zeros at start)."""
+    velocity: np.ndarray
+
+
+@dataclass
+class RMSpropState:
+    """square_avg : ndarray of shape (n_params,), the running mean of g² (zeros at start)."""
+    square_avg: np.ndarray
+
+
+@dataclass
+class AdamState:
+    """step : int, updates done; exp_avg, exp_avg_sq : ndarrays of shape (n_params,)."""
+    step: int
+    exp_avg: np.ndarray
+    exp_avg_sq: np.ndarray
+
+
+# ---------------------------------------------------------------- functional updates
+# One call each, in place; arguments are trusted (the optimizers validated them).
+def sgd(params, grads, state, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """One SGD step in place on flat buffers (torch.optim.SGD, dampening 0); see ``SGD``."""
+    _backend.backend_module().sgd_step(params, grads, state.velocity, lr, momentum, nesterov,
+                                       weight_decay, _backend.get_num_threads())
+
+
+def rmsprop(params, grads, state, *, lr, rho=0.9, eps=1e-8, weight_decay=0.0):
+    """One RMSprop step in place on flat buffers (torch.optim.RMSprop); see ``RMSprop``."""
+    _backend.backend_module().rmsprop_step(params, grads, state.square_avg, lr, rho, eps,
+                                           weight_decay, _backend.get_num_threads())
+
+
+def adam(params, grads, state, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+    """One Adam step in place on flat buffers (torch.optim.Adam); increments ``state.step``."""
+    state.step += 1
+    _backend.backend_module().adam_step(params, grads, state.exp_avg, state.exp_avg_sq, lr, beta1,
+                                        beta2, eps, weight_decay, state.step, _backend.get_num_threads())
+
+
+def clip_grads(grads, clip_norm=None, clip_value=None):
+    """Clip ``grads`` (ndarray of shape (n_params,)) in place: by value, then by global norm.
+
+    Returns the global L2 norm before norm clipping (None if ``clip_norm`` is None).
+    """
+    if clip_value is not None:
+        np.clip(grads, -clip_value, clip_value, out=grads)
+    if clip_norm is None:
+        return None
+    norm = math.sqrt(float(np.dot(grads, grads)))
+    if norm > clip_norm:
+        grads *= clip_norm / (norm + 1e-6)
+    return norm
+
+
+# ---------------------------------------------------------------- optimizers
+def _nonnegative(what, value, upper=None, upper_open=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"Invalid {what}: {value!r} (must be a real number)")
+    value = float(value)
+    if not (value >= 0.0) or not math.isfinite(value) or (upper is not None and (
+            value >= upper if upper_open else value > upper)):
+        raise ValueError(f"Invalid {what}: {value}")
+    return value
+
+
+def _flat_parameters(params):
+    """The (params, grads) pair of a Network, of an object with ``.parameters()``, or given as a pair."""
+    pair = params.parameters() if hasattr(params, "parameters") else params
+    try:
+        p, g = pair
+    except (TypeError, ValueError):
+        raise TypeError(
+            "an optimizer needs a Network, an object whose .parameters() returns the flat "
+            f"(params, grads) pair, or that pair; got {type(params).__name__}"
+        ) from None
+    for name, arr in (("params", p), ("grads", g)):
+        if not isinstance(arr, np.ndarray) or arr.dtype not in (np.float32, np.float64) or arr.ndim != 1:
+            raise TypeError(f"{name} must be a 1-D float32 or float64 ndarray")
+        if not arr.flags.c_contiguous or not arr.flags.writeable:
+            raise ValueError(f"{name} must be writable and C-contiguous")
+    if g.shape != p.shape or g.dtype != p.dtype:
+        raise ValueError(f"grads ({g.shape}, {g.dtype}) must match params ({p.shape}, {p.dtype})")
+    if np.may_share_memory(p, g):
+        raise ValueError("params and grads must not overlap")
+    return p, g
+
+
+class Optimizer:
+    """Base class: holds the flat (params, grads) pair, ``lr``, weight decay and clipping.
+
+    Parameters
+    ----------
+    params : Network, object with ``.parameters()``, or (params, grads) pair
+        Flat float32/float64 ndarrays of shape (n_params,), updated in place.
+    lr : float >= 0
+        Learning rate; may be changed between steps (schedules set it).
+    weight_decay : float >= 0
+        L2 penalty: ``weight_decay·param`` is added to the gradient (torch.optim's coupled decay).
+    clip_norm : float > 0 or None
+        Rescale the gradient vector to global L2 norm at most ``clip_norm`` before each step.
+    clip_value : float > 0 or None
+        Clamp each gradient to [-clip_value, clip_value] before each step.
+    """
+
+    def __init__(self, params, lr, weight_decay=0.0, clip_norm=None, clip_value=None):
+        self.lr = lr
+        self.weight_decay = _nonnegative("weight_decay value", weight_decay)
+        for name, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
+            if value is not None and _nonnegative(f"{name} value", value) == 0.0:
+                raise ValueError(f"Invalid {name} value: {value} (must be > 0, or None)")
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
+        self.clip_value = None if clip_value is None else float(clip_value)
+        self.params, self.grads = _flat_parameters(params)
+
+    @property
+    def lr(self):
+        """Learning rate, a float >= 0; setting it validates it."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _nonnegative("learning rate", value)
+
+    def zero_grad(self):
+        """Set every gradient to zero (backward overwrites them, so training never needs this)."""
+        self.grads.fill(0)
+
+    def step(self):
+        """Clip the gradients if asked, then update the parameters in place, one kernel call."""
+        if self.clip_norm is not None or self.clip_value is not None:
+            clip_grads(self.grads, self.clip_norm, self.clip_value)
+        self._update()
+
+    def _update(self):
+        raise NotImplementedError
+
+    def _zeros(self):
+        return np.zeros_like(self.params)
+
+    def __repr__(self):
+        hyper = ", ".join(f"{k}={v!r}" for k, v in self._hyperparameters().items())
+        return f"{type(self).__name__}({hyper})"
+
+    def _hyperparameters(self):
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum, torch.optim.SGD's rule.
+
+    With ``g = grad + weight_decay·param``, each step does::
+
+        velocity = momentum·velocity + g                  (if momentum > 0; velocity starts at 0)
+        g = g + momentum·velocity  if nesterov  else  velocity
+        param = param - lr·g
+
+    Parameters
+    ----------
+    params : Network, object with ``.parameters()``, or (params, grads) pair
+    lr : float >= 0
+    momentum : float >= 0
+    nesterov : bool
+        Nesterov momentum; needs ``momentum > 0``.
+    weight_decay, clip_norm, clip_value : see ``Optimizer``
+
+    Attributes
+    ----------
+    state : SGDState
+        ``velocity``, ndarray of shape (n_params,).
+    """
+
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
+                 clip_norm=None, clip_value=None):
+        self.momentum = _nonnegative("momentum value", momentum)
+        if nesterov and self.momentum == 0.0:
+            raise ValueError("Nesterov momentum requires a momentum > 0")
+        self.nesterov = bool(nesterov)
+        super().__init__(params, lr, weight_decay, clip_norm, clip_value)
+        self.state = SGDState(velocity=self._zeros())
+
+    def _update(self):
+        sgd(self.params, self.grads, self.state, lr=self.lr, momentum=self.momentum,
+            nesterov=self.nesterov, weight_decay=self.weight_decay)
+
+    def _hyperparameters(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
+
+
+class RMSprop(Optimizer):
+    """RMSprop, torch.optim.RMSprop's rule (eps outside the square root, no momentum, not centered).
+
+    With ``g = grad + weight_decay·param``, each step does::
+
+        square_avg = rho·square_avg + (1 - rho)·g²        (square_avg starts at 0)
+        param = param - lr·g / (√square_avg + eps)
+
+    Parameters
+    ----------
+    params : Network, object with ``.parameters()``, or (params, grads) pair
+    lr : float >= 0
+    rho : float in [0, 1)
+        Decay of the running mean of g² (``alpha`` in torch.optim, ``rho`` in Keras).
+    eps : float >= 0
+    weight_decay, clip_norm, clip_value : see ``Optimizer``
+
+    Attributes
+    ----------
+    state : RMSpropState
+        ``square_avg``, ndarray of shape (n_params,).
+    """
+
+    def __init__(self, params, lr=0.01, rho=0.9, eps=1e-8, weight_decay=0.0,
+                 clip_norm=None, clip_value=None):
+        self.rho = _nonnegative("rho value", rho, upper=1.0, upper_open=True)
+        self.eps = _nonnegative("epsilon value", eps)
+        super().__init__(params, lr, weight_decay, clip_norm, clip_value)
+        self.state = RMSpropState(square_avg=self._zeros())
+
+    def _update(self):
+        rmsprop(self.params, self.grads, self.state, lr=self.lr, rho=self.rho, eps=self.eps,
+                weight_decay=self.weight_decay)
+
+    def _hyperparameters(self):
+        return {"lr": self.lr, "rho": self.rho, "eps": self.eps, "weight_decay": self.weight_decay}
+
+
+class Adam(Optimizer):
+    """Adam with bias correction, torch.optim.Adam's rule (amsgrad=False, coupled L2 decay).
+
+    With ``g = grad + weight_decay·param`` and t the step number (1, 2, ...)::
+
+        exp_avg    = beta1·exp_avg    + (1 - beta1)·g
+        exp_avg_sq = beta2·exp_avg_sq + (1 - beta2)·g²
+        param = param - lr/(1 - beta1^t) · exp_avg / (√exp_avg_sq / √(1 - beta2^t) + eps)
+
+    Parameters
+    ----------
+    params : Network, object with ``.parameters()``, or (params, grads) pair
+    lr : float >= 0
+    betas : (float, float), each in [0, 1)
+    eps : float >= 0
+    weight_decay, clip_norm, clip_value : see ``Optimizer``
+
+    Attributes
+    ----------
+    state : AdamState
+        ``step`` (int) and ``exp_avg``, ``exp_avg_sq``, ndarrays of shape (n_params,).
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 clip_norm=None, clip_value=None):
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError):
+            raise TypeError(f"betas must be a pair of floats, got {betas!r}") from None
+        self.betas = tuple(_nonnegative(f"beta parameter at index {i}", beta, upper=1.0, upper_open=True)
+                           for i, beta in enumerate((beta1, beta2)))
+        self.eps = _nonnegative("epsilon value", eps)
+        super().__init__(params, lr, weight_decay, clip_norm, clip_value)
+        self.state = AdamState(step=0, exp_avg=self._zeros(), exp_avg_sq=self._zeros())
+
+    def _update(self):
+        adam(self.params, self.grads, self.state, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
+             eps=self.eps, weight_decay=self.weight_decay)
+
+    def _hyperparameters(self):
+        return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}
