@@ -32,6 +32,7 @@ from ._losses import (  # noqa: E402
     softmax_cross_entropy,
     softmax_cross_entropy_index,
 )
+from ._optim import adam_step, rmsprop_step, sgd_step  # noqa: E402
 
 if _registry.SOFTMAX != 10 or len(_registry.ACTIVATIONS) != 11:  # ids compiled into _activations.pxd
     raise AssertionError("fastbp._kernels.registry's activation ids differ from _activations.pxd")
@@ -49,4 +50,7 @@ __all__ = [
     "softmax_cross_entropy",
     "softmax_cross_entropy_index",
     "binary_cross_entropy",
+    "sgd_step",
+    "rmsprop_step",
+    "adam_step",
 ]
