@@ -1,0 +1,30 @@
+"""Numba backend of the kernel contract (see ``fastbp._kernels.reference``).
+
+Importing this package selects Numba's OpenMP threading layer (``_threads``)
+and nothing else: every kernel compiles, or loads from Numba's on-disk cache,
+on its first call. Modules: ``microkernel`` (LLVM-IR register tile),
+``packing``, ``gemm`` (the five loops and the fused epilogue), ``activations``,
+``dense``, ``losses``.
+"""
+
+from ._threads import ISA
+from .activations import activation_backward, activation_forward
+from .dense import dense_backward, dense_forward
+from .gemm import gemm
+from .losses import binary_cross_entropy, mse, softmax_cross_entropy, softmax_cross_entropy_index
+
+NAME = "numba"
+
+__all__ = [
+    "NAME",
+    "ISA",
+    "gemm",
+    "activation_forward",
+    "activation_backward",
+    "dense_forward",
+    "dense_backward",
+    "mse",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_index",
+    "binary_cross_entropy",
+]

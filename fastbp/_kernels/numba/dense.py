@@ -1,0 +1,92 @@
+"""Dense layer forward (fused GEMM + bias + activation) and backward.
+
+Design: forward is one call of the GEMM driver whose epilogue adds the bias and
+applies the activation to each micro-tile right after its last KC slice; only
+softmax, being row-wise, takes a second pass over the rows of z. Backward in
+scikit-learn's order: δ = grad_a ⊙ act'(z) (activation kernel), dw = xᵀ·δ and
+dx = δ·wᵀ (the GEMM on transposed views: no copies), db = column sums of δ.
+
+Determinism: db sums each column over the rows in row order (float64), split
+over threads by column blocks only; the GEMMs are deterministic themselves.
+"""
+
+import numba
+import numpy as np
+from numba import prange
+
+from .. import registry as R
+from ._arrays import writable
+from ._threads import clamp_threads, set_threads
+from .activations import _activation_backward, _activation_forward
+from .gemm import NO_ACTIVATION, driver, gemm, no_bias
+
+PARALLEL_MIN_ELEMENTS = 1 << 15
+COLUMN_BLOCK = 256  # columns of δ summed by one task
+
+
+def dense_forward(x, w, bias, act, z, a, n_threads):
+    """z := x·w + bias; a := act(z).  IN x (m, k), w (k, n) any strides, bias (n,); OUT z, a (m, n), may alias."""
+    n_threads = clamp_threads(n_threads)
+    bias = writable(bias)
+    if x.shape[1] == 0:  # an empty product: z = bias
+        z[...] = bias
+        if act != R.IDENTITY or a is not z:
+            _activation_forward(act, z, a, n_threads)
+        return
+    if act == R.SOFTMAX or (act == R.IDENTITY and a is z):
+        epilogue_act, out = NO_ACTIVATION, z
+    else:
+        epilogue_act, out = act, a
+    driver(z.dtype)(writable(x), writable(w), z, out, bias, 1.0, 0.0, epilogue_act, n_threads)
+    if act == R.SOFTMAX:
+        _activation_forward(act, z, a, n_threads)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _column_sums(delta, db, accumulate, n_threads):
+    """db := Σ_rows delta (+ db if accumulate), each column summed in row order in float64.
+
+    IN delta (m, n); IN/OUT db (n,).
+    """
+    m, n = delta.shape
+    set_threads(n_threads if m * n >= PARALLEL_MIN_ELEMENTS else 1)
+    flat = delta.reshape(m * n)
+    sums = np.zeros(n)
+    for block in prange(-(-n // COLUMN_BLOCK)):
+        lo = block * COLUMN_BLOCK
+        hi = min(n, lo + COLUMN_BLOCK)
+        for i in range(m):
+            row = i * n
+            for j in range(lo, hi):
+                sums[j] += flat[row + j]
+        for j in range(lo, hi):
+            db[j] = sums[j] + db[j] if accumulate else sums[j]
+
+
+def _gemm_or_empty(a, b, c, beta, n_threads):
+    """c := a·b + beta*c, also when a dimension is 0 (an empty sum gives beta*c)."""
+    if c.size == 0:
+        return
+    if a.shape[1] == 0:
+        if beta == 0.0:
+            c.fill(0)
+        else:
+            c *= beta
+        return
+    gemm(a, b, c, 1.0, beta, n_threads)
+
+
+def dense_backward(x, w, z, a, grad_a, act, grad_z, dw, db, dx, compute_dx, accumulate, n_threads):
+    """grad_z := grad_a ⊙ act'(z); dw := xᵀ·grad_z (+dw); db := Σ_rows grad_z (+db); dx := grad_z·wᵀ.
+
+    IN x (m, k), w (k, n), z, a, grad_a (m, n); OUT grad_z (m, n), may alias grad_a;
+    IN/OUT dw (k, n), db (n,) (accumulated into when accumulate); OUT dx (m, k),
+    untouched unless compute_dx.
+    """
+    n_threads = clamp_threads(n_threads)
+    x, w = writable(x), writable(w)
+    _activation_backward(act, writable(z), writable(a), writable(grad_a), grad_z, n_threads)
+    _gemm_or_empty(x.T, grad_z, dw, 1.0 if accumulate else 0.0, n_threads)
+    _column_sums(grad_z, db, bool(accumulate), n_threads)
+    if compute_dx:
+        _gemm_or_empty(grad_z, w.T, dx, 0.0, n_threads)

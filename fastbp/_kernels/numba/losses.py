@@ -1,0 +1,146 @@
+"""Losses and their gradients, returned in float64 with the gradient written in place.
+
+Design: rows are split over threads with ``prange``; each row's loss is summed
+serially into ``partial[i]`` (float64) and the row sums are added serially in
+row order afterwards, so the value is bitwise the same for any thread count.
+Arithmetic is done in float64 whatever the dtype (as the reference does), with
+the max subtracted before every exp (log-sum-exp) so no finite logit overflows.
+
+Layout: output, target and grad are C-contiguous (m, n), read as flat arrays;
+class labels are int64 (m,).
+"""
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from ._arrays import writable
+from ._threads import clamp_threads, set_threads
+
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+_parallel_jit = numba.njit(cache=True, nogil=True, parallel=True)
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_order_sum(partial):
+    """Σ partial[i] in increasing i (float64)."""
+    total = 0.0
+    for i in range(partial.shape[0]):
+        total += partial[i]
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _log_sum_exp(z, off, count):
+    """(max, log Σ exp(z - max)) of the row z[off:off+count], in float64."""
+    top = np.float64(z[off])
+    for j in range(1, count):
+        top = max(top, np.float64(z[off + j]))
+    total = 0.0
+    for j in range(count):
+        total += math.exp(np.float64(z[off + j]) - top)
+    return top, math.log(total)
+
+
+@_parallel_jit
+def _mse(output, target, grad, n_threads):
+    """mean((output - target)²); grad := 2(output - target)/N.  OUT grad (m, n)."""
+    m, n = output.shape
+    size = m * n
+    set_threads(n_threads if size >= PARALLEL_MIN_ELEMENTS else 1)
+    out_f, target_f, grad_f = output.reshape(size), target.reshape(size), grad.reshape(size)
+    partial = np.empty(m)
+    for i in prange(m):
+        s = 0.0
+        for j in range(i * n, (i + 1) * n):
+            diff = np.float64(out_f[j]) - np.float64(target_f[j])
+            grad_f[j] = 2.0 * diff / size
+            s += diff * diff
+        partial[i] = s
+    return _row_order_sum(partial) / size
+
+
+@_parallel_jit
+def _softmax_cross_entropy(logits, target, grad, n_threads):
+    """-Σ target·log softmax(logits) / m; grad := (softmax·Σ_j target - target) / m.  OUT grad (m, n)."""
+    m, n = logits.shape
+    set_threads(n_threads if m * n >= PARALLEL_MIN_ELEMENTS else 1)
+    z, t, g = logits.reshape(m * n), target.reshape(m * n), grad.reshape(m * n)
+    partial = np.empty(m)
+    for i in prange(m):
+        off = i * n
+        top, lse = _log_sum_exp(z, off, n)
+        t_sum = 0.0
+        for j in range(off, off + n):
+            t_sum += np.float64(t[j])
+        s = 0.0
+        for j in range(off, off + n):
+            log_p = np.float64(z[j]) - top - lse
+            g[j] = (math.exp(log_p) * t_sum - np.float64(t[j])) / m
+            s += np.float64(t[j]) * log_p
+        partial[i] = s
+    return -_row_order_sum(partial) / m
+
+
+@_parallel_jit
+def _softmax_cross_entropy_index(logits, labels, grad, n_threads):
+    """-Σ_i log softmax(logits)[i, labels[i]] / m; grad := (softmax - onehot(labels)) / m.  OUT grad (m, n)."""
+    m, n = logits.shape
+    set_threads(n_threads if m * n >= PARALLEL_MIN_ELEMENTS else 1)
+    z, g = logits.reshape(m * n), grad.reshape(m * n)
+    partial = np.empty(m)
+    for i in prange(m):
+        off = i * n
+        top, lse = _log_sum_exp(z, off, n)
+        label = labels[i]
+        for j in range(n):
+            p = math.exp(np.float64(z[off + j]) - top - lse)
+            if j == label:
+                p -= 1.0
+            g[off + j] = p / m
+        partial[i] = np.float64(z[off + label]) - top - lse
+    return -_row_order_sum(partial) / m
+
+
+@_parallel_jit
+def _binary_cross_entropy(logits, target, grad, n_threads):
+    """mean(max(z, 0) - z·y + log1p(exp(-|z|))); grad := (sigmoid(z) - y)/N.  OUT grad (m, n)."""
+    m, n = logits.shape
+    size = m * n
+    set_threads(n_threads if size >= PARALLEL_MIN_ELEMENTS else 1)
+    z_f, t_f, g_f = logits.reshape(size), target.reshape(size), grad.reshape(size)
+    partial = np.empty(m)
+    for i in prange(m):
+        s = 0.0
+        for j in range(i * n, (i + 1) * n):
+            z = np.float64(z_f[j])
+            y = np.float64(t_f[j])
+            e = math.exp(-abs(z))
+            sig = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+            g_f[j] = (sig - y) / size
+            s += max(z, 0.0) - z * y + math.log1p(e)
+        partial[i] = s
+    return _row_order_sum(partial) / size
+
+
+def mse(output, target, grad, n_threads):
+    """mean((output - target)²); grad := 2(output - target)/N."""
+    return float(_mse(writable(output), writable(target), grad, clamp_threads(n_threads)))
+
+
+def softmax_cross_entropy(logits, target, grad, n_threads):
+    """Cross-entropy of softmax(logits) with probability rows target, mean over the batch."""
+    return float(_softmax_cross_entropy(writable(logits), writable(target), grad, clamp_threads(n_threads)))
+
+
+def softmax_cross_entropy_index(logits, labels, grad, n_threads):
+    """As softmax_cross_entropy with class indices labels (m,) int64 in [0, n_classes)."""
+    return float(_softmax_cross_entropy_index(writable(logits), writable(labels), grad, clamp_threads(n_threads)))
+
+
+def binary_cross_entropy(logits, target, grad, n_threads):
+    """Binary cross-entropy from logits, mean over all elements (PyTorch's BCEWithLogitsLoss)."""
+    return float(_binary_cross_entropy(writable(logits), writable(target), grad, clamp_threads(n_threads)))
