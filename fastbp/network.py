@@ -58,6 +58,15 @@ class _Workspace:
         self.batch_y = None
 
 
+def _all_finite(flat):
+    """Whether every element of the 1-D array ``flat`` is finite, without a temporary array.
+
+    A finite sum of squares proves it; only if it is not (a float32 sum of
+    squares may also overflow on its own) is it confirmed element-wise.
+    """
+    return math.isfinite(np.dot(flat, flat)) or bool(np.isfinite(flat).all())
+
+
 def _check_count(name, value, allow_none=False):
     if value is None and allow_none:
         return None
@@ -142,6 +151,7 @@ class Network:
             _init.initialize(layer.W, layer.init, self._rng)
         self._workspaces = OrderedDict()
         self._cache = None  # (workspace, x) of the last public forward, for backward
+        self._params_backup = None  # fit's copy of params before each update
 
     # ------------------------------------------------------------ structure
     @property
@@ -360,19 +370,21 @@ class Network:
     def _train_step(self, ws, x, y, loss_kernel, optimizer, kernels, n_threads):
         """One step on a batch: forward, loss, backward, update. Allocates nothing.
 
-        Returns the batch loss. Raises ``_NonFinite`` before the update if the loss
-        or a gradient is not finite, so the weights stay as they were.
+        Returns the batch loss. Raises ``_NonFinite`` if the loss, a gradient or an
+        updated weight is not finite, with the weights as they were before the step.
         """
         self._forward(ws, x, kernels, n_threads)
         loss = self._loss(ws, y, loss_kernel, kernels, n_threads)
         if not math.isfinite(loss):
             raise _NonFinite(f"the training loss became non-finite ({loss})")
         self._backward(ws, x, kernels, n_threads)
-        # A finite sum of squares means every gradient is finite; if it is not,
-        # confirm element-wise (a float32 sum of squares may overflow on its own).
-        if not math.isfinite(np.dot(self.grads, self.grads)) and not np.isfinite(self.grads).all():
+        if not _all_finite(self.grads):
             raise _NonFinite(f"a gradient became non-finite (loss {loss})")
+        np.copyto(self._params_backup, self.params)  # an overflowing update can then be undone
         optimizer.step()
+        if not _all_finite(self.params):
+            np.copyto(self.params, self._params_backup)
+            raise _NonFinite(f"the update made a weight non-finite (loss {loss})")
         return loss
 
     def fit(self, X, y, optimizer=None, epochs=10, batch_size=32, shuffle=True, validation_data=None,
@@ -423,8 +435,9 @@ class Network:
         TypeError, ValueError
             On bad input, before any weight changes.
         FloatingPointError
-            If the loss or a gradient becomes non-finite; names the epoch and
-            step, and the weights are left as they were before that step.
+            If the loss, a gradient or an updated weight becomes non-finite;
+            names the epoch and step, and the weights are left as they were
+            before that step (the optimizer's state is not rolled back).
         """
         # ---- validate everything, once, before any weight changes
         X = self._check_X(X)
@@ -475,6 +488,8 @@ class Network:
                 if ws.batch_y is None or ws.batch_y.shape[1:] != y.shape[1:] or ws.batch_y.dtype != y.dtype:
                     ws.batch_y = np.empty((size,) + y.shape[1:], y.dtype)
         workspaces = {size: self._workspaces[size] for size in sizes}
+        if self._params_backup is None:
+            self._params_backup = np.empty_like(self.params)
         self._cache = None
 
         history = {name: [] for name in metrics}
