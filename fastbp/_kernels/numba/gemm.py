@@ -4,15 +4,23 @@ Design: five loops around a register-blocked micro-kernel (``microkernel.py``),
 block sizes MR, NR, KC, MC, NC from the one table in ``blocking.py``:
 
     5th loop (jc, NC)   columns of C and B
-    4th loop (pc, KC)   pack B[pc:pc+KC, jc:jc+NC] into NR-wide micro-panels (parallel over panels)
-    3rd loop (ic, MC)   parallel over tasks = ic blocks (x jr chunks when m is small);
-                        each task packs its A block into its own workspace region
+    4th loop (pc, KC)   pack B[pc:pc+KC, jc:jc+NC] into NR-wide micro-panels
+    3rd loop (ic, MC)   pack A[ic:ic+MC, pc:pc+KC] into MR-high micro-panels
     2nd loop (jr, NR)   micro-panels of packed B
-    1st loop (ir, MR)   micro-panels of packed A -> micro-kernel -> ``store_tile``
+    1st loop (ir, MR)   micro-panels of packed A -> micro-kernel on an MR x NR tile of C
 
-``store_tile`` is the epilogue: the first KC slice applies alpha and beta, later
-slices add; after the last slice it adds the bias and writes z and act(z),
-so the dense layer's forward is one pass over each output tile.
+Threads: C is cut into one band per thread (rows, or columns when C has more
+column tiles than row tiles), aligned to the MR x NR tile grid, and each task
+runs the five loops on its band with its own packing buffers (a region of the
+one workspace, indexed by task). That is a single parallel region per call:
+~1-2 µs of OpenMP start-up, one barrier, and each core packs into its own L2;
+the price is packing the shared operand once per band, a fraction
+n_threads/n (or n_threads/m) of the work. The KC loop is never split.
+
+Epilogue: the micro-kernel applies alpha and beta on the registers (a later
+KC slice passes beta = 1; edge tiles go through a buffer, ``store_edge_tile``);
+after the last KC slice ``finish_tile`` adds the bias and writes act(z) while
+the tile is still in L1, so the dense layer's forward is one pass over C.
 
 Layout: A and B may have any strides (C, F, transposed, negative), read only
 by the packing routines; C (z) and the activation output are C-contiguous and
@@ -100,62 +108,62 @@ def _make_driver(dtype):
         alpha_t = SCALAR(alpha)
         finish = bias.shape[0] > 0 or act >= 0
 
-        # ic blocks: at least n_threads of them when m allows, a multiple of it otherwise.
-        n_ic = -(-m // MC)
-        n_ic = -(-n_ic // n_threads) * n_threads
-        mc_block = -(-(-(-m // n_ic)) // MR) * MR  # ceil(m / n_ic) rounded up to MR, <= MC
-        n_ic = -(-m // mc_block)
-        # Too few ic blocks for the threads (small m): also split the jr loop.
-        n_split = 1 if n_ic >= n_threads else -(-n_threads // n_ic)
-        n_tasks = n_ic * n_split
-        nc_max = min(NC, n)
+        # One task per thread, each owning a band of C aligned to the MR x NR tile
+        # grid: rows when there are more row tiles than column tiles, else columns.
+        row_tiles = -(-m // MR)
+        col_tiles = -(-n // NR)
+        split_rows = row_tiles >= col_tiles
+        tiles = row_tiles if split_rows else col_tiles
+        n_tasks = min(n_threads, tiles)
+        band = -(-tiles // n_tasks) * (MR if split_rows else NR)
+        n_tasks = -(-(m if split_rows else n) // band)
+        band_cols = n if split_rows else band
 
-        pb_size = KC * (-(-nc_max // NR) * NR)
-        pa_size = mc_block * KC
-        task_size = pa_size + 2 * MR * NR  # packed A block, edge tile, scratch of the loop kernel
-        work = np.empty(pb_size + n_tasks * task_size, dtype=z.dtype)
-        pb = work[:pb_size]
+        pb_size = KC * (-(-min(NC, band_cols) // NR) * NR)
+        pa_size = MC * KC
+        task_size = pb_size + pa_size + 2 * MR * NR  # packed B panel, packed A block, edge tile, scratch
+        work = np.empty(n_tasks * task_size, dtype=z.dtype)
 
-        for jc in range(0, n, NC):  # 5th loop (jc, NC)
-            nc = min(NC, n - jc)
-            n_panels = -(-nc // NR)
-            jr_chunk = -(-n_panels // n_split) * NR
-            for pc in range(0, k, KC):  # 4th loop (pc, KC)
-                kc = min(KC, k - pc)
-                beta_t = SCALAR(beta) if pc == 0 else SCALAR(1.0)  # later slices accumulate
-                last = pc + kc == k
-                for q in prange(n_panels):
-                    pack_b_panel(b, pc, kc, jc + q * NR, min(NR, nc - q * NR), NR, pb, q * NR * kc)
-                for task in prange(n_tasks):  # 3rd loop (ic, MC), split over tasks
-                    ib = task // n_split
-                    jr_lo = (task - ib * n_split) * jr_chunk
-                    jr_hi = min(nc, jr_lo + jr_chunk)
-                    ic = ib * mc_block
-                    mc = min(mc_block, m - ic)
-                    pa_off = pb_size + task * task_size
-                    ab = work[pa_off + pa_size:pa_off + pa_size + MR * NR]
-                    ab_scratch = work[pa_off + pa_size + MR * NR:pa_off + pa_size + 2 * MR * NR]
-                    if jr_lo < jr_hi:
+        for task in prange(n_tasks):
+            pb_off = task * task_size
+            pa_off = pb_off + pb_size
+            ab = work[pa_off + pa_size:pa_off + pa_size + MR * NR]
+            ab_scratch = work[pa_off + pa_size + MR * NR:pa_off + pa_size + 2 * MR * NR]
+            row_lo, row_hi, col_lo, col_hi = 0, m, 0, n
+            if split_rows:
+                row_lo, row_hi = task * band, min(m, (task + 1) * band)
+            else:
+                col_lo, col_hi = task * band, min(n, (task + 1) * band)
+            for jc in range(col_lo, col_hi, NC):  # 5th loop (jc, NC)
+                nc = min(NC, col_hi - jc)
+                for pc in range(0, k, KC):  # 4th loop (pc, KC)
+                    kc = min(KC, k - pc)
+                    beta_t = SCALAR(beta) if pc == 0 else SCALAR(1.0)  # later slices accumulate
+                    last = pc + kc == k
+                    for jr in range(0, nc, NR):
+                        pack_b_panel(b, pc, kc, jc + jr, min(NR, nc - jr), NR, work, pb_off + jr * kc)
+                    for ic in range(row_lo, row_hi, MC):  # 3rd loop (ic, MC)
+                        mc = min(MC, row_hi - ic)
                         pack_a(a, ic, mc, pc, kc, MR, work, pa_off)
-                    for jr in range(jr_lo, jr_hi, NR):  # 2nd loop (jr, NR)
-                        cols = min(NR, nc - jr)
-                        for ir in range(0, mc, MR):  # 1st loop (ir, MR)
-                            rows = min(MR, mc - ir)
-                            c_off = (ic + ir) * n + jc + jr
-                            full = rows == MR and cols == NR
-                            # A full tile is updated in place; an edge tile goes through ab.
-                            tile, tile_off, ldt = (zf, c_off, n) if full else (ab, 0, NR)
-                            tile_beta = beta_t if full else SCALAR(0.0)
-                            if SIMD:
-                                micro_kernel_simd(MR, NR, kc, work, pa_off + ir * kc, pb, jr * kc,
-                                                  tile, tile_off, ldt, alpha_t, tile_beta)
-                            else:
-                                micro_kernel_loops(MR, NR, kc, work, pa_off + ir * kc, pb, jr * kc,
-                                                   tile, tile_off, ldt, alpha_t, tile_beta, ab_scratch)
-                            if not full:
-                                store_edge_tile(ab, NR, rows, cols, zf, c_off, n, beta_t)
-                            if last and finish:
-                                finish_tile(rows, cols, zf, of, c_off, n, bias, jc + jr, act)
+                        for jr in range(0, nc, NR):  # 2nd loop (jr, NR)
+                            cols = min(NR, nc - jr)
+                            for ir in range(0, mc, MR):  # 1st loop (ir, MR)
+                                rows = min(MR, mc - ir)
+                                c_off = (ic + ir) * n + jc + jr
+                                full = rows == MR and cols == NR
+                                # A full tile is updated in place; an edge tile goes through ab.
+                                tile, tile_off, ldt = (zf, c_off, n) if full else (ab, 0, NR)
+                                tile_beta = beta_t if full else SCALAR(0.0)
+                                if SIMD:
+                                    micro_kernel_simd(MR, NR, kc, work, pa_off + ir * kc, work, pb_off + jr * kc,
+                                                      tile, tile_off, ldt, alpha_t, tile_beta)
+                                else:
+                                    micro_kernel_loops(MR, NR, kc, work, pa_off + ir * kc, work, pb_off + jr * kc,
+                                                       tile, tile_off, ldt, alpha_t, tile_beta, ab_scratch)
+                                if not full:
+                                    store_edge_tile(ab, NR, rows, cols, zf, c_off, n, beta_t)
+                                if last and finish:
+                                    finish_tile(rows, cols, zf, of, c_off, n, bias, jc + jr, act)
 
     nb_dtype = numba.from_dtype(np.dtype(dtype))
     matrix_any = types.Array(nb_dtype, 2, "A")
