@@ -260,9 +260,16 @@ def _kernels_without_allocations(monkeypatch, backend):
 
 
 def test_a_training_step_allocates_nothing(backend, dtype, monkeypatch):
+    """After the first batch of each size, a step allocates no array.
+
+    Every per-step buffer here is over 28 kB, and the step may only make
+    transient Python objects (the compiled wrappers' memoryviews, JIT dispatch):
+    its traced peak stays under 8 kB.
+    """
     rng = np.random.default_rng(0)
-    X, y = rng.random((256, 32)).astype(dtype), rng.integers(0, 10, 256)
-    net = fb.Network([fb.Dense(32, 64, "relu"), fb.Dense(64, 64, "gelu"), fb.Dense(64, 10)],
+    width = 128
+    X, y = rng.random((256, width)).astype(dtype), rng.integers(0, width, 256)
+    net = fb.Network([fb.Dense(width, width, "relu"), fb.Dense(width, width, "gelu"), fb.Dense(width, width)],
                      loss="softmax_cross_entropy", dtype=dtype, seed=0)
     optimizer = fb.Adam(net, lr=1e-3, clip_norm=1.0)
     net.fit(X, y, optimizer=optimizer, epochs=1, batch_size=100, verbose=0)  # makes the buffers
@@ -271,7 +278,7 @@ def test_a_training_step_allocates_nothing(backend, dtype, monkeypatch):
     X, (y, loss_kernel) = net._check_X(X), net._check_y(y, 256)
     order = np.random.default_rng(1).permutation(256)
     sizes = (100, 56)  # a full batch and the last, smaller one
-    smallest_buffer = 56 * 10 * dtype.itemsize
+    smallest_buffer = 56 * width * dtype.itemsize
 
     def step(size):
         ws = net._workspaces[size]
@@ -294,7 +301,7 @@ def test_a_training_step_allocates_nothing(backend, dtype, monkeypatch):
     finally:
         tracemalloc.stop()
     assert current - base < 1024
-    assert peak - base < min(4096, smallest_buffer), (peak - base)
+    assert peak - base < min(8192, smallest_buffer // 2), (peak - base)
 
 
 def test_fit_reuses_its_buffers_across_epochs(backend):
