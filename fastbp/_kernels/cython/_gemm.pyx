@@ -5,10 +5,12 @@
 #   4th loop (pc, KC)  the shared dimension; B[pc:pc+kc, jc:jc+nc] is packed
 #                      into NR-wide, zero-padded micro-panels (pack_b, the
 #                      threads share the work, one micro-panel per iteration)
-#   3rd loop (ic, MC)  rows of C and A, parallel (static prange over blocks of
-#                      whole MR-row tiles); a block packs A[ic:ic+mc, pc:pc+kc]
-#                      into MR-high micro-panels in its own region of the
-#                      workspace (indexed by block, not by thread) and runs
+#   3rd loop (ic, MC)  rows of C and A, parallel: a static prange over tasks,
+#                      blocks of whole MR-row tiles (times column parts of
+#                      whole NR micro-panels when m has too few tiles to share
+#                      out); a task packs A[ic:ic+mc, pc:pc+kc] into MR-high
+#                      micro-panels in its own region of the workspace (indexed
+#                      by task, not by thread) and runs
 #   2nd loop (jr, NR)  macro_kernel: over the packed B micro-panels,
 #   1st loop (ir, MR)  over the packed A micro-panels -> micro_kernel, one
 #                      MR x NR tile of C, written with intrinsics in microkernels.h.
@@ -16,9 +18,10 @@
 # and zero strides work); C is row-major with row stride ldc.
 # Determinism: the KC loop is never parallel. Each C element is summed over k
 # in KC slices in increasing order (the first slice applies beta, the others
-# add), each slice in increasing k inside one micro-kernel call; edge tiles go
-# through the same kernel on a temporary tile. Blocks only group whole tiles,
-# so the thread count (which sets the block sizes) changes nothing numerically.
+# add; the slices split k evenly, which depends on k only), each slice in
+# increasing k inside one micro-kernel call; edge tiles go through the same
+# kernel on a temporary tile. Tasks only group whole tiles, so the thread count
+# (which sets the task sizes) changes nothing numerically.
 # Epilogue: dense_forward's bias and activation are applied to each tile right
 # after its last KC slice, while it is in L1.
 # Block sizes (MR, NR, KC, MC, NC) come from fastbp._kernels.blocking for the
@@ -62,7 +65,7 @@ cdef fastbp_ukr_d _ukr_d = NULL
 # Below this many multiply-adds the GEMM runs on the calling thread: thread
 # start-up would cost more than it saves.
 cdef Py_ssize_t SERIAL_MAX_FLOPS = 64 * 64 * 64
-# Rows of A packed at once per KC slice (bounds the workspace for tall A).
+# Rows of A packed at once per KC slice, about (bounds the workspace for tall A).
 cdef Py_ssize_t WAVE_ROWS = 4096
 
 ISA_NAMES = ("generic", "avx2", "avx512")
@@ -190,22 +193,28 @@ cdef void _pack_b_panel(Blocking* bs, const floating* b, Py_ssize_t rs_b, Py_ssi
     pack_b(b, rs_b, cs_b, j0, min(j0 + bs.nr, jc + nc), pc, kc, bs.nr, bpack + q * bs.nr * kc)
 
 
-cdef void _ic_block(Blocking* bs, Py_ssize_t blk, Py_ssize_t n_blocks, Py_ssize_t n_tiles,
-                    Py_ssize_t m, Py_ssize_t jc, Py_ssize_t nc, Py_ssize_t pc, Py_ssize_t kc,
-                    floating alpha, const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
-                    const floating* bpack, floating beta, floating* c, Py_ssize_t ldc,
-                    bint last, const floating* bias, int act, floating* out, Py_ssize_t ldo,
-                    floating* apack) noexcept nogil:
-    """Block blk of the 3rd loop: rows of tiles [blk*T/nb, (blk+1)*T/nb); pack A, run the macro-kernel."""
+cdef void _work_item(Blocking* bs, Py_ssize_t item, Py_ssize_t n_blocks, Py_ssize_t n_tiles,
+                     Py_ssize_t n_parts, Py_ssize_t n_panels,
+                     Py_ssize_t m, Py_ssize_t jc, Py_ssize_t pc, Py_ssize_t kc,
+                     floating alpha, const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                     const floating* bpack, floating beta, floating* c, Py_ssize_t ldc,
+                     bint last, const floating* bias, int act, floating* out, Py_ssize_t ldo,
+                     Py_ssize_t nc, floating* apack) noexcept nogil:
+    """One task of the 3rd loop: block blk = item // n_parts (rows of whole MR tiles
+    [blk*T/nb, (blk+1)*T/nb)) times column part item % n_parts (whole NR micro-panels
+    of the packed B); packs that block of A and runs the macro-kernel on it."""
+    cdef Py_ssize_t blk = item // n_parts, part = item % n_parts
     cdef Py_ssize_t i0 = (blk * n_tiles // n_blocks) * bs.mr
     cdef Py_ssize_t i1 = min(((blk + 1) * n_tiles // n_blocks) * bs.mr, m)
-    if i1 <= i0:
+    cdef Py_ssize_t j0 = (part * n_panels // n_parts) * bs.nr
+    cdef Py_ssize_t j1 = min(((part + 1) * n_panels // n_parts) * bs.nr, nc)
+    if i1 <= i0 or j1 <= j0:
         return
     pack_a(a, rs_a, cs_a, i0, i1, pc, kc, bs.mr, apack)
-    macro_kernel(bs, i1 - i0, nc, kc, apack, bpack, alpha, beta,
-                 c + i0 * ldc + jc, ldc, last,
-                 (bias + jc) if bias != NULL else NULL, act,
-                 (out + i0 * ldo + jc) if act >= 0 else NULL, ldo)
+    macro_kernel(bs, i1 - i0, j1 - j0, kc, apack, bpack + j0 * kc, alpha, beta,
+                 c + i0 * ldc + jc + j0, ldc, last,
+                 (bias + jc + j0) if bias != NULL else NULL, act,
+                 (out + i0 * ldo + jc + j0) if act >= 0 else NULL, ldo)
 
 
 cdef void _scale_c(Py_ssize_t m, Py_ssize_t n, floating beta, floating* c, Py_ssize_t ldc,
@@ -239,28 +248,38 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     cdef Py_ssize_t nt = n_threads if n_threads > 1 else 1
     if m * n * k < SERIAL_MAX_FLOPS:
         nt = 1
-    # 3rd-loop blocks: whole MR-row tiles, at most MC rows each, a multiple of
-    # nt blocks (balanced), packed wave_blocks at a time.
+    # KC slices of equal length (k = 784 gives 4 x 196, not 3 x 256 + 16).
+    cdef Py_ssize_t n_slices = (k + bs.kc - 1) // bs.kc
+    cdef Py_ssize_t kc_max = (k + n_slices - 1) // n_slices
+    cdef Py_ssize_t nc_max = min(bs.nc, n)
+    cdef Py_ssize_t max_panels = (nc_max + bs.nr - 1) // bs.nr
+    # 3rd-loop tasks: blocks of whole MR-row tiles, at most MC rows each; a
+    # multiple of nt blocks when m is tall enough to share out by rows,
+    # otherwise (few tiles) each block is also split into nt column parts.
     cdef Py_ssize_t n_tiles = (m + bs.mr - 1) // bs.mr
     cdef Py_ssize_t tiles_per_mc = max(1, bs.mc // bs.mr)
     cdef Py_ssize_t n_blocks = (n_tiles + tiles_per_mc - 1) // tiles_per_mc
-    n_blocks = ((n_blocks + nt - 1) // nt) * nt
-    n_blocks = min(n_blocks, n_tiles)
+    cdef Py_ssize_t n_parts = 1
+    if nt > 1:
+        if n_tiles >= 8 * nt or max_panels < 2 * nt:
+            n_blocks = min(((n_blocks + nt - 1) // nt) * nt, n_tiles)
+        else:
+            n_parts = nt
+    cdef Py_ssize_t n_items = n_blocks * n_parts
     cdef Py_ssize_t block_rows = ((n_tiles + n_blocks - 1) // n_blocks) * bs.mr
-    cdef Py_ssize_t wave_blocks = max(nt, (WAVE_ROWS // block_rows) // nt * nt)
-    wave_blocks = min(wave_blocks, n_blocks)
-    cdef Py_ssize_t kc_max = min(bs.kc, k)
-    cdef Py_ssize_t nc_max = min(bs.nc, n)
+    # Tasks packed at once per KC slice (bounds the workspace for tall A).
+    cdef Py_ssize_t wave_items = max(nt, (WAVE_ROWS // block_rows) * n_parts // nt * nt)
+    wave_items = min(wave_items, n_items)
     cdef Py_ssize_t a_region = block_rows * kc_max
-    cdef Py_ssize_t b_size = ((nc_max + bs.nr - 1) // bs.nr) * bs.nr * kc_max
+    cdef Py_ssize_t b_size = max_panels * bs.nr * kc_max
     cdef floating* work = <floating*>fastbp_aligned_malloc(
-        (wave_blocks * a_region + b_size) * sizeof(floating))
+        (wave_items * a_region + b_size) * sizeof(floating))
     if work == NULL:
         return -1
     cdef floating* bpack = work
     cdef floating* apack = work + b_size
 
-    cdef Py_ssize_t jj, pp, ww, jc, nc, pc, kc, q, n_panels, b0, b_end, blk
+    cdef Py_ssize_t jj, pp, ww, jc, nc, pc, kc, q, n_panels, w0, w_end, item
     cdef floating beta_slice
     cdef bint last
     # 5th loop (jc, NC)
@@ -269,9 +288,9 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
         nc = min(bs.nc, n - jc)
         n_panels = (nc + bs.nr - 1) // bs.nr
         # 4th loop (pc, KC): serial, every slice updates the same C
-        for pp in range((k + bs.kc - 1) // bs.kc):
-            pc = pp * bs.kc
-            kc = min(bs.kc, k - pc)
+        for pp in range(n_slices):
+            pc = pp * kc_max
+            kc = min(kc_max, k - pc)
             beta_slice = beta if pc == 0 else 1
             last = pc + kc == k
             if nt == 1:
@@ -281,19 +300,19 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                 for q in prange(n_panels, schedule="static", num_threads=nt):
                     _pack_b_panel(&bs, b, rs_b, cs_b, jc, nc, pc, kc, q, bpack)
             # 3rd loop (ic, MC)
-            for ww in range((n_blocks + wave_blocks - 1) // wave_blocks):
-                b0 = ww * wave_blocks
-                b_end = min(b0 + wave_blocks, n_blocks)
+            for ww in range((n_items + wave_items - 1) // wave_items):
+                w0 = ww * wave_items
+                w_end = min(w0 + wave_items, n_items)
                 if nt == 1:
-                    for blk in range(b0, b_end):
-                        _ic_block(&bs, blk, n_blocks, n_tiles, m, jc, nc, pc, kc, alpha,
-                                  a, rs_a, cs_a, bpack, beta_slice, c, ldc, last,
-                                  bias, act, out, ldo, apack + (blk - b0) * a_region)
+                    for item in range(w0, w_end):
+                        _work_item(&bs, item, n_blocks, n_tiles, n_parts, n_panels, m, jc, pc, kc,
+                                   alpha, a, rs_a, cs_a, bpack, beta_slice, c, ldc, last,
+                                   bias, act, out, ldo, nc, apack + (item - w0) * a_region)
                 else:
-                    for blk in prange(b0, b_end, schedule="static", num_threads=nt):
-                        _ic_block(&bs, blk, n_blocks, n_tiles, m, jc, nc, pc, kc, alpha,
-                                  a, rs_a, cs_a, bpack, beta_slice, c, ldc, last,
-                                  bias, act, out, ldo, apack + (blk - b0) * a_region)
+                    for item in prange(w0, w_end, schedule="static", num_threads=nt):
+                        _work_item(&bs, item, n_blocks, n_tiles, n_parts, n_panels, m, jc, pc, kc,
+                                   alpha, a, rs_a, cs_a, bpack, beta_slice, c, ldc, last,
+                                   bias, act, out, ldo, nc, apack + (item - w0) * a_region)
     fastbp_aligned_free(work)
     return 0
 

@@ -111,6 +111,10 @@ fastbp_ukr_s_avx512(ptrdiff_t kc, const float *ap, const float *bp, float *c,
 #define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
     FASTBP_ROWS12(DECL)
 #undef DECL
+#define PREFETCH_C(i) _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0); \
+    _mm_prefetch((const char *)(c + i * ldc + 31), _MM_HINT_T0);
+    FASTBP_ROWS12(PREFETCH_C)
+#undef PREFETCH_C
     ptrdiff_t p;
     for (p = 0; p < kc; p++) {
         __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16), a;
@@ -143,6 +147,10 @@ fastbp_ukr_d_avx512(ptrdiff_t kc, const double *ap, const double *bp, double *c,
 #define DECL(i) __m512d c##i##0 = _mm512_setzero_pd(), c##i##1 = _mm512_setzero_pd();
     FASTBP_ROWS12(DECL)
 #undef DECL
+#define PREFETCH_C(i) _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0); \
+    _mm_prefetch((const char *)(c + i * ldc + 15), _MM_HINT_T0);
+    FASTBP_ROWS12(PREFETCH_C)
+#undef PREFETCH_C
     ptrdiff_t p;
     for (p = 0; p < kc; p++) {
         __m512d b0 = _mm512_loadu_pd(bp), b1 = _mm512_loadu_pd(bp + 8), a;
