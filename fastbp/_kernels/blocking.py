@@ -22,7 +22,7 @@ depends on the thread count, so neither do the results.
 
 _TABLE = {
     # (isa, dtype): (MR, NR, KC, MC, NC)
-    ("avx512", "float32"): (12, 32, 256, 144, 4096),
+    ("avx512", "float32"): (12, 32, 512, 144, 4096),
     ("avx512", "float64"): (12, 16, 256, 96, 4096),
     ("avx2", "float32"): (6, 16, 256, 96, 4096),
     ("avx2", "float64"): (6, 8, 256, 96, 4096),

@@ -115,20 +115,24 @@ cdef void pack_b(const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
     """
     cdef Py_ssize_t p, col, cols = j1 - j0
     cdef const floating* src
-    if cs_b == 1:  # row-major B
-        for p in range(kc):
-            src = b + (pc + p) * rs_b + j0
-            for col in range(cols):
-                bp[p * nr + col] = src[col]
-            for col in range(cols, nr):
-                bp[p * nr + col] = 0
-    else:
+    if rs_b == 1 and cs_b != 1:  # column-major B (e.g. a transposed C-ordered array): read along k
         for col in range(cols):
-            src = b + pc * rs_b + (j0 + col) * cs_b
+            src = b + pc + (j0 + col) * cs_b
             for p in range(kc):
-                bp[p * nr + col] = src[p * rs_b]
+                bp[p * nr + col] = src[p]
         for col in range(cols, nr):
             for p in range(kc):
+                bp[p * nr + col] = 0
+    else:  # row-major or strided B: k outer, contiguous writes
+        for p in range(kc):
+            src = b + (pc + p) * rs_b + j0 * cs_b
+            if cs_b == 1:
+                for col in range(cols):
+                    bp[p * nr + col] = src[col]
+            else:
+                for col in range(cols):
+                    bp[p * nr + col] = src[col * cs_b]
+            for col in range(cols, nr):
                 bp[p * nr + col] = 0
 
 
