@@ -327,6 +327,8 @@ def _optimizer_buffers(param, grad, **state):
     if grad.shape != param.shape:
         raise ValueError(f"grad must have shape {param.shape}, got {grad.shape}")
     for name, buf in state.items():
+        if buf is None:
+            raise ValueError(f"{name} must be a buffer of shape {param.shape}, got None")
         V.output_array(name, buf, param.shape, param.dtype, inputs=(param, grad))
     return param, grad
 
@@ -341,11 +343,13 @@ def sgd_step(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_dec
     ----------
     param : writable C-contiguous ndarray of shape (n_params,)
     grad : ndarray of shape (n_params,)
-    velocity : writable C-contiguous ndarray of shape (n_params,); untouched when momentum is 0
+    velocity : writable C-contiguous ndarray of shape (n_params,), or None when momentum is 0
     """
-    param, grad = _optimizer_buffers(param, grad, velocity=velocity)
+    momentum = V.scalar("momentum", momentum)
+    state = {"velocity": velocity} if momentum or velocity is not None else {}
+    param, grad = _optimizer_buffers(param, grad, **state)
     kernels, n_threads = _kernels()
-    kernels.sgd_step(param, grad, velocity, V.scalar("lr", lr), V.scalar("momentum", momentum),
+    kernels.sgd_step(param, grad, velocity, V.scalar("lr", lr), momentum,
                      bool(nesterov), V.scalar("weight_decay", weight_decay), n_threads)
 
 

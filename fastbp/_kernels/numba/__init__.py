@@ -4,7 +4,7 @@ Importing this package selects Numba's OpenMP threading layer (``_threads``)
 and nothing else: every kernel compiles, or loads from Numba's on-disk cache,
 on its first call. Modules: ``microkernel`` (LLVM-IR register tile),
 ``packing``, ``gemm`` (the five loops and the fused epilogue), ``activations``,
-``dense``, ``losses``.
+``dense``, ``losses``, ``optim``.
 """
 
 from ._threads import ISA
@@ -12,6 +12,7 @@ from .activations import activation_backward, activation_forward
 from .dense import dense_backward, dense_forward
 from .gemm import gemm
 from .losses import binary_cross_entropy, mse, softmax_cross_entropy, softmax_cross_entropy_index
+from .optim import adam_step, rmsprop_step, sgd_step
 
 NAME = "numba"
 
@@ -27,4 +28,7 @@ __all__ = [
     "softmax_cross_entropy",
     "softmax_cross_entropy_index",
     "binary_cross_entropy",
+    "sgd_step",
+    "rmsprop_step",
+    "adam_step",
 ]

@@ -18,7 +18,7 @@ from .. import registry as R
 from ._arrays import writable
 from ._threads import clamp_threads, set_threads
 from .activations import _activation_backward, _activation_forward
-from .gemm import NO_ACTIVATION, driver, gemm, no_bias
+from .gemm import NO_ACTIVATION, gemm, run_driver
 
 PARALLEL_MIN_ELEMENTS = 1 << 15
 COLUMN_BLOCK = 256  # columns of δ summed by one task
@@ -37,7 +37,7 @@ def dense_forward(x, w, bias, act, z, a, n_threads):
         epilogue_act, out = NO_ACTIVATION, z
     else:
         epilogue_act, out = act, a
-    driver(z.dtype)(writable(x), writable(w), z, out, bias, 1.0, 0.0, epilogue_act, n_threads)
+    run_driver(x, w, z, out, bias, 1.0, 0.0, epilogue_act, n_threads)
     if act == R.SOFTMAX:
         _activation_forward(act, z, a, n_threads)
 

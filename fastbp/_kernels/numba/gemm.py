@@ -34,6 +34,8 @@ order, each slice in increasing k in one micro-kernel lane. Tasks only
 partition C, so nothing numeric depends on the thread count.
 """
 
+import threading
+
 import numba
 import numpy as np
 from numba import prange, types
@@ -92,12 +94,13 @@ def _make_driver(dtype):
     SIMD = ISA != "generic"
     SCALAR = np.float32 if dtype == "float32" else np.float64
 
-    def _gemm(a, b, z, out, bias, alpha, beta, act, n_threads):
-        """z := alpha·a·b + beta·z + bias; out := act(z) unless act < 0.
+    def _gemm(a, b, z, out, bias, alpha, beta, act, n_threads, work):
+        """z := alpha·a·b + beta·z + bias; out := act(z) unless act < 0.  Returns the workspace used.
 
         IN a (m, k), b (k, n) any strides, k >= 1; bias (n,), or (0,) for none.
         IN/OUT z (m, n) C-contiguous, not read when beta == 0.
         OUT out (m, n) C-contiguous, may be z.
+        IN work: a scratch buffer, used if large enough, else replaced by a new one (returned).
         """
         m, k = a.shape
         n = b.shape[1]
@@ -122,7 +125,8 @@ def _make_driver(dtype):
         pb_size = KC * (-(-min(NC, band_cols) // NR) * NR)
         pa_size = MC * KC
         task_size = pb_size + pa_size + 2 * MR * NR  # packed B panel, packed A block, edge tile, scratch
-        work = np.empty(n_tasks * task_size, dtype=z.dtype)
+        if work.shape[0] < n_tasks * task_size:
+            work = np.empty(n_tasks * task_size, dtype=z.dtype)
 
         for task in prange(n_tasks):
             pb_off = task * task_size
@@ -164,12 +168,14 @@ def _make_driver(dtype):
                                     store_edge_tile(ab, NR, rows, cols, zf, c_off, n, beta_t)
                                 if last and finish:
                                     finish_tile(rows, cols, zf, of, c_off, n, bias, jc + jr, act)
+        return work
 
     nb_dtype = numba.from_dtype(np.dtype(dtype))
     matrix_any = types.Array(nb_dtype, 2, "A")
     matrix_c = types.Array(nb_dtype, 2, "C")
-    signature = types.void(matrix_any, matrix_any, matrix_c, matrix_c, types.Array(nb_dtype, 1, "C"),
-                           types.float64, types.float64, types.int64, types.int64)
+    vector = types.Array(nb_dtype, 1, "C")
+    signature = vector(matrix_any, matrix_any, matrix_c, matrix_c, vector,
+                       types.float64, types.float64, types.int64, types.int64, vector)
     return numba.njit([signature], cache=True, nogil=True, parallel=True)(_gemm)
 
 
@@ -195,7 +201,22 @@ def no_bias(dtype):
     return _no_bias[key]
 
 
+# Packing buffers, one per calling thread and dtype, grown on demand and kept,
+# so that after the first call of a given size a GEMM allocates nothing.
+_workspaces = threading.local()
+
+
+def run_driver(a, b, z, out, bias, alpha, beta, act, n_threads):
+    """Run the GEMM driver of z's dtype with this thread's cached workspace (see ``_gemm``)."""
+    key = z.dtype.name
+    cache = _workspaces.__dict__
+    work = cache.get(key)
+    if work is None:
+        work = np.empty(0, dtype=z.dtype)
+    cache[key] = driver(key)(writable(a), writable(b), z, out, bias, float(alpha), float(beta), act,
+                             clamp_threads(n_threads), work)
+
+
 def gemm(a, b, c, alpha, beta, n_threads):
     """c := alpha*a·b + beta*c.  IN a (m, k), b (k, n) any strides, k >= 1; IN/OUT c (m, n), not read if beta == 0."""
-    driver(c.dtype)(writable(a), writable(b), c, c, no_bias(c.dtype), float(alpha), float(beta),
-                    NO_ACTIVATION, clamp_threads(n_threads))
+    run_driver(a, b, c, c, no_bias(c.dtype), alpha, beta, NO_ACTIVATION, n_threads)
