@@ -3,8 +3,9 @@
 Flags: -O3 and -fno-math-errno, never -ffast-math (the kernels rely on IEEE
 NaN/inf semantics) and never -march=native: the extensions run on any x86-64
 and pick AVX2/AVX-512 micro-kernels at run time (see microkernels.h). OpenMP is
-used when a tiny OpenMP program compiles and links; otherwise the kernels are
-built serial, with a warning, and fastbp._kernels.cython.OPENMP is False.
+used when a tiny OpenMP program compiles and links (and FASTBP_NO_OPENMP is not
+set); otherwise the kernels are built serial, with a warning, and
+fastbp._kernels.cython.OPENMP is False.
 """
 
 import os
@@ -57,15 +58,15 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         compile_flags, link_flags, omp_compile, omp_link = _flags(self.compiler.compiler_type)
-        use_openmp = os.environ.get("FASTBP_NO_OPENMP", "") == "" and _openmp_works(
-            self.compiler, omp_compile, omp_link
-        )
+        disabled = os.environ.get("FASTBP_NO_OPENMP", "") not in ("", "0")
+        use_openmp = not disabled and _openmp_works(self.compiler, omp_compile, omp_link)
         if use_openmp:
             compile_flags, link_flags = compile_flags + omp_compile, link_flags + omp_link
         else:
+            reason = ("FASTBP_NO_OPENMP is set" if disabled else
+                      f"the C compiler cannot build OpenMP programs (tried {' '.join(omp_compile)})")
             sys.stderr.write(
-                "\nWARNING: fastbp: the C compiler cannot build OpenMP programs "
-                f"(tried {' '.join(omp_compile)}); the Cython kernels are built SERIAL "
+                f"\nWARNING: fastbp: {reason}; the Cython kernels are built SERIAL "
                 "(fastbp._kernels.cython.OPENMP is False, n_threads is ignored).\n\n"
             )
         for ext in self.extensions:
