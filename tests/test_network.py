@@ -52,6 +52,17 @@ def test_gradcheck_every_activation_and_loss(backend, act, loss):
     assert worst < 1e-5, errors
 
 
+def test_gradcheck_of_a_float32_network_runs_in_float64(backend):
+    rng = np.random.default_rng(3)
+    net = small_net("tanh", "softmax_cross_entropy", dtype=np.float32)
+    randomize_biases(net, rng)
+    X, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    before = net.params.copy()
+    errors = fb.gradcheck(net, X, y)
+    assert max(errors.values()) < 1e-5, errors  # float32 differences would give errors near 1
+    np.testing.assert_array_equal(net.params, before)
+
+
 def reference_backprop(net, X, y, loss):
     """Plain float64 backprop with the NumPy reference kernels: (loss, flat grads)."""
     activations, preacts, x = [], [], X

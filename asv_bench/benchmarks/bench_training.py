@@ -1,0 +1,82 @@
+"""Whole training runs: one epoch of mini-batch SGD, its peak memory, and the time to the first step."""
+
+import numpy as np
+
+import fastbp as fb
+
+from .common import BACKENDS, DTYPES, THREADS, KernelBenchmark
+
+# The peer comparison's networks: "sizes:batch" -> samples per epoch.
+NETWORKS = {
+    "784-256-128-10:128": 8192,
+    "784-256-128-10:32": 4096,
+    "64-32-10:32": 32768,
+    "784-1024-1024-10:256": 2048,
+}
+
+
+def build(spec, dtype, seed=0):
+    sizes, batch = spec.split(":")
+    sizes = [int(s) for s in sizes.split("-")]
+    layers = [fb.Dense(i, o, activation="relu" if k < len(sizes) - 2 else None)
+              for k, (i, o) in enumerate(zip(sizes[:-1], sizes[1:]))]
+    net = fb.Network(layers, loss="softmax_cross_entropy", dtype=dtype, seed=seed)
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((NETWORKS[spec], sizes[0])).astype(dtype)
+    y = rng.integers(0, sizes[-1], size=NETWORKS[spec])
+    return net, X, y, int(batch)
+
+
+class TrainEpoch(KernelBenchmark):
+    params = [BACKENDS, DTYPES, THREADS, list(NETWORKS)]
+    param_names = ["backend", "dtype", "threads", "network"]
+
+    def setup(self, backend, dtype, threads, network):
+        self.configure(backend, dtype, threads)
+        self.net, self.X, self.y, self.batch = build(network, dtype)
+        self.opt = fb.SGD(self.net, lr=0.01)
+        self.time_epoch(backend, dtype, threads, network)  # JIT, buffers
+
+    def time_epoch(self, backend, dtype, threads, network):
+        self.net.fit(self.X, self.y, optimizer=self.opt, epochs=1, batch_size=self.batch, shuffle=True, verbose=0)
+
+    def peakmem_epoch(self, backend, dtype, threads, network):
+        self.time_epoch(backend, dtype, threads, network)
+
+    def track_samples_per_second(self, backend, dtype, threads, network):
+        import time
+
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            self.time_epoch(backend, dtype, threads, network)
+            best = min(best, time.perf_counter() - start)
+        return len(self.X) / best
+
+    track_samples_per_second.unit = "samples/s"
+
+
+class FirstStep:
+    """Import fastbp and take one training step, in a fresh interpreter (JIT caches warm on disk)."""
+
+    params = [BACKENDS]
+    param_names = ["backend"]
+    timeout = 300
+
+    def setup_cache(self):
+        # Fill Numba's on-disk cache once, so the timed runs measure a second run.
+        for backend in BACKENDS:
+            exec(self._code(backend))
+
+    @staticmethod
+    def _code(backend):
+        return f"""
+import numpy as np, fastbp as fb
+fb.set_backend({backend!r})
+net = fb.Network([fb.Dense(64, 32, activation="relu"), fb.Dense(32, 10)], loss="softmax_cross_entropy", seed=0)
+X = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
+net.fit(X, np.arange(32) % 10, optimizer=fb.SGD(net, lr=0.01), epochs=1, batch_size=32, verbose=0)
+"""
+
+    def timeraw_import_and_first_step(self, backend):
+        return self._code(backend)

@@ -1,0 +1,1 @@
+"""Benchmarks that compare fastbp with its CPU peers (``python -m fastbp.bench peers``)."""

@@ -1,0 +1,4 @@
+from .peers import main
+
+if __name__ == "__main__":
+    main()

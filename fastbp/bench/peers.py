@@ -1,0 +1,253 @@
+"""Train the same MLP with the same data and the same SGD step on fastbp and its CPU peers.
+
+Usage: ``python -m fastbp.bench peers [--networks 784-256-128-10:128 ...] [--threads N]``.
+
+Every system trains float32 relu MLPs with a softmax cross-entropy output by
+plain mini-batch SGD (lr 0.01, no momentum, no weight decay) for one epoch over
+the same samples in the same order; the figure is samples per second of the
+fastest of ``--repeats`` epochs, after one warm-up epoch (JIT compilation is not
+counted). Peers that are not installed are skipped: none is required.
+Run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset, or NumPy's BLAS (the
+baseline of every peer but JAX) runs a slower kernel.
+"""
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+LR = 0.01
+DEFAULT_NETWORKS = ["784-256-128-10:128", "784-256-128-10:32", "64-32-10:32", "784-1024-1024-10:256"]
+
+
+def parse_network(spec):
+    """'784-256-128-10:128' -> ([784, 256, 128, 10], 128)."""
+    sizes, batch = spec.split(":")
+    return [int(s) for s in sizes.split("-")], int(batch)
+
+
+def make_data(sizes, n_samples, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_samples, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], size=n_samples)
+    return X, y
+
+
+def init_weights(sizes, seed=0):
+    """He-initialised float32 weights and zero biases, shared by every system."""
+    rng = np.random.default_rng(seed)
+    return [((rng.standard_normal((i, o)) * np.sqrt(2.0 / i)).astype(np.float32), np.zeros(o, np.float32))
+            for i, o in zip(sizes[:-1], sizes[1:])]
+
+
+# ------------------------------------------------------------------ systems
+# Each returns a function that trains one epoch over (X, y) in batches.
+def numpy_by_hand(sizes, batch, threads):
+    params = init_weights(sizes)
+
+    def epoch(X, y):
+        for start in range(0, len(X), batch):
+            x, t = X[start:start + batch], y[start:start + batch]
+            acts = [x]
+            for i, (W, b) in enumerate(params):
+                z = acts[-1] @ W + b
+                acts.append(np.maximum(z, 0) if i < len(params) - 1 else z)
+            p = np.exp(acts[-1] - acts[-1].max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            p[np.arange(len(t)), t] -= 1
+            delta = p / len(t)
+            for i in range(len(params) - 1, -1, -1):
+                W, b = params[i]
+                dW, db = acts[i].T @ delta, delta.sum(axis=0)
+                if i:
+                    delta = (delta @ W.T) * (acts[i] > 0)
+                W -= LR * dW
+                b -= LR * db
+
+    return epoch
+
+
+def torch_eager(sizes, batch, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    layers = []
+    for i, (W, b) in enumerate(init_weights(sizes)):
+        linear = torch.nn.Linear(*W.shape)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(W.T))
+            linear.bias.copy_(torch.from_numpy(b))
+        layers += [linear, torch.nn.ReLU()] if i < len(sizes) - 2 else [linear]
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def epoch(X, y):
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+        for start in range(0, len(X), batch):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(Xt[start:start + batch]), yt[start:start + batch]).backward()
+            opt.step()
+
+    return epoch
+
+
+def jax_jit(sizes, batch, threads):
+    import jax
+    import jax.numpy as jnp
+
+    params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in init_weights(sizes)]
+
+    def loss(params, x, t):
+        h = x
+        for W, b in params[:-1]:
+            h = jax.nn.relu(h @ W + b)
+        logits = h @ params[-1][0] + params[-1][1]
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), t[:, None], axis=1))
+
+    @jax.jit
+    def step(params, x, t):
+        grads = jax.grad(loss)(params, x, t)
+        return jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads)
+
+    state = {"params": params}
+
+    def epoch(X, y):
+        p = state["params"]
+        for start in range(0, len(X) - batch + 1, batch):  # full batches only: one compiled shape
+            p = step(p, X[start:start + batch], y[start:start + batch])
+        jax.block_until_ready(p)
+        state["params"] = p
+
+    return epoch
+
+
+def sklearn_mlp(sizes, batch, threads):
+    from sklearn.neural_network import MLPClassifier
+
+    model = MLPClassifier(hidden_layer_sizes=tuple(sizes[1:-1]), solver="sgd", learning_rate_init=LR,
+                          momentum=0.0, nesterovs_momentum=False, alpha=0.0, batch_size=batch, shuffle=False)
+    classes = np.arange(sizes[-1])
+
+    def epoch(X, y):
+        model.partial_fit(X, y, classes=classes)
+
+    return epoch
+
+
+def fastbp_backend(name):
+    def build(sizes, batch, threads):
+        import fastbp as fb
+
+        fb.set_backend(name)
+        fb.set_num_threads(threads)
+        layers = [fb.Dense(i, o, activation="relu" if k < len(sizes) - 2 else None)
+                  for k, (i, o) in enumerate(zip(sizes[:-1], sizes[1:]))]
+        net = fb.Network(layers, loss="softmax_cross_entropy", dtype=np.float32, seed=0)
+        for layer, (W, b) in zip(net.layers, init_weights(sizes)):
+            layer.W[...] = W
+            layer.b[...] = b
+        opt = fb.SGD(net, lr=LR)
+
+        def epoch(X, y):
+            net.fit(X, y, optimizer=opt, epochs=1, batch_size=batch, shuffle=False, verbose=0)
+
+        return epoch
+
+    return build
+
+
+SYSTEMS = {
+    "numpy by hand": numpy_by_hand,
+    "torch eager": torch_eager,
+    "jax jit": jax_jit,
+    "sklearn": sklearn_mlp,
+    "fastbp cython": fastbp_backend("cython"),
+    "fastbp numba": fastbp_backend("numba"),
+}
+
+
+def blas_threads(n):
+    """Limit NumPy's BLAS to n threads where threadpoolctl is installed; else leave it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def samples_per_second(build, sizes, batch, threads, n_samples, repeats):
+    X, y = make_data(sizes, n_samples)
+    epoch = build(sizes, batch, threads)
+    epoch(X, y)  # warm-up: JIT compilation, buffer allocation
+    best = min(_timed(epoch, X, y) for _ in range(repeats))
+    return n_samples / best
+
+
+def _timed(epoch, X, y):
+    start = time.perf_counter()
+    epoch(X, y)
+    return time.perf_counter() - start
+
+
+def run(networks, threads, repeats, budget_flops, systems):
+    rows = []
+    for spec in networks:
+        sizes, batch = parse_network(spec)
+        flops_per_sample = 6 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
+        n_samples = int(np.clip(budget_flops / flops_per_sample, 4 * batch, 200_000)) // batch * batch
+        row = {"network": spec, "samples": n_samples}
+        for name in systems:
+            try:
+                row[name] = samples_per_second(SYSTEMS[name], sizes, batch, threads, n_samples, repeats)
+            except ImportError as exc:
+                row[name] = None
+                print(f"  skipping {name}: {exc}")
+        rows.append(row)
+        print_row(row, systems)
+    return rows
+
+
+def print_row(row, systems):
+    peers = [row[s] for s in systems if not s.startswith("fastbp") and row[s]]
+    best = max(peers) if peers else None
+    cells = [f"{row['network']:>22}"]
+    for s in systems:
+        cells.append(f"{row[s] / 1e3:9.1f}k" if row[s] else f"{'-':>10}")
+    for s in systems:
+        if s.startswith("fastbp") and row[s] and best:
+            cells.append(f"{row[s] / best:5.2f}x")
+    print(" ".join(cells), flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastbp.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["peers"], help="which comparison to run")
+    parser.add_argument("--networks", nargs="+", default=DEFAULT_NETWORKS, metavar="SIZES:BATCH")
+    try:
+        default_threads = len(os.sched_getaffinity(0))
+    except AttributeError:
+        default_threads = os.cpu_count() or 1
+    parser.add_argument("--threads", type=int, default=default_threads)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--gflop", type=float, default=40.0, help="work per epoch, sizing the sample count")
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    args = parser.parse_args(argv)
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if var in os.environ:
+            print(f"warning: {var}={os.environ[var]} is set; NumPy's BLAS may run a slower kernel")
+    systems = args.systems
+    fastbp_cols = [s for s in systems if s.startswith("fastbp")]
+    print(f"samples/s, float32, SGD lr={LR}, {args.threads} threads; ratio = fastbp / best peer")
+    print(" ".join([f"{'network:batch':>22}"] + [f"{s[:10]:>10}" for s in systems] + [f"{s[7:12]:>6}" for s in fastbp_cols]))
+    limiter = blas_threads(args.threads)
+    try:
+        run(args.networks, args.threads, args.repeats, args.gflop * 1e9, systems)
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
+
+
+if __name__ == "__main__":
+    main()
