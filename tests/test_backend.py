@@ -64,6 +64,16 @@ def test_backends_report_their_isa():
         assert module.ISA in ("avx512", "avx2", "generic")
 
 
+def test_every_backend_implements_the_whole_contract():
+    from fastbp._kernels import reference
+
+    for name in ("cython", "numba"):
+        module = _backend.backend_module(name)
+        missing = [k for k in reference.KERNELS if not callable(getattr(module, k, None))]
+        assert not missing, f"backend {name} lacks {missing}"
+    assert all(callable(getattr(reference, k)) for k in reference.KERNELS)
+
+
 def test_thread_count(threads):
     limit = _backend._max_threads()
     assert 1 <= fastbp.get_num_threads() <= limit

@@ -21,6 +21,22 @@ from . import registry as R
 
 NAME = "reference"
 
+# Every backend exports these names with these signatures (tests/test_backend.py checks it).
+KERNELS = (
+    "gemm",
+    "activation_forward",
+    "activation_backward",
+    "dense_forward",
+    "dense_backward",
+    "mse",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_index",
+    "binary_cross_entropy",
+    "sgd_step",
+    "rmsprop_step",
+    "adam_step",
+)
+
 
 def gemm(a, b, c, alpha, beta, n_threads):
     """c := alpha*a·b + beta*c.  IN a (m, k), b (k, n); IN/OUT c (m, n). c is not read when beta == 0."""
