@@ -164,3 +164,34 @@ def test_block_table_covers_every_isa_and_dtype():
         for dtype in ("float32", "float64"):
             mr, nr, kc, mc, nc = blocking.block_sizes(isa, dtype)
             assert mc % mr == 0 and nc % nr == 0 and kc > 0
+
+
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_cython_lower_isa_micro_kernels(isa):
+    """The AVX2 and portable-C micro-kernels, forced on this CPU (the ISA is chosen at import)."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import numpy as np, fastbp
+from fastbp import kernels
+from fastbp._kernels.cython import ISA
+assert ISA == {isa!r}, ISA
+fastbp.set_backend("cython")
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    for m, k, n in [(1, 1, 1), (7, 13, 29), (97, 300, 45)]:
+        for threads in (1, 2):
+            fastbp.set_num_threads(threads)
+            a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+            got = kernels.gemm(a, b.T.copy(), trans_b=True)
+            bound = 2 * (k + 2) * np.finfo(dtype).eps * (np.abs(a) @ np.abs(b))
+            assert np.all(np.abs(got - a.astype(np.float64) @ b) <= bound + 1e-30), (dtype, m, k, n)
+        z = kernels.dense_forward(a, b, np.ones(n, dtype), "tanh")
+        assert np.allclose(z, np.tanh(a.astype(np.float64) @ b + 1), rtol=1e-4, atol=1e-4)
+print("ok")
+""".format(isa=isa)
+    env = dict(os.environ, FASTBP_CYTHON_ISA=isa)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
