@@ -77,7 +77,9 @@ def clip_grads(grads, clip_norm=None, clip_value=None):
         np.clip(grads, -clip_value, clip_value, out=grads)
     if clip_norm is None:
         return None
-    norm = math.sqrt(float(np.dot(grads, grads)))
+    # einsum's own loop, not BLAS: a threaded BLAS dot leaves its threads spinning on the
+    # cores the kernels' OpenMP threads need next (and it is single-threaded: deterministic).
+    norm = math.sqrt(float(np.einsum("i,i->", grads, grads)))
     if norm > clip_norm:
         grads *= clip_norm / (norm + 1e-6)
     return norm
