@@ -184,10 +184,11 @@ _drivers = {}
 
 def driver(dtype):
     """The compiled GEMM driver for ``dtype`` (compiled, or loaded from cache, on first use)."""
-    key = np.dtype(dtype).name
-    if key not in _drivers:
-        _drivers[key] = _make_driver(key)
-    return _drivers[key]
+    # Keyed by the dtype object itself: dtype.name builds a string (~2 µs), too slow per call.
+    compiled = _drivers.get(dtype)
+    if compiled is None:
+        compiled = _drivers[dtype] = _make_driver(np.dtype(dtype).name)
+    return compiled
 
 
 _no_bias = {}
@@ -195,10 +196,10 @@ _no_bias = {}
 
 def no_bias(dtype):
     """An empty bias vector of ``dtype``: the driver adds no bias."""
-    key = np.dtype(dtype).name
-    if key not in _no_bias:
-        _no_bias[key] = np.empty(0, dtype=key)
-    return _no_bias[key]
+    empty = _no_bias.get(dtype)
+    if empty is None:
+        empty = _no_bias[dtype] = np.empty(0, dtype=dtype)
+    return empty
 
 
 # Packing buffers, one per calling thread and dtype, grown on demand and kept,
@@ -208,11 +209,11 @@ _workspaces = threading.local()
 
 def run_driver(a, b, z, out, bias, alpha, beta, act, n_threads):
     """Run the GEMM driver of z's dtype with this thread's cached workspace (see ``_gemm``)."""
-    key = z.dtype.name
+    key = z.dtype
     cache = _workspaces.__dict__
     work = cache.get(key)
     if work is None:
-        work = np.empty(0, dtype=z.dtype)
+        work = np.empty(0, dtype=key)
     cache[key] = driver(key)(writable(a), writable(b), z, out, bias, float(alpha), float(beta), act,
                              clamp_threads(n_threads), work)
 
