@@ -26,6 +26,11 @@ __all__ = [
     "sgd_step",
     "rmsprop_step",
     "adam_step",
+    "rnn_forward",
+    "rnn_backward",
+    "fixed_point_forward",
+    "fixed_point_adjoint",
+    "ConvergenceError",
 ]
 
 
@@ -378,3 +383,192 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1=0.9, beta2=0.999
     kernels.adam_step(param, grad, exp_avg, exp_avg_sq, V.scalar("lr", lr), V.scalar("beta1", beta1),
                       V.scalar("beta2", beta2), V.scalar("eps", eps), V.scalar("weight_decay", weight_decay),
                       int(step), n_threads)
+
+
+# ---------------------------------------------------------------- recurrent layers
+def _recurrent_activation(name):
+    act = _activation_id(name)
+    if name not in R.RECURRENT_ACTIVATIONS:
+        raise ValueError(f"activation {name!r} cannot be used in a recurrent layer (it needs the "
+                         f"preactivation or is row-wise); use one of {', '.join(R.RECURRENT_ACTIVATIONS)}")
+    return act
+
+
+def _sequence(name, x, dtype=None):
+    if isinstance(x, np.ndarray) and x.ndim == 2:
+        raise ValueError(f"{name} must be 3-D of shape (batch, time, hidden), got the 2-D shape {x.shape}")
+    return V.contiguous_input(name, x, 3, dtype)
+
+
+def _recurrent_weights(wh, n_hidden, dtype):
+    wh = V.contiguous_input("wh", wh, 2, dtype)
+    if wh.shape != (n_hidden, n_hidden):
+        raise ValueError(f"wh must have shape {(n_hidden, n_hidden)} to match {n_hidden} hidden units, got {wh.shape}")
+    return wh
+
+
+def rnn_forward(x_proj, wh, activation="tanh", out=None):
+    """Run a simple RNN over whole sequences: ``h_t = act(x_proj_t + h_{t-1}·wh)`` from ``h_{-1} = 0``.
+
+    The input projection ``x_proj = x·wx + b`` is computed beforehand as one
+    ``dense_forward`` over the batch·time rows; the kernel runs the time loop.
+
+    Parameters
+    ----------
+    x_proj : ndarray of shape (batch, time, hidden), float32 or float64
+    wh : ndarray of shape (hidden, hidden)
+    activation : str, one of ``registry.RECURRENT_ACTIVATIONS``
+    out : C-contiguous ndarray of shape (batch, time, hidden), optional
+        Receives every state h_t; may be ``x_proj`` itself (in place).
+
+    Returns
+    -------
+    hs : ndarray of shape (batch, time, hidden)
+    """
+    act = _recurrent_activation(activation)
+    x_proj = _sequence("x_proj", x_proj)
+    wh = _recurrent_weights(wh, x_proj.shape[2], x_proj.dtype)
+    out = V.output_array("out", out, x_proj.shape, x_proj.dtype,
+                         inputs=(wh,) if out is x_proj else (x_proj, wh))
+    if out.size:
+        kernels, n_threads = _kernels()
+        kernels.rnn_forward(x_proj, wh, act, out, n_threads)
+    return out
+
+
+def rnn_backward(hs, wh, grad_hs, activation="tanh", truncate=None, *, delta_out=None, dwh_out=None):
+    """Backpropagation through time for ``rnn_forward``, optionally truncated.
+
+    With T steps and ``t0 = T - truncate``: ``δ_t = (grad_hs_t + δ_{t+1}·whᵀ) ⊙ act'(h_t)``
+    for ``t >= t0`` (``δ_T = 0``), ``δ_t = 0`` for ``t < t0``, and
+    ``dwh = Σ_{t>=1} h_{t-1}ᵀ·δ_t``. That is the exact gradient when the states
+    before step t0 are held constant, i.e. gradients flow back at most
+    ``truncate`` steps from the last step. ``δ`` is d loss / d x_proj, so the
+    caller gets ``dwx = xᵀ·δ``, ``db = Σ δ`` and ``dx = δ·wxᵀ`` from
+    ``dense_backward`` over the batch·time rows.
+
+    Parameters
+    ----------
+    hs : ndarray of shape (batch, time, hidden): the states from ``rnn_forward``
+    wh : ndarray of shape (hidden, hidden)
+    grad_hs : ndarray of shape (batch, time, hidden): d loss / d h_t
+    activation : str, as given to ``rnn_forward``
+    truncate : int >= 1 or None
+        Steps to backpropagate through; None (or >= time) is full BPTT.
+    delta_out : C-contiguous ndarray of shape (batch, time, hidden), optional; may be ``grad_hs``
+    dwh_out : C-contiguous ndarray of shape (hidden, hidden), optional
+
+    Returns
+    -------
+    delta : ndarray of shape (batch, time, hidden)
+    dwh : ndarray of shape (hidden, hidden)
+    """
+    act = _recurrent_activation(activation)
+    hs = _sequence("hs", hs)
+    grad_hs = _sequence("grad_hs", grad_hs, hs.dtype)
+    if grad_hs.shape != hs.shape:
+        raise ValueError(f"grad_hs must have the shape of hs {hs.shape}, got {grad_hs.shape}")
+    m, n_steps, n = hs.shape
+    wh = _recurrent_weights(wh, n, hs.dtype)
+    if truncate is None:
+        truncate = max(n_steps, 1)
+    elif isinstance(truncate, bool) or not hasattr(truncate, "__index__") or int(truncate) < 1:
+        raise ValueError(f"truncate must be an integer >= 1 or None, got {truncate!r}")
+    truncate = min(int(truncate), max(n_steps, 1))
+    inputs = (hs, wh) if delta_out is grad_hs else (hs, wh, grad_hs)
+    delta = V.output_array("delta_out", delta_out, hs.shape, hs.dtype, inputs=inputs)
+    dwh = V.output_array("dwh_out", dwh_out, (n, n), hs.dtype, inputs=(hs, wh, grad_hs, delta))
+    kernels, n_threads = _kernels()
+    kernels.rnn_backward(hs, wh, act, grad_hs, truncate, delta, dwh, n_threads)
+    return delta, dwh
+
+
+class ConvergenceError(ArithmeticError):
+    """A fixed-point iteration did not reach its tolerance within its iteration limit."""
+
+
+def _iteration_limits(tol, max_iter):
+    tol = V.scalar("tol", tol)
+    if tol <= 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    if isinstance(max_iter, bool) or not hasattr(max_iter, "__index__") or int(max_iter) < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    return tol, int(max_iter)
+
+
+def fixed_point_forward(x_proj, wh, activation="tanh", tol=1e-6, max_iter=100, out=None, scratch=None):
+    """Relax ``h = act(x_proj + h·wh)`` from ``h = 0`` until ``max|Δh| <= tol``.
+
+    Parameters
+    ----------
+    x_proj : ndarray of shape (n_samples, hidden): x·wx + b
+    wh : ndarray of shape (hidden, hidden)
+    activation : str, one of ``registry.RECURRENT_ACTIVATIONS``
+    tol : float > 0
+    max_iter : int >= 1
+    out, scratch : C-contiguous ndarrays of shape (n_samples, hidden), optional
+
+    Returns
+    -------
+    h : ndarray of shape (n_samples, hidden): the fixed point
+    iterations : int
+
+    Raises
+    ------
+    ConvergenceError
+        When ``max|Δh| > tol`` after ``max_iter`` updates (message: iterations, residual).
+    """
+    act = _recurrent_activation(activation)
+    tol, max_iter = _iteration_limits(tol, max_iter)
+    x_proj = V.contiguous_input("x_proj", x_proj, 2)
+    wh = _recurrent_weights(wh, x_proj.shape[1], x_proj.dtype)
+    h = V.output_array("out", out, x_proj.shape, x_proj.dtype, inputs=(x_proj, wh))
+    scratch = V.output_array("scratch", scratch, x_proj.shape, x_proj.dtype, inputs=(x_proj, wh, h))
+    kernels, n_threads = _kernels()
+    it, residual = kernels.fixed_point_forward(x_proj, wh, act, tol, max_iter, h, scratch, n_threads)
+    if not residual <= tol:
+        raise ConvergenceError(f"fixed_point_forward did not converge: max|Δh| = {residual:.3g} > tol = {tol:g} "
+                               f"after {it} iterations")
+    return h, it
+
+
+def fixed_point_adjoint(h, wh, grad_h, activation="tanh", tol=1e-6, max_iter=100, out=None, scratch=None):
+    """Recurrent backpropagation (Almeida–Pineda) at a fixed point ``h = act(x_proj + h·wh)``.
+
+    Solves ``v = grad_h + (v ⊙ D)·whᵀ`` with ``D = act'(h)`` by iteration from
+    ``v = grad_h`` and returns ``δ = v ⊙ D`` = d loss / d x_proj, so that
+    ``dwx = xᵀ·δ``, ``dwh = hᵀ·δ``, ``db = Σ δ``, ``dx = δ·wxᵀ``.
+
+    Parameters
+    ----------
+    h, grad_h : ndarrays of shape (n_samples, hidden)
+    wh : ndarray of shape (hidden, hidden)
+    activation, tol, max_iter : as for ``fixed_point_forward``
+    out : C-contiguous ndarray of shape (n_samples, hidden), optional: receives δ
+    scratch : C-contiguous ndarray of shape (2, n_samples, hidden), optional
+
+    Returns
+    -------
+    delta : ndarray of shape (n_samples, hidden)
+    iterations : int
+
+    Raises
+    ------
+    ConvergenceError
+        When the adjoint iteration does not reach ``tol`` within ``max_iter``.
+    """
+    act = _recurrent_activation(activation)
+    tol, max_iter = _iteration_limits(tol, max_iter)
+    h = V.contiguous_input("h", h, 2)
+    grad_h = V.contiguous_input("grad_h", grad_h, 2, h.dtype)
+    if grad_h.shape != h.shape:
+        raise ValueError(f"grad_h must have the shape of h {h.shape}, got {grad_h.shape}")
+    wh = _recurrent_weights(wh, h.shape[1], h.dtype)
+    delta = V.output_array("out", out, h.shape, h.dtype, inputs=(h, wh, grad_h))
+    scratch = V.output_array("scratch", scratch, (2,) + h.shape, h.dtype, inputs=(h, wh, grad_h, delta))
+    kernels, n_threads = _kernels()
+    it, residual = kernels.fixed_point_adjoint(h, wh, act, grad_h, tol, max_iter, delta, scratch, n_threads)
+    if not residual <= tol:
+        raise ConvergenceError(f"fixed_point_adjoint did not converge: max|Δv| = {residual:.3g} > tol = {tol:g} "
+                               f"after {it} iterations")
+    return delta, it

@@ -35,6 +35,10 @@ KERNELS = (
     "sgd_step",
     "rmsprop_step",
     "adam_step",
+    "rnn_forward",
+    "rnn_backward",
+    "fixed_point_forward",
+    "fixed_point_adjoint",
 )
 
 
@@ -246,3 +250,82 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_de
     step_size = lr / (1 - beta1**step)
     denom = np.sqrt(exp_avg_sq) / np.sqrt(1 - beta2**step) + eps
     param -= step_size * exp_avg / denom
+
+
+# ---------------------------------------------------------------- recurrent layers
+# Layout: sequences are batch-major, (batch, time, hidden), C-contiguous; the
+# input projection x_proj = x·Wx + b is one GEMM over batch·time rows done by
+# the caller (dense_forward), so the time loop only adds h_{t-1}·Wh. The
+# activation is element-wise with a derivative taken from its output
+# (registry.RECURRENT_ACTIVATIONS: not softmax, not gelu).
+def rnn_forward(x_proj, wh, act, hs, n_threads):
+    """hs[:, t] := act(x_proj[:, t] + hs[:, t-1]·wh) for t = 0..T-1, from h_{-1} = 0.
+
+    IN x_proj (batch, T, hidden), wh (hidden, hidden); OUT hs (batch, T, hidden), may be x_proj.
+    """
+    h = np.zeros((x_proj.shape[0], x_proj.shape[2]), x_proj.dtype)
+    for t in range(x_proj.shape[1]):
+        h = _activation(act, x_proj[:, t] + h @ wh)
+        hs[:, t] = h
+
+
+def rnn_backward(hs, wh, act, grad_hs, truncate, delta, dwh, n_threads):
+    """Backpropagation through time over the last ``truncate`` steps.
+
+    With T steps and t0 = T - truncate (1 <= truncate <= T):
+    δ_t := (grad_hs[:, t] + δ_{t+1}·whᵀ) ⊙ act'(h_t) for t = T-1 down to t0 (δ_T = 0),
+    δ_t := 0 for t < t0;  dwh := Σ_{t>=1} h_{t-1}ᵀ·δ_t.
+    This is the exact gradient when the states h_t, t < t0, are taken as
+    constants: the weights used by the steps before t0 are not differentiated.
+    The caller finishes with dwx = xᵀ·δ, db = Σ δ, dx = δ·wxᵀ over batch·T rows.
+    IN hs, grad_hs (batch, T, hidden), wh (hidden, hidden);
+    OUT delta (batch, T, hidden), may be grad_hs; OUT dwh (hidden, hidden).
+    """
+    n_steps = hs.shape[1]
+    t0 = n_steps - truncate
+    grads = grad_hs.copy()
+    carry = np.zeros_like(grads[:, 0])
+    delta[:, :t0] = 0
+    for t in range(n_steps - 1, t0 - 1, -1):
+        d = (grads[:, t] + carry) * _derivative(act, None, hs[:, t])
+        delta[:, t] = d
+        carry = d @ wh.T
+    dwh[...] = np.einsum("btj,btk->jk", hs[:, :-1], delta[:, 1:]) if n_steps > 1 else 0
+
+
+def fixed_point_forward(x_proj, wh, act, tol, max_iter, h, scratch, n_threads):
+    """Relax h := act(x_proj + h·wh) from h = 0 until max|Δh| <= tol; returns (iterations, residual).
+
+    Stops after at most max_iter updates; the caller checks residual <= tol.
+    IN x_proj (m, n), wh (n, n); OUT h (m, n): the last iterate; scratch (m, n).
+    """
+    h[...] = 0
+    residual = np.inf
+    for it in range(1, max_iter + 1):
+        new = _activation(act, x_proj + h @ wh)
+        residual = float(np.max(np.abs(new - h))) if h.size else 0.0
+        h[...] = new
+        if residual <= tol:
+            return it, residual
+    return max_iter, residual
+
+
+def fixed_point_adjoint(h, wh, act, grad_h, tol, max_iter, delta, scratch, n_threads):
+    """Solve v = g + (v ⊙ D)·whᵀ, D = act'(h), by iteration from v = g; delta := v ⊙ D.
+
+    Almeida–Pineda recurrent backpropagation at the fixed point h = act(x_proj + h·wh).
+    Stops when max|Δv| <= tol or after max_iter updates; returns (iterations, residual).
+    IN h, grad_h (m, n), wh (n, n); OUT delta (m, n); scratch (m, n).
+    """
+    d = _derivative(act, None, h)
+    v = grad_h.copy()
+    residual = 0.0 if max_iter else np.inf
+    it = 0
+    for it in range(1, max_iter + 1):
+        new = grad_h + (v * d) @ wh.T
+        residual = float(np.max(np.abs(new - v))) if v.size else 0.0
+        v = new
+        if residual <= tol:
+            break
+    delta[...] = v * d
+    return it, residual

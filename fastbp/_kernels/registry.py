@@ -36,6 +36,11 @@ NEEDS_PREACTIVATION = frozenset({"gelu"})
 # Activations applied row-wise rather than element-wise.
 ROW_WISE = frozenset({"softmax"})
 
+# Activations a recurrent layer accepts: element-wise, derivative from the output
+# (the time loop keeps the states only).
+RECURRENT_ACTIVATIONS = tuple(name for name in ACTIVATIONS
+                              if name not in NEEDS_PREACTIVATION and name not in ROW_WISE)
+
 LOSSES = ("mse", "softmax_cross_entropy", "binary_cross_entropy")
 
 

@@ -4,7 +4,7 @@ Importing this package selects Numba's OpenMP threading layer (``_threads``)
 and nothing else: every kernel compiles, or loads from Numba's on-disk cache,
 on its first call. Modules: ``microkernel`` (LLVM-IR register tile),
 ``packing``, ``gemm`` (the five loops and the fused epilogue), ``activations``,
-``dense``, ``losses``, ``optim``.
+``dense``, ``losses``, ``optim``, ``rnn``.
 """
 
 from ._threads import ISA
@@ -13,6 +13,7 @@ from .dense import dense_backward, dense_forward
 from .gemm import gemm
 from .losses import binary_cross_entropy, mse, softmax_cross_entropy, softmax_cross_entropy_index
 from .optim import adam_step, rmsprop_step, sgd_step
+from .rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_forward
 
 NAME = "numba"
 
@@ -31,4 +32,8 @@ __all__ = [
     "sgd_step",
     "rmsprop_step",
     "adam_step",
+    "rnn_forward",
+    "rnn_backward",
+    "fixed_point_forward",
+    "fixed_point_adjoint",
 ]
