@@ -2,7 +2,8 @@
 
 Kernels live in ``fastbp.kernels`` and run on one of two compiled backends,
 Cython with OpenMP or Numba, chosen with ``set_backend``/``backend``. On them,
-``Network`` of ``Dense`` layers, the optimizers ``SGD``/``RMSprop``/``Adam``,
+``Network`` of ``Dense`` layers (after an optional recurrent ``RNN``, or
+with ``FixedPoint`` layers), the optimizers ``SGD``/``RMSprop``/``Adam``,
 ``EarlyStopping``, ``schedules``, ``gradcheck`` and ``save``/``load`` are what
 a user trains with.
 """
@@ -20,6 +21,7 @@ from .callbacks import EarlyStopping
 from .gradcheck import gradcheck
 from .layers import Dense
 from .network import Network
+from .recurrent import RNN, ConvergenceError, FixedPoint
 from .optim import SGD, Adam, RMSprop
 from .serialization import load, save
 
@@ -35,6 +37,9 @@ __all__ = [
     "set_num_threads",
     "Network",
     "Dense",
+    "RNN",
+    "FixedPoint",
+    "ConvergenceError",
     "SGD",
     "RMSprop",
     "Adam",

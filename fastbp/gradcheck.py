@@ -7,10 +7,10 @@ __all__ = ["gradcheck"]
 
 def _float64_twin(network):
     """A float64 Network with ``network``'s architecture, loss and weights."""
-    from .layers import Dense
+    from .layers import layer_from_config
     from .network import Network
 
-    layers = [Dense(layer.n_in, layer.n_out, activation=layer.activation) for layer in network.layers]
+    layers = [layer_from_config(layer.get_config()) for layer in network.layers]
     twin = Network(layers, loss=network.loss, dtype=np.float64)
     twin.params[...] = network.params
     return twin
@@ -54,7 +54,7 @@ def gradcheck(network, X, y, eps=1e-6, atol=1e-8, max_checks=None, seed=0):
         network.forward(X)
         network.backward(y)
     X = network._check_X(X)
-    y, loss_kernel = network._check_y(y, X.shape[0])
+    y, loss_kernel = network._check_y(y, X.shape[0], n_steps=network._n_steps(X))
     rng = np.random.default_rng(seed)
     errors = {}
     for name, param, grad in network.named_parameters():

@@ -10,6 +10,8 @@ layer's passes receive them and call the backend kernels directly: arguments
 were validated once, at the network's boundary.
 """
 
+import numpy as np
+
 from . import init as _init
 from ._kernels import registry as R
 
@@ -89,6 +91,24 @@ class Dense:
     dW = property(lambda self: self._dW)
     db = property(lambda self: self._db)
 
+    sequence_input = False  # takes (n_samples, n_in) rows, not (batch, time, n_in) sequences
+
+    def _initialize(self, rng):
+        """Draw W with the layer's initialiser (b stays zero)."""
+        _init.initialize(self._W, self.init, rng)
+
+    def _parameters(self):
+        """[(name, param, grad)] in storage order."""
+        return [("W", self._W, self._dW), ("b", self._b, self._db)]
+
+    def _output_rows(self, n_rows, n_steps):
+        return n_rows
+
+    def _buffers(self, n_rows, n_steps, dtype):
+        """(z, a, delta) for batches of ``n_rows`` rows; z is a unless backward needs it (gelu)."""
+        a = np.empty((n_rows, self.n_out), dtype)
+        return (np.empty_like(a) if self.needs_preactivation else a), a, np.empty_like(a)
+
     def __repr__(self):
         return f"Dense({self.n_in}, {self.n_out}, activation={self.activation!r})"
 
@@ -114,3 +134,18 @@ class Dense:
         compute_dx = dx is not None
         kernels.dense_backward(x, self._W, z, a, delta, self._act_id, delta, self._dW, self._db,
                                dx if compute_dx else delta, compute_dx, False, n_threads)
+
+
+def layer_from_config(config):
+    """A new layer from ``get_config()``'s dict (Dense, RNN or FixedPoint)."""
+    from .recurrent import RNN, FixedPoint
+
+    kind = config.get("type")
+    args = {k: v for k, v in config.items() if k != "type"}
+    if kind == "Dense":
+        return Dense(args["n_in"], args["n_out"], args["activation"], args["init"])
+    if kind == "RNN":
+        return RNN(**args)
+    if kind == "FixedPoint":
+        return FixedPoint(**args)
+    raise ValueError(f"unknown layer type {kind!r}")

@@ -10,10 +10,21 @@ Memory layout
   its b, then layer 1's W, ...). An optimizer step is one kernel call.
 * A ``_Workspace`` per batch size: for each layer its output ``a``, its
   pre-activation ``z`` (the same array as ``a`` unless backward needs z:
-  gelu) and its ``delta`` (d loss/d a, turned into d loss/d z in place), plus
-  the gather buffers for a shuffled batch of X and y. ``fit`` uses at most two
-  batch sizes (the batch and the last, smaller one), so after the first batch
-  of each size a training step allocates nothing.
+  gelu; for a recurrent layer, its cache of states) and its ``delta`` (d
+  loss/d a, turned into d loss/d z in place), plus the gather buffers for a
+  shuffled batch of X and y. ``fit`` uses at most two batch sizes (the batch
+  and the last, smaller one), so after the first batch of each size a
+  training step allocates nothing.
+
+Sequences
+---------
+A network whose first layer is an ``RNN`` takes X of shape (n_samples,
+n_steps, n_in); workspaces are then keyed by (n_samples, n_steps). With
+``return_sequences=True`` the RNN's output is a (n_samples·n_steps, n_hidden)
+view of its states, so the following layers run once over every time step of
+every sample, the targets have shape (n_samples, n_steps, ...) and the loss
+averages over samples and steps; outputs come back as (n_samples, n_steps,
+n_outputs).
 
 Hot path
 --------
@@ -30,14 +41,15 @@ import numpy as np
 
 from . import _backend
 from . import kernels as _public_kernels
-from . import init as _init
 from . import losses as _losses
 from .layers import Dense
+from .recurrent import RNN, FixedPoint
 from .optim import Adam, Optimizer
 
 __all__ = ["Network"]
 
 _EVAL_CHUNK = 1024  # rows per forward pass when predicting/evaluating, to bound memory
+_LAYER_TYPES = (Dense, RNN, FixedPoint)
 _MAX_WORKSPACES = 6  # batch sizes kept: fit needs 2 for training and 2 for validation
 
 
@@ -48,12 +60,16 @@ class _NonFinite(ArithmeticError):
 class _Workspace:
     """Per-batch-size buffers: activations, pre-activations, deltas, and fit's gather buffers."""
 
-    def __init__(self, layers, n_samples, dtype):
+    def __init__(self, layers, n_samples, dtype, n_steps=None):
         self.n_samples = n_samples
-        self.activations = [np.empty((n_samples, layer.n_out), dtype) for layer in layers]
-        self.preactivations = [np.empty_like(a) if layer.needs_preactivation else a
-                               for layer, a in zip(layers, self.activations)]
-        self.deltas = [np.empty_like(a) for a in self.activations]
+        self.preactivations, self.activations, self.deltas = [], [], []
+        rows = n_samples
+        for layer in layers:
+            z, a, delta = layer._buffers(rows, n_steps, dtype)
+            rows = layer._output_rows(rows, n_steps)
+            self.preactivations.append(z)
+            self.activations.append(a)
+            self.deltas.append(delta)
         self.batch_x = None  # (n_samples, n_in), allocated by fit when it shuffles
         self.batch_y = None
 
@@ -85,9 +101,10 @@ class Network:
 
     Parameters
     ----------
-    layers : list of Dense
+    layers : list of Dense, RNN, FixedPoint
         Consecutive layers must chain: ``layers[i].n_out == layers[i+1].n_in``.
-        A layer belongs to one network only.
+        A layer belongs to one network only. An ``RNN`` may only come first
+        (X is then 3-D, (n_samples, n_steps, n_in)); see "Sequences" above.
     loss : str
         ``"mse"``, ``"softmax_cross_entropy"`` or ``"binary_cross_entropy"``, as
         PyTorch defines them (the cross-entropies take logits: the last layer
@@ -115,12 +132,14 @@ class Network:
     """
 
     def __init__(self, layers, loss="mse", dtype=np.float32, seed=None):
-        layers = list(layers) if not isinstance(layers, Dense) else [layers]
+        layers = list(layers) if not isinstance(layers, _LAYER_TYPES) else [layers]
         if not layers:
             raise ValueError("a Network needs at least one layer")
         for i, layer in enumerate(layers):
-            if not isinstance(layer, Dense):
-                raise TypeError(f"layer {i} must be a fastbp.Dense, got {type(layer).__name__}")
+            if not isinstance(layer, _LAYER_TYPES):
+                raise TypeError(f"layer {i} must be a fastbp.Dense, RNN or FixedPoint, got {type(layer).__name__}")
+            if i and layer.sequence_input:
+                raise ValueError(f"layer {i} {layer!r} takes sequences; a recurrent RNN layer must be the first layer")
         for i, (before, after) in enumerate(zip(layers, layers[1:])):
             if before.n_out != after.n_in:
                 raise ValueError(
@@ -128,7 +147,7 @@ class Network:
                     f"but layer {i + 1} {after!r} expects {after.n_in} inputs"
                 )
         if len({id(layer) for layer in layers}) != len(layers):
-            raise ValueError("the same Dense object appears twice in layers; create one per position")
+            raise ValueError("the same layer object appears twice in layers; create one per position")
         self.loss = _losses.check_loss(loss)
         _losses.check_output_activation(self.loss, layers[-1].activation, layers[-1].n_out)
         try:
@@ -150,7 +169,7 @@ class Network:
             offset = end
         self.layers = layers
         for layer in layers:  # in layer order, from one Generator: reproducible
-            _init.initialize(layer.W, layer.init, self._rng)
+            layer._initialize(self._rng)
         self._workspaces = OrderedDict()
         self._cache = None  # (workspace, x) of the last public forward, for backward
         self._params_backup = None  # fit's copy of params before each update
@@ -159,6 +178,16 @@ class Network:
     @property
     def n_inputs(self):
         return self.layers[0].n_in
+
+    @property
+    def sequence_input(self):
+        """Whether X is a batch of sequences, (n_samples, n_steps, n_inputs) (the first layer is an RNN)."""
+        return self.layers[0].sequence_input
+
+    @property
+    def sequence_output(self):
+        """Whether outputs and targets are per time step, (n_samples, n_steps, ...)."""
+        return self.sequence_input and self.layers[0].return_sequences
 
     @property
     def n_outputs(self):
@@ -176,8 +205,7 @@ class Network:
         """List of (name, param, grad) for every layer's W and b, e.g. ("layers.0.W", W, dW)."""
         named = []
         for i, layer in enumerate(self.layers):
-            named.append((f"layers.{i}.W", layer.W, layer.dW))
-            named.append((f"layers.{i}.b", layer.b, layer.db))
+            named.extend((f"layers.{i}.{name}", param, grad) for name, param, grad in layer._parameters())
         return named
 
     def zero_grad(self):
@@ -203,31 +231,60 @@ class Network:
                 raise TypeError(f"{name} must be a numeric 2-D array: {exc}") from None
         if X.dtype.kind not in "biuf":
             raise TypeError(f"{name} must be numeric, got dtype {X.dtype}")
-        if X.ndim != 2:
-            hint = "; for one sample use X.reshape(1, -1)" if X.ndim == 1 else ""
-            raise ValueError(f"{name} must be 2-D of shape (n_samples, {self.n_inputs}), got shape {X.shape}{hint}")
-        if X.shape[0] == 0:
-            raise ValueError(f"{name} is empty: shape {X.shape}")
-        if X.shape[1] != self.n_inputs:
-            raise ValueError(f"{name} has {X.shape[1]} features but the network expects {self.n_inputs}")
+        if self.sequence_input:
+            if X.ndim != 3:
+                hint = ("; a single sequence is X[None], one feature per step is X[..., None]"
+                        if X.ndim == 2 else "")
+                raise ValueError(f"{name} must be 3-D of shape (n_samples, n_steps, {self.n_inputs}) for a "
+                                 f"network starting with {self.layers[0]!r}, got shape {X.shape}{hint}")
+            if X.shape[0] == 0 or X.shape[1] == 0:
+                raise ValueError(f"{name} is empty: shape {X.shape} (sequences need at least one step)")
+            if X.shape[2] != self.n_inputs:
+                raise ValueError(f"{name} has {X.shape[2]} features per step but the network expects {self.n_inputs}")
+        else:
+            if X.ndim != 2:
+                hint = "; for one sample use X.reshape(1, -1)" if X.ndim == 1 else ""
+                raise ValueError(f"{name} must be 2-D of shape (n_samples, {self.n_inputs}), got shape {X.shape}{hint}")
+            if X.shape[0] == 0:
+                raise ValueError(f"{name} is empty: shape {X.shape}")
+            if X.shape[1] != self.n_inputs:
+                raise ValueError(f"{name} has {X.shape[1]} features but the network expects {self.n_inputs}")
         X = np.ascontiguousarray(X, dtype=self.dtype)
         if not np.isfinite(X).all():
             raise ValueError(f"{name} contains NaN or infinity (or values that overflow {self.dtype.name})")
         return X
 
-    def _check_y(self, y, n_samples, name="y"):
-        return _losses.check_target(self.loss, y, n_samples, self.n_outputs, self.dtype, name)
+    def _check_y(self, y, n_samples, name="y", n_steps=None):
+        """Checked targets; for per-step outputs y is (n_samples, n_steps, ...) and is returned so."""
+        if not self.sequence_output:
+            return _losses.check_target(self.loss, y, n_samples, self.n_outputs, self.dtype, name)
+        y = np.asarray(y) if not isinstance(y, np.ndarray) else y
+        if y.ndim not in (2, 3) or y.shape[:2] != (n_samples, n_steps):
+            raise ValueError(f"{name} has shape {y.shape} but the network outputs one target per step: "
+                             f"{name} must have shape ({n_samples}, {n_steps}) (class indices or one output) "
+                             f"or ({n_samples}, {n_steps}, {self.n_outputs})")
+        flat, kernel = _losses.check_target(self.loss, y.reshape((n_samples * n_steps,) + y.shape[2:]),
+                                            n_samples * n_steps, self.n_outputs, self.dtype, name)
+        return flat.reshape((n_samples, n_steps) + flat.shape[1:]), kernel
+
+    def _n_steps(self, X):
+        return X.shape[1] if self.sequence_input else None
+
+    def _output_shape(self, X):
+        return (X.shape[0], X.shape[1], self.n_outputs) if self.sequence_output else (X.shape[0], self.n_outputs)
 
     # ------------------------------------------------------------ buffers
-    def _workspace(self, n_samples):
-        """The buffers for batches of ``n_samples`` rows: made once, then reused (least recent evicted)."""
-        ws = self._workspaces.get(n_samples)
+    def _workspace(self, n_samples, n_steps=None):
+        """The buffers for batches of ``n_samples`` rows (of ``n_steps`` steps): made once, then reused
+        (least recent evicted)."""
+        key = n_samples if n_steps is None else (n_samples, n_steps)
+        ws = self._workspaces.get(key)
         if ws is None:
             if len(self._workspaces) >= _MAX_WORKSPACES:
                 self._workspaces.popitem(last=False)
-            ws = self._workspaces[n_samples] = _Workspace(self.layers, n_samples, self.dtype)
+            ws = self._workspaces[key] = _Workspace(self.layers, n_samples, self.dtype, n_steps)
         else:
-            self._workspaces.move_to_end(n_samples)
+            self._workspaces.move_to_end(key)
         return ws
 
     # ------------------------------------------------------------ passes (trusted arguments)
@@ -240,6 +297,8 @@ class Network:
 
     def _loss(self, ws, y, loss_kernel, kernels, n_threads):
         """Loss of the last forward; writes d loss/d output into the last delta buffer."""
+        if y.shape[0] != ws.activations[-1].shape[0]:  # per-step targets (n_samples, n_steps, ...): flat view
+            y = y.reshape((ws.activations[-1].shape[0],) + y.shape[2:])
         return getattr(kernels, loss_kernel)(ws.activations[-1], y, ws.deltas[-1], n_threads)
 
     def _backward(self, ws, x, kernels, n_threads):
@@ -256,17 +315,18 @@ class Network:
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_inputs)
+        X : array-like of shape (n_samples, n_inputs), or (n_samples, n_steps, n_inputs) for sequences
 
         Returns
         -------
-        out : ndarray of shape (n_samples, n_outputs), a new array of the network's dtype
+        out : ndarray of shape (n_samples, n_outputs), or (n_samples, n_steps, n_outputs) for
+            per-step outputs; a new array of the network's dtype
         """
         X = self._check_X(X)
-        ws = self._workspace(X.shape[0])
+        ws = self._workspace(X.shape[0], self._n_steps(X))
         out = self._forward(ws, X, _backend.backend_module(), _backend.get_num_threads())
         self._cache = (ws, X)
-        return out.copy()
+        return out.reshape(self._output_shape(X)).copy()
 
     __call__ = forward
 
@@ -286,10 +346,12 @@ class Network:
         if self._cache is None:
             raise RuntimeError("backward() needs a forward() first")
         ws, X = self._cache
-        y, loss_kernel = self._check_y(y, X.shape[0])
+        n_steps = self._n_steps(X)
+        y, loss_kernel = self._check_y(y, X.shape[0], n_steps=n_steps)
         kernels, n_threads = _backend.backend_module(), _backend.get_num_threads()
-        if ws.activations[-1].shape[0] != X.shape[0] or self._workspaces.get(X.shape[0]) is not ws:
-            ws = self._workspace(X.shape[0])  # evicted or reused since: recompute the forward
+        key = X.shape[0] if n_steps is None else (X.shape[0], n_steps)
+        if self._workspaces.get(key) is not ws:
+            ws = self._workspace(X.shape[0], n_steps)  # evicted or reused since: recompute the forward
             self._forward(ws, X, kernels, n_threads)
         loss = self._loss(ws, y, loss_kernel, kernels, n_threads)
         self._backward(ws, X, kernels, n_threads)
@@ -300,7 +362,8 @@ class Network:
         kernels, n_threads = _backend.backend_module(), _backend.get_num_threads()
         for start in range(0, X.shape[0], _EVAL_CHUNK):
             x = X[start:start + _EVAL_CHUNK]
-            out[start:start + x.shape[0]] = self._forward(self._workspace(x.shape[0]), x, kernels, n_threads)
+            raw = self._forward(self._workspace(x.shape[0], self._n_steps(x)), x, kernels, n_threads)
+            out[start:start + x.shape[0]] = raw.reshape(self._output_shape(x))
         return out
 
     def predict(self, X):
@@ -316,21 +379,25 @@ class Network:
         ndarray of shape (n_samples, n_outputs)
         """
         X = self._check_X(X)
-        out = self._raw_output(X, np.empty((X.shape[0], self.n_outputs), self.dtype))
+        out = self._raw_output(X, np.empty(self._output_shape(X), self.dtype))
         act = _losses.PREDICT_ACTIVATION[self.loss]
-        return out if act == "identity" else _public_kernels.activation(act, out, out=out)
+        if act != "identity":
+            rows = out.reshape(-1, self.n_outputs)
+            _public_kernels.activation(act, rows, out=rows)
+        return out
 
     def predict_classes(self, X):
         """Predicted labels: argmax of the outputs, or output > 0.5 for binary_cross_entropy.
 
         Returns
         -------
-        ndarray of shape (n_samples,) of int64, or (n_samples, n_outputs) for binary_cross_entropy
+        ndarray of shape (n_samples,) of int64, or (n_samples, n_outputs) for binary_cross_entropy;
+        with per-step outputs, (n_samples, n_steps) or (n_samples, n_steps, n_outputs)
         """
         proba = self.predict(X)
         if self.loss == "binary_cross_entropy":
             return (proba > 0.5).astype(np.int64)
-        return proba.argmax(axis=1)
+        return proba.argmax(axis=-1)
 
     def evaluate(self, X, y):
         """Mean loss over (X, y), without touching the gradients.
@@ -345,7 +412,7 @@ class Network:
         loss : float
         """
         X = self._check_X(X)
-        y, loss_kernel = self._check_y(y, X.shape[0])
+        y, loss_kernel = self._check_y(y, X.shape[0], n_steps=self._n_steps(X))
         return self._evaluate(X, y, loss_kernel)
 
     def _evaluate(self, X, y, loss_kernel):
@@ -355,18 +422,18 @@ class Network:
         n = X.shape[0]
         for start in range(0, n, _EVAL_CHUNK):
             x, t = X[start:start + _EVAL_CHUNK], y[start:start + _EVAL_CHUNK]
-            ws = self._workspace(x.shape[0])
+            ws = self._workspace(x.shape[0], self._n_steps(x))
             self._forward(ws, x, kernels, n_threads)
             total += float(self._loss(ws, t, loss_kernel, kernels, n_threads)) * x.shape[0]
         return total / n
 
     def _val_accuracy(self, X, y):
         """Accuracy on checked (X, y) for the cross-entropies (y as indices or rows)."""
-        out = self._raw_output(X, np.empty((X.shape[0], self.n_outputs), self.dtype))
+        out = self._raw_output(X, np.empty(self._output_shape(X), self.dtype))
         if self.loss == "binary_cross_entropy":
             return float(np.mean((out > 0) == (y > 0.5)))
-        labels = y if y.ndim == 1 else y.argmax(axis=1)
-        return float(np.mean(out.argmax(axis=1) == labels))
+        labels = y if y.ndim == out.ndim - 1 else y.argmax(axis=-1)
+        return float(np.mean(out.argmax(axis=-1) == labels))
 
     # ------------------------------------------------------------ training
     def _train_step(self, ws, x, y, loss_kernel, optimizer, kernels, n_threads):
@@ -444,7 +511,8 @@ class Network:
         # ---- validate everything, once, before any weight changes
         X = self._check_X(X)
         n_samples = X.shape[0]
-        y, loss_kernel = self._check_y(y, n_samples)
+        n_steps = self._n_steps(X)
+        y, loss_kernel = self._check_y(y, n_samples, n_steps=n_steps)
         epochs = _check_count("epochs", epochs)
         batch_size = _check_count("batch_size", batch_size, allow_none=True)
         batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
@@ -462,7 +530,7 @@ class Network:
             except (TypeError, ValueError):
                 raise TypeError("validation_data must be a pair (X_val, y_val)") from None
             X_val = self._check_X(X_val, "X_val")
-            y_val, val_kernel = self._check_y(y_val, X_val.shape[0], "y_val")
+            y_val, val_kernel = self._check_y(y_val, X_val.shape[0], "y_val", self._n_steps(X_val))
         callbacks = [] if callbacks is None else list(callbacks) if not callable(callbacks) else [callbacks]
         for cb in callbacks:
             if not callable(cb):
@@ -482,14 +550,14 @@ class Network:
         full_batch = batch_size == n_samples
         gather = shuffle and not full_batch  # a full batch's loss does not depend on row order
         sizes = {batch_size, n_samples % batch_size or batch_size}
+        workspaces = {}
         for size in sizes:
-            ws = self._workspace(size)
+            ws = workspaces[size] = self._workspace(size, n_steps)
             if gather:
-                if ws.batch_x is None or ws.batch_x.shape[1] != X.shape[1]:
-                    ws.batch_x = np.empty((size, X.shape[1]), self.dtype)
+                if ws.batch_x is None or ws.batch_x.shape[1:] != X.shape[1:]:
+                    ws.batch_x = np.empty((size,) + X.shape[1:], self.dtype)
                 if ws.batch_y is None or ws.batch_y.shape[1:] != y.shape[1:] or ws.batch_y.dtype != y.dtype:
                     ws.batch_y = np.empty((size,) + y.shape[1:], y.dtype)
-        workspaces = {size: self._workspaces[size] for size in sizes}
         if self._params_backup is None:
             self._params_backup = np.empty_like(self.params)
         self._cache = None

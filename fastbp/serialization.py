@@ -6,9 +6,11 @@ File layout (an uncompressed NumPy ``.npz`` archive):
 * ``metadata``: a 0-d unicode array holding JSON:
   ``{"format": "fastbp.Network", "version": 1, "loss": ..., "dtype": ...,
   "seed": ..., "layers": [{"type": "Dense", "n_in": ..., "n_out": ...,
-  "activation": ..., "init": ...}, ...]}``
-* ``layers.<i>.W`` (n_in, n_out) and ``layers.<i>.b`` (n_out,) for each layer,
-  in the network's dtype.
+  "activation": ..., "init": ...}, ...]}``; an ``RNN`` or ``FixedPoint`` layer
+  stores its constructor arguments the same way (``"type": "RNN"``, ...).
+* ``layers.<i>.W`` (n_in, n_out) and ``layers.<i>.b`` (n_out,) for each Dense
+  layer, ``layers.<i>.Wx``, ``.Wh``, ``.b`` for a recurrent one, in the
+  network's dtype.
 
 Saving is atomic: the archive is written to a temporary file in the same
 directory, flushed and fsynced, then moved over ``path`` with ``os.replace``
@@ -100,7 +102,7 @@ def load(path):
         If the file is truncated, not an ``.npz`` archive, holds pickled data,
         or is not a fastbp model.
     """
-    from .layers import Dense
+    from .layers import layer_from_config
     from .network import Network
 
     path = os.fspath(path)
@@ -119,9 +121,7 @@ def load(path):
                 raise ValueError(f"it has format version {metadata.get('version')!r}; this fastbp reads {VERSION}")
             layers = []
             for config in metadata["layers"]:
-                if config.get("type") != "Dense":
-                    raise ValueError(f"unknown layer type {config.get('type')!r}")
-                layers.append(Dense(config["n_in"], config["n_out"], config["activation"], config["init"]))
+                layers.append(layer_from_config(config))  # ValueError for an unknown type
             network = Network(layers, loss=metadata["loss"], dtype=metadata["dtype"], seed=metadata.get("seed"))
             for name, param, _ in network.named_parameters():
                 if name not in archive.files:
