@@ -24,6 +24,8 @@
 # (which sets the task sizes) changes nothing numerically.
 # Epilogue: dense_forward's bias and activation are applied to each tile right
 # after its last KC slice, while it is in L1.
+# Workspace: the packed panels live in a buffer per calling thread, grown on
+# demand and kept (fastbp_workspace in microkernels.h): no malloc per call.
 # Block sizes (MR, NR, KC, MC, NC) come from fastbp._kernels.blocking for the
 # ISA found at import (CPUID); MR and NR are checked against the compiled kernels.
 
@@ -32,7 +34,7 @@ import os
 from cython.parallel cimport prange
 from libc.stddef cimport ptrdiff_t
 
-from fastbp._kernels.cython._activations cimport act_row
+from fastbp._kernels.cython._activations cimport ACT_IDENTITY, ACT_RELU, act_row
 
 cdef extern from "microkernels.h" nogil:
     ctypedef void (*fastbp_ukr_s)(ptrdiff_t kc, const float* ap, const float* bp,
@@ -50,8 +52,8 @@ cdef extern from "microkernels.h" nogil:
     void fastbp_edge_d(fastbp_ukr_d ukr, int MR, int NR, int mr, int nr, ptrdiff_t kc,
                        const double* ap, const double* bp, double* c, ptrdiff_t ldc,
                        double alpha, double beta)
-    void* fastbp_aligned_malloc(size_t nbytes)
-    void fastbp_aligned_free(void* p)
+    void* fastbp_workspace(size_t nbytes)
+    void fastbp_workspace_release(void* p, size_t nbytes)
 
 
 cdef struct Blocking:
@@ -155,9 +157,33 @@ cdef inline void micro_kernel(Blocking* bs, Py_ssize_t mr, Py_ssize_t nr, Py_ssi
 
 cdef inline void epilogue(floating* c, Py_ssize_t ldc, const floating* bias, int act,
                           floating* out, Py_ssize_t ldo, Py_ssize_t mr, Py_ssize_t nr) noexcept nogil:
-    """C[i, :] += bias; out[i, :] := act(C[i, :]) on an mr x nr tile (bias/act skipped when NULL/-1)."""
+    """C[i, :] += bias; out[i, :] := act(C[i, :]) on an mr x nr tile (bias/act skipped when NULL/-1).
+
+    relu and identity, the common cases, are one fused pass per row (inlined,
+    vectorised); other activations call act_row once per row after the bias.
+    """
     cdef Py_ssize_t i, j
     cdef floating* row
+    cdef floating* dst
+    cdef floating v
+    if act == ACT_RELU and bias != NULL:
+        for i in range(mr):
+            row = c + i * ldc
+            dst = out + i * ldo
+            for j in range(nr):
+                v = row[j] + bias[j]
+                row[j] = v
+                dst[j] = 0 if v < 0 else v  # NaN stays NaN
+        return
+    if (act == ACT_IDENTITY or act < 0) and bias != NULL:
+        for i in range(mr):
+            row = c + i * ldc
+            dst = out + i * ldo if act >= 0 else row
+            for j in range(nr):
+                v = row[j] + bias[j]
+                row[j] = v
+                dst[j] = v
+        return
     for i in range(mr):
         row = c + i * ldc
         if bias != NULL:
@@ -276,8 +302,8 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     wave_items = min(wave_items, n_items)
     cdef Py_ssize_t a_region = block_rows * kc_max
     cdef Py_ssize_t b_size = max_panels * bs.nr * kc_max
-    cdef floating* work = <floating*>fastbp_aligned_malloc(
-        (wave_items * a_region + b_size) * sizeof(floating))
+    cdef size_t work_bytes = (wave_items * a_region + b_size) * sizeof(floating)
+    cdef floating* work = <floating*>fastbp_workspace(work_bytes)
     if work == NULL:
         return -1
     cdef floating* bpack = work
@@ -317,7 +343,7 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                         _work_item(&bs, item, n_blocks, n_tiles, n_parts, n_panels, m, jc, pc, kc,
                                    alpha, a, rs_a, cs_a, bpack, beta_slice, c, ldc, last,
                                    bias, act, out, ldo, nc, apack + (item - w0) * a_region)
-    fastbp_aligned_free(work)
+    fastbp_workspace_release(work, work_bytes)
     return 0
 
 
