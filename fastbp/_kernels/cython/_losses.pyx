@@ -7,16 +7,21 @@ Python float (accumulated in float64) and writes d loss / d output into grad."""
 # not depend on the thread count. Logits are handled in double with the row
 # max subtracted (log-sum-exp) and the two-branch sigmoid: no overflow for
 # any finite input. Layout: every 2-D array is C-contiguous (m, n).
-
-import numpy as np
+# The partial sums live on the stack up to STACK_ROWS rows (malloc'd beyond):
+# a per-call NumPy array and its memoryview cost ~2 us, more than a small loss.
 
 from cython.parallel cimport prange
 from cython cimport floating
 from libc.math cimport exp, log, log1p, fabs
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
 
 # Below this many elements a loss runs on the calling thread.
 cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 15
+# Rows whose partial sums fit the stack buffer.
+DEF STACK_ROWS = 1024
+# Classes per row whose exponentials softmax_cross_entropy_index keeps on the stack.
+DEF EXP_ROW = 256
 
 
 cdef double _mse_row(const floating* o, const floating* t, floating* g,
@@ -61,18 +66,33 @@ cdef double _softmax_ce_row(const floating* z, const floating* t, floating* g,
 
 cdef double _softmax_ce_index_row(const floating* z, int64_t label, floating* g,
                                   Py_ssize_t n, double m_rows) noexcept nogil:
-    """g := (softmax(z) - onehot(label))/m; return log softmax(z)[label]."""
+    """g := (softmax(z) - onehot(label))/m; return log softmax(z)[label].
+
+    Rows of up to EXP_ROW values keep exp(z - max) from the log-sum-exp pass
+    (one exp per element instead of two: exp is most of this kernel's time).
+    """
     cdef Py_ssize_t j
-    cdef double mx, lse, logp, picked = 0.0
-    lse = _log_sum_exp_shift(z, n, &mx)
+    cdef double mx, lse, s, p
+    cdef double e[EXP_ROW]
+    if n > EXP_ROW:
+        lse = _log_sum_exp_shift(z, n, &mx)
+        for j in range(n):
+            p = exp((<double>z[j] - mx) - lse)
+            g[j] = <floating>(((p - 1.0) if j == label else p) / m_rows)
+        return (<double>z[label] - mx) - lse
+    mx = z[0]
+    for j in range(1, n):
+        if z[j] > mx:
+            mx = z[j]
+    s = 0.0
     for j in range(n):
-        logp = (<double>z[j] - mx) - lse
-        if j == label:
-            picked = logp
-            g[j] = <floating>((exp(logp) - 1.0) / m_rows)
-        else:
-            g[j] = <floating>(exp(logp) / m_rows)
-    return picked
+        e[j] = exp(<double>z[j] - mx)
+        s += e[j]
+    cdef double scale = 1.0 / (s * m_rows)
+    for j in range(n):
+        g[j] = <floating>(e[j] * scale)
+    g[label] = <floating>((e[label] / s - 1.0) / m_rows)
+    return (<double>z[label] - mx) - log(s)
 
 
 cdef double _bce_row(const floating* z, const floating* y, floating* g,
@@ -93,31 +113,45 @@ cdef inline bint _serial(Py_ssize_t m, Py_ssize_t n, int n_threads) noexcept nog
     return n_threads < 2 or m < 2 or m * n < PARALLEL_MIN_ELEMENTS
 
 
-cdef double _ordered_sum(const double[::1] partial) noexcept nogil:
-    """Σ partial in index order."""
+cdef double _ordered_sum(const double* partial, Py_ssize_t m) noexcept nogil:
+    """Σ partial[0:m] in index order."""
     cdef Py_ssize_t i
     cdef double s = 0.0
-    for i in range(partial.shape[0]):
+    for i in range(m):
         s += partial[i]
     return s
 
 
-def _check_same_shape(str kernel, output, other, str name):
-    if output.shape[0] != other.shape[0] or output.shape[1] != other.shape[1]:
-        raise ValueError(f"{kernel}: {name} has shape {tuple(other.shape)[:2]}, "
-                         f"expected that of output {tuple(output.shape)[:2]}")
+cdef double* _partials(double* stack, Py_ssize_t m) except NULL:
+    """``stack`` when m rows fit it, else a malloc'd buffer of m doubles (free it if != stack)."""
+    if m <= STACK_ROWS:
+        return stack
+    cdef double* buf = <double*>malloc(m * sizeof(double))
+    if buf == NULL:
+        raise MemoryError(f"cannot allocate {m} partial sums")
+    return buf
+
+
+cdef inline int _check_same_shape(str kernel, Py_ssize_t* output, Py_ssize_t* other, str name) except -1:
+    """Shapes compared as C integers: a memoryview passed to a Python function would be boxed (~0.5 us)."""
+    if output[0] != other[0] or output[1] != other[1]:
+        raise ValueError(f"{kernel}: {name} has shape {(other[0], other[1])}, "
+                         f"expected that of output {(output[0], output[1])}")
+    return 0
 
 
 def mse(const floating[:, ::1] output, const floating[:, ::1] target,
         floating[:, ::1] grad, int n_threads):
     """mean((output - target)²); grad := 2(output - target)/N.  IN output, target (m, n); OUT grad (m, n)."""
-    _check_same_shape("mse", output, target, "target")
-    _check_same_shape("mse", output, grad, "grad")
+    _check_same_shape("mse", output.shape, target.shape, "target")
+    _check_same_shape("mse", output.shape, grad.shape, "grad")
     cdef Py_ssize_t i, m = output.shape[0], n = output.shape[1]
     if m == 0 or n == 0:
         raise ValueError("mse: output must not be empty")
     cdef double size = <double>m * n
-    cdef double[::1] partial = np.empty(m, np.float64)
+    cdef double stack[STACK_ROWS]
+    cdef double* partial = _partials(stack, m)
+    cdef double total
     with nogil:
         if _serial(m, n, n_threads):
             for i in range(m):
@@ -125,7 +159,10 @@ def mse(const floating[:, ::1] output, const floating[:, ::1] target,
         else:
             for i in prange(m, schedule="static", num_threads=n_threads):
                 partial[i] = _mse_row(&output[i, 0], &target[i, 0], &grad[i, 0], n, size)
-    return _ordered_sum(partial) / size
+        total = _ordered_sum(partial, m)
+    if partial != stack:
+        free(partial)
+    return total / size
 
 
 def softmax_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] target,
@@ -134,13 +171,15 @@ def softmax_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] 
 
     IN logits, target (m, n) probability rows; OUT grad (m, n).
     """
-    _check_same_shape("softmax_cross_entropy", logits, target, "target")
-    _check_same_shape("softmax_cross_entropy", logits, grad, "grad")
+    _check_same_shape("softmax_cross_entropy", logits.shape, target.shape, "target")
+    _check_same_shape("softmax_cross_entropy", logits.shape, grad.shape, "grad")
     cdef Py_ssize_t i, m = logits.shape[0], n = logits.shape[1]
     if m == 0 or n == 0:
         raise ValueError("softmax_cross_entropy: logits must not be empty")
     cdef double m_rows = <double>m
-    cdef double[::1] partial = np.empty(m, np.float64)
+    cdef double stack[STACK_ROWS]
+    cdef double* partial = _partials(stack, m)
+    cdef double total
     with nogil:
         if _serial(m, n, n_threads):
             for i in range(m):
@@ -148,7 +187,10 @@ def softmax_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] 
         else:
             for i in prange(m, schedule="static", num_threads=n_threads):
                 partial[i] = _softmax_ce_row(&logits[i, 0], &target[i, 0], &grad[i, 0], n, m_rows)
-    return -_ordered_sum(partial) / m_rows
+        total = _ordered_sum(partial, m)
+    if partial != stack:
+        free(partial)
+    return -total / m_rows
 
 
 def softmax_cross_entropy_index(const floating[:, ::1] logits, const int64_t[::1] labels,
@@ -157,7 +199,7 @@ def softmax_cross_entropy_index(const floating[:, ::1] logits, const int64_t[::1
 
     IN logits (m, n), labels (m,) int64 in [0, n); OUT grad (m, n).
     """
-    _check_same_shape("softmax_cross_entropy_index", logits, grad, "grad")
+    _check_same_shape("softmax_cross_entropy_index", logits.shape, grad.shape, "grad")
     cdef Py_ssize_t i, m = logits.shape[0], n = logits.shape[1]
     if labels.shape[0] != m:
         raise ValueError(f"softmax_cross_entropy_index: {labels.shape[0]} labels for {m} rows")
@@ -168,7 +210,9 @@ def softmax_cross_entropy_index(const floating[:, ::1] logits, const int64_t[::1
             raise ValueError(f"softmax_cross_entropy_index: label {labels[i]} of row {i} "
                              f"is not in [0, {n})")
     cdef double m_rows = <double>m
-    cdef double[::1] partial = np.empty(m, np.float64)
+    cdef double stack[STACK_ROWS]
+    cdef double* partial = _partials(stack, m)
+    cdef double total
     with nogil:
         if _serial(m, n, n_threads):
             for i in range(m):
@@ -176,7 +220,10 @@ def softmax_cross_entropy_index(const floating[:, ::1] logits, const int64_t[::1
         else:
             for i in prange(m, schedule="static", num_threads=n_threads):
                 partial[i] = _softmax_ce_index_row(&logits[i, 0], labels[i], &grad[i, 0], n, m_rows)
-    return -_ordered_sum(partial) / m_rows
+        total = _ordered_sum(partial, m)
+    if partial != stack:
+        free(partial)
+    return -total / m_rows
 
 
 def binary_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] target,
@@ -185,13 +232,15 @@ def binary_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] t
 
     IN logits z, target y (m, n); OUT grad (m, n).
     """
-    _check_same_shape("binary_cross_entropy", logits, target, "target")
-    _check_same_shape("binary_cross_entropy", logits, grad, "grad")
+    _check_same_shape("binary_cross_entropy", logits.shape, target.shape, "target")
+    _check_same_shape("binary_cross_entropy", logits.shape, grad.shape, "grad")
     cdef Py_ssize_t i, m = logits.shape[0], n = logits.shape[1]
     if m == 0 or n == 0:
         raise ValueError("binary_cross_entropy: logits must not be empty")
     cdef double size = <double>m * n
-    cdef double[::1] partial = np.empty(m, np.float64)
+    cdef double stack[STACK_ROWS]
+    cdef double* partial = _partials(stack, m)
+    cdef double total
     with nogil:
         if _serial(m, n, n_threads):
             for i in range(m):
@@ -199,4 +248,7 @@ def binary_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] t
         else:
             for i in prange(m, schedule="static", num_threads=n_threads):
                 partial[i] = _bce_row(&logits[i, 0], &target[i, 0], &grad[i, 0], n, size)
-    return _ordered_sum(partial) / size
+        total = _ordered_sum(partial, m)
+    if partial != stack:
+        free(partial)
+    return total / size
