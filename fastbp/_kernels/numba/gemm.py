@@ -43,7 +43,8 @@ from numba import prange, types
 from ..blocking import block_sizes
 from .activations import activation_span
 from .microkernel import micro_kernel_loops, micro_kernel_simd
-from .packing import pack_a, pack_b_panel
+from .packing import data_pointer, pack_a, pack_b_panel
+from .. import registry as R
 from ._arrays import writable
 from ._threads import ISA, clamp_threads, set_threads
 
@@ -51,6 +52,7 @@ from ._threads import ISA, clamp_threads, set_threads
 PARALLEL_MIN_FLOPS = 1 << 22
 # ``act`` value of a plain GEMM: write C only, no activation output.
 NO_ACTIVATION = -1
+_RELU, _IDENTITY = R.RELU, R.IDENTITY
 
 _jit = numba.njit(cache=True, nogil=True)
 
@@ -76,9 +78,24 @@ def store_edge_tile(ab, nr_block, rows, cols, z, c_off, ldc, beta):
 def finish_tile(rows, cols, z, out, c_off, ldc, bias, col0, act):
     """Dense epilogue of a finished tile: z += bias[col0:col0+cols]; out := act(z) unless act < 0.
 
-    IN/OUT z (flat m*n); OUT out (flat m*n), may be z.
+    IN/OUT z (flat m*n); OUT out (flat m*n), may be z. relu and identity, the
+    common cases, are one fused pass per row through raw pointers (flat-array
+    indexing keeps a wraparound test per element, which blocks vectorisation).
     """
     has_bias = bias.shape[0] > 0
+    if has_bias and (act == _RELU or act == _IDENTITY or act < 0):
+        zp, op, bp = data_pointer(z), data_pointer(out), data_pointer(bias)
+        relu = act == _RELU
+        for i in range(rows):
+            c = c_off + i * ldc
+            for j in range(cols):
+                v = zp[c + j] + bp[col0 + j]
+                zp[c + j] = v
+                if relu:
+                    op[c + j] = 0.0 if v < 0 else v  # NaN stays NaN
+                elif act == _IDENTITY:
+                    op[c + j] = v
+        return
     for i in range(rows):
         c = c_off + i * ldc
         if has_bias:
@@ -88,8 +105,14 @@ def finish_tile(rows, cols, z, out, c_off, ldc, bias, col0, act):
             activation_span(act, z, c, out, c, cols)
 
 
-def _make_driver(dtype):
-    """Compile-on-first-use GEMM driver for ``dtype`` with the block sizes of this ISA."""
+def _make_driver(dtype, parallel):
+    """Compile-on-first-use GEMM driver for ``dtype`` with the block sizes of this ISA.
+
+    ``parallel=False`` compiles the serial twin (prange runs as range): a
+    parallel region costs ~1.5 µs to enter even on one thread, as much as a
+    small GEMM, so one-thread and small calls take the serial driver.
+    """
+    PARALLEL = parallel
     MR, NR, KC, MC, NC = block_sizes(ISA, dtype)
     SIMD = ISA != "generic"
     SCALAR = np.float32 if dtype == "float32" else np.float64
@@ -104,8 +127,11 @@ def _make_driver(dtype):
         """
         m, k = a.shape
         n = b.shape[1]
-        n_threads = n_threads if 2.0 * m * n * k >= PARALLEL_MIN_FLOPS else 1
-        set_threads(n_threads)
+        if PARALLEL:
+            n_threads = n_threads if 2.0 * m * n * k >= PARALLEL_MIN_FLOPS else 1
+            set_threads(n_threads)
+        else:
+            n_threads = 1
         zf = z.reshape(m * n)
         of = out.reshape(m * n)
         alpha_t = SCALAR(alpha)
@@ -176,18 +202,20 @@ def _make_driver(dtype):
     vector = types.Array(nb_dtype, 1, "C")
     signature = vector(matrix_any, matrix_any, matrix_c, matrix_c, vector,
                        types.float64, types.float64, types.int64, types.int64, vector)
-    return numba.njit([signature], cache=True, nogil=True, parallel=True)(_gemm)
+    return numba.njit([signature], cache=True, nogil=True, parallel=parallel)(_gemm)
 
 
 _drivers = {}
+_serial_drivers = {}
 
 
-def driver(dtype):
+def driver(dtype, parallel=True):
     """The compiled GEMM driver for ``dtype`` (compiled, or loaded from cache, on first use)."""
     # Keyed by the dtype object itself: dtype.name builds a string (~2 µs), too slow per call.
-    compiled = _drivers.get(dtype)
+    table = _drivers if parallel else _serial_drivers
+    compiled = table.get(dtype)
     if compiled is None:
-        compiled = _drivers[dtype] = _make_driver(np.dtype(dtype).name)
+        compiled = table[dtype] = _make_driver(np.dtype(dtype).name, parallel)
     return compiled
 
 
@@ -214,8 +242,11 @@ def run_driver(a, b, z, out, bias, alpha, beta, act, n_threads):
     work = cache.get(key)
     if work is None:
         work = np.empty(0, dtype=key)
-    cache[key] = driver(key)(writable(a), writable(b), z, out, bias, float(alpha), float(beta), act,
-                             clamp_threads(n_threads), work)
+    m, k = a.shape
+    parallel = n_threads > 1 and 2.0 * m * b.shape[1] * k >= PARALLEL_MIN_FLOPS
+    compiled = (_drivers if parallel else _serial_drivers).get(key) or driver(key, parallel)
+    cache[key] = compiled(writable(a), writable(b), z, out, bias, float(alpha), float(beta), act,
+                          clamp_threads(n_threads) if parallel else 1, work)
 
 
 def gemm(a, b, c, alpha, beta, n_threads):
