@@ -178,34 +178,66 @@ def softmax_backward_row(a, grad_a, grad_z, off, count):
 
 
 # ---------------------------------------------------------------- row-parallel drivers
-@numba.njit(cache=True, nogil=True, parallel=True)
+# Each driver is compiled twice from one body: parallel, and serial (prange
+# runs as range), because entering a parallel region costs ~1.5 µs even on
+# one thread; the wrappers take the serial one for one thread or small arrays.
+# PARALLEL is a closure constant, so the two are distinct entries of Numba's cache.
+def _make_activation_forward(PARALLEL):
+    def _activation_forward(act, z, a, n_threads):
+        """a := act(z), row-wise for softmax.  IN z (m, n); OUT a (m, n), may be z."""
+        m, n = z.shape
+        if PARALLEL:
+            set_threads(n_threads)
+        zf = z.reshape(m * n)
+        af = a.reshape(m * n)
+        for i in prange(m):
+            if act == _SOFTMAX:
+                softmax_row(zf, af, i * n, n)
+            else:
+                activation_span(act, zf, i * n, af, i * n, n)
+
+    return numba.njit(cache=True, nogil=True, parallel=PARALLEL)(_activation_forward)
+
+
+def _make_activation_backward(PARALLEL):
+    def _activation_backward(act, z, a, grad_a, grad_z, n_threads):
+        """grad_z := grad_a ⊙ act'(z) (softmax: a ⊙ (g - Σ g⊙a) per row).  OUT grad_z, may be grad_a."""
+        m, n = a.shape
+        if PARALLEL:
+            set_threads(n_threads)
+        zf = z.reshape(m * n)
+        af = a.reshape(m * n)
+        gf = grad_a.reshape(m * n)
+        of = grad_z.reshape(m * n)
+        for i in prange(m):
+            if act == _SOFTMAX:
+                softmax_backward_row(af, gf, of, i * n, n)
+            else:
+                derivative_span(act, zf, af, gf, of, i * n, n)
+
+    return numba.njit(cache=True, nogil=True, parallel=PARALLEL)(_activation_backward)
+
+
+_activation_forward_parallel = _make_activation_forward(True)
+_activation_forward_serial = _make_activation_forward(False)
+_activation_backward_parallel = _make_activation_backward(True)
+_activation_backward_serial = _make_activation_backward(False)
+
+
 def _activation_forward(act, z, a, n_threads):
-    """a := act(z), row-wise for softmax.  IN z (m, n); OUT a (m, n), may be z."""
-    m, n = z.shape
-    set_threads(n_threads if m * n >= PARALLEL_MIN_ELEMENTS else 1)
-    zf = z.reshape(m * n)
-    af = a.reshape(m * n)
-    for i in prange(m):
-        if act == _SOFTMAX:
-            softmax_row(zf, af, i * n, n)
-        else:
-            activation_span(act, zf, i * n, af, i * n, n)
+    """The forward driver for this size: parallel from PARALLEL_MIN_ELEMENTS on 2+ threads, else serial."""
+    if n_threads > 1 and z.size >= PARALLEL_MIN_ELEMENTS:
+        _activation_forward_parallel(act, z, a, n_threads)
+    else:
+        _activation_forward_serial(act, z, a, 1)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
 def _activation_backward(act, z, a, grad_a, grad_z, n_threads):
-    """grad_z := grad_a ⊙ act'(z) (softmax: a ⊙ (g - Σ g⊙a) per row).  OUT grad_z, may be grad_a."""
-    m, n = a.shape
-    set_threads(n_threads if m * n >= PARALLEL_MIN_ELEMENTS else 1)
-    zf = z.reshape(m * n)
-    af = a.reshape(m * n)
-    gf = grad_a.reshape(m * n)
-    of = grad_z.reshape(m * n)
-    for i in prange(m):
-        if act == _SOFTMAX:
-            softmax_backward_row(af, gf, of, i * n, n)
-        else:
-            derivative_span(act, zf, af, gf, of, i * n, n)
+    """The backward driver for this size (as ``_activation_forward``)."""
+    if n_threads > 1 and a.size >= PARALLEL_MIN_ELEMENTS:
+        _activation_backward_parallel(act, z, a, grad_a, grad_z, n_threads)
+    else:
+        _activation_backward_serial(act, z, a, grad_a, grad_z, 1)
 
 
 def activation_forward(act, z, a, n_threads):

@@ -21,7 +21,13 @@ from ._threads import clamp_threads, set_threads
 
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
-_parallel_jit = numba.njit(cache=True, nogil=True, parallel=True)
+
+def _twins(make):
+    """(parallel, serial) compilations of ``make(PARALLEL)``'s kernel: a parallel region costs
+    ~1.5 µs to enter even on one thread, so one thread and small inputs take the serial one.
+    PARALLEL is a closure constant, so the two are distinct entries of Numba's cache."""
+    return (numba.njit(cache=True, nogil=True, parallel=True)(make(True)),
+            numba.njit(cache=True, nogil=True, parallel=False)(make(False)))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -45,102 +51,149 @@ def _log_sum_exp(z, off, count):
     return top, math.log(total)
 
 
-@_parallel_jit
-def _mse(output, target, grad, n_threads):
-    """mean((output - target)²); grad := 2(output - target)/N.  OUT grad (m, n)."""
-    m, n = output.shape
-    size = m * n
-    set_threads(n_threads if size >= PARALLEL_MIN_ELEMENTS else 1)
-    out_f, target_f, grad_f = output.reshape(size), target.reshape(size), grad.reshape(size)
-    partial = np.empty(m)
-    for i in prange(m):
-        s = 0.0
-        for j in range(i * n, (i + 1) * n):
-            diff = np.float64(out_f[j]) - np.float64(target_f[j])
-            grad_f[j] = 2.0 * diff / size
-            s += diff * diff
-        partial[i] = s
-    return _row_order_sum(partial) / size
+def _make_mse(PARALLEL):
+    def _mse(output, target, grad, n_threads):
+        """mean((output - target)²); grad := 2(output - target)/N.  OUT grad (m, n)."""
+        m, n = output.shape
+        size = m * n
+        if PARALLEL:
+            set_threads(n_threads)
+        out_f, target_f, grad_f = output.reshape(size), target.reshape(size), grad.reshape(size)
+        partial = np.empty(m)
+        for i in prange(m):
+            s = 0.0
+            for j in range(i * n, (i + 1) * n):
+                diff = np.float64(out_f[j]) - np.float64(target_f[j])
+                grad_f[j] = 2.0 * diff / size
+                s += diff * diff
+            partial[i] = s
+        return _row_order_sum(partial) / size
+
+    return _mse
 
 
-@_parallel_jit
-def _softmax_cross_entropy(logits, target, grad, n_threads):
-    """-Σ target·log softmax(logits) / m; grad := (softmax·Σ_j target - target) / m.  OUT grad (m, n)."""
-    m, n = logits.shape
-    set_threads(n_threads if m * n >= PARALLEL_MIN_ELEMENTS else 1)
-    z, t, g = logits.reshape(m * n), target.reshape(m * n), grad.reshape(m * n)
-    partial = np.empty(m)
-    for i in prange(m):
-        off = i * n
-        top, lse = _log_sum_exp(z, off, n)
-        t_sum = 0.0
-        for j in range(off, off + n):
-            t_sum += np.float64(t[j])
-        s = 0.0
-        for j in range(off, off + n):
-            log_p = np.float64(z[j]) - top - lse
-            g[j] = (math.exp(log_p) * t_sum - np.float64(t[j])) / m
-            s += np.float64(t[j]) * log_p
-        partial[i] = s
-    return -_row_order_sum(partial) / m
+_mse_parallel, _mse_serial = _twins(_make_mse)
 
 
-@_parallel_jit
-def _softmax_cross_entropy_index(logits, labels, grad, n_threads):
-    """-Σ_i log softmax(logits)[i, labels[i]] / m; grad := (softmax - onehot(labels)) / m.  OUT grad (m, n)."""
-    m, n = logits.shape
-    set_threads(n_threads if m * n >= PARALLEL_MIN_ELEMENTS else 1)
-    z, g = logits.reshape(m * n), grad.reshape(m * n)
-    partial = np.empty(m)
-    for i in prange(m):
-        off = i * n
-        top, lse = _log_sum_exp(z, off, n)
-        label = labels[i]
-        for j in range(n):
-            p = math.exp(np.float64(z[off + j]) - top - lse)
-            if j == label:
-                p -= 1.0
-            g[off + j] = p / m
-        partial[i] = np.float64(z[off + label]) - top - lse
-    return -_row_order_sum(partial) / m
+def _make_softmax_cross_entropy(PARALLEL):
+    def _softmax_cross_entropy(logits, target, grad, n_threads):
+        """-Σ target·log softmax(logits) / m; grad := (softmax·Σ_j target - target) / m.  OUT grad (m, n)."""
+        m, n = logits.shape
+        if PARALLEL:
+            set_threads(n_threads)
+        z, t, g = logits.reshape(m * n), target.reshape(m * n), grad.reshape(m * n)
+        partial = np.empty(m)
+        for i in prange(m):
+            off = i * n
+            top, lse = _log_sum_exp(z, off, n)
+            t_sum = 0.0
+            for j in range(off, off + n):
+                t_sum += np.float64(t[j])
+            s = 0.0
+            for j in range(off, off + n):
+                log_p = np.float64(z[j]) - top - lse
+                g[j] = (math.exp(log_p) * t_sum - np.float64(t[j])) / m
+                s += np.float64(t[j]) * log_p
+            partial[i] = s
+        return -_row_order_sum(partial) / m
+
+    return _softmax_cross_entropy
 
 
-@_parallel_jit
-def _binary_cross_entropy(logits, target, grad, n_threads):
-    """mean(max(z, 0) - z·y + log1p(exp(-|z|))); grad := (sigmoid(z) - y)/N.  OUT grad (m, n)."""
-    m, n = logits.shape
-    size = m * n
-    set_threads(n_threads if size >= PARALLEL_MIN_ELEMENTS else 1)
-    z_f, t_f, g_f = logits.reshape(size), target.reshape(size), grad.reshape(size)
-    partial = np.empty(m)
-    for i in prange(m):
-        s = 0.0
-        for j in range(i * n, (i + 1) * n):
-            z = np.float64(z_f[j])
-            y = np.float64(t_f[j])
-            e = math.exp(-abs(z))
-            sig = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
-            g_f[j] = (sig - y) / size
-            s += max(z, 0.0) - z * y + math.log1p(e)
-        partial[i] = s
-    return _row_order_sum(partial) / size
+_softmax_cross_entropy_parallel, _softmax_cross_entropy_serial = _twins(_make_softmax_cross_entropy)
+
+
+def _make_softmax_cross_entropy_index(PARALLEL):
+    def _softmax_cross_entropy_index(logits, labels, grad, n_threads):
+        """-Σ_i log softmax(logits)[i, labels[i]] / m; grad := (softmax - onehot(labels)) / m.  OUT grad (m, n)."""
+        m, n = logits.shape
+        if PARALLEL:
+            set_threads(n_threads)
+        z, g = logits.reshape(m * n), grad.reshape(m * n)
+        partial = np.empty(m)
+        for i in prange(m):
+            off = i * n
+            top, lse = _log_sum_exp(z, off, n)
+            label = labels[i]
+            for j in range(n):
+                p = math.exp(np.float64(z[off + j]) - top - lse)
+                if j == label:
+                    p -= 1.0
+                g[off + j] = p / m
+            partial[i] = np.float64(z[off + label]) - top - lse
+        return -_row_order_sum(partial) / m
+
+    return _softmax_cross_entropy_index
+
+
+_softmax_cross_entropy_index_parallel, _softmax_cross_entropy_index_serial = _twins(_make_softmax_cross_entropy_index)
+
+
+def _make_binary_cross_entropy(PARALLEL):
+    def _binary_cross_entropy(logits, target, grad, n_threads):
+        """mean(max(z, 0) - z·y + log1p(exp(-|z|))); grad := (sigmoid(z) - y)/N.  OUT grad (m, n)."""
+        m, n = logits.shape
+        size = m * n
+        if PARALLEL:
+            set_threads(n_threads)
+        z_f, t_f, g_f = logits.reshape(size), target.reshape(size), grad.reshape(size)
+        partial = np.empty(m)
+        for i in prange(m):
+            s = 0.0
+            for j in range(i * n, (i + 1) * n):
+                z = np.float64(z_f[j])
+                y = np.float64(t_f[j])
+                e = math.exp(-abs(z))
+                sig = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+                g_f[j] = (sig - y) / size
+                s += max(z, 0.0) - z * y + math.log1p(e)
+            partial[i] = s
+        return _row_order_sum(partial) / size
+
+    return _binary_cross_entropy
+
+
+_binary_cross_entropy_parallel, _binary_cross_entropy_serial = _twins(_make_binary_cross_entropy)
+
+
+def _run(kernels, size, *args):
+    """Call the parallel kernel of ``kernels`` with n_threads (the last argument) when it pays, else the serial one."""
+    n_threads = clamp_threads(args[-1])
+    if n_threads > 1 and size >= PARALLEL_MIN_ELEMENTS:
+        return kernels[0](*args[:-1], n_threads)
+    return kernels[1](*args[:-1], 1)
+
+
+def _run(kernels, size, *args):
+    """Run the (parallel, serial) pair ``kernels`` on args (the last is n_threads): parallel from
+    PARALLEL_MIN_ELEMENTS values on 2+ threads, else serial."""
+    n_threads = clamp_threads(args[-1])
+    if n_threads > 1 and size >= PARALLEL_MIN_ELEMENTS:
+        return kernels[0](*args[:-1], n_threads)
+    return kernels[1](*args[:-1], 1)
+
+
+_MSE = (_mse_parallel, _mse_serial)
+_SOFTMAX_CE = (_softmax_cross_entropy_parallel, _softmax_cross_entropy_serial)
+_SOFTMAX_CE_INDEX = (_softmax_cross_entropy_index_parallel, _softmax_cross_entropy_index_serial)
+_BCE = (_binary_cross_entropy_parallel, _binary_cross_entropy_serial)
 
 
 def mse(output, target, grad, n_threads):
     """mean((output - target)²); grad := 2(output - target)/N."""
-    return float(_mse(writable(output), writable(target), grad, clamp_threads(n_threads)))
+    return float(_run(_MSE, grad.size, writable(output), writable(target), grad, n_threads))
 
 
 def softmax_cross_entropy(logits, target, grad, n_threads):
     """Cross-entropy of softmax(logits) with probability rows target, mean over the batch."""
-    return float(_softmax_cross_entropy(writable(logits), writable(target), grad, clamp_threads(n_threads)))
+    return float(_run(_SOFTMAX_CE, grad.size, writable(logits), writable(target), grad, n_threads))
 
 
 def softmax_cross_entropy_index(logits, labels, grad, n_threads):
     """As softmax_cross_entropy with class indices labels (m,) int64 in [0, n_classes)."""
-    return float(_softmax_cross_entropy_index(writable(logits), writable(labels), grad, clamp_threads(n_threads)))
+    return float(_run(_SOFTMAX_CE_INDEX, grad.size, writable(logits), writable(labels), grad, n_threads))
 
 
 def binary_cross_entropy(logits, target, grad, n_threads):
     """Binary cross-entropy from logits, mean over all elements (PyTorch's BCEWithLogitsLoss)."""
-    return float(_binary_cross_entropy(writable(logits), writable(target), grad, clamp_threads(n_threads)))
+    return float(_run(_BCE, grad.size, writable(logits), writable(target), grad, n_threads))

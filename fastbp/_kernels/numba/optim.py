@@ -19,10 +19,17 @@ from numba import prange
 from ._arrays import writable
 from ._threads import clamp_threads, set_threads
 
-# Elements per task; below two chunks a step runs on the calling thread.
+# Elements per task; below two chunks a step runs on the calling thread, in the
+# serial twin of the kernel (_SGD, _RMSPROP, _ADAM: (parallel, serial)).
 CHUNK = 1 << 14
 
-_parallel_jit = numba.njit(cache=True, nogil=True, parallel=True)
+
+def _twins(make):
+    """(parallel, serial) compilations of ``make(PARALLEL)``'s kernel: a parallel region costs
+    ~1.5 µs to enter even on one thread, so one thread and single-chunk buffers take the serial
+    one. PARALLEL is a closure constant, so the two are distinct entries of Numba's cache."""
+    return (numba.njit(cache=True, nogil=True, parallel=True)(make(True)),
+            numba.njit(cache=True, nogil=True, parallel=False)(make(False)))
 
 
 def _tasks(n, n_threads):
@@ -31,49 +38,67 @@ def _tasks(n, n_threads):
     return n_chunks, (clamp_threads(n_threads) if n_chunks >= 2 else 1)
 
 
-@_parallel_jit
-def _sgd(p, g, v, lr, mu, nesterov, wd, n_chunks, n_threads):
-    """g' = g + wd·p; v := μ·v + g'; p -= lr·(g' + μ·v if nesterov else v).  IN/OUT p, v."""
-    set_threads(n_threads)
-    n = p.shape[0]
-    for c in prange(n_chunks):
-        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            gi = g[i] + wd * p[i] if wd != 0 else g[i]
-            if mu != 0:
-                v[i] = mu * v[i]
-                v[i] = v[i] + gi
-                gi = gi + mu * v[i] if nesterov else v[i]
-            p[i] = p[i] - lr * gi
+def _make_sgd(PARALLEL):
+    def _sgd(p, g, v, lr, mu, nesterov, wd, n_chunks, n_threads):
+        """g' = g + wd·p; v := μ·v + g'; p -= lr·(g' + μ·v if nesterov else v).  IN/OUT p, v."""
+        if PARALLEL:
+            set_threads(n_threads)
+        n = p.shape[0]
+        for c in prange(n_chunks):
+            for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
+                gi = g[i] + wd * p[i] if wd != 0 else g[i]
+                if mu != 0:
+                    v[i] = mu * v[i]
+                    v[i] = v[i] + gi
+                    gi = gi + mu * v[i] if nesterov else v[i]
+                p[i] = p[i] - lr * gi
+
+    return _sgd
 
 
-@_parallel_jit
-def _rmsprop(p, g, s, lr, rho, one_minus_rho, eps, wd, n_chunks, n_threads):
-    """g' = g + wd·p; s := ρ·s + (1-ρ)·g'²; p -= lr·g' / (√s + eps).  IN/OUT p, s."""
-    set_threads(n_threads)
-    n = p.shape[0]
-    for c in prange(n_chunks):
-        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            gi = g[i] + wd * p[i] if wd != 0 else g[i]
-            s[i] = rho * s[i]
-            s[i] = s[i] + one_minus_rho * gi * gi
-            p[i] = p[i] - lr * gi / (np.sqrt(s[i]) + eps)
+_SGD = _twins(_make_sgd)
 
 
-@_parallel_jit
-def _adam(p, g, m, v, step_size, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2, eps, wd,
+def _make_rmsprop(PARALLEL):
+    def _rmsprop(p, g, s, lr, rho, one_minus_rho, eps, wd, n_chunks, n_threads):
+        """g' = g + wd·p; s := ρ·s + (1-ρ)·g'²; p -= lr·g' / (√s + eps).  IN/OUT p, s."""
+        if PARALLEL:
+            set_threads(n_threads)
+        n = p.shape[0]
+        for c in prange(n_chunks):
+            for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
+                gi = g[i] + wd * p[i] if wd != 0 else g[i]
+                s[i] = rho * s[i]
+                s[i] = s[i] + one_minus_rho * gi * gi
+                p[i] = p[i] - lr * gi / (np.sqrt(s[i]) + eps)
+
+    return _rmsprop
+
+
+_RMSPROP = _twins(_make_rmsprop)
+
+
+def _make_adam(PARALLEL):
+    def _adam(p, g, m, v, step_size, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2, eps, wd,
           n_chunks, n_threads):
-    """m := β1·m + (1-β1)·g'; v := β2·v + (1-β2)·g'²; p -= step_size·m / (√v/sqrt_bias2 + eps).  IN/OUT p, m, v."""
-    set_threads(n_threads)
-    n = p.shape[0]
-    for c in prange(n_chunks):
-        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            gi = g[i] + wd * p[i] if wd != 0 else g[i]
-            m[i] = beta1 * m[i]
-            m[i] = m[i] + one_minus_beta1 * gi
-            v[i] = beta2 * v[i]
-            v[i] = v[i] + one_minus_beta2 * gi * gi
-            denom = math.sqrt(np.float64(v[i])) / sqrt_bias2 + eps
-            p[i] = p[i] - (step_size * m[i]) / denom
+        """m := β1·m + (1-β1)·g'; v := β2·v + (1-β2)·g'²; p -= step_size·m / (√v/sqrt_bias2 + eps).  IN/OUT p, m, v."""
+        if PARALLEL:
+            set_threads(n_threads)
+        n = p.shape[0]
+        for c in prange(n_chunks):
+            for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
+                gi = g[i] + wd * p[i] if wd != 0 else g[i]
+                m[i] = beta1 * m[i]
+                m[i] = m[i] + one_minus_beta1 * gi
+                v[i] = beta2 * v[i]
+                v[i] = v[i] + one_minus_beta2 * gi * gi
+                denom = math.sqrt(np.float64(v[i])) / sqrt_bias2 + eps
+                p[i] = p[i] - (step_size * m[i]) / denom
+
+    return _adam
+
+
+_ADAM = _twins(_make_adam)
 
 
 def sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay, n_threads):
@@ -82,15 +107,16 @@ def sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay, n_thre
     n_chunks, threads = _tasks(param.shape[0], n_threads)
     if velocity is None:  # unused without momentum; one typed argument keeps one compilation
         velocity = param[:0]
-    _sgd(param, writable(grad), velocity, t(lr), t(momentum), bool(nesterov), t(weight_decay), n_chunks, threads)
+    _SGD[threads == 1](param, writable(grad), velocity, t(lr), t(momentum), bool(nesterov), t(weight_decay),
+                       n_chunks, threads)
 
 
 def rmsprop_step(param, grad, square_avg, lr, rho, eps, weight_decay, n_threads):
     """g = grad + wd·p; s := ρ·s + (1-ρ)·g²; p -= lr·g / (√s + eps).  IN grad; IN/OUT param, square_avg."""
     t = param.dtype.type
     n_chunks, threads = _tasks(param.shape[0], n_threads)
-    _rmsprop(param, writable(grad), square_avg, t(lr), t(rho), t(1 - rho), t(eps), t(weight_decay),
-             n_chunks, threads)
+    _RMSPROP[threads == 1](param, writable(grad), square_avg, t(lr), t(rho), t(1 - rho), t(eps),
+                           t(weight_decay), n_chunks, threads)
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step, n_threads):
@@ -99,5 +125,5 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_de
     n_chunks, threads = _tasks(param.shape[0], n_threads)
     step_size = t(lr / (1 - beta1**step))
     sqrt_bias2 = math.sqrt(1 - beta2**step)
-    _adam(param, writable(grad), exp_avg, exp_avg_sq, step_size, t(beta1), t(1 - beta1), t(beta2), t(1 - beta2),
-          sqrt_bias2, float(eps), t(weight_decay), n_chunks, threads)
+    _ADAM[threads == 1](param, writable(grad), exp_avg, exp_avg_sq, step_size, t(beta1), t(1 - beta1), t(beta2),
+                        t(1 - beta2), sqrt_bias2, float(eps), t(weight_decay), n_chunks, threads)
