@@ -1,10 +1,13 @@
 """Build fastbp's Cython/OpenMP kernels (fastbp/_kernels/cython).
 
-Flags: -O3 and -fno-math-errno, never -ffast-math (the kernels rely on IEEE
-NaN/inf semantics) and never -march=native: the extensions run on any x86-64
-and pick AVX2/AVX-512 micro-kernels at run time (see microkernels.h). OpenMP is
-used when a tiny OpenMP program compiles and links (and FASTBP_NO_OPENMP is not
-set); otherwise the kernels are built serial, with a warning, and
+Flags: -O3, -fno-math-errno and -fno-trapping-math (no code reads the FP
+exception flags; without it GCC will not turn the selects of a branch-free
+activation such as the float32 tanh into vector blends), never -ffast-math
+(the kernels rely on IEEE NaN/inf/signed-zero semantics) and never
+-march=native: the extensions run on any x86-64 and pick AVX2/AVX-512
+micro-kernels at run time (see microkernels.h). OpenMP is used when a tiny
+OpenMP program compiles and links (and FASTBP_NO_OPENMP is not set);
+otherwise the kernels are built serial, with a warning, and
 fastbp._kernels.cython.OPENMP is False.
 """
 
@@ -36,7 +39,7 @@ def _flags(compiler_type):
     """(compile flags, link flags, OpenMP compile flags, OpenMP link flags) for this compiler."""
     if compiler_type == "msvc":
         return ["/O2", "/fp:precise"], [], ["/openmp"], []
-    return ["-O3", "-fno-math-errno"], [], ["-fopenmp"], ["-fopenmp"]
+    return ["-O3", "-fno-math-errno", "-fno-trapping-math"], [], ["-fopenmp"], ["-fopenmp"]
 
 
 def _openmp_works(compiler, compile_flags, link_flags):

@@ -1,6 +1,7 @@
 """Train the same MLP with the same data and the same SGD step on fastbp and its CPU peers.
 
-Usage: ``python -m fastbp.bench peers [--networks 784-256-128-10:128 ...] [--threads N]``.
+Usage: ``python -m fastbp.bench peers [--networks 784-256-128-10:128 ...] [--threads N]``;
+``python -m fastbp.bench rnn [--threads N]`` for the recurrent comparison (see ``run_rnn``).
 
 Every system trains float32 relu MLPs with a softmax cross-entropy output by
 plain mini-batch SGD (lr 0.01, no momentum, no weight decay) for one epoch over
@@ -168,6 +169,106 @@ SYSTEMS = {
 }
 
 
+# ------------------------------------------------------------------ recurrent comparison
+# A simple tanh RNN over (batch, time, features) sequences, its last state into
+# a linear softmax classifier, trained by full BPTT and plain SGD, float32.
+RNN_SHAPE = {"batch": 64, "time": 50, "n_in": 32, "hidden": 128, "classes": 10}
+
+
+def rnn_data(n_samples, seed=0):
+    s = RNN_SHAPE
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_samples, s["time"], s["n_in"])).astype(np.float32)
+    return X, rng.integers(0, s["classes"], size=n_samples)
+
+
+def rnn_weights(seed=0):
+    """torch.nn.RNN's default U(-1/√H, 1/√H) draws for Wx, Wh, b and the classifier, shared by every system."""
+    s = RNN_SHAPE
+    rng = np.random.default_rng(seed)
+    k = 1 / np.sqrt(s["hidden"])
+    u = lambda *shape: rng.uniform(-k, k, shape).astype(np.float32)  # noqa: E731
+    return u(s["n_in"], s["hidden"]), u(s["hidden"], s["hidden"]), u(s["hidden"]), u(s["hidden"], s["classes"]), \
+        u(s["classes"])
+
+
+def torch_rnn(threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    s = RNN_SHAPE
+    wx, wh, b, w_out, b_out = rnn_weights()
+    rnn = torch.nn.RNN(s["n_in"], s["hidden"], nonlinearity="tanh", batch_first=True)
+    linear = torch.nn.Linear(s["hidden"], s["classes"])
+    with torch.no_grad():
+        rnn.weight_ih_l0.copy_(torch.from_numpy(wx.T))
+        rnn.weight_hh_l0.copy_(torch.from_numpy(wh.T))
+        rnn.bias_ih_l0.copy_(torch.from_numpy(b))
+        rnn.bias_hh_l0.zero_()
+        linear.weight.copy_(torch.from_numpy(w_out.T))
+        linear.bias.copy_(torch.from_numpy(b_out))
+    params = list(rnn.parameters()) + list(linear.parameters())
+    opt = torch.optim.SGD(params, lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    batch = s["batch"]
+
+    def epoch(X, y):
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+        for start in range(0, len(X), batch):
+            opt.zero_grad(set_to_none=True)
+            states, _ = rnn(Xt[start:start + batch])
+            loss_fn(linear(states[:, -1]), yt[start:start + batch]).backward()
+            opt.step()
+
+    return epoch
+
+
+def fastbp_rnn(name):
+    def build(threads):
+        import fastbp as fb
+
+        fb.set_backend(name)
+        fb.set_num_threads(threads)
+        s = RNN_SHAPE
+        net = fb.Network([fb.RNN(s["n_in"], s["hidden"], "tanh"), fb.Dense(s["hidden"], s["classes"])],
+                         loss="softmax_cross_entropy", dtype=np.float32, seed=0)
+        rnn, dense = net.layers
+        rnn.Wx, rnn.Wh, rnn.b, dense.W, dense.b = rnn_weights()
+        opt = fb.SGD(net, lr=LR)
+
+        def epoch(X, y):
+            net.fit(X, y, optimizer=opt, epochs=1, batch_size=s["batch"], shuffle=False, verbose=0)
+
+        return epoch
+
+    return build
+
+
+RNN_SYSTEMS = {"torch eager": torch_rnn, "fastbp cython": fastbp_rnn("cython"), "fastbp numba": fastbp_rnn("numba")}
+
+
+def run_rnn(threads, repeats, n_batches=20, systems=tuple(RNN_SYSTEMS)):
+    """Samples/s of one SGD epoch (n_batches batches) for each system; returns {system: samples/s}."""
+    s = RNN_SHAPE
+    X, y = rnn_data(n_batches * s["batch"])
+    result = {}
+    for name in systems:
+        try:
+            epoch = RNN_SYSTEMS[name](threads)
+        except ImportError as exc:
+            print(f"  skipping {name}: {exc}")
+            continue
+        epoch(X, y)  # warm-up
+        result[name] = len(X) / min(_timed(epoch, X, y) for _ in range(repeats))
+    print(f"RNN tanh, batch {s['batch']}, time {s['time']}, n_in {s['n_in']}, hidden {s['hidden']} -> "
+          f"Dense {s['classes']}; float32, full BPTT, SGD lr={LR}, {threads} threads; samples/s")
+    peer = result.get("torch eager")
+    for name, value in result.items():
+        ratio = f"  {value / peer:5.2f}x torch.nn.RNN" if peer and name.startswith("fastbp") else ""
+        print(f"  {name:>14}: {value / 1e3:8.2f}k{ratio}", flush=True)
+    return result
+
+
 def blas_threads(n):
     """Limit NumPy's BLAS to n threads where threadpoolctl is installed; else leave it."""
     try:
@@ -223,7 +324,7 @@ def print_row(row, systems):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastbp.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["peers"], help="which comparison to run")
+    parser.add_argument("what", choices=["peers", "rnn"], help="which comparison to run: MLPs or the RNN")
     parser.add_argument("--networks", nargs="+", default=DEFAULT_NETWORKS, metavar="SIZES:BATCH")
     try:
         default_threads = len(os.sched_getaffinity(0))
@@ -237,6 +338,14 @@ def main(argv=None):
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
             print(f"warning: {var}={os.environ[var]} is set; NumPy's BLAS may run a slower kernel")
+    if args.what == "rnn":
+        limiter = blas_threads(args.threads)
+        try:
+            run_rnn(args.threads, args.repeats)
+        finally:
+            if limiter is not None:
+                limiter.restore_original_limits()
+        return
     systems = args.systems
     fastbp_cols = [s for s in systems if s.startswith("fastbp")]
     print(f"samples/s, float32, SGD lr={LR}, {args.threads} threads; ratio = fastbp / best peer")
