@@ -1,9 +1,15 @@
-"""``python -m fastbp``: train a network on scikit-learn's bundled digits.
+"""``python -m fastbp``: train a network on scikit-learn's bundled digits,
+or (``--task sequence``) a recurrent network on binary sequences.
 
-load_digits holds 1,797 real 8×8 scans of handwritten digits (no download).
-Pixels are scaled to [0, 1], the data split stratified into train and test,
-a network trained with Adam, and the test accuracy, the training throughput
-(samples/s) and the path of the saved model printed.
+digits: load_digits holds 1,797 real 8×8 scans of handwritten digits (no
+download). Pixels are scaled to [0, 1], the data split stratified into train
+and test, a network trained with Adam, and the test accuracy, the training
+throughput (samples/s) and the path of the saved model printed.
+
+sequence: random binary sequences of ``--steps`` bits; the class is how many
+bits are set (0..steps). An ``RNN`` reads the sequence one bit per step and a
+``Dense`` layer classifies its last state; trained by backpropagation through
+time, then the same figures are printed.
 """
 
 import argparse
@@ -11,6 +17,9 @@ import sys
 import time
 
 import numpy as np
+
+
+DEFAULT_LR = {"digits": 2e-3, "sequence": 5e-3}
 
 
 def _layers(text):
@@ -26,8 +35,12 @@ def _layers(text):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m fastbp",
-        description="Train a fastbp network on scikit-learn's digits (1,797 8x8 scans) and save it.",
+        description="Train a fastbp network on scikit-learn's digits (1,797 8x8 scans), or an RNN on "
+                    "binary sequences (--task sequence), and save it.",
     )
+    parser.add_argument("--task", choices=("digits", "sequence"), default="digits",
+                        help="digits: an MLP on 8x8 scans (default); sequence: an RNN counting the ones "
+                             "in binary sequences")
     parser.add_argument("--epochs", type=int, default=30, help="passes over the training set (default 30)")
     parser.add_argument("--layers", type=_layers, default=[128, 64],
                         help="hidden layer sizes, comma-separated (default 128,64)")
@@ -35,16 +48,72 @@ def build_parser():
                         help="kernel backend (default: the fastest that loads)")
     parser.add_argument("--threads", type=int, default=None, help="threads for the kernels (default: all cores)")
     parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default 32)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="Adam learning rate (default 2e-3 for digits, 5e-3 for sequence)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, the weights and the shuffling")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--out", default="digits_model.npz", help="where to save the model (default digits_model.npz)")
+    parser.add_argument("--steps", type=int, default=12, help="sequence task: bits per sequence (default 12)")
+    parser.add_argument("--hidden", type=int, default=32, help="sequence task: RNN state size (default 32)")
+    parser.add_argument("--out", default=None,
+                        help="where to save the model (default digits_model.npz or sequence_model.npz)")
     parser.add_argument("--quiet", action="store_true", help="print only the final results")
     return parser
 
 
+def counting_data(n_samples, n_steps, rng):
+    """Binary sequences (n_samples, n_steps, 1) and their number of ones, the class (0..n_steps)."""
+    X = rng.integers(0, 2, size=(n_samples, n_steps, 1)).astype(np.float32)
+    return X, X.sum(axis=(1, 2)).astype(np.int64)
+
+
+def _report(net, history, elapsed, accuracy, n_test, what, out):
+    path = net.save(out)
+    train_throughput = np.median(history["samples_per_sec"])  # steady state: excludes JIT warm-up
+    print(f"test accuracy: {accuracy:.2%} ({n_test} {what})")
+    print(f"training: {len(history['loss'])} epochs in {elapsed:.2f} s, "
+          f"{train_throughput:,.0f} samples/s (median epoch)")
+    print(f"model saved to {path}")
+
+
+def sequence_main(args):
+    """Train RNN(1, hidden) -> Dense(hidden, steps + 1) to count the ones of binary sequences."""
+    import fastbp as fb
+
+    if args.steps < 1 or args.hidden < 1:
+        print("--steps and --hidden must be >= 1", file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(args.seed)
+    X_train, y_train = counting_data(4000, args.steps, rng)
+    X_test, y_test = counting_data(1000, args.steps, rng)
+    net = fb.Network([fb.RNN(1, args.hidden, "tanh"), fb.Dense(args.hidden, args.steps + 1)],
+                     loss="softmax_cross_entropy", dtype=np.dtype(args.dtype), seed=args.seed)
+    optimizer = fb.Adam(net, lr=args.lr)
+    if not args.quiet:
+        print(f"fastbp {fb.__version__}: backend {fb.get_backend()}, {fb.get_num_threads()} threads, "
+              f"{args.dtype}; count the ones in {len(X_train)} training and {len(X_test)} test sequences "
+              f"of {args.steps} bits")
+        print(net)
+    started = time.perf_counter()
+    history = net.fit(X_train, y_train, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
+                      validation_data=(X_test, y_test), verbose=0 if args.quiet else 1)
+    elapsed = time.perf_counter() - started
+    accuracy = float(np.mean(net.predict_classes(X_test) == y_test))
+    _report(net, history, elapsed, accuracy, len(X_test), "sequences", args.out or "sequence_model.npz")
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.task]
+    if args.task == "sequence":
+        import fastbp as fb
+
+        if args.backend is not None:
+            fb.set_backend(args.backend)
+        if args.threads is not None:
+            fb.set_num_threads(args.threads)
+        return sequence_main(args)
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -75,12 +144,6 @@ def main(argv=None):
     history = net.fit(X_train, y_train, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size,
                       validation_data=(X_test, y_test), verbose=0 if args.quiet else 1)
     elapsed = time.perf_counter() - started
-    train_throughput = np.median(history["samples_per_sec"])  # steady state: excludes JIT warm-up
     accuracy = float(np.mean(net.predict_classes(X_test) == y_test))
-    path = net.save(args.out)
-
-    print(f"test accuracy: {accuracy:.2%} ({len(X_test)} digits)")
-    print(f"training: {len(history['loss'])} epochs in {elapsed:.2f} s, "
-          f"{train_throughput:,.0f} samples/s (median epoch)")
-    print(f"model saved to {path}")
+    _report(net, history, elapsed, accuracy, len(X_test), "digits", args.out or "digits_model.npz")
     return 0

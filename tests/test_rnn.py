@@ -306,3 +306,15 @@ def test_learns_next_value_of_a_noisy_sine(backend):
     net = fb.Network([fb.RNN(1, 16, return_sequences=True), fb.Dense(16, 1)], loss="mse", dtype=np.float64, seed=0)
     net.fit(X, y, optimizer=fb.Adam(net, lr=1e-2), epochs=30, batch_size=20, verbose=0)
     assert net.evaluate(X, y) < 0.02
+
+
+def test_cli_sequence_task(backend, threads, tmp_path, capsys):  # threads: restores the count
+    from fastbp.cli import main
+
+    out = tmp_path / "seq.npz"
+    assert main(["--task", "sequence", "--steps", "6", "--epochs", "8", "--backend", backend, "--threads", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    accuracy = float(printed.split("test accuracy: ")[1].split("%")[0])
+    assert accuracy >= 95.0, printed
+    assert "samples/s" in printed and fb.load(out).layers[0].get_config()["type"] == "RNN"
