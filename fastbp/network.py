@@ -74,15 +74,15 @@ class _Workspace:
         self.batch_y = None
 
 
-def _all_finite(flat):
+def _all_finite(flat, kernels, n_threads):
     """Whether every element of the 1-D array ``flat`` is finite, without a temporary array.
 
-    A finite sum proves it; only if it is not (a float32 sum may also overflow on
-    its own) is it confirmed element-wise. NumPy's own pairwise sum, not BLAS:
-    a threaded BLAS call here would leave BLAS threads spinning on the cores the
+    The backend's ``all_finite`` kernel: one vectorised pass over the bits,
+    ~2x faster than NumPy's float32 sum (the previous test), and no BLAS: a
+    threaded BLAS call here would leave BLAS threads spinning on the cores the
     kernels' OpenMP threads need, which slowed 2-thread training 5-fold.
     """
-    return math.isfinite(np.add.reduce(flat)) or bool(np.isfinite(flat).all())
+    return kernels.all_finite(flat, n_threads)
 
 
 def _check_count(name, value, allow_none=False):
@@ -447,11 +447,11 @@ class Network:
         if not math.isfinite(loss):
             raise _NonFinite(f"the training loss became non-finite ({loss})")
         self._backward(ws, x, kernels, n_threads)
-        if not _all_finite(self.grads):
+        if not _all_finite(self.grads, kernels, n_threads):
             raise _NonFinite(f"a gradient became non-finite (loss {loss})")
         np.copyto(self._params_backup, self.params)  # an overflowing update can then be undone
         optimizer.step()
-        if not _all_finite(self.params):
+        if not _all_finite(self.params, kernels, n_threads):
             np.copyto(self.params, self._params_backup)
             raise _NonFinite(f"the update made a weight non-finite (loss {loss})")
         return loss

@@ -209,3 +209,26 @@ def test_clip_norm_matches_torch(backend):
     t.grad = torch.tensor(g)
     torch.nn.utils.clip_grad_norm_([t], 2.0)
     np.testing.assert_allclose(flat.grads, t.grad.numpy(), rtol=1e-14)
+
+
+# ---------------------------------------------------------------- all_finite (the training step's checks)
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("size", [0, 1, 7, 16384, 16385, 600_001])
+def test_all_finite_kernel(backend, dtype, size, n_threads):
+    from fastbp._backend import backend_module
+    from fastbp._kernels import reference
+
+    kernels = backend_module()
+    x = np.random.default_rng(size).standard_normal(size).astype(dtype)
+    x[::5] *= np.finfo(dtype).max / 8  # huge but finite values, and subnormals and zeros
+    if size > 2:
+        x[1] = np.finfo(dtype).tiny / 4
+        x[2] = -0.0
+    assert kernels.all_finite(x, n_threads) is True
+    for bad in (np.nan, np.inf, -np.inf):
+        for at in sorted({0, size // 2, size - 1}) if size else []:
+            y = x.copy()
+            y[at] = bad
+            assert kernels.all_finite(y, n_threads) is False
+            assert reference.all_finite(y, n_threads) is False
+    assert reference.all_finite(x, n_threads) is True

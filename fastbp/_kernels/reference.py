@@ -35,6 +35,7 @@ KERNELS = (
     "sgd_step",
     "rmsprop_step",
     "adam_step",
+    "all_finite",
     "rnn_forward",
     "rnn_backward",
     "fixed_point_forward",
@@ -250,6 +251,11 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_de
     step_size = lr / (1 - beta1**step)
     denom = np.sqrt(exp_avg_sq) / np.sqrt(1 - beta2**step) + eps
     param -= step_size * exp_avg / denom
+
+
+def all_finite(x, n_threads):
+    """Whether every element of x is finite (no NaN, no ±inf).  IN x (n,) C-contiguous."""
+    return bool(np.isfinite(x).all())
 
 
 # ---------------------------------------------------------------- recurrent layers

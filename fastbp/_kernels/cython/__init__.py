@@ -32,7 +32,7 @@ from ._losses import (  # noqa: E402
     softmax_cross_entropy,
     softmax_cross_entropy_index,
 )
-from ._optim import adam_step, rmsprop_step, sgd_step  # noqa: E402
+from ._optim import adam_step, all_finite, rmsprop_step, sgd_step  # noqa: E402
 from ._rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_forward  # noqa: E402
 
 if _registry.SOFTMAX != 10 or len(_registry.ACTIVATIONS) != 11:  # ids compiled into _activations.pxd
@@ -54,6 +54,7 @@ __all__ = [
     "sgd_step",
     "rmsprop_step",
     "adam_step",
+    "all_finite",
     "rnn_forward",
     "rnn_backward",
     "fixed_point_forward",

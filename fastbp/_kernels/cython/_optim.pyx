@@ -10,9 +10,12 @@
 from cython.parallel cimport prange
 from cython cimport floating
 from libc.math cimport sqrt, sqrtf, pow
+from libc.stdint cimport uint32_t, uint64_t
 
 # Elements per task; below two chunks a step runs on the calling thread.
 cdef Py_ssize_t CHUNK = 1 << 14
+# all_finite reads ~50 GB/s on one thread: threads pay from this many chunks on.
+cdef Py_ssize_t FINITE_PARALLEL_CHUNKS = 32
 
 
 cdef inline floating _sqrt(floating x) noexcept nogil:
@@ -62,6 +65,45 @@ cdef void _adam_chunk(floating* p, const floating* g, floating* m, floating* v,
         v[i] = v[i] + one_minus_beta2 * gi * gi
         denom = sqrt(<double>v[i]) / sqrt_bias2 + eps
         p[i] = <floating>(p[i] - (step_size * m[i]) / denom)
+
+
+cdef bint _chunk_not_finite(const floating* x, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    """Whether x[i0:i1] holds a NaN or an infinity: an all-ones exponent field.
+
+    On the bits: (bits & exponent mask) + the exponent's lowest bit carries
+    into the sign bit exactly when the exponent is all ones; the results are
+    OR-ed over the chunk (integer ops, no early exit: the loop vectorises).
+    """
+    cdef Py_ssize_t i
+    cdef uint32_t bad32 = 0
+    cdef uint64_t bad64 = 0
+    cdef const uint32_t* b32
+    cdef const uint64_t* b64
+    if floating is float:
+        b32 = <const uint32_t*>x
+        for i in range(i0, i1):
+            bad32 |= (b32[i] & 0x7f800000u) + 0x00800000u
+        return (bad32 & 0x80000000u) != 0
+    else:
+        b64 = <const uint64_t*>x
+        for i in range(i0, i1):
+            bad64 |= (b64[i] & 0x7ff0000000000000u) + 0x0010000000000000u
+        return (bad64 & 0x8000000000000000u) != 0
+
+
+def all_finite(const floating[::1] x, int n_threads):
+    """Whether every element of x is finite (no NaN, no ±inf).  IN x (n,)."""
+    cdef Py_ssize_t n = x.shape[0], c, n_chunks = (n + CHUNK - 1) // CHUNK
+    cdef bint bad = False
+    if n == 0:
+        return True
+    with nogil:
+        if n_threads < 2 or n_chunks < FINITE_PARALLEL_CHUNKS:
+            bad = _chunk_not_finite(&x[0], 0, n)
+        else:
+            for c in prange(n_chunks, schedule="static", num_threads=n_threads):
+                bad |= _chunk_not_finite(&x[0], c * CHUNK, min(n, (c + 1) * CHUNK))
+    return not bad
 
 
 def _check_len(str kernel, str name, Py_ssize_t got, Py_ssize_t n):

@@ -12,7 +12,7 @@ from .activations import activation_backward, activation_forward
 from .dense import dense_backward, dense_forward
 from .gemm import gemm
 from .losses import binary_cross_entropy, mse, softmax_cross_entropy, softmax_cross_entropy_index
-from .optim import adam_step, rmsprop_step, sgd_step
+from .optim import adam_step, all_finite, rmsprop_step, sgd_step
 from .rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_forward
 
 NAME = "numba"
@@ -32,6 +32,7 @@ __all__ = [
     "sgd_step",
     "rmsprop_step",
     "adam_step",
+    "all_finite",
     "rnn_forward",
     "rnn_backward",
     "fixed_point_forward",
