@@ -180,7 +180,9 @@ def softmax_backward_row(a, grad_a, grad_z, off, count):
 # ---------------------------------------------------------------- row-parallel drivers
 # Each driver is compiled twice from one body: parallel, and serial (prange
 # runs as range), because entering a parallel region costs ~1.5 µs even on
-# one thread; the wrappers take the serial one for one thread or small arrays.
+# one thread; the wrappers take the serial one for small arrays. Large arrays
+# take the parallel one even on one thread: LLVM vectorises an outlined parallel
+# body more readily than the serial loop over arrays that may alias.
 # PARALLEL is a closure constant, so the two are distinct entries of Numba's cache.
 def _make_activation_forward(PARALLEL):
     def _activation_forward(act, z, a, n_threads):
@@ -225,8 +227,9 @@ _activation_backward_serial = _make_activation_backward(False)
 
 
 def _activation_forward(act, z, a, n_threads):
-    """The forward driver for this size: parallel from PARALLEL_MIN_ELEMENTS on 2+ threads, else serial."""
-    if n_threads > 1 and z.size >= PARALLEL_MIN_ELEMENTS:
+    """The forward driver for this size: the parallel one (on n_threads, maybe 1) from
+    PARALLEL_MIN_ELEMENTS values, else the serial one (no parallel region to enter)."""
+    if z.size >= PARALLEL_MIN_ELEMENTS:
         _activation_forward_parallel(act, z, a, n_threads)
     else:
         _activation_forward_serial(act, z, a, 1)
@@ -234,7 +237,7 @@ def _activation_forward(act, z, a, n_threads):
 
 def _activation_backward(act, z, a, grad_a, grad_z, n_threads):
     """The backward driver for this size (as ``_activation_forward``)."""
-    if n_threads > 1 and a.size >= PARALLEL_MIN_ELEMENTS:
+    if a.size >= PARALLEL_MIN_ELEMENTS:
         _activation_backward_parallel(act, z, a, grad_a, grad_z, n_threads)
     else:
         _activation_backward_serial(act, z, a, grad_a, grad_z, 1)

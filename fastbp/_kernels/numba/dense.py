@@ -73,7 +73,7 @@ _column_sums_serial = _make_column_sums(False)
 
 def _column_sums(delta, db, accumulate, n_threads):
     """db := Σ_rows delta (+ db if accumulate), on threads from PARALLEL_MIN_ELEMENTS values."""
-    if n_threads > 1 and delta.size >= PARALLEL_MIN_ELEMENTS and delta.shape[1] > COLUMN_BLOCK:
+    if delta.size >= PARALLEL_MIN_ELEMENTS:
         _column_sums_parallel(delta, db, accumulate, n_threads)
     else:
         _column_sums_serial(delta, db, accumulate, 1)

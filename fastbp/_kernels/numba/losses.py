@@ -157,19 +157,10 @@ _binary_cross_entropy_parallel, _binary_cross_entropy_serial = _twins(_make_bina
 
 
 def _run(kernels, size, *args):
-    """Call the parallel kernel of ``kernels`` with n_threads (the last argument) when it pays, else the serial one."""
-    n_threads = clamp_threads(args[-1])
-    if n_threads > 1 and size >= PARALLEL_MIN_ELEMENTS:
-        return kernels[0](*args[:-1], n_threads)
-    return kernels[1](*args[:-1], 1)
-
-
-def _run(kernels, size, *args):
-    """Run the (parallel, serial) pair ``kernels`` on args (the last is n_threads): parallel from
-    PARALLEL_MIN_ELEMENTS values on 2+ threads, else serial."""
-    n_threads = clamp_threads(args[-1])
-    if n_threads > 1 and size >= PARALLEL_MIN_ELEMENTS:
-        return kernels[0](*args[:-1], n_threads)
+    """Run the (parallel, serial) pair ``kernels`` on args (the last is n_threads): the parallel
+    one (on n_threads, maybe 1) from PARALLEL_MIN_ELEMENTS values, else the serial one."""
+    if size >= PARALLEL_MIN_ELEMENTS:
+        return kernels[0](*args[:-1], clamp_threads(args[-1]))
     return kernels[1](*args[:-1], 1)
 
 
