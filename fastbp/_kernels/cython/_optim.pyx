@@ -10,7 +10,7 @@
 from cython.parallel cimport prange
 from cython cimport floating
 from libc.math cimport sqrt, sqrtf, pow
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stddef cimport ptrdiff_t
 
 # Elements per task; below two chunks a step runs on the calling thread.
 cdef Py_ssize_t CHUNK = 1 << 14
@@ -67,28 +67,17 @@ cdef void _adam_chunk(floating* p, const floating* g, floating* m, floating* v,
         p[i] = <floating>(p[i] - (step_size * m[i]) / denom)
 
 
-cdef bint _chunk_not_finite(const floating* x, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
-    """Whether x[i0:i1] holds a NaN or an infinity: an all-ones exponent field.
+cdef extern from "microkernels.h" nogil:
+    int fastbp_nonfinite_s(const float* x, ptrdiff_t n)
+    int fastbp_nonfinite_d(const double* x, ptrdiff_t n)
 
-    On the bits: (bits & exponent mask) + the exponent's lowest bit carries
-    into the sign bit exactly when the exponent is all ones; the results are
-    OR-ed over the chunk (integer ops, no early exit: the loop vectorises).
-    """
-    cdef Py_ssize_t i
-    cdef uint32_t bad32 = 0
-    cdef uint64_t bad64 = 0
-    cdef const uint32_t* b32
-    cdef const uint64_t* b64
+
+cdef inline bint _chunk_not_finite(const floating* x, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    """Whether x[i0:i1] holds a NaN or an infinity (an all-ones exponent field; see microkernels.h)."""
     if floating is float:
-        b32 = <const uint32_t*>x
-        for i in range(i0, i1):
-            bad32 |= (b32[i] & 0x7f800000u) + 0x00800000u
-        return (bad32 & 0x80000000u) != 0
+        return fastbp_nonfinite_s(x + i0, i1 - i0) != 0
     else:
-        b64 = <const uint64_t*>x
-        for i in range(i0, i1):
-            bad64 |= (b64[i] & 0x7ff0000000000000u) + 0x0010000000000000u
-        return (bad64 & 0x8000000000000000u) != 0
+        return fastbp_nonfinite_d(x + i0, i1 - i0) != 0
 
 
 def all_finite(const floating[::1] x, int n_threads):
