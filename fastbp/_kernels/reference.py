@@ -15,6 +15,8 @@ Contract shared by all backends
 * An output may alias an input only where a docstring says so.
 """
 
+import math
+
 import numpy as np
 
 from . import registry as R
@@ -248,8 +250,11 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_de
     exp_avg += (1 - beta1) * g
     exp_avg_sq *= beta2
     exp_avg_sq += (1 - beta2) * g * g
-    step_size = lr / (1 - beta1**step)
-    denom = np.sqrt(exp_avg_sq) / np.sqrt(1 - beta2**step) + eps
+    # In the dtype of the parameters, as torch computes it (np.sqrt of a Python
+    # float would be a float64 scalar and promote the whole denominator).
+    dtype = param.dtype.type
+    step_size = dtype(lr / (1 - beta1**step))
+    denom = np.sqrt(exp_avg_sq) / dtype(math.sqrt(1 - beta2**step)) + dtype(eps)
     param -= step_size * exp_avg / denom
 
 

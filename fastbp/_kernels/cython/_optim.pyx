@@ -4,8 +4,8 @@
 # [i0, i1) of the flat buffers and a static prange runs the chunks: no
 # reduction, nothing depends on the thread count. Arithmetic is in the dtype
 # of the parameters with the hyperparameters rounded to it, as the NumPy
-# reference does, except Adam's denominator, which the reference forms in
-# float64. Layout: every buffer is a C-contiguous 1-D array of n values.
+# reference and torch do (Adam's denominator too, so its sqrt and divide
+# vectorise). Layout: every buffer is a C-contiguous 1-D array of n values.
 
 from cython.parallel cimport prange
 from cython cimport floating
@@ -53,18 +53,17 @@ cdef void _rmsprop_chunk(floating* p, const floating* g, floating* s, Py_ssize_t
 cdef void _adam_chunk(floating* p, const floating* g, floating* m, floating* v,
                       Py_ssize_t i0, Py_ssize_t i1, floating step_size, floating beta1,
                       floating one_minus_beta1, floating beta2, floating one_minus_beta2,
-                      double sqrt_bias2, double eps, floating wd) noexcept nogil:
+                      floating sqrt_bias2, floating eps, floating wd) noexcept nogil:
     cdef Py_ssize_t i
-    cdef floating gi
-    cdef double denom
+    cdef floating gi, denom
     for i in range(i0, i1):
         gi = g[i] + wd * p[i] if wd != 0 else g[i]
         m[i] = beta1 * m[i]
         m[i] = m[i] + one_minus_beta1 * gi
         v[i] = beta2 * v[i]
         v[i] = v[i] + one_minus_beta2 * gi * gi
-        denom = sqrt(<double>v[i]) / sqrt_bias2 + eps
-        p[i] = <floating>(p[i] - (step_size * m[i]) / denom)
+        denom = _sqrt(v[i]) / sqrt_bias2 + eps
+        p[i] = p[i] - (step_size * m[i]) / denom
 
 
 cdef extern from "microkernels.h" nogil:
@@ -159,15 +158,15 @@ def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_a
     if n == 0:
         return
     cdef floating step_size = <floating>(lr / (1 - pow(beta1, <double>step)))
-    cdef double sqrt_bias2 = sqrt(1 - pow(beta2, <double>step))
+    cdef floating sqrt_bias2 = <floating>sqrt(1 - pow(beta2, <double>step))
     with nogil:
         if n_threads < 2 or n_chunks < 2:
             _adam_chunk(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], 0, n, step_size,
                         <floating>beta1, <floating>(1 - beta1), <floating>beta2, <floating>(1 - beta2),
-                        sqrt_bias2, eps, <floating>weight_decay)
+                        sqrt_bias2, <floating>eps, <floating>weight_decay)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
                 _adam_chunk(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], c * CHUNK,
                             min(n, (c + 1) * CHUNK), step_size, <floating>beta1, <floating>(1 - beta1),
-                            <floating>beta2, <floating>(1 - beta2), sqrt_bias2, eps,
+                            <floating>beta2, <floating>(1 - beta2), sqrt_bias2, <floating>eps,
                             <floating>weight_decay)

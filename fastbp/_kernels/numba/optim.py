@@ -4,8 +4,8 @@ Design: every update is element-wise, so the flat buffers are cut into fixed
 chunks of CHUNK elements that ``prange`` shares out; there is no reduction, and
 nothing depends on the thread count. Arithmetic is in the dtype of the
 parameters with the hyperparameters rounded to it (the wrappers round them, so
-the jitted code is typed by the dtype), as the NumPy reference does, except
-Adam's denominator, which is formed in float64 as the reference does.
+the jitted code is typed by the dtype), as the NumPy reference and torch do,
+Adam's denominator included.
 
 Layout: every buffer is a C-contiguous 1-D array of n values.
 """
@@ -101,7 +101,7 @@ def _make_adam(PARALLEL):
                 m[i] = m[i] + one_minus_beta1 * gi
                 v[i] = beta2 * v[i]
                 v[i] = v[i] + one_minus_beta2 * gi * gi
-                denom = math.sqrt(np.float64(v[i])) / sqrt_bias2 + eps
+                denom = np.sqrt(v[i]) / sqrt_bias2 + eps
                 p[i] = p[i] - (step_size * m[i]) / denom
 
     return _adam
@@ -174,6 +174,6 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_de
     t = param.dtype.type
     n_chunks, threads = _tasks(param.shape[0], n_threads)
     step_size = t(lr / (1 - beta1**step))
-    sqrt_bias2 = math.sqrt(1 - beta2**step)
+    sqrt_bias2 = t(math.sqrt(1 - beta2**step))
     _ADAM[n_chunks < 2](param, writable(grad), exp_avg, exp_avg_sq, step_size, t(beta1), t(1 - beta1), t(beta2),
-                        t(1 - beta2), sqrt_bias2, float(eps), t(weight_decay), n_chunks, threads)
+                        t(1 - beta2), sqrt_bias2, t(eps), t(weight_decay), n_chunks, threads)
