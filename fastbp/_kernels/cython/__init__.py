@@ -11,6 +11,7 @@ without OpenMP, in which case every kernel runs on one thread.
 
 from .. import blocking as _blocking_table
 from .. import registry as _registry
+from ..reference import KERNELS
 from . import _gemm
 
 _isa_id = _gemm._detect_isa()
@@ -38,25 +39,5 @@ from ._rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_fo
 if _registry.SOFTMAX != 10 or len(_registry.ACTIVATIONS) != 11:  # ids compiled into _activations.pxd
     raise AssertionError("fastbp._kernels.registry's activation ids differ from _activations.pxd")
 
-__all__ = [
-    "NAME",
-    "ISA",
-    "OPENMP",
-    "gemm",
-    "activation_forward",
-    "activation_backward",
-    "dense_forward",
-    "dense_backward",
-    "mse",
-    "softmax_cross_entropy",
-    "softmax_cross_entropy_index",
-    "binary_cross_entropy",
-    "sgd_step",
-    "rmsprop_step",
-    "adam_step",
-    "all_finite",
-    "rnn_forward",
-    "rnn_backward",
-    "fixed_point_forward",
-    "fixed_point_adjoint",
-]
+# The contract's kernels (one list, in reference.py) plus what describes this backend.
+__all__ = ["NAME", "ISA", "OPENMP", *KERNELS]

@@ -7,6 +7,7 @@ on its first call. Modules: ``microkernel`` (LLVM-IR register tile),
 ``dense``, ``losses``, ``optim``, ``rnn``.
 """
 
+from ..reference import KERNELS
 from ._threads import ISA
 from .activations import activation_backward, activation_forward
 from .dense import dense_backward, dense_forward
@@ -17,24 +18,5 @@ from .rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_for
 
 NAME = "numba"
 
-__all__ = [
-    "NAME",
-    "ISA",
-    "gemm",
-    "activation_forward",
-    "activation_backward",
-    "dense_forward",
-    "dense_backward",
-    "mse",
-    "softmax_cross_entropy",
-    "softmax_cross_entropy_index",
-    "binary_cross_entropy",
-    "sgd_step",
-    "rmsprop_step",
-    "adam_step",
-    "all_finite",
-    "rnn_forward",
-    "rnn_backward",
-    "fixed_point_forward",
-    "fixed_point_adjoint",
-]
+# The contract's kernels (one list, in reference.py) plus what describes this backend.
+__all__ = ["NAME", "ISA", *KERNELS]
