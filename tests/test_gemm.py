@@ -128,6 +128,18 @@ def test_gemm_bitwise_identical_for_1_and_2_threads(backend, dtype, rng, threads
     np.testing.assert_array_equal(one, two)
 
 
+@pytest.mark.parametrize("k", [1, 64, 511])
+def test_gemm_small_products_give_the_bits_of_large_ones(backend, dtype, rng, k):
+    """Small products may take another path (cython: unpacked AVX-512 float32); the rows of
+    a small product equal the same rows of a large one, bit for bit, for every layout."""
+    big_a = rng.standard_normal((600, k)).astype(dtype)
+    b = rng.standard_normal((k, 45)).astype(dtype)
+    for a_small, bb in ((big_a[:13], b), (np.asfortranarray(big_a)[:29], b), (big_a[:7], b[:, :10]),
+                        (big_a[:40], b[::-1][::-1])):
+        expected = kernels.gemm(big_a, bb)[:a_small.shape[0]]
+        np.testing.assert_array_equal(kernels.gemm(a_small, bb), expected)
+
+
 @pytest.mark.parametrize("m,k,n", [(7, 13, 29), (150, 300, 100)])
 def test_gemm_backends_agree(dtype, rng, m, k, n):
     a = random_matrix(rng, (m, k), dtype)

@@ -176,6 +176,83 @@ fastbp_ukr_d_avx512(ptrdiff_t kc, const double *ap, const double *bp, double *c,
     }
 }
 
+/* ------------------------------------------------------------ AVX-512, unpacked */
+/* Small float32 products read A and B where they lie, without packing: below
+ * about a million multiply-adds, packing both operands costs as much as the
+ * arithmetic (32x64x32: 4.3 us packed). B must have unit column stride (its
+ * rows are loaded as vectors, the last one masked); A has any strides (its
+ * values are broadcast one by one). Tiles are 12 rows by 32 (or, for a last
+ * column block of at most 16, 16) columns; rows past m re-read row 0 of the
+ * tile and are not stored. Each element's arithmetic is the packed kernel's
+ * for kc = k (acc = fma over p in order from 0, then alpha*acc [+ beta*C]), so
+ * for k <= KC both paths give the same bits. */
+#define FASTBP_DIRECT_TILE(NAME, NV)                                                        \
+FASTBP_TARGET_AVX512 static void                                                           \
+NAME(ptrdiff_t mr, ptrdiff_t k, const float *a, ptrdiff_t rs_a, ptrdiff_t cs_a,             \
+     const float *b, ptrdiff_t rs_b, __mmask16 m0, __mmask16 m1,                            \
+     float *c, ptrdiff_t ldc, float alpha, float beta)                                      \
+{                                                                                           \
+    const float *r[12];                                                                     \
+    int i;                                                                                  \
+    for (i = 0; i < 12; i++) r[i] = a + (i < mr ? i : 0) * rs_a;                            \
+    FASTBP_DIRECT_DECL##NV                                                                  \
+    ptrdiff_t p;                                                                            \
+    for (p = 0; p < k; p++) {                                                               \
+        const ptrdiff_t o = p * cs_a;                                                       \
+        __m512 va;                                                                          \
+        FASTBP_DIRECT_LOADB##NV                                                             \
+        FASTBP_ROWS12(FASTBP_DIRECT_STEP##NV)                                               \
+        b += rs_b;                                                                          \
+    }                                                                                       \
+    __m512 valpha = _mm512_set1_ps(alpha), vbeta = _mm512_set1_ps(beta);                    \
+    FASTBP_ROWS12(FASTBP_DIRECT_STORE##NV)                                                  \
+}
+#define FASTBP_DIRECT_DECL1 __m512 FASTBP_ROWS12(FASTBP_DIRECT_ZERO1) dummy1_ = _mm512_setzero_ps(); (void)dummy1_;
+#define FASTBP_DIRECT_DECL2 __m512 FASTBP_ROWS12(FASTBP_DIRECT_ZERO2) dummy2_ = _mm512_setzero_ps(); (void)dummy2_;
+#define FASTBP_DIRECT_ZERO1(i) c##i##0 = _mm512_setzero_ps(),
+#define FASTBP_DIRECT_ZERO2(i) c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps(),
+#define FASTBP_DIRECT_LOADB1 __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
+#define FASTBP_DIRECT_LOADB2 __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_maskz_loadu_ps(m1, b + 16);
+#define FASTBP_DIRECT_STEP1(i) va = _mm512_set1_ps(r[i][o]); c##i##0 = _mm512_fmadd_ps(va, b0, c##i##0);
+#define FASTBP_DIRECT_STEP2(i) va = _mm512_set1_ps(r[i][o]); c##i##0 = _mm512_fmadd_ps(va, b0, c##i##0); \
+    c##i##1 = _mm512_fmadd_ps(va, b1, c##i##1);
+#define FASTBP_DIRECT_OUT(i, h, mask)                                                       \
+    if (beta == 0.0f)                                                                       \
+        _mm512_mask_storeu_ps(c + i * ldc + 16 * h, mask, _mm512_mul_ps(valpha, c##i##h));  \
+    else                                                                                    \
+        _mm512_mask_storeu_ps(c + i * ldc + 16 * h, mask, _mm512_fmadd_ps(                  \
+            vbeta, _mm512_maskz_loadu_ps(mask, c + i * ldc + 16 * h), _mm512_mul_ps(valpha, c##i##h)));
+#define FASTBP_DIRECT_STORE1(i) if (i < mr) { FASTBP_DIRECT_OUT(i, 0, m0) }
+#define FASTBP_DIRECT_STORE2(i) if (i < mr) { FASTBP_DIRECT_OUT(i, 0, m0) FASTBP_DIRECT_OUT(i, 1, m1) }
+
+FASTBP_DIRECT_TILE(fastbp_direct_tile16_s_avx512, 1)
+FASTBP_DIRECT_TILE(fastbp_direct_tile32_s_avx512, 2)
+
+/* C[0:m, 0:n] := alpha*A·B + beta*C (C not read when beta == 0), unpacked.
+ * A (m, k) with element strides rs_a, cs_a; B (k, n) with row stride rs_b and
+ * unit column stride; C row-major with row stride ldc. Serial. */
+FASTBP_TARGET_AVX512 static void
+fastbp_direct_s_avx512(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                       const float *a, ptrdiff_t rs_a, ptrdiff_t cs_a,
+                       const float *b, ptrdiff_t rs_b, float beta, float *c, ptrdiff_t ldc)
+{
+    ptrdiff_t i, j, w, mr;
+    for (j = 0; j < n; j += 32) {
+        w = n - j < 32 ? n - j : 32;
+        __mmask16 m0 = (__mmask16)(w >= 16 ? 0xFFFF : (1u << w) - 1);
+        __mmask16 m1 = (__mmask16)(w >= 32 ? 0xFFFF : w > 16 ? (1u << (w - 16)) - 1 : 0);
+        for (i = 0; i < m; i += 12) {
+            mr = m - i < 12 ? m - i : 12;
+            if (w <= 16)
+                fastbp_direct_tile16_s_avx512(mr, k, a + i * rs_a, rs_a, cs_a, b + j, rs_b, m0, m1,
+                                              c + i * ldc + j, ldc, alpha, beta);
+            else
+                fastbp_direct_tile32_s_avx512(mr, k, a + i * rs_a, rs_a, cs_a, b + j, rs_b, m0, m1,
+                                              c + i * ldc + j, ldc, alpha, beta);
+        }
+    }
+}
+
 /* ------------------------------------------------------------ AVX2 + FMA */
 /* Row i is two ymm registers: 12 accumulators, 6x16 floats or 6x8 doubles. */
 FASTBP_TARGET_AVX2 static void
@@ -242,6 +319,23 @@ fastbp_ukr_d_avx2(ptrdiff_t kc, const double *ap, const double *bp, double *c,
 #endif /* FASTBP_X86 */
 
 /* ------------------------------------------------------------ dispatch */
+/* The unpacked float32 product when isa has one (AVX-512): returns 1 when it
+ * computed C, 0 when the caller must take the packed path. */
+static int fastbp_direct_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                           const float *a, ptrdiff_t rs_a, ptrdiff_t cs_a,
+                           const float *b, ptrdiff_t rs_b, float beta, float *c, ptrdiff_t ldc)
+{
+#if FASTBP_X86
+    if (isa == FASTBP_ISA_AVX512) {
+        fastbp_direct_s_avx512(m, n, k, alpha, a, rs_a, cs_a, b, rs_b, beta, c, ldc);
+        return 1;
+    }
+#endif
+    (void)isa; (void)m; (void)n; (void)k; (void)alpha; (void)a; (void)rs_a; (void)cs_a;
+    (void)b; (void)rs_b; (void)beta; (void)c; (void)ldc;
+    return 0;
+}
+
 /* The best ISA this CPU (and OS) supports. */
 static int fastbp_detect_isa(void)
 {
