@@ -23,6 +23,7 @@ __all__ = [
     "activation_grad",
     "loss",
     "loss_and_grad",
+    "mlp_loss_and_grad",
     "sgd_step",
     "rmsprop_step",
     "adam_step",
@@ -265,27 +266,34 @@ def dense_backward(x, w, output, grad_output, activation="identity", preactivati
     return dw, db, dx
 
 
-def _loss_operands(name, output, target):
+def _loss_target(name, target, shape, dtype):
+    """Checked ``target`` of loss ``name`` for an output of ``shape`` and ``dtype``, and its loss kernel."""
     R.check_loss(name)
-    output = V.contiguous_input("output", output, 2)
     if not isinstance(target, np.ndarray):
         raise TypeError(f"target must be a numpy.ndarray, got {type(target).__name__}")
     if name == "softmax_cross_entropy" and target.ndim == 1:
         if target.dtype.kind not in "iu":
             raise TypeError(f"class-index targets must be integers, got dtype {target.dtype}")
-        if target.shape[0] != output.shape[0]:
-            raise ValueError(f"target has {target.shape[0]} labels but output has {output.shape[0]} rows")
-        n_classes = output.shape[1]
+        if target.shape[0] != shape[0]:
+            raise ValueError(f"target has {target.shape[0]} labels but output has {shape[0]} rows")
+        n_classes = shape[1]
         if target.size and (target.min() < 0 or target.max() >= n_classes):
             raise ValueError(
                 f"class indices must lie in [0, {n_classes}), got values in [{target.min()}, {target.max()}]"
             )
-        return output, np.ascontiguousarray(target, dtype=np.int64), "softmax_cross_entropy_index"
+        return np.ascontiguousarray(target, dtype=np.int64), "softmax_cross_entropy_index"
     if target.dtype.kind not in "fiub":
         raise TypeError(f"target must be numeric, got dtype {target.dtype}")
-    if target.shape != output.shape:
-        raise ValueError(f"target must have the shape of output {output.shape}, got {target.shape}")
-    return output, np.ascontiguousarray(target, dtype=output.dtype), name
+    if target.shape != tuple(shape):
+        raise ValueError(f"target must have the shape of output {tuple(shape)}, got {target.shape}")
+    return np.ascontiguousarray(target, dtype=dtype), name
+
+
+def _loss_operands(name, output, target):
+    R.check_loss(name)
+    output = V.contiguous_input("output", output, 2)
+    target, kernel = _loss_target(name, target, output.shape, output.dtype)
+    return output, target, kernel
 
 
 def loss_and_grad(name, output, target, grad_out=None):
@@ -321,6 +329,72 @@ def loss_and_grad(name, output, target, grad_out=None):
 def loss(name, output, target):
     """Loss ``name`` of ``output`` against ``target`` (see ``loss_and_grad``)."""
     return loss_and_grad(name, output, target)[0]
+
+
+# ---------------------------------------------------------------- whole network
+def mlp_loss_and_grad(x, target, loss, widths, activations, params, grads_out=None, *,
+                      outputs_out=None, preactivations_out=None, deltas_out=None):
+    """Loss and every gradient of a stack of dense layers, in one kernel call.
+
+    Layer l = 1..L maps ``widths[l-1]`` features to ``widths[l]``:
+    ``a_l = act_l(a_{l-1}·W_l + b_l)`` with ``a_0 = x``; the loss compares a_L
+    with ``target``; backward fills the gradient of every W_l and b_l. The same
+    numbers as ``dense_forward``, ``loss_and_grad`` and ``dense_backward``
+    called layer by layer (bit for bit), without returning to Python between
+    them: what ``Network.fit`` runs for a stack of ``Dense`` layers.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, widths[0]), float32 or float64
+    target : ndarray
+        As for ``loss_and_grad`` with an output of shape (n_samples, widths[-1]).
+    loss : str, one of ``LOSSES``
+    widths : sequence of L + 1 ints >= 1
+    activations : sequence of L names from ``ACTIVATIONS``
+    params : C-contiguous ndarray of shape (n_params,), x's dtype
+        W_1 (widths[0], widths[1]) in C order, b_1, W_2, b_2, ... one after the other
+        (``fastbp.Network.params`` has this layout).
+    grads_out : C-contiguous ndarray like ``params``, optional
+    outputs_out, deltas_out : C-contiguous ndarrays of shape (Σ n_samples·widths[l],), optional
+        Receive every layer's output a_l and d loss/d z_l, layer after layer.
+    preactivations_out : C-contiguous ndarray, optional
+        Receives z_l for the layers whose derivative needs it (gelu), layer after layer.
+
+    Returns
+    -------
+    loss : float
+    grads : ndarray of shape (n_params,), laid out like ``params``
+    """
+    from ._kernels.reference import mlp_layout
+
+    x = V.contiguous_input("x", x, 2)
+    widths = np.asarray(widths)
+    if widths.ndim != 1 or widths.size < 2 or widths.dtype.kind not in "iu" or widths.min() < 1:
+        raise ValueError(f"widths must be a sequence of at least 2 integers >= 1, got {widths.tolist()!r}")
+    widths = widths.astype(np.int64)
+    if isinstance(activations, str) or len(activations) != widths.size - 1:
+        raise ValueError(f"activations must name one activation per layer ({widths.size - 1}), got {activations!r}")
+    act_ids = np.array([_activation_id(name) for name in activations], np.int64)
+    m = x.shape[0]
+    if m == 0 or x.shape[1] != widths[0]:
+        raise ValueError(f"x must have shape (n_samples >= 1, {widths[0]}), got {x.shape}")
+    target, kernel = _loss_target(loss, target, (m, int(widths[-1])), x.dtype)
+    if kernel == "softmax_cross_entropy" and widths[-1] < 2:
+        raise ValueError("softmax_cross_entropy needs at least 2 outputs")
+    _, (n_params, n_outputs, n_preactivations) = mlp_layout(widths, act_ids, m)
+    params = V.contiguous_input("params", params, 1, x.dtype)
+    if params.shape != (n_params,):
+        raise ValueError(f"params must have shape ({n_params},) for widths {widths.tolist()}, got {params.shape}")
+    inputs = (x, target, params)
+    grads = V.output_array("grads_out", grads_out, (n_params,), x.dtype, inputs=inputs)
+    outputs = V.output_array("outputs_out", outputs_out, (n_outputs,), x.dtype, inputs=inputs + (grads,))
+    deltas = V.output_array("deltas_out", deltas_out, (n_outputs,), x.dtype, inputs=inputs + (grads, outputs))
+    preacts = V.output_array("preactivations_out", preactivations_out, (n_preactivations,), x.dtype,
+                             inputs=inputs + (grads, outputs, deltas))
+    kernels, n_threads = _kernels()
+    value = kernels.mlp_loss_and_grad(x, target, R.LOSS_KERNEL_ID[kernel], widths, act_ids, params, grads,
+                                      outputs, preacts, deltas, n_threads)
+    return float(value), grads
 
 
 # ---------------------------------------------------------------- optimizers

@@ -42,6 +42,8 @@ import numpy as np
 from . import _backend
 from . import kernels as _public_kernels
 from . import losses as _losses
+from ._kernels import registry as _registry
+from ._kernels.reference import mlp_layout
 from .layers import Dense
 from .recurrent import RNN, FixedPoint
 from .optim import Adam, Optimizer
@@ -58,20 +60,40 @@ class _NonFinite(ArithmeticError):
 
 
 class _Workspace:
-    """Per-batch-size buffers: activations, pre-activations, deltas, and fit's gather buffers."""
+    """Per-batch-size buffers: activations, pre-activations, deltas, and fit's gather buffers.
 
-    def __init__(self, layers, n_samples, dtype, n_steps=None):
+    For a stack of Dense layers (``mlp`` given) the per-layer buffers are views
+    into the three flat buffers that ``mlp_loss_and_grad`` takes, so the
+    whole-network kernel and the layer-by-layer passes share them.
+    """
+
+    def __init__(self, layers, n_samples, dtype, n_steps=None, mlp=None):
         self.n_samples = n_samples
         self.preactivations, self.activations, self.deltas = [], [], []
-        rows = n_samples
-        for layer in layers:
-            z, a, delta = layer._buffers(rows, n_steps, dtype)
-            rows = layer._output_rows(rows, n_steps)
-            self.preactivations.append(z)
-            self.activations.append(a)
-            self.deltas.append(delta)
+        self.flat = None  # (outputs, preactivations, deltas) for mlp_loss_and_grad
+        if mlp is not None:
+            self._flat_buffers(layers, n_samples, dtype, *mlp)
+        else:
+            rows = n_samples
+            for layer in layers:
+                z, a, delta = layer._buffers(rows, n_steps, dtype)
+                rows = layer._output_rows(rows, n_steps)
+                self.preactivations.append(z)
+                self.activations.append(a)
+                self.deltas.append(delta)
         self.batch_x = None  # (n_samples, n_in), allocated by fit when it shuffles
         self.batch_y = None
+
+    def _flat_buffers(self, layers, m, dtype, widths, activations):
+        offsets, (_, n_outputs, n_preactivations) = mlp_layout(widths, activations, m)
+        self.flat = outputs, preactivations, deltas = (
+            np.empty(n_outputs, dtype), np.empty(n_preactivations, dtype), np.empty(n_outputs, dtype))
+        for layer, (_, _, a, z) in zip(layers, offsets):
+            shape, size = (m, layer.n_out), m * layer.n_out
+            self.activations.append(outputs[a:a + size].reshape(shape))
+            self.deltas.append(deltas[a:a + size].reshape(shape))
+            self.preactivations.append(preactivations[z:z + size].reshape(shape) if z >= 0
+                                       else self.activations[-1])
 
 
 def _all_finite(flat, kernels, n_threads):
@@ -168,6 +190,11 @@ class Network:
             layer._bind(self.params[offset:end], self.grads[offset:end])
             offset = end
         self.layers = layers
+        # A stack of Dense layers trains through one whole-network kernel call per step.
+        self._mlp = None
+        if all(type(layer) is Dense for layer in layers):
+            self._mlp = (np.array([layers[0].n_in] + [layer.n_out for layer in layers], np.int64),
+                         np.array([layer._act_id for layer in layers], np.int64))
         for layer in layers:  # in layer order, from one Generator: reproducible
             layer._initialize(self._rng)
         self._workspaces = OrderedDict()
@@ -282,7 +309,7 @@ class Network:
         if ws is None:
             if len(self._workspaces) >= _MAX_WORKSPACES:
                 self._workspaces.popitem(last=False)
-            ws = self._workspaces[key] = _Workspace(self.layers, n_samples, self.dtype, n_steps)
+            ws = self._workspaces[key] = _Workspace(self.layers, n_samples, self.dtype, n_steps, self._mlp)
         else:
             self._workspaces.move_to_end(key)
         return ws
@@ -442,11 +469,15 @@ class Network:
         Returns the batch loss. Raises ``_NonFinite`` if the loss, a gradient or an
         updated weight is not finite, with the weights as they were before the step.
         """
-        self._forward(ws, x, kernels, n_threads)
-        loss = self._loss(ws, y, loss_kernel, kernels, n_threads)
+        if self._mlp is not None:  # one kernel call: forward, loss, backward
+            loss = kernels.mlp_loss_and_grad(x, y, _registry.LOSS_KERNEL_ID[loss_kernel], *self._mlp,
+                                             self.params, self.grads, *ws.flat, n_threads)
+        else:
+            self._forward(ws, x, kernels, n_threads)
+            loss = self._loss(ws, y, loss_kernel, kernels, n_threads)
+            self._backward(ws, x, kernels, n_threads)
         if not math.isfinite(loss):
             raise _NonFinite(f"the training loss became non-finite ({loss})")
-        self._backward(ws, x, kernels, n_threads)
         if not _all_finite(self.grads, kernels, n_threads):
             raise _NonFinite(f"a gradient became non-finite (loss {loss})")
         np.copyto(self._params_backup, self.params)  # an overflowing update can then be undone

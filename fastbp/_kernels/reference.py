@@ -38,6 +38,7 @@ KERNELS = (
     "rmsprop_step",
     "adam_step",
     "all_finite",
+    "mlp_loss_and_grad",
     "rnn_forward",
     "rnn_backward",
     "fixed_point_forward",
@@ -261,6 +262,69 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_de
 def all_finite(x, n_threads):
     """Whether every element of x is finite (no NaN, no ±inf).  IN x (n,) C-contiguous."""
     return bool(np.isfinite(x).all())
+
+
+# ---------------------------------------------------------------- whole network
+def mlp_layout(widths, activations, m):
+    """Where mlp_loss_and_grad finds each layer in its flat buffers.
+
+    Returns one tuple per layer l = 1..L: (w, b, a, z), the offsets of W_l and b_l
+    in params/grads, of a_l (and δ_l) in outputs/deltas, and of z_l in
+    preactivations, or -1 when z_l is a_l itself (its activation's derivative
+    comes from a_l); followed by the three buffer lengths (n_params,
+    n_outputs, n_preactivations).
+    """
+    offsets, w, a, z = [], 0, 0, 0
+    for l, act in enumerate(activations):
+        n_in, n_out = int(widths[l]), int(widths[l + 1])
+        keeps_z = R.ACTIVATIONS[act] in R.NEEDS_PREACTIVATION
+        offsets.append((w, w + n_in * n_out, a, z if keeps_z else -1))
+        w += n_in * n_out + n_out
+        a += m * n_out
+        z += m * n_out if keeps_z else 0
+    return offsets, (w, a, z)
+
+
+def mlp_loss_and_grad(x, target, loss, widths, activations, params, grads, outputs, preactivations,
+                      deltas, n_threads):
+    """Loss and every gradient of a stack of dense layers in one call: forward, loss, backward.
+
+    Layer l = 1..L maps widths[l-1] features to widths[l] with activation id
+    activations[l-1]: z_l = a_{l-1}·W_l + b_l, a_l = act(z_l), a_0 = x; the loss
+    (id ``loss`` in registry.LOSS_KERNELS) compares a_L with target. Then
+    δ_l = d loss/d z_l from l = L down to 1, dW_l = a_{l-1}ᵀ·δ_l, db_l = Σ_rows δ_l
+    (δ_1·W_1ᵀ, the gradient of x, is not computed). Each step is the kernel of
+    the same name (dense_forward, the loss, dense_backward), so results equal
+    the layer-by-layer calls bit for bit.
+    Flat buffers, C order, layer after layer (offsets from ``mlp_layout``):
+    params, grads (P,): W_1 (n_0, n_1), b_1 (n_1,), W_2, b_2, ...;
+    outputs, deltas (Σ m·n_l,): a_l and δ_l, each (m, n_l);
+    preactivations: z_l of the layers whose derivative needs it (gelu), each (m, n_l).
+    IN x (m, n_0), target (m, n_L) or (m,) int64 labels, widths (L+1,) and
+    activations (L,) int64, params; OUT grads, outputs, preactivations, deltas.
+    Returns the loss.
+    """
+    m = x.shape[0]
+    layout, _ = mlp_layout(widths, activations, m)
+    layers = []
+    for l, (w, b, a, z) in enumerate(layout):
+        n_in, n_out = int(widths[l]), int(widths[l + 1])
+        a_l = outputs[a:a + m * n_out].reshape(m, n_out)
+        layers.append((n_in, n_out, int(activations[l]),
+                       params[w:b].reshape(n_in, n_out), params[b:b + n_out],
+                       grads[w:b].reshape(n_in, n_out), grads[b:b + n_out],
+                       preactivations[z:z + m * n_out].reshape(m, n_out) if z >= 0 else a_l,
+                       a_l, deltas[a:a + m * n_out].reshape(m, n_out)))
+    inputs = [x] + [layer[8] for layer in layers[:-1]]
+    for x_l, (_, _, act, w_l, b_l, _, _, z_l, a_l, _) in zip(inputs, layers):
+        dense_forward(x_l, w_l, b_l, act, z_l, a_l, n_threads)
+    last = layers[-1]
+    value = globals()[R.LOSS_KERNELS[loss]](last[8], target, last[9], n_threads)
+    for l in range(len(layers) - 1, -1, -1):
+        _, _, act, w_l, _, dw_l, db_l, z_l, a_l, delta_l = layers[l]
+        dx = layers[l - 1][9] if l else None
+        dense_backward(inputs[l], w_l, z_l, a_l, delta_l, act, delta_l, dw_l, db_l, dx, l > 0, False, n_threads)
+    return value
 
 
 # ---------------------------------------------------------------- recurrent layers

@@ -43,6 +43,12 @@ RECURRENT_ACTIVATIONS = tuple(name for name in ACTIVATIONS
 
 LOSSES = ("mse", "softmax_cross_entropy", "binary_cross_entropy")
 
+# The loss kernels (a loss with its target format): mlp_loss_and_grad takes the id,
+# its index here. softmax_cross_entropy_index takes int64 class indices.
+LOSS_KERNELS = ("mse", "softmax_cross_entropy", "softmax_cross_entropy_index", "binary_cross_entropy")
+LOSS_KERNEL_ID = {name: i for i, name in enumerate(LOSS_KERNELS)}
+MSE, SOFTMAX_CROSS_ENTROPY, SOFTMAX_CROSS_ENTROPY_INDEX, BINARY_CROSS_ENTROPY = range(len(LOSS_KERNELS))
+
 
 def activation_id(name):
     """Return the kernel id of activation ``name`` or raise a ValueError listing the known ones."""

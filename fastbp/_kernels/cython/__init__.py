@@ -27,6 +27,7 @@ NAME = "cython"
 from ._activations import activation_backward, activation_forward  # noqa: E402
 from ._dense import dense_backward, dense_forward  # noqa: E402
 from ._gemm import gemm  # noqa: E402
+from ._mlp import mlp_loss_and_grad  # noqa: E402
 from ._losses import (  # noqa: E402
     binary_cross_entropy,
     mse,
@@ -38,6 +39,9 @@ from ._rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_fo
 
 if _registry.SOFTMAX != 10 or len(_registry.ACTIVATIONS) != 11:  # ids compiled into _activations.pxd
     raise AssertionError("fastbp._kernels.registry's activation ids differ from _activations.pxd")
+if _registry.LOSS_KERNEL_ID != {"mse": 0, "softmax_cross_entropy": 1, "softmax_cross_entropy_index": 2,
+                                "binary_cross_entropy": 3}:  # ids compiled into _losses.pxd
+    raise AssertionError("fastbp._kernels.registry's loss ids differ from _losses.pxd")
 
 # The contract's kernels (one list, in reference.py) plus what describes this backend.
 __all__ = ["NAME", "ISA", "OPENMP", *KERNELS]

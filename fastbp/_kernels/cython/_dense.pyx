@@ -64,6 +64,61 @@ cdef inline int _check_1d(str kernel, str name, Py_ssize_t size, Py_ssize_t n) e
     return 0
 
 
+cdef int dense_forward_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                             const floating* x, Py_ssize_t rs_x, Py_ssize_t cs_x,
+                             const floating* w, Py_ssize_t rs_w, Py_ssize_t cs_w,
+                             const floating* bias, int act, floating* z, floating* a,
+                             int n_threads) noexcept nogil:
+    """z := x·w + bias; a := act(z).  z, a (m, n) C-contiguous, may be the same array. Returns 0 or -1."""
+    cdef int epilogue_act = act
+    cdef int status
+    if m == 0 or n == 0:
+        return 0
+    if act == ACT_SOFTMAX or (act == ACT_IDENTITY and a == z):
+        epilogue_act = -1
+    status = gemm_nogil(m, n, k, <floating>1, x, rs_x, cs_x, w, rs_w, cs_w,
+                        <floating>0, z, n, bias, epilogue_act, a, n, n_threads)
+    if status == 0 and act == ACT_SOFTMAX:
+        activation_forward_nogil(ACT_SOFTMAX, z, a, m, n, n_threads)
+    return status
+
+
+cdef int dense_backward_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                              const floating* x, Py_ssize_t rs_x, Py_ssize_t cs_x,
+                              const floating* w, Py_ssize_t rs_w, Py_ssize_t cs_w,
+                              const floating* z, const floating* a, const floating* grad_a, int act,
+                              floating* grad_z, floating* dw, floating* db, floating* dx,
+                              bint accumulate, int n_threads) noexcept nogil:
+    """grad_z := grad_a ⊙ act'(z); dw := xᵀ·grad_z (+ dw); db := Σ_rows grad_z (+ db);
+    dx := grad_z·wᵀ unless dx is NULL.  Returns 0 or -1."""
+    cdef Py_ssize_t block, n_blocks = (n + DB_BLOCK - 1) // DB_BLOCK
+    cdef floating beta = 1 if accumulate else 0
+    cdef int status
+    cdef Py_ssize_t i
+    if m == 0 or n == 0:
+        if not accumulate:
+            for i in range(k * n):
+                dw[i] = 0
+            for i in range(n):
+                db[i] = 0
+        return 0
+    activation_backward_nogil(act, z, a, grad_a, grad_z, m, n, n_threads)
+    # dw := xᵀ·δ: x read through swapped strides
+    status = gemm_nogil(k, n, m, <floating>1, x, cs_x, rs_x, grad_z, n, 1,
+                        beta, dw, n, NULL, -1, NULL, 0, n_threads)
+    if n_threads < 2 or n_blocks < 2 or m * n < 32768:
+        for block in range(n_blocks):
+            _column_sums(grad_z, m, n, block, db, accumulate)
+    else:
+        for block in prange(n_blocks, schedule="static", num_threads=n_threads):
+            _column_sums(grad_z, m, n, block, db, accumulate)
+    if status == 0 and dx != NULL and k > 0:
+        # dx := δ·wᵀ: w read through swapped strides
+        status = gemm_nogil(m, k, n, <floating>1, grad_z, n, 1, w, cs_w, rs_w,
+                            <floating>0, dx, k, NULL, -1, NULL, 0, n_threads)
+    return status
+
+
 def dense_forward(const floating[:, :] x, const floating[:, :] w, const floating[::1] bias,
                   int act, floating[:, ::1] z, floating[:, ::1] a, int n_threads):
     """z := x·w + bias; a := act(z).
@@ -81,19 +136,11 @@ def dense_forward(const floating[:, :] x, const floating[:, :] w, const floating
     cdef Py_ssize_t itemsize = sizeof(floating)
     cdef const floating* px = &x[0, 0] if k > 0 else NULL
     cdef const floating* pw = &w[0, 0] if k > 0 else NULL
-    cdef floating* pz = &z[0, 0]
-    cdef floating* pa = &a[0, 0]
-    cdef int epilogue_act = act
-    if act == ACT_SOFTMAX or (act == ACT_IDENTITY and pa == pz):
-        epilogue_act = -1
     cdef int status
     with nogil:
-        status = gemm_nogil(m, n, k, <floating>1,
-                            px, x.strides[0] // itemsize, x.strides[1] // itemsize,
-                            pw, w.strides[0] // itemsize, w.strides[1] // itemsize,
-                            <floating>0, pz, n, &bias[0], epilogue_act, pa, n, n_threads)
-        if status == 0 and act == ACT_SOFTMAX:
-            activation_forward_nogil(ACT_SOFTMAX, pz, pa, m, n, n_threads)
+        status = dense_forward_nogil(m, n, k, px, x.strides[0] // itemsize, x.strides[1] // itemsize,
+                                     pw, w.strides[0] // itemsize, w.strides[1] // itemsize,
+                                     &bias[0], act, &z[0, 0], &a[0, 0], n_threads)
     if status != 0:
         raise MemoryError("dense_forward: cannot allocate the GEMM workspace")
 
@@ -121,37 +168,21 @@ def dense_backward(const floating[:, :] x, const floating[:, :] w, const floatin
     _check_1d("dense_backward", "db", db.shape[0], n)
     if compute_dx:
         _check_2d("dense_backward", "dx", dx.shape[0], dx.shape[1], m, k)
-    cdef Py_ssize_t itemsize = sizeof(floating)
-    cdef Py_ssize_t block, n_blocks = (n + DB_BLOCK - 1) // DB_BLOCK
-    cdef floating beta = 1 if accumulate else 0
-    cdef int status = 0
-    if m == 0 or n == 0:
-        if not accumulate:
-            dw[:, :] = 0
-            db[:] = 0
+    if n == 0:
         return
-    cdef const floating* px = &x[0, 0] if k > 0 else NULL
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    cdef const floating* px = &x[0, 0] if (k > 0 and m > 0) else NULL
     cdef const floating* pw = &w[0, 0] if k > 0 else NULL
     cdef floating* pdw = &dw[0, 0] if k > 0 else NULL
-    cdef floating* pdx = &dx[0, 0] if (compute_dx and k > 0) else NULL
-    cdef floating* gz = &grad_z[0, 0]
+    cdef floating* pdx = &dx[0, 0] if (compute_dx and k > 0 and m > 0) else NULL
+    cdef const floating* pz = &z[0, 0] if m > 0 else NULL
+    cdef const floating* pa = &a[0, 0] if m > 0 else NULL
+    cdef const floating* pg = &grad_a[0, 0] if m > 0 else NULL
+    cdef floating* gz = &grad_z[0, 0] if m > 0 else NULL
+    cdef int status
     with nogil:
-        activation_backward_nogil(act, &z[0, 0], &a[0, 0], &grad_a[0, 0], gz, m, n, n_threads)
-        # dw := xᵀ·δ: x read through swapped strides
-        status = gemm_nogil(k, n, m, <floating>1,
-                            px, x.strides[1] // itemsize, x.strides[0] // itemsize,
-                            gz, n, 1, beta, pdw, n, NULL, -1, NULL, 0, n_threads)
-        if n_threads < 2 or n_blocks < 2 or m * n < 32768:
-            for block in range(n_blocks):
-                _column_sums(gz, m, n, block, &db[0], accumulate)
-        else:
-            for block in prange(n_blocks, schedule="static", num_threads=n_threads):
-                _column_sums(gz, m, n, block, &db[0], accumulate)
-        if status == 0 and compute_dx:
-            # dx := δ·wᵀ: w read through swapped strides
-            status = gemm_nogil(m, k, n, <floating>1,
-                                gz, n, 1,
-                                pw, w.strides[1] // itemsize, w.strides[0] // itemsize,
-                                <floating>0, pdx, k, NULL, -1, NULL, 0, n_threads)
+        status = dense_backward_nogil(m, n, k, px, x.strides[0] // itemsize, x.strides[1] // itemsize,
+                                      pw, w.strides[0] // itemsize, w.strides[1] // itemsize,
+                                      pz, pa, pg, act, gz, pdw, &db[0], pdx, accumulate, n_threads)
     if status != 0:
         raise MemoryError("dense_backward: cannot allocate the GEMM workspace")

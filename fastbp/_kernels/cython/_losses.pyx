@@ -2,13 +2,14 @@
 """Losses and their gradients, float32 and float64: each returns the loss as a
 Python float (accumulated in float64) and writes d loss / d output into grad."""
 # Design: one nogil function per row writes that row's gradient and returns
-# its partial sum (in double); a static prange over rows fills a buffer of
-# partial sums, which is then added serially in row order, so the loss does
-# not depend on the thread count. Logits are handled in double with the row
+# its partial sum (in double); loss_nogil, the one driver of every loss, fills
+# a buffer of partial sums with a static prange over rows and adds it serially
+# in row order, so the loss does not depend on the thread count. Logits are handled in double with the row
 # max subtracted (log-sum-exp) and the two-branch sigmoid: no overflow for
 # any finite input. Layout: every 2-D array is C-contiguous (m, n).
 # The partial sums live on the stack up to STACK_ROWS rows (malloc'd beyond):
 # a per-call NumPy array and its memoryview cost ~2 us, more than a small loss.
+# Loss ids are registry.LOSS_KERNELS' (checked at import by __init__).
 
 from cython.parallel cimport prange
 from cython cimport floating
@@ -113,23 +114,50 @@ cdef inline bint _serial(Py_ssize_t m, Py_ssize_t n, int n_threads) noexcept nog
     return n_threads < 2 or m < 2 or m * n < PARALLEL_MIN_ELEMENTS
 
 
-cdef double _ordered_sum(const double* partial, Py_ssize_t m) noexcept nogil:
-    """Σ partial[0:m] in index order."""
+cdef inline double _row(int loss, const floating* o, const floating* t, const int64_t* labels,
+                        floating* g, Py_ssize_t i, Py_ssize_t m, Py_ssize_t n) noexcept nogil:
+    """Row i's gradient into g (offset to the row by the caller) and its partial sum."""
+    if loss == LOSS_SOFTMAX_CROSS_ENTROPY_INDEX:
+        return _softmax_ce_index_row(o, labels[i], g, n, <double>m)
+    if loss == LOSS_SOFTMAX_CROSS_ENTROPY:
+        return _softmax_ce_row(o, t, g, n, <double>m)
+    if loss == LOSS_BINARY_CROSS_ENTROPY:
+        return _bce_row(o, t, g, n, <double>m * n)
+    return _mse_row(o, t, g, n, <double>m * n)
+
+
+cdef int loss_nogil(int loss, const floating* output, const floating* target, const int64_t* labels,
+                    floating* grad, Py_ssize_t m, Py_ssize_t n, int n_threads,
+                    double* value) noexcept nogil:
+    """Loss ``loss`` of output (m, n) against target (m, n) rows or labels (m,): its value into
+    value[0] and d loss/d output into grad (m, n). Returns 0, or -1 when the partial sums
+    of more than STACK_ROWS rows cannot be allocated. m, n >= 1; labels in [0, n)."""
+    cdef double stack[STACK_ROWS]
+    cdef double* partial = stack
+    cdef double total = 0.0
     cdef Py_ssize_t i
-    cdef double s = 0.0
+    cdef const floating* t
+    if m > STACK_ROWS:
+        partial = <double*>malloc(m * sizeof(double))
+        if partial == NULL:
+            return -1
+    if _serial(m, n, n_threads):
+        for i in range(m):
+            t = target + i * n if target != NULL else NULL
+            partial[i] = _row(loss, output + i * n, t, labels, grad + i * n, i, m, n)
+    else:
+        for i in prange(m, schedule="static", num_threads=n_threads):
+            partial[i] = _row(loss, output + i * n, target + i * n if target != NULL else NULL,
+                              labels, grad + i * n, i, m, n)
     for i in range(m):
-        s += partial[i]
-    return s
-
-
-cdef double* _partials(double* stack, Py_ssize_t m) except NULL:
-    """``stack`` when m rows fit it, else a malloc'd buffer of m doubles (free it if != stack)."""
-    if m <= STACK_ROWS:
-        return stack
-    cdef double* buf = <double*>malloc(m * sizeof(double))
-    if buf == NULL:
-        raise MemoryError(f"cannot allocate {m} partial sums")
-    return buf
+        total += partial[i]
+    if partial != stack:
+        free(partial)
+    if loss == LOSS_MSE or loss == LOSS_BINARY_CROSS_ENTROPY:
+        value[0] = total / (<double>m * n)
+    else:
+        value[0] = -total / <double>m
+    return 0
 
 
 cdef inline int _check_same_shape(str kernel, Py_ssize_t* output, Py_ssize_t* other, str name) except -1:
@@ -140,29 +168,40 @@ cdef inline int _check_same_shape(str kernel, Py_ssize_t* output, Py_ssize_t* ot
     return 0
 
 
+cdef inline int _check_not_empty(str kernel, Py_ssize_t m, Py_ssize_t n) except -1:
+    if m == 0 or n == 0:
+        raise ValueError(f"{kernel}: output must not be empty, got shape {(m, n)}")
+    return 0
+
+
+cdef int check_labels(str kernel, const int64_t* labels, Py_ssize_t m, Py_ssize_t n) except -1:
+    cdef Py_ssize_t i
+    for i in range(m):
+        if labels[i] < 0 or labels[i] >= n:
+            raise ValueError(f"{kernel}: label {labels[i]} of row {i} is not in [0, {n})")
+    return 0
+
+
+cdef double _float_target_loss(str kernel, int loss, const floating[:, ::1] output,
+                               const floating[:, ::1] target, floating[:, ::1] grad,
+                               int n_threads) except? -1.0:
+    _check_same_shape(kernel, output.shape, target.shape, "target")
+    _check_same_shape(kernel, output.shape, grad.shape, "grad")
+    cdef Py_ssize_t m = output.shape[0], n = output.shape[1]
+    _check_not_empty(kernel, m, n)
+    cdef double value
+    cdef int status
+    with nogil:
+        status = loss_nogil(loss, &output[0, 0], &target[0, 0], NULL, &grad[0, 0], m, n, n_threads, &value)
+    if status != 0:
+        raise MemoryError(f"{kernel}: cannot allocate {m} partial sums")
+    return value
+
+
 def mse(const floating[:, ::1] output, const floating[:, ::1] target,
         floating[:, ::1] grad, int n_threads):
     """mean((output - target)²); grad := 2(output - target)/N.  IN output, target (m, n); OUT grad (m, n)."""
-    _check_same_shape("mse", output.shape, target.shape, "target")
-    _check_same_shape("mse", output.shape, grad.shape, "grad")
-    cdef Py_ssize_t i, m = output.shape[0], n = output.shape[1]
-    if m == 0 or n == 0:
-        raise ValueError("mse: output must not be empty")
-    cdef double size = <double>m * n
-    cdef double stack[STACK_ROWS]
-    cdef double* partial = _partials(stack, m)
-    cdef double total
-    with nogil:
-        if _serial(m, n, n_threads):
-            for i in range(m):
-                partial[i] = _mse_row(&output[i, 0], &target[i, 0], &grad[i, 0], n, size)
-        else:
-            for i in prange(m, schedule="static", num_threads=n_threads):
-                partial[i] = _mse_row(&output[i, 0], &target[i, 0], &grad[i, 0], n, size)
-        total = _ordered_sum(partial, m)
-    if partial != stack:
-        free(partial)
-    return total / size
+    return _float_target_loss("mse", LOSS_MSE, output, target, grad, n_threads)
 
 
 def softmax_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] target,
@@ -171,26 +210,8 @@ def softmax_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] 
 
     IN logits, target (m, n) probability rows; OUT grad (m, n).
     """
-    _check_same_shape("softmax_cross_entropy", logits.shape, target.shape, "target")
-    _check_same_shape("softmax_cross_entropy", logits.shape, grad.shape, "grad")
-    cdef Py_ssize_t i, m = logits.shape[0], n = logits.shape[1]
-    if m == 0 or n == 0:
-        raise ValueError("softmax_cross_entropy: logits must not be empty")
-    cdef double m_rows = <double>m
-    cdef double stack[STACK_ROWS]
-    cdef double* partial = _partials(stack, m)
-    cdef double total
-    with nogil:
-        if _serial(m, n, n_threads):
-            for i in range(m):
-                partial[i] = _softmax_ce_row(&logits[i, 0], &target[i, 0], &grad[i, 0], n, m_rows)
-        else:
-            for i in prange(m, schedule="static", num_threads=n_threads):
-                partial[i] = _softmax_ce_row(&logits[i, 0], &target[i, 0], &grad[i, 0], n, m_rows)
-        total = _ordered_sum(partial, m)
-    if partial != stack:
-        free(partial)
-    return -total / m_rows
+    return _float_target_loss("softmax_cross_entropy", LOSS_SOFTMAX_CROSS_ENTROPY,
+                              logits, target, grad, n_threads)
 
 
 def softmax_cross_entropy_index(const floating[:, ::1] logits, const int64_t[::1] labels,
@@ -200,30 +221,19 @@ def softmax_cross_entropy_index(const floating[:, ::1] logits, const int64_t[::1
     IN logits (m, n), labels (m,) int64 in [0, n); OUT grad (m, n).
     """
     _check_same_shape("softmax_cross_entropy_index", logits.shape, grad.shape, "grad")
-    cdef Py_ssize_t i, m = logits.shape[0], n = logits.shape[1]
+    cdef Py_ssize_t m = logits.shape[0], n = logits.shape[1]
     if labels.shape[0] != m:
         raise ValueError(f"softmax_cross_entropy_index: {labels.shape[0]} labels for {m} rows")
-    if m == 0 or n == 0:
-        raise ValueError("softmax_cross_entropy_index: logits must not be empty")
-    for i in range(m):
-        if labels[i] < 0 or labels[i] >= n:
-            raise ValueError(f"softmax_cross_entropy_index: label {labels[i]} of row {i} "
-                             f"is not in [0, {n})")
-    cdef double m_rows = <double>m
-    cdef double stack[STACK_ROWS]
-    cdef double* partial = _partials(stack, m)
-    cdef double total
+    _check_not_empty("softmax_cross_entropy_index", m, n)
+    check_labels("softmax_cross_entropy_index", &labels[0], m, n)
+    cdef double value
+    cdef int status
     with nogil:
-        if _serial(m, n, n_threads):
-            for i in range(m):
-                partial[i] = _softmax_ce_index_row(&logits[i, 0], labels[i], &grad[i, 0], n, m_rows)
-        else:
-            for i in prange(m, schedule="static", num_threads=n_threads):
-                partial[i] = _softmax_ce_index_row(&logits[i, 0], labels[i], &grad[i, 0], n, m_rows)
-        total = _ordered_sum(partial, m)
-    if partial != stack:
-        free(partial)
-    return -total / m_rows
+        status = loss_nogil(LOSS_SOFTMAX_CROSS_ENTROPY_INDEX, &logits[0, 0], NULL, &labels[0],
+                            &grad[0, 0], m, n, n_threads, &value)
+    if status != 0:
+        raise MemoryError(f"softmax_cross_entropy_index: cannot allocate {m} partial sums")
+    return value
 
 
 def binary_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] target,
@@ -232,23 +242,5 @@ def binary_cross_entropy(const floating[:, ::1] logits, const floating[:, ::1] t
 
     IN logits z, target y (m, n); OUT grad (m, n).
     """
-    _check_same_shape("binary_cross_entropy", logits.shape, target.shape, "target")
-    _check_same_shape("binary_cross_entropy", logits.shape, grad.shape, "grad")
-    cdef Py_ssize_t i, m = logits.shape[0], n = logits.shape[1]
-    if m == 0 or n == 0:
-        raise ValueError("binary_cross_entropy: logits must not be empty")
-    cdef double size = <double>m * n
-    cdef double stack[STACK_ROWS]
-    cdef double* partial = _partials(stack, m)
-    cdef double total
-    with nogil:
-        if _serial(m, n, n_threads):
-            for i in range(m):
-                partial[i] = _bce_row(&logits[i, 0], &target[i, 0], &grad[i, 0], n, size)
-        else:
-            for i in prange(m, schedule="static", num_threads=n_threads):
-                partial[i] = _bce_row(&logits[i, 0], &target[i, 0], &grad[i, 0], n, size)
-        total = _ordered_sum(partial, m)
-    if partial != stack:
-        free(partial)
-    return total / size
+    return _float_target_loss("binary_cross_entropy", LOSS_BINARY_CROSS_ENTROPY,
+                              logits, target, grad, n_threads)
