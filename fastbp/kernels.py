@@ -423,25 +423,31 @@ def sgd_step(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_dec
     param : writable C-contiguous ndarray of shape (n_params,)
     grad : ndarray of shape (n_params,)
     velocity : writable C-contiguous ndarray of shape (n_params,), or None when momentum is 0
+
+    Returns
+    -------
+    applied : bool
+        False when ``grad`` or a new value of ``param`` or ``velocity`` would be NaN
+        or infinite: then nothing is written (every optimizer step is checked so).
     """
     momentum = V.scalar("momentum", momentum)
     state = {"velocity": velocity} if momentum or velocity is not None else {}
     param, grad = _optimizer_buffers(param, grad, **state)
     kernels, n_threads = _kernels()
-    kernels.sgd_step(param, grad, velocity, V.scalar("lr", lr), momentum,
-                     bool(nesterov), V.scalar("weight_decay", weight_decay), n_threads)
+    return bool(kernels.sgd_step(param, grad, velocity, V.scalar("lr", lr), momentum,
+                                 bool(nesterov), V.scalar("weight_decay", weight_decay), n_threads))
 
 
 def rmsprop_step(param, grad, square_avg, lr, rho=0.9, eps=1e-8, weight_decay=0.0):
     """One in-place RMSprop step, torch.optim.RMSprop's rule (eps outside the root).
 
     ``g = grad + weight_decay·param; square_avg = ρ·square_avg + (1-ρ)·g²;
-    param -= lr·g / (√square_avg + eps)``.
+    param -= lr·g / (√square_avg + eps)``. Returns whether the step was applied (see ``sgd_step``).
     """
     param, grad = _optimizer_buffers(param, grad, square_avg=square_avg)
     kernels, n_threads = _kernels()
-    kernels.rmsprop_step(param, grad, square_avg, V.scalar("lr", lr), V.scalar("rho", rho), V.scalar("eps", eps),
-                         V.scalar("weight_decay", weight_decay), n_threads)
+    return bool(kernels.rmsprop_step(param, grad, square_avg, V.scalar("lr", lr), V.scalar("rho", rho),
+                                     V.scalar("eps", eps), V.scalar("weight_decay", weight_decay), n_threads))
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
@@ -449,14 +455,15 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1=0.9, beta2=0.999
 
     ``m = β1·m + (1-β1)·g; v = β2·v + (1-β2)·g²;
     param -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + eps)`` with ``g = grad + weight_decay·param``.
+    Returns whether the step was applied (see ``sgd_step``).
     """
     param, grad = _optimizer_buffers(param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step must be an integer >= 1, got {step!r}")
     kernels, n_threads = _kernels()
-    kernels.adam_step(param, grad, exp_avg, exp_avg_sq, V.scalar("lr", lr), V.scalar("beta1", beta1),
-                      V.scalar("beta2", beta2), V.scalar("eps", eps), V.scalar("weight_decay", weight_decay),
-                      int(step), n_threads)
+    return bool(kernels.adam_step(param, grad, exp_avg, exp_avg_sq, V.scalar("lr", lr), V.scalar("beta1", beta1),
+                                  V.scalar("beta2", beta2), V.scalar("eps", eps),
+                                  V.scalar("weight_decay", weight_decay), int(step), n_threads))
 
 
 # ---------------------------------------------------------------- recurrent layers

@@ -199,7 +199,6 @@ class Network:
             layer._initialize(self._rng)
         self._workspaces = OrderedDict()
         self._cache = None  # (workspace, x) of the last public forward, for backward
-        self._params_backup = None  # fit's copy of params before each update
 
     # ------------------------------------------------------------ structure
     @property
@@ -478,13 +477,12 @@ class Network:
             self._backward(ws, x, kernels, n_threads)
         if not math.isfinite(loss):
             raise _NonFinite(f"the training loss became non-finite ({loss})")
-        if not _all_finite(self.grads, kernels, n_threads):
-            raise _NonFinite(f"a gradient became non-finite (loss {loss})")
-        np.copyto(self._params_backup, self.params)  # an overflowing update can then be undone
-        optimizer.step()
-        if not _all_finite(self.params, kernels, n_threads):
-            np.copyto(self.params, self._params_backup)
-            raise _NonFinite(f"the update made a weight non-finite (loss {loss})")
+        try:
+            optimizer.step()  # checked: writes nothing if a gradient or a new value is not finite
+        except FloatingPointError:
+            if not _all_finite(self.grads, kernels, n_threads):
+                raise _NonFinite(f"a gradient became non-finite (loss {loss})") from None
+            raise _NonFinite(f"the update made a weight or the optimizer state non-finite (loss {loss})") from None
         return loss
 
     def fit(self, X, y, optimizer=None, epochs=10, batch_size=32, shuffle=True, validation_data=None,
@@ -537,7 +535,7 @@ class Network:
         FloatingPointError
             If the loss, a gradient or an updated weight becomes non-finite;
             names the epoch and step, and the weights are left as they were
-            before that step (the optimizer's state is not rolled back).
+            before that step, and so is the optimizer's state.
         """
         # ---- validate everything, once, before any weight changes
         X = self._check_X(X)
@@ -589,8 +587,6 @@ class Network:
                     ws.batch_x = np.empty((size,) + X.shape[1:], self.dtype)
                 if ws.batch_y is None or ws.batch_y.shape[1:] != y.shape[1:] or ws.batch_y.dtype != y.dtype:
                     ws.batch_y = np.empty((size,) + y.shape[1:], y.dtype)
-        if self._params_backup is None:
-            self._params_backup = np.empty_like(self.params)
         self._cache = None
 
         history = {name: [] for name in metrics}

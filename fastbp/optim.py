@@ -49,23 +49,28 @@ class AdamState:
 
 # ---------------------------------------------------------------- functional updates
 # One call each, in place; arguments are trusted (the optimizers validated them).
+# Each returns whether the step was applied: the kernels write nothing when the
+# gradient or a new parameter or state value would be NaN or infinite.
 def sgd(params, grads, state, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
     """One SGD step in place on flat buffers (torch.optim.SGD, dampening 0); see ``SGD``."""
-    _backend.backend_module().sgd_step(params, grads, state.velocity, lr, momentum, nesterov,
-                                       weight_decay, _backend.get_num_threads())
+    return _backend.backend_module().sgd_step(params, grads, state.velocity, lr, momentum, nesterov,
+                                              weight_decay, _backend.get_num_threads())
 
 
 def rmsprop(params, grads, state, *, lr, rho=0.9, eps=1e-8, weight_decay=0.0):
     """One RMSprop step in place on flat buffers (torch.optim.RMSprop); see ``RMSprop``."""
-    _backend.backend_module().rmsprop_step(params, grads, state.square_avg, lr, rho, eps,
-                                           weight_decay, _backend.get_num_threads())
+    return _backend.backend_module().rmsprop_step(params, grads, state.square_avg, lr, rho, eps,
+                                                  weight_decay, _backend.get_num_threads())
 
 
 def adam(params, grads, state, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
-    """One Adam step in place on flat buffers (torch.optim.Adam); increments ``state.step``."""
-    state.step += 1
-    _backend.backend_module().adam_step(params, grads, state.exp_avg, state.exp_avg_sq, lr, beta1,
-                                        beta2, eps, weight_decay, state.step, _backend.get_num_threads())
+    """One Adam step in place on flat buffers (torch.optim.Adam); increments ``state.step`` if applied."""
+    applied = _backend.backend_module().adam_step(params, grads, state.exp_avg, state.exp_avg_sq, lr, beta1,
+                                                  beta2, eps, weight_decay, state.step + 1,
+                                                  _backend.get_num_threads())
+    if applied:
+        state.step += 1
+    return applied
 
 
 def clip_grads(grads, clip_norm=None, clip_value=None):
@@ -159,12 +164,24 @@ class Optimizer:
         self.grads.fill(0)
 
     def step(self):
-        """Clip the gradients if asked, then update the parameters in place, one kernel call."""
+        """Clip the gradients if asked, then update the parameters in place, one kernel call.
+
+        Raises
+        ------
+        FloatingPointError
+            If a gradient, or the updated value of a parameter or of the optimizer's
+            state, would be NaN or infinite; the parameters and the state are then
+            left exactly as they were (the gradients may have been clipped).
+        """
         if self.clip_norm is not None or self.clip_value is not None:
             clip_grads(self.grads, self.clip_norm, self.clip_value)
-        self._update()
+        if not self._update():
+            raise FloatingPointError(
+                f"{type(self).__name__}.step: a gradient or the update is NaN or infinite; "
+                "the parameters and the optimizer state were left unchanged")
 
     def _update(self):
+        """Apply one step with the functional update; return whether it was applied."""
         raise NotImplementedError
 
     def _zeros(self):
@@ -212,7 +229,7 @@ class SGD(Optimizer):
         self.state = SGDState(velocity=self._zeros())
 
     def _update(self):
-        sgd(self.params, self.grads, self.state, lr=self.lr, momentum=self.momentum,
+        return sgd(self.params, self.grads, self.state, lr=self.lr, momentum=self.momentum,
             nesterov=self.nesterov, weight_decay=self.weight_decay)
 
     def _hyperparameters(self):
@@ -251,7 +268,7 @@ class RMSprop(Optimizer):
         self.state = RMSpropState(square_avg=self._zeros())
 
     def _update(self):
-        rmsprop(self.params, self.grads, self.state, lr=self.lr, rho=self.rho, eps=self.eps,
+        return rmsprop(self.params, self.grads, self.state, lr=self.lr, rho=self.rho, eps=self.eps,
                 weight_decay=self.weight_decay)
 
     def _hyperparameters(self):
@@ -294,7 +311,7 @@ class Adam(Optimizer):
         self.state = AdamState(step=0, exp_avg=self._zeros(), exp_avg_sq=self._zeros())
 
     def _update(self):
-        adam(self.params, self.grads, self.state, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
+        return adam(self.params, self.grads, self.state, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
              eps=self.eps, weight_decay=self.weight_decay)
 
     def _hyperparameters(self):

@@ -232,3 +232,68 @@ def test_all_finite_kernel(backend, dtype, size, n_threads):
             assert kernels.all_finite(y, n_threads) is False
             assert reference.all_finite(y, n_threads) is False
     assert reference.all_finite(x, n_threads) is True
+
+
+# ------------------------------------------------------------ checked steps
+def step_kernel(kind, kernels, n_threads, param, grad, state, **hyper):
+    """One checked step of ``kind`` through the kernel module (backend or reference)."""
+    if kind == "sgd":
+        return kernels.sgd_step(param, grad, state[0], hyper.get("lr", 0.1), hyper.get("momentum", 0.9),
+                                True, hyper.get("weight_decay", 0.01), n_threads)
+    if kind == "rmsprop":
+        return kernels.rmsprop_step(param, grad, state[0], hyper.get("lr", 0.1), 0.9, 1e-8,
+                                    hyper.get("weight_decay", 0.01), n_threads)
+    return kernels.adam_step(param, grad, state[0], state[1], hyper.get("lr", 0.1), 0.9, 0.999, 1e-8,
+                             hyper.get("weight_decay", 0.01), 3, n_threads)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "rmsprop", "adam"])
+@pytest.mark.parametrize("size", [1, 7, 70_001])
+def test_a_non_finite_step_writes_nothing(backend, dtype, kind, size):
+    """NaN/inf in the gradient (first, middle, last element) or an overflowing update:
+    the kernel returns False and every buffer keeps its bits; else it matches the reference."""
+    from fastbp._backend import backend_module
+    from fastbp._kernels import reference
+
+    rng = np.random.default_rng(size)
+    param = rng.standard_normal(size).astype(dtype)
+    state = [np.abs(rng.standard_normal(size)).astype(dtype) for _ in range(2)]
+    grad = rng.standard_normal(size).astype(dtype)
+    for n_threads in (1, 2):
+        bad_inputs = []
+        for at in sorted({0, size // 2, size - 1}):
+            for value in (np.nan, np.inf, -np.inf):
+                g = grad.copy()
+                g[at] = value
+                bad_inputs.append((param, g))
+        huge = param.copy()
+        huge[size // 2] = np.finfo(dtype).max  # finite, but the update overflows
+        g = grad.copy()
+        g[size // 2] = -np.finfo(dtype).max
+        bad_inputs.append((huge, g))
+        for p0, g in bad_inputs:
+            p, s = p0.copy(), [buf.copy() for buf in state]
+            assert step_kernel(kind, backend_module(), n_threads, p, g, s, lr=2.0) is False
+            np.testing.assert_array_equal(p, p0)
+            for got, before in zip(s, state):
+                np.testing.assert_array_equal(got, before)
+        p, s = param.copy(), [buf.copy() for buf in state]
+        expected_p, expected_s = param.copy(), [buf.copy() for buf in state]
+        assert step_kernel(kind, backend_module(), n_threads, p, grad, s) is True
+        assert step_kernel(kind, reference, n_threads, expected_p, grad, expected_s) is True
+        np.testing.assert_allclose(p, expected_p, rtol=8 * eps(dtype), atol=8 * eps(dtype))
+
+
+def test_optimizer_step_raises_and_changes_nothing(backend):
+    flat = Flat(start(np.float32))
+    opt = fb.Adam(flat, lr=0.1)
+    flat.grads[...] = 1.0
+    opt.step()
+    before = flat.params.copy(), opt.state.exp_avg.copy(), opt.state.exp_avg_sq.copy(), opt.state.step
+    flat.grads[5] = np.nan
+    with pytest.raises(FloatingPointError, match="left unchanged"):
+        opt.step()
+    np.testing.assert_array_equal(flat.params, before[0])
+    np.testing.assert_array_equal(opt.state.exp_avg, before[1])
+    np.testing.assert_array_equal(opt.state.exp_avg_sq, before[2])
+    assert opt.state.step == before[3] == 1

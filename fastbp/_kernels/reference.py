@@ -219,25 +219,45 @@ def binary_cross_entropy(logits, target, grad, n_threads):
 # parameters, gradients and optimizer state in flat 1-D buffers (the layers'
 # arrays are views into them). Update rules are torch.optim's, in the dtype of
 # the parameters; hyperparameters arrive as Python floats.
+# Every step is checked: when the gradient, a new parameter or a new state
+# value is NaN or infinite, nothing is written and the step returns False
+# (True when it was applied). The compiled backends compute the update twice,
+# once to check it and once to write it, which costs less than the copy of the
+# parameters that undoing it would need.
+def _apply_if_finite(grad, *updates):
+    """Write each (buffer, new values) pair if grad and every new value are finite; return whether."""
+    if not (np.isfinite(grad).all() and all(np.isfinite(new).all() for _, new in updates)):
+        return False
+    for buffer, new in updates:
+        buffer[...] = new
+    return True
+
+
 def sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay, n_threads):
     """g = grad + wd·p; v := μ·v + g; p -= lr·(g + μ·v if nesterov else v)  (v unused when μ == 0).
 
-    IN grad (n,); IN/OUT param (n,), velocity (n,).
+    IN grad (n,); IN/OUT param (n,), velocity (n,). Returns whether the step was applied
+    (False, with nothing written, if grad or a new value is not finite).
     """
     g = grad + weight_decay * param if weight_decay else grad.copy()
+    updates = []
     if momentum:
-        velocity *= momentum
-        velocity += g
-        g = g + momentum * velocity if nesterov else velocity
-    param -= lr * g
+        v = velocity * momentum
+        v += g
+        updates.append((velocity, v))
+        g = g + momentum * v if nesterov else v
+    return _apply_if_finite(grad, (param, param - lr * g), *updates)
 
 
 def rmsprop_step(param, grad, square_avg, lr, rho, eps, weight_decay, n_threads):
-    """g = grad + wd·p; s := ρ·s + (1-ρ)·g²; p -= lr·g / (√s + eps).  IN grad; IN/OUT param, square_avg."""
+    """g = grad + wd·p; s := ρ·s + (1-ρ)·g²; p -= lr·g / (√s + eps).  IN grad; IN/OUT param, square_avg.
+
+    Returns whether the step was applied (see sgd_step).
+    """
     g = grad + weight_decay * param if weight_decay else grad
-    square_avg *= rho
-    square_avg += (1 - rho) * g * g
-    param -= lr * g / (np.sqrt(square_avg) + eps)
+    s = square_avg * rho
+    s += (1 - rho) * g * g
+    return _apply_if_finite(grad, (param, param - lr * g / (np.sqrt(s) + eps)), (square_avg, s))
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step, n_threads):
@@ -245,18 +265,19 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_de
 
     g = grad + wd·p; m := β1·m + (1-β1)·g; v := β2·v + (1-β2)·g²;
     p -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + eps).   IN grad; IN/OUT param, exp_avg, exp_avg_sq.
+    Returns whether the step was applied (see sgd_step).
     """
     g = grad + weight_decay * param if weight_decay else grad
-    exp_avg *= beta1
-    exp_avg += (1 - beta1) * g
-    exp_avg_sq *= beta2
-    exp_avg_sq += (1 - beta2) * g * g
+    m = exp_avg * beta1
+    m += (1 - beta1) * g
+    v = exp_avg_sq * beta2
+    v += (1 - beta2) * g * g
     # In the dtype of the parameters, as torch computes it (np.sqrt of a Python
     # float would be a float64 scalar and promote the whole denominator).
     dtype = param.dtype.type
     step_size = dtype(lr / (1 - beta1**step))
-    denom = np.sqrt(exp_avg_sq) / dtype(math.sqrt(1 - beta2**step)) + dtype(eps)
-    param -= step_size * exp_avg / denom
+    denom = np.sqrt(v) / dtype(math.sqrt(1 - beta2**step)) + dtype(eps)
+    return _apply_if_finite(grad, (param, param - step_size * m / denom), (exp_avg, m), (exp_avg_sq, v))
 
 
 def all_finite(x, n_threads):
