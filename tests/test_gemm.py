@@ -135,7 +135,8 @@ def test_gemm_small_products_give_the_bits_of_large_ones(backend, dtype, rng, k)
     big_a = rng.standard_normal((600, k)).astype(dtype)
     b = rng.standard_normal((k, 45)).astype(dtype)
     for a_small, bb in ((big_a[:13], b), (np.asfortranarray(big_a)[:29], b), (big_a[:7], b[:, :10]),
-                        (big_a[:40], b[::-1][::-1])):
+                        (big_a[:40], b[::-1][::-1]), (big_a[:9], np.asfortranarray(b)),
+                        (big_a[:20], np.asfortranarray(b)[:, ::2])):
         expected = kernels.gemm(big_a, bb)[:a_small.shape[0]]
         np.testing.assert_array_equal(kernels.gemm(a_small, bb), expected)
 

@@ -52,6 +52,7 @@ cdef extern from "microkernels.h" nogil:
     void fastbp_edge_d(fastbp_ukr_d ukr, int MR, int NR, int mr, int nr, ptrdiff_t kc,
                        const double* ap, const double* bp, double* c, ptrdiff_t ldc,
                        double alpha, double beta)
+    int FASTBP_ISA_AVX512
     int fastbp_direct_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                         const float* a, ptrdiff_t rs_a, ptrdiff_t cs_a,
                         const float* b, ptrdiff_t rs_b, float beta, float* c, ptrdiff_t ldc)
@@ -76,6 +77,8 @@ cdef Py_ssize_t SERIAL_MAX_FLOPS = 1 << 20
 # float32 product runs unpacked (microkernels.h, AVX-512 only): same bits,
 # less time than packing (32x64x32 on one core: 4.3 -> ~1.9 us).
 cdef Py_ssize_t DIRECT_MAX_FLOPS = 1 << 20
+# A B of other strides is copied row-major first when it has at most this many values.
+cdef Py_ssize_t DIRECT_B_COPY_MAX = 1 << 14
 cdef int _isa = 0
 # Rows of A packed at once per KC slice, about (bounds the workspace for tall A).
 cdef Py_ssize_t WAVE_ROWS = 4096
@@ -276,6 +279,30 @@ cdef void _scale_c(Py_ssize_t m, Py_ssize_t n, floating beta, floating* c, Py_ss
     epilogue(c, ldc, bias, act, out, ldo, m, n)
 
 
+cdef int _direct_s(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
+                   const float* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                   const float* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
+                   float beta, float* c, Py_ssize_t ldc) noexcept nogil:
+    """The unpacked product; B without unit column stride (δ·Wᵀ) is first copied row-major
+    when small. Returns 0 when done, -1 when the packed path must run."""
+    cdef Py_ssize_t p, j
+    cdef float* rows
+    if cs_b == 1:
+        fastbp_direct_s(_isa, m, n, k, alpha, a, rs_a, cs_a, b, rs_b, beta, c, ldc)
+        return 0
+    if k * n > DIRECT_B_COPY_MAX:
+        return -1
+    rows = <float*>fastbp_workspace(k * n * sizeof(float))
+    if rows == NULL:
+        return -1
+    for j in range(n):  # along B's columns: contiguous reads when B is a transpose (rs_b == 1)
+        for p in range(k):
+            rows[p * n + j] = b[p * rs_b + j * cs_b]
+    fastbp_direct_s(_isa, m, n, k, alpha, a, rs_a, cs_a, rows, n, beta, c, ldc)
+    fastbp_workspace_release(rows, k * n * sizeof(float))
+    return 0
+
+
 cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                     const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
                     const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
@@ -295,11 +322,11 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
         return 0
 
     if floating is float:
-        if cs_b == 1 and k <= bs.kc and m * n * k <= DIRECT_MAX_FLOPS and \
-                fastbp_direct_s(_isa, m, n, k, alpha, a, rs_a, cs_a, b, rs_b, beta, c, ldc):
-            if bias != NULL or act >= 0:
-                epilogue(c, ldc, bias, act, out, ldo, m, n)
-            return 0
+        if _isa == FASTBP_ISA_AVX512 and k <= bs.kc and m * n * k <= DIRECT_MAX_FLOPS:
+            if _direct_s(m, n, k, alpha, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, ldc) == 0:
+                if bias != NULL or act >= 0:
+                    epilogue(c, ldc, bias, act, out, ldo, m, n)
+                return 0
 
     cdef Py_ssize_t nt = n_threads if n_threads > 1 else 1
     if m * n * k < SERIAL_MAX_FLOPS:
