@@ -53,6 +53,8 @@ cdef extern from "microkernels.h" nogil:
                        const double* ap, const double* bp, double* c, ptrdiff_t ldc,
                        double alpha, double beta)
     int FASTBP_ISA_AVX512
+    int fastbp_pack_transpose_s(int isa, const float* src, ptrdiff_t rs, int rows, ptrdiff_t kc,
+                                float* dst, ptrdiff_t ld, int nw)
     int fastbp_direct_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                         const float* a, ptrdiff_t rs_a, ptrdiff_t cs_a,
                         const float* b, ptrdiff_t rs_b, float beta, float* c, ptrdiff_t ldc)
@@ -107,6 +109,10 @@ cdef void pack_a(const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
                 for r in range(rows):
                     dst[p * mr + r] = src[r]
         elif cs_a == 1:
+            if floating is float:  # row-major A: 16x16 register transposes (AVX-512)
+                if mr <= 16 and fastbp_pack_transpose_s(_isa, a + ip * rs_a + pc, rs_a, <int>rows, kc,
+                                                        dst, mr, <int>mr):
+                    continue
             for r in range(rows):
                 src = a + (ip + r) * rs_a + pc
                 for p in range(kc):
@@ -130,7 +136,14 @@ cdef void pack_b(const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
     """
     cdef Py_ssize_t p, col, cols = j1 - j0
     cdef const floating* src
+    cdef Py_ssize_t half
     if rs_b == 1 and cs_b != 1:  # column-major B (e.g. a transposed C-ordered array): read along k
+        if floating is float:  # 16x16 register transposes, one per 16 columns (AVX-512)
+            if nr % 16 == 0 and _isa == FASTBP_ISA_AVX512:
+                for half in range(nr // 16):
+                    fastbp_pack_transpose_s(_isa, b + pc + (j0 + 16 * half) * cs_b, cs_b,
+                                            <int>max(0, min(16, cols - 16 * half)), kc, bp + 16 * half, nr, 16)
+                return
         for col in range(cols):
             src = b + pc + (j0 + col) * cs_b
             for p in range(kc):
