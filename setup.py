@@ -39,7 +39,11 @@ def _flags(compiler_type):
     """(compile flags, link flags, OpenMP compile flags, OpenMP link flags) for this compiler."""
     if compiler_type == "msvc":
         return ["/O2", "/fp:precise"], [], ["/openmp"], []
-    return ["-O3", "-fno-math-errno", "-fno-trapping-math"], [], ["-fopenmp"], ["-fopenmp"]
+    # -ffp-contract=off: the FMA-capable ISA clones (optimizer_steps.h) must round
+    # as the baseline build and the NumPy reference do (no fused multiply-add
+    # unless a kernel asks for one with an intrinsic, as the GEMM does).
+    return (["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"], [],
+            ["-fopenmp"], ["-fopenmp"])
 
 
 def _openmp_works(compiler, compile_flags, link_flags):
@@ -86,7 +90,7 @@ def _extensions():
             f"fastbp._kernels.cython.{name}",
             [os.path.join(KERNEL_DIR, f"{name}.pyx")],
             include_dirs=[KERNEL_DIR],
-            depends=[os.path.join(KERNEL_DIR, "microkernels.h")],
+            depends=[os.path.join(KERNEL_DIR, header) for header in ("microkernels.h", "optimizer_steps.h")],
         )
         for name in MODULES
     ]

@@ -1,4 +1,4 @@
-"""Every activation forward and backward, and every loss with its gradient."""
+"""Every activation forward and backward, every loss with its gradient, and the optimizer steps."""
 
 import numpy as np
 
@@ -45,3 +45,28 @@ class Loss(KernelBenchmark):
 
     def time_loss_and_grad(self, backend, dtype, threads, loss):
         kernels.loss_and_grad(loss, self.output, self.target, grad_out=self.grad)
+
+
+class OptimizerStep(KernelBenchmark):
+    """One checked optimizer step over the flat parameters of 784-256-128-10 (235,146 values)."""
+
+    params = [BACKENDS, DTYPES, THREADS, ["sgd", "sgd_momentum", "adam"]]
+    param_names = ["backend", "dtype", "threads", "optimizer"]
+
+    def setup(self, backend, dtype, threads, optimizer):
+        self.configure(backend, dtype, threads)
+        n = 235_146
+        self.param = random(n, dtype, 1)
+        self.grad = random(n, dtype, 2) * np.asarray(1e-3, dtype)
+        self.state = [np.zeros(n, dtype), np.zeros(n, dtype)]
+        if not self._step(optimizer):  # a rejected (non-finite) step would time the check pass only
+            raise RuntimeError(f"the {optimizer} step was not applied")
+
+    def _step(self, optimizer):
+        if optimizer == "adam":
+            return kernels.adam_step(self.param, self.grad, *self.state, step=1, lr=1e-4)
+        return kernels.sgd_step(self.param, self.grad, self.state[0] if optimizer != "sgd" else None,
+                                lr=1e-4, momentum=0.9 if optimizer != "sgd" else 0.0)
+
+    def time_step(self, backend, dtype, threads, optimizer):
+        self._step(optimizer)

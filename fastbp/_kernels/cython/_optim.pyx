@@ -6,11 +6,11 @@
 # of the parameters with the hyperparameters rounded to it, as the NumPy
 # reference and torch do (Adam's denominator too, so its sqrt and divide
 # vectorise). Layout: every buffer is a C-contiguous 1-D array of n values.
-# Checked steps: a first pass computes the update into a small stack block
-# (CHECK_BLOCK values at a time) without writing it and tests the gradient and
-# the new values for NaN/inf (the bit test of all_finite); only if all are
-# finite does the write pass run, so a failed step changes nothing. The two
-# passes cost less than the parameter copy that undoing a step would need.
+# Checked steps: a first pass computes the update without writing it and tests
+# the gradient and the new values for NaN/inf; only if all are finite does the
+# write pass run, so a failed step changes nothing. The two passes cost less
+# than the parameter copy that undoing a step would need. The loops are in
+# optimizer_steps.h, with AVX-512/AVX2 clones.
 
 from cython.parallel cimport prange
 from cython cimport floating
@@ -21,15 +21,6 @@ from libc.stddef cimport ptrdiff_t
 cdef Py_ssize_t CHUNK = 1 << 14
 # all_finite reads ~50 GB/s on one thread: threads pay from this many chunks on.
 cdef Py_ssize_t FINITE_PARALLEL_CHUNKS = 32
-# Values of a new parameter (and state) block checked at once, on the stack.
-DEF CHECK_BLOCK = 512
-
-
-cdef inline floating _sqrt(floating x) noexcept nogil:
-    if floating is float:
-        return sqrtf(x)
-    else:
-        return sqrt(x)
 
 
 cdef extern from "microkernels.h" nogil:
@@ -45,121 +36,53 @@ cdef inline bint _chunk_not_finite(const floating* x, Py_ssize_t i0, Py_ssize_t 
         return fastbp_nonfinite_d(x + i0, i1 - i0) != 0
 
 
-cdef void _sgd_chunk(floating* p, const floating* g, floating* v, Py_ssize_t i0, Py_ssize_t i1,
-                     floating lr, floating mu, bint nesterov, floating wd) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating gi
-    for i in range(i0, i1):
-        gi = g[i] + wd * p[i] if wd != 0 else g[i]
-        if mu != 0:
-            v[i] = mu * v[i]
-            v[i] = v[i] + gi
-            gi = gi + mu * v[i] if nesterov else v[i]
-        p[i] = p[i] - lr * gi
+cdef extern from "optimizer_steps.h" nogil:
+    int fastbp_sgd_s(float* p, const float* g, float* v, ptrdiff_t n, float lr, float mu,
+                     int nesterov, float wd, int write)
+    int fastbp_sgd_d(double* p, const double* g, double* v, ptrdiff_t n, double lr, double mu,
+                     int nesterov, double wd, int write)
+    int fastbp_rmsprop_s(float* p, const float* g, float* s, ptrdiff_t n, float lr, float rho,
+                         float one_minus_rho, float eps, float wd, int write)
+    int fastbp_rmsprop_d(double* p, const double* g, double* s, ptrdiff_t n, double lr, double rho,
+                         double one_minus_rho, double eps, double wd, int write)
+    int fastbp_adam_s(float* p, const float* g, float* m, float* v, ptrdiff_t n, float step_size,
+                      float beta1, float one_minus_beta1, float beta2, float one_minus_beta2,
+                      float sqrt_bias2, float eps, float wd, int write)
+    int fastbp_adam_d(double* p, const double* g, double* m, double* v, ptrdiff_t n, double step_size,
+                      double beta1, double one_minus_beta1, double beta2, double one_minus_beta2,
+                      double sqrt_bias2, double eps, double wd, int write)
 
 
-cdef void _rmsprop_chunk(floating* p, const floating* g, floating* s, Py_ssize_t i0, Py_ssize_t i1,
-                         floating lr, floating rho, floating one_minus_rho, floating eps,
-                         floating wd) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating gi
-    for i in range(i0, i1):
-        gi = g[i] + wd * p[i] if wd != 0 else g[i]
-        s[i] = rho * s[i]
-        s[i] = s[i] + one_minus_rho * gi * gi
-        p[i] = p[i] - lr * gi / (_sqrt(s[i]) + eps)
+# Each chunk function runs optimizer_steps.h's update on [i0, i1): write == 0
+# returns whether a NaN/inf would be met or written (nothing stored), write == 1 stores.
+cdef inline bint _sgd_chunk(floating* p, const floating* g, floating* v, Py_ssize_t i0, Py_ssize_t i1,
+                            floating lr, floating mu, bint nesterov, floating wd, bint write) noexcept nogil:
+    cdef floating* vc = v + i0 if v != NULL else NULL
+    if floating is float:
+        return fastbp_sgd_s(p + i0, g + i0, vc, i1 - i0, lr, mu, nesterov, wd, write) != 0
+    else:
+        return fastbp_sgd_d(p + i0, g + i0, vc, i1 - i0, lr, mu, nesterov, wd, write) != 0
 
 
-cdef void _adam_chunk(floating* p, const floating* g, floating* m, floating* v,
-                      Py_ssize_t i0, Py_ssize_t i1, floating step_size, floating beta1,
-                      floating one_minus_beta1, floating beta2, floating one_minus_beta2,
-                      floating sqrt_bias2, floating eps, floating wd) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating gi, denom
-    for i in range(i0, i1):
-        gi = g[i] + wd * p[i] if wd != 0 else g[i]
-        m[i] = beta1 * m[i]
-        m[i] = m[i] + one_minus_beta1 * gi
-        v[i] = beta2 * v[i]
-        v[i] = v[i] + one_minus_beta2 * gi * gi
-        denom = _sqrt(v[i]) / sqrt_bias2 + eps
-        p[i] = p[i] - (step_size * m[i]) / denom
+cdef inline bint _rmsprop_chunk(floating* p, const floating* g, floating* s, Py_ssize_t i0, Py_ssize_t i1,
+                                floating lr, floating rho, floating one_minus_rho, floating eps,
+                                floating wd, bint write) noexcept nogil:
+    if floating is float:
+        return fastbp_rmsprop_s(p + i0, g + i0, s + i0, i1 - i0, lr, rho, one_minus_rho, eps, wd, write) != 0
+    else:
+        return fastbp_rmsprop_d(p + i0, g + i0, s + i0, i1 - i0, lr, rho, one_minus_rho, eps, wd, write) != 0
 
 
-cdef bint _sgd_chunk_bad(const floating* p, const floating* g, const floating* v, Py_ssize_t i0,
-                         Py_ssize_t i1, floating lr, floating mu, bint nesterov, floating wd) noexcept nogil:
-    """Whether _sgd_chunk would meet or write a NaN/inf (nothing is written)."""
-    cdef floating new_p[CHECK_BLOCK]
-    cdef floating new_v[CHECK_BLOCK]
-    cdef Py_ssize_t b, j, i, n
-    cdef floating gi, vi
-    for b in range(i0, i1, CHECK_BLOCK):
-        n = min(<Py_ssize_t>CHECK_BLOCK, i1 - b)
-        for j in range(n):
-            i = b + j
-            gi = g[i] + wd * p[i] if wd != 0 else g[i]
-            if mu != 0:
-                vi = mu * v[i]
-                vi = vi + gi
-                new_v[j] = vi
-                gi = gi + mu * vi if nesterov else vi
-            new_p[j] = p[i] - lr * gi
-        if _chunk_not_finite(g, b, b + n) or _chunk_not_finite(new_p, 0, n) or \
-                (mu != 0 and _chunk_not_finite(new_v, 0, n)):
-            return True
-    return False
-
-
-cdef bint _rmsprop_chunk_bad(const floating* p, const floating* g, const floating* s, Py_ssize_t i0,
-                             Py_ssize_t i1, floating lr, floating rho, floating one_minus_rho,
-                             floating eps, floating wd) noexcept nogil:
-    """Whether _rmsprop_chunk would meet or write a NaN/inf (nothing is written)."""
-    cdef floating new_p[CHECK_BLOCK]
-    cdef floating new_s[CHECK_BLOCK]
-    cdef Py_ssize_t b, j, i, n
-    cdef floating gi, si
-    for b in range(i0, i1, CHECK_BLOCK):
-        n = min(<Py_ssize_t>CHECK_BLOCK, i1 - b)
-        for j in range(n):
-            i = b + j
-            gi = g[i] + wd * p[i] if wd != 0 else g[i]
-            si = rho * s[i]
-            si = si + one_minus_rho * gi * gi
-            new_s[j] = si
-            new_p[j] = p[i] - lr * gi / (_sqrt(si) + eps)
-        if _chunk_not_finite(g, b, b + n) or _chunk_not_finite(new_p, 0, n) or \
-                _chunk_not_finite(new_s, 0, n):
-            return True
-    return False
-
-
-cdef bint _adam_chunk_bad(const floating* p, const floating* g, const floating* m, const floating* v,
-                          Py_ssize_t i0, Py_ssize_t i1, floating step_size, floating beta1,
-                          floating one_minus_beta1, floating beta2, floating one_minus_beta2,
-                          floating sqrt_bias2, floating eps, floating wd) noexcept nogil:
-    """Whether _adam_chunk would meet or write a NaN/inf (nothing is written)."""
-    cdef floating new_p[CHECK_BLOCK]
-    cdef floating new_m[CHECK_BLOCK]
-    cdef floating new_v[CHECK_BLOCK]
-    cdef Py_ssize_t b, j, i, n
-    cdef floating gi, mi, vi, denom
-    for b in range(i0, i1, CHECK_BLOCK):
-        n = min(<Py_ssize_t>CHECK_BLOCK, i1 - b)
-        for j in range(n):
-            i = b + j
-            gi = g[i] + wd * p[i] if wd != 0 else g[i]
-            mi = beta1 * m[i]
-            mi = mi + one_minus_beta1 * gi
-            vi = beta2 * v[i]
-            vi = vi + one_minus_beta2 * gi * gi
-            denom = _sqrt(vi) / sqrt_bias2 + eps
-            new_m[j] = mi
-            new_v[j] = vi
-            new_p[j] = p[i] - (step_size * mi) / denom
-        if _chunk_not_finite(g, b, b + n) or _chunk_not_finite(new_p, 0, n) or \
-                _chunk_not_finite(new_m, 0, n) or _chunk_not_finite(new_v, 0, n):
-            return True
-    return False
+cdef inline bint _adam_chunk(floating* p, const floating* g, floating* m, floating* v,
+                             Py_ssize_t i0, Py_ssize_t i1, floating step_size, floating beta1,
+                             floating one_minus_beta1, floating beta2, floating one_minus_beta2,
+                             floating sqrt_bias2, floating eps, floating wd, bint write) noexcept nogil:
+    if floating is float:
+        return fastbp_adam_s(p + i0, g + i0, m + i0, v + i0, i1 - i0, step_size, beta1, one_minus_beta1,
+                             beta2, one_minus_beta2, sqrt_bias2, eps, wd, write) != 0
+    else:
+        return fastbp_adam_d(p + i0, g + i0, m + i0, v + i0, i1 - i0, step_size, beta1, one_minus_beta1,
+                             beta2, one_minus_beta2, sqrt_bias2, eps, wd, write) != 0
 
 
 def all_finite(const floating[::1] x, int n_threads):
@@ -202,21 +125,21 @@ def sgd_step(floating[::1] param, const floating[::1] grad, floating[::1] veloci
     cdef bint bad = False
     with nogil:
         if n_threads < 2 or n_chunks < 2:
-            bad = _sgd_chunk_bad(&param[0], &grad[0], pv, 0, n, <floating>lr, <floating>momentum,
-                                 nesterov, <floating>weight_decay)
+            bad = _sgd_chunk(&param[0], &grad[0], pv, 0, n, <floating>lr, <floating>momentum,
+                                 nesterov, <floating>weight_decay, False)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
-                bad |= _sgd_chunk_bad(&param[0], &grad[0], pv, c * CHUNK, min(n, (c + 1) * CHUNK),
-                                      <floating>lr, <floating>momentum, nesterov, <floating>weight_decay)
+                bad |= _sgd_chunk(&param[0], &grad[0], pv, c * CHUNK, min(n, (c + 1) * CHUNK),
+                                      <floating>lr, <floating>momentum, nesterov, <floating>weight_decay, False)
         if bad:
             pass
         elif n_threads < 2 or n_chunks < 2:
             _sgd_chunk(&param[0], &grad[0], pv, 0, n, <floating>lr, <floating>momentum,
-                       nesterov, <floating>weight_decay)
+                       nesterov, <floating>weight_decay, True)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
                 _sgd_chunk(&param[0], &grad[0], pv, c * CHUNK, min(n, (c + 1) * CHUNK),
-                           <floating>lr, <floating>momentum, nesterov, <floating>weight_decay)
+                           <floating>lr, <floating>momentum, nesterov, <floating>weight_decay, True)
     return not bad
 
 
@@ -234,23 +157,23 @@ def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] sq
     cdef bint bad = False
     with nogil:
         if n_threads < 2 or n_chunks < 2:
-            bad = _rmsprop_chunk_bad(&param[0], &grad[0], &square_avg[0], 0, n, <floating>lr, <floating>rho,
-                                     <floating>(1 - rho), <floating>eps, <floating>weight_decay)
+            bad = _rmsprop_chunk(&param[0], &grad[0], &square_avg[0], 0, n, <floating>lr, <floating>rho,
+                                     <floating>(1 - rho), <floating>eps, <floating>weight_decay, False)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
-                bad |= _rmsprop_chunk_bad(&param[0], &grad[0], &square_avg[0], c * CHUNK,
+                bad |= _rmsprop_chunk(&param[0], &grad[0], &square_avg[0], c * CHUNK,
                                           min(n, (c + 1) * CHUNK), <floating>lr, <floating>rho,
-                                          <floating>(1 - rho), <floating>eps, <floating>weight_decay)
+                                          <floating>(1 - rho), <floating>eps, <floating>weight_decay, False)
         if bad:
             pass
         elif n_threads < 2 or n_chunks < 2:
             _rmsprop_chunk(&param[0], &grad[0], &square_avg[0], 0, n, <floating>lr, <floating>rho,
-                           <floating>(1 - rho), <floating>eps, <floating>weight_decay)
+                           <floating>(1 - rho), <floating>eps, <floating>weight_decay, True)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
                 _rmsprop_chunk(&param[0], &grad[0], &square_avg[0], c * CHUNK, min(n, (c + 1) * CHUNK),
                                <floating>lr, <floating>rho, <floating>(1 - rho), <floating>eps,
-                               <floating>weight_decay)
+                               <floating>weight_decay, True)
     return not bad
 
 
@@ -274,25 +197,25 @@ def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_a
     cdef bint bad = False
     with nogil:
         if n_threads < 2 or n_chunks < 2:
-            bad = _adam_chunk_bad(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], 0, n, step_size,
+            bad = _adam_chunk(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], 0, n, step_size,
                                   <floating>beta1, <floating>(1 - beta1), <floating>beta2,
-                                  <floating>(1 - beta2), sqrt_bias2, <floating>eps, <floating>weight_decay)
+                                  <floating>(1 - beta2), sqrt_bias2, <floating>eps, <floating>weight_decay, False)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
-                bad |= _adam_chunk_bad(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], c * CHUNK,
+                bad |= _adam_chunk(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], c * CHUNK,
                                        min(n, (c + 1) * CHUNK), step_size, <floating>beta1,
                                        <floating>(1 - beta1), <floating>beta2, <floating>(1 - beta2),
-                                       sqrt_bias2, <floating>eps, <floating>weight_decay)
+                                       sqrt_bias2, <floating>eps, <floating>weight_decay, False)
         if bad:
             pass
         elif n_threads < 2 or n_chunks < 2:
             _adam_chunk(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], 0, n, step_size,
                         <floating>beta1, <floating>(1 - beta1), <floating>beta2, <floating>(1 - beta2),
-                        sqrt_bias2, <floating>eps, <floating>weight_decay)
+                        sqrt_bias2, <floating>eps, <floating>weight_decay, True)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
                 _adam_chunk(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], c * CHUNK,
                             min(n, (c + 1) * CHUNK), step_size, <floating>beta1, <floating>(1 - beta1),
                             <floating>beta2, <floating>(1 - beta2), sqrt_bias2, <floating>eps,
-                            <floating>weight_decay)
+                            <floating>weight_decay, True)
     return not bad
