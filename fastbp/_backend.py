@@ -64,12 +64,19 @@ def available_backends():
 def get_backend():
     """Name of the backend kernels run on ('cython' or 'numba')."""
     if _state["backend"] is None:
-        found = available_backends()
-        if not found:
+        # The first that loads, in order of preference: the others are not imported
+        # (numba's import alone takes ~0.3 s, more than the Cython backend's first step).
+        for name in _PREFERENCE:
+            try:
+                _load(name)
+            except ImportError:
+                continue
+            _state["backend"] = name
+            break
+        else:
             raise ImportError(
                 "no fastbp backend can be loaded: " + "; ".join(_load_errors.values())
             )
-        _state["backend"] = found[0]
     return _state["backend"]
 
 

@@ -90,3 +90,16 @@ def test_bad_thread_count(bad, error):
     with pytest.raises(error, match="n_threads"):
         fastbp.set_num_threads(bad)
     assert fastbp.get_num_threads() == before
+
+
+def test_the_default_backend_does_not_import_the_other():
+    """Training on the default (Cython) backend never imports numba (~0.3 s of start-up)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, fastbp as fb\n"
+            "net = fb.Network([fb.Dense(4, 3)], loss='mse', seed=0)\n"
+            "net.fit(np.ones((5, 4)), np.zeros((5, 3)), epochs=1, verbose=0)\n"
+            "assert fb.get_backend() == 'cython', fb.get_backend()\n"
+            "assert 'numba' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
