@@ -11,10 +11,11 @@ Memory layout
 * A ``_Workspace`` per batch size: for each layer its output ``a``, its
   pre-activation ``z`` (the same array as ``a`` unless backward needs z:
   gelu; for a recurrent layer, its cache of states) and its ``delta`` (d
-  loss/d a, turned into d loss/d z in place), plus the gather buffers for a
-  shuffled batch of X and y. ``fit`` uses at most two batch sizes (the batch
-  and the last, smaller one), so after the first batch of each size a
-  training step allocates nothing.
+  loss/d a, turned into d loss/d z in place). ``fit`` uses at most two batch
+  sizes (the batch and the last, smaller one), so after the first batch of
+  each size a training step allocates nothing. When it shuffles, ``fit``
+  gathers the rows of several batches per call (about 1 MB of X and y) into
+  one pair of buffers kept on the network, and trains on slices of them.
 
 Sequences
 ---------
@@ -53,6 +54,8 @@ __all__ = ["Network"]
 _EVAL_CHUNK = 1024  # rows per forward pass when predicting/evaluating, to bound memory
 _LAYER_TYPES = (Dense, RNN, FixedPoint)
 _MAX_WORKSPACES = 6  # batch sizes kept: fit needs 2 for training and 2 for validation
+_GATHER_BYTES = 1 << 20  # about this much of X and y gathered per np.take when fit shuffles
+_GATHER_MAX_ROWS = 4096
 
 
 class _NonFinite(ArithmeticError):
@@ -60,7 +63,7 @@ class _NonFinite(ArithmeticError):
 
 
 class _Workspace:
-    """Per-batch-size buffers: activations, pre-activations, deltas, and fit's gather buffers.
+    """Per-batch-size buffers: activations, pre-activations and deltas.
 
     For a stack of Dense layers (``mlp`` given) the per-layer buffers are views
     into the three flat buffers that ``mlp_loss_and_grad`` takes, so the
@@ -81,8 +84,6 @@ class _Workspace:
                 self.preactivations.append(z)
                 self.activations.append(a)
                 self.deltas.append(delta)
-        self.batch_x = None  # (n_samples, n_in), allocated by fit when it shuffles
-        self.batch_y = None
 
     def _flat_buffers(self, layers, m, dtype, widths, activations):
         offsets, (_, n_outputs, n_preactivations) = mlp_layout(widths, activations, m)
@@ -199,6 +200,7 @@ class Network:
             layer._initialize(self._rng)
         self._workspaces = OrderedDict()
         self._cache = None  # (workspace, x) of the last public forward, for backward
+        self._gather = None  # fit's buffers for shuffled rows of X and y
 
     # ------------------------------------------------------------ structure
     @property
@@ -485,6 +487,26 @@ class Network:
             raise _NonFinite(f"the update made a weight or the optimizer state non-finite (loss {loss})") from None
         return loss
 
+    @staticmethod
+    def _gather_rows(X, y, batch_size):
+        """Rows fit gathers per call when it shuffles: whole batches, about _GATHER_BYTES of them.
+
+        One np.take per batch cost ~1.5 us of overhead each for X and y, as much as
+        a small network's whole step; per chunk it is paid once for many batches.
+        """
+        row_bytes = X[:1].nbytes + y[:1].nbytes
+        rows = min(_GATHER_MAX_ROWS, max(1, _GATHER_BYTES // row_bytes))
+        return batch_size * max(1, rows // batch_size)
+
+    def _gather_buffers(self, X, y, rows):
+        """(x, y) buffers for ``rows`` gathered rows of X and y, kept between fits."""
+        shape_x, shape_y = (rows,) + X.shape[1:], (rows,) + y.shape[1:]
+        buffers = self._gather
+        if buffers is None or buffers[0].shape != shape_x or buffers[1].shape != shape_y \
+                or buffers[1].dtype != y.dtype:
+            buffers = self._gather = (np.empty(shape_x, self.dtype), np.empty(shape_y, y.dtype))
+        return buffers
+
     def fit(self, X, y, optimizer=None, epochs=10, batch_size=32, shuffle=True, validation_data=None,
             verbose=1, callbacks=None, lr_schedule=None):
         """Train on (X, y) by backpropagation; full-batch, stochastic or mini-batch.
@@ -579,14 +601,11 @@ class Network:
         full_batch = batch_size == n_samples
         gather = shuffle and not full_batch  # a full batch's loss does not depend on row order
         sizes = {batch_size, n_samples % batch_size or batch_size}
-        workspaces = {}
-        for size in sizes:
-            ws = workspaces[size] = self._workspace(size, n_steps)
-            if gather:
-                if ws.batch_x is None or ws.batch_x.shape[1:] != X.shape[1:]:
-                    ws.batch_x = np.empty((size,) + X.shape[1:], self.dtype)
-                if ws.batch_y is None or ws.batch_y.shape[1:] != y.shape[1:] or ws.batch_y.dtype != y.dtype:
-                    ws.batch_y = np.empty((size,) + y.shape[1:], y.dtype)
+        workspaces = {size: self._workspace(size, n_steps) for size in sizes}
+        chunk = n_samples
+        if gather:  # shuffled rows are gathered several batches at a time
+            chunk = self._gather_rows(X, y, batch_size)
+            gather_x, gather_y = self._gather_buffers(X, y, chunk)
         self._cache = None
 
         history = {name: [] for name in metrics}
@@ -605,26 +624,31 @@ class Network:
                 kernels, n_threads = _backend.backend_module(), _backend.get_num_threads()
                 started = time.perf_counter()
                 total = 0.0
-                for step, start in enumerate(range(0, n_samples, batch_size)):
-                    stop = min(start + batch_size, n_samples)
-                    ws = workspaces[stop - start]
+                step = 0
+                for chunk_start in range(0, n_samples, chunk):
+                    chunk_stop = min(chunk_start + chunk, n_samples)
                     if gather:
-                        idx = order[start:stop]
-                        x = np.take(X, idx, axis=0, out=ws.batch_x, mode="clip")  # clip: unbuffered
-                        t = np.take(y, idx, axis=0, out=ws.batch_y, mode="clip")
+                        idx = order[chunk_start:chunk_stop]
+                        xs = np.take(X, idx, axis=0, out=gather_x[:idx.size], mode="clip")  # clip: unbuffered
+                        ys = np.take(y, idx, axis=0, out=gather_y[:idx.size], mode="clip")
                     else:
-                        x, t = X[start:stop], y[start:stop]
-                    try:
-                        loss = self._train_step(ws, x, t, loss_kernel, optimizer, kernels, n_threads)
-                    except _NonFinite as exc:
-                        raise FloatingPointError(
-                            f"{exc} at epoch {epoch + 1}, step {step + 1} (batch of samples "
-                            f"{start}..{stop - 1}); training stopped and the weights are those before "
-                            f"that step. Try a smaller learning rate or gradient clipping."
-                        ) from None
-                    total += loss * (stop - start)
-                    if progress is not None:
-                        progress.update(stop - start)
+                        xs, ys = X, y
+                    for start in range(chunk_start, chunk_stop, batch_size):
+                        stop = min(start + batch_size, n_samples)
+                        step += 1
+                        i, j = start - (chunk_start if gather else 0), stop - (chunk_start if gather else 0)
+                        try:
+                            loss = self._train_step(workspaces[stop - start], xs[i:j], ys[i:j], loss_kernel,
+                                                    optimizer, kernels, n_threads)
+                        except _NonFinite as exc:
+                            raise FloatingPointError(
+                                f"{exc} at epoch {epoch + 1}, step {step} (batch of samples "
+                                f"{start}..{stop - 1}); training stopped and the weights are those before "
+                                f"that step. Try a smaller learning rate or gradient clipping."
+                            ) from None
+                        total += loss * (stop - start)
+                        if progress is not None:
+                            progress.update(stop - start)
                 elapsed = time.perf_counter() - started
                 logs = {"loss": total / n_samples, "lr": optimizer.lr,
                         "samples_per_sec": n_samples / elapsed if elapsed > 0 else math.inf}

@@ -299,12 +299,13 @@ def test_a_training_step_allocates_nothing(backend, dtype, monkeypatch):
     sizes = (100, 56)  # a full batch and the last, smaller one
     smallest_buffer = 56 * width * dtype.itemsize
 
+    gather_x, gather_y = net._gather  # fit's buffers of shuffled rows, as fit slices them
+    np.take(X, order, axis=0, out=gather_x[:256], mode="clip")
+    np.take(y, order, axis=0, out=gather_y[:256], mode="clip")
+
     def step(size):
-        ws = net._workspaces[size]
-        idx = order[:size]
-        x = np.take(X, idx, axis=0, out=ws.batch_x, mode="clip")
-        t = np.take(y, idx, axis=0, out=ws.batch_y, mode="clip")
-        return net._train_step(ws, x, t, loss_kernel, optimizer, kernels, n_threads)
+        return net._train_step(net._workspaces[size], gather_x[:size], gather_y[:size], loss_kernel,
+                               optimizer, kernels, n_threads)
 
     for _ in range(20):  # warm up: JIT dispatch, NumPy's small-block caches
         for size in sizes:
@@ -332,3 +333,21 @@ def test_fit_reuses_its_buffers_across_epochs(backend):
     assert set(buffers) == {16, 2}
     net.fit(X, y, epochs=2, batch_size=16, verbose=0)
     assert {size: [id(a) for a in ws.activations] for size, ws in net._workspaces.items()} == buffers
+
+
+def test_gathering_several_batches_at_once_changes_nothing(backend, monkeypatch):
+    """fit gathers shuffled rows many batches per call; one batch per call gives the same bits."""
+    import fastbp.network as network_module
+
+    rng = np.random.default_rng(3)
+    X, y = rng.random((203, 6)).astype(np.float32), rng.integers(0, 3, 203)
+    results = []
+    for max_rows in (1, network_module._GATHER_MAX_ROWS):
+        monkeypatch.setattr(network_module, "_GATHER_MAX_ROWS", max_rows)
+        net = fb.Network([fb.Dense(6, 5, "tanh"), fb.Dense(5, 3)], loss="softmax_cross_entropy",
+                         dtype=np.float32, seed=4)
+        assert net._gather_rows(X, y, 10) == (10 if max_rows == 1 else 4090)
+        history = net.fit(X, y, optimizer=fb.SGD(net, lr=0.1, momentum=0.9), epochs=3, batch_size=10, verbose=0)
+        results.append((net.params.copy(), history["loss"]))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
