@@ -141,6 +141,19 @@ def test_gemm_small_products_give_the_bits_of_large_ones(backend, dtype, rng, k)
         np.testing.assert_array_equal(kernels.gemm(a_small, bb), expected)
 
 
+def test_gemm_narrow_products_give_the_bits_of_wide_ones(backend, dtype, rng, threads):
+    """Products of at most 16 columns may take another path at any size (cython: unpacked,
+    over the same KC slices); their columns equal those of a wide product, bit for bit."""
+    a = rng.standard_normal((300, 1100)).astype(dtype)
+    b = rng.standard_normal((1100, 45)).astype(dtype)
+    for n_threads in (1, 2):
+        threads(n_threads)
+        wide = kernels.gemm(a, b)
+        for cols in (slice(0, 10), slice(3, 19)):
+            np.testing.assert_array_equal(kernels.gemm(a, b[:, cols]), wide[:, cols])
+            np.testing.assert_array_equal(kernels.gemm(a, np.asfortranarray(b[:, cols])), wide[:, cols])
+
+
 @pytest.mark.parametrize("m,k,n", [(7, 13, 29), (150, 300, 100)])
 def test_gemm_backends_agree(dtype, rng, m, k, n):
     a = random_matrix(rng, (m, k), dtype)
