@@ -23,6 +23,7 @@ from numba import prange
 from .. import registry as R
 from ._arrays import writable
 from ._threads import clamp_threads, set_threads
+from .packing import data_pointer
 
 # Element counts below which a kernel runs on one thread (a parallel region
 # costs ~1-2 µs with OpenMP; an element costs ~1 ns).
@@ -34,8 +35,10 @@ _IDENTITY, _STEP, _HARDTANH, _SIGMOID, _TANH, _RELU = R.IDENTITY, R.STEP, R.HARD
 _LEAKY_RELU, _ELU, _SOFTPLUS, _GELU, _SOFTMAX = R.LEAKY_RELU, R.ELU, R.SOFTPLUS, R.GELU, R.SOFTMAX
 _SLOPE, _ALPHA = R.LEAKY_RELU_SLOPE, R.ELU_ALPHA
 
-_jit = numba.njit(cache=True, nogil=True)
-_jit_inline = numba.njit(cache=True, nogil=True, inline="always")
+# error_model="numpy": a division by zero gives inf/nan instead of raising, so a loop
+# with a division has no exception branch and can vectorise.
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+_jit_inline = numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
 
 
 # ---------------------------------------------------------------- scalar functions
@@ -71,8 +74,9 @@ def gelu_derivative(z):
 def activation_span(act, src, src_off, dst, dst_off, count):
     """dst[dst_off:+count] := act(src[src_off:+count]), element-wise (softmax: not here).
 
-    IN src (flat); OUT dst (flat), may be src at the same offset.
+    IN src (flat); OUT dst (flat), may be src at the same offset. Raw pointers, as derivative_span.
     """
+    src, dst = data_pointer(src), data_pointer(dst)
     if act == _IDENTITY:
         for j in range(count):
             dst[dst_off + j] = src[src_off + j]
@@ -111,8 +115,10 @@ def activation_span(act, src, src_off, dst, dst_off, count):
 def derivative_span(act, z, a, grad_a, grad_z, off, count):
     """grad_z[off:+count] := grad_a ⊙ act'(z), act' from a except for gelu (from z).
 
-    IN z, a, grad_a (flat); OUT grad_z (flat), may be grad_a.
+    IN z, a, grad_a (flat); OUT grad_z (flat), may be grad_a. Read and written through raw
+    pointers: flat-array indexing keeps a wraparound test per element, which blocks vectorisation.
     """
+    z, a, grad_a, grad_z = data_pointer(z), data_pointer(a), data_pointer(grad_a), data_pointer(grad_z)
     if act == _IDENTITY:
         for j in range(count):
             grad_z[off + j] = grad_a[off + j]
@@ -122,7 +128,8 @@ def derivative_span(act, z, a, grad_a, grad_z, off, count):
     elif act == _HARDTANH:
         for j in range(count):
             v = a[off + j]
-            grad_z[off + j] = grad_a[off + j] if (v > -1.0 and v < 1.0) else 0.0
+            g = grad_a[off + j]
+            grad_z[off + j] = g if (v > -1.0 and v < 1.0) else 0.0
     elif act == _SIGMOID:
         for j in range(count):
             v = a[off + j]
@@ -133,7 +140,8 @@ def derivative_span(act, z, a, grad_a, grad_z, off, count):
             grad_z[off + j] = grad_a[off + j] * (1 - v * v)
     elif act == _RELU:
         for j in range(count):
-            grad_z[off + j] = grad_a[off + j] if a[off + j] > 0 else 0.0
+            g = grad_a[off + j]  # loaded unconditionally: a select, not a branch
+            grad_z[off + j] = g if a[off + j] > 0 else 0.0
     elif act == _LEAKY_RELU:
         for j in range(count):
             g = grad_a[off + j]
@@ -192,13 +200,16 @@ def _make_activation_forward(PARALLEL):
             set_threads(n_threads)
         zf = z.reshape(m * n)
         af = a.reshape(m * n)
+        if not PARALLEL and act != _SOFTMAX:  # element-wise: one span, one loop
+            activation_span(act, zf, 0, af, 0, m * n)
+            return
         for i in prange(m):
             if act == _SOFTMAX:
                 softmax_row(zf, af, i * n, n)
             else:
                 activation_span(act, zf, i * n, af, i * n, n)
 
-    return numba.njit(cache=True, nogil=True, parallel=PARALLEL)(_activation_forward)
+    return numba.njit(cache=True, nogil=True, parallel=PARALLEL, error_model="numpy")(_activation_forward)
 
 
 def _make_activation_backward(PARALLEL):
@@ -211,13 +222,16 @@ def _make_activation_backward(PARALLEL):
         af = a.reshape(m * n)
         gf = grad_a.reshape(m * n)
         of = grad_z.reshape(m * n)
+        if not PARALLEL and act != _SOFTMAX:  # element-wise: one span, one loop
+            derivative_span(act, zf, af, gf, of, 0, m * n)
+            return
         for i in prange(m):
             if act == _SOFTMAX:
                 softmax_backward_row(af, gf, of, i * n, n)
             else:
                 derivative_span(act, zf, af, gf, of, i * n, n)
 
-    return numba.njit(cache=True, nogil=True, parallel=PARALLEL)(_activation_backward)
+    return numba.njit(cache=True, nogil=True, parallel=PARALLEL, error_model="numpy")(_activation_backward)
 
 
 _activation_forward_parallel = _make_activation_forward(True)

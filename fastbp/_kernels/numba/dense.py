@@ -51,20 +51,25 @@ def _make_column_sums(PARALLEL):
         m, n = delta.shape
         if PARALLEL:
             set_threads(n_threads)
-        flat = delta.reshape(m * n)
         sums = np.zeros(n)
         for block in prange(-(-n // COLUMN_BLOCK)):
             lo = block * COLUMN_BLOCK
             hi = min(n, lo + COLUMN_BLOCK)
+            # Views indexed from 0: no wraparound tests, so the j loops vectorise.
+            acc, out = sums[lo:hi], db[lo:hi]
             for i in range(m):
-                row = i * n
-                for j in range(lo, hi):
-                    sums[j] += flat[row + j]
-            for j in range(lo, hi):
-                db[j] = sums[j] + db[j] if accumulate else sums[j]
+                row = delta[i, lo:hi]
+                for j in range(hi - lo):
+                    acc[j] += row[j]
+            if accumulate:
+                for j in range(hi - lo):
+                    out[j] = acc[j] + out[j]
+            else:
+                for j in range(hi - lo):
+                    out[j] = acc[j]
 
     # Parallel and serial twins (see activations.py): a parallel region costs ~1.5 µs.
-    return numba.njit(cache=True, nogil=True, parallel=PARALLEL)(_column_sums)
+    return numba.njit(cache=True, nogil=True, parallel=PARALLEL, error_model="numpy")(_column_sums)
 
 
 _column_sums_parallel = _make_column_sums(True)

@@ -20,17 +20,22 @@ from ._arrays import writable
 from ._threads import clamp_threads, set_threads
 
 PARALLEL_MIN_ELEMENTS = 1 << 15
+ROW_BLOCK = 64  # rows of softmax_cross_entropy_index per scratch buffer
+
+# error_model="numpy": a division by zero gives inf/nan instead of raising, so a loop
+# with a division has no exception branch and can vectorise.
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
 def _twins(make):
     """(parallel, serial) compilations of ``make(PARALLEL)``'s kernel: a parallel region costs
     ~1.5 µs to enter even on one thread, so one thread and small inputs take the serial one.
     PARALLEL is a closure constant, so the two are distinct entries of Numba's cache."""
-    return (numba.njit(cache=True, nogil=True, parallel=True)(make(True)),
-            numba.njit(cache=True, nogil=True, parallel=False)(make(False)))
+    return (numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")(make(True)),
+            numba.njit(cache=True, nogil=True, parallel=False, error_model="numpy")(make(False)))
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit
 def _row_order_sum(partial):
     """Σ partial[i] in increasing i (float64)."""
     total = 0.0
@@ -39,7 +44,7 @@ def _row_order_sum(partial):
     return total
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit
 def _log_sum_exp(z, off, count):
     """(max, log Σ exp(z - max)) of the row z[off:off+count], in float64."""
     top = np.float64(z[off])
@@ -103,24 +108,41 @@ def _make_softmax_cross_entropy(PARALLEL):
 _softmax_cross_entropy_parallel, _softmax_cross_entropy_serial = _twins(_make_softmax_cross_entropy)
 
 
+@_jit
+def _softmax_cross_entropy_index_row(z, label, g, off, n, m, e):
+    """g[off:+n] := (softmax(z[off:+n]) - onehot(label)) / m; returns log softmax(z)[label].
+
+    One exp per element: exp(z - max) is kept in e (n,) float64 from the sum to the gradient.
+    """
+    top = np.float64(z[off])
+    for j in range(1, n):
+        top = max(top, np.float64(z[off + j]))
+    total = 0.0
+    for j in range(n):
+        e[j] = math.exp(np.float64(z[off + j]) - top)
+        total += e[j]
+    scale = 1.0 / (total * m)
+    for j in range(n):
+        g[off + j] = e[j] * scale
+    g[off + label] = (e[label] / total - 1.0) / m
+    return (np.float64(z[off + label]) - top) - math.log(total)
+
+
 def _make_softmax_cross_entropy_index(PARALLEL):
     def _softmax_cross_entropy_index(logits, labels, grad, n_threads):
-        """-Σ_i log softmax(logits)[i, labels[i]] / m; grad := (softmax - onehot(labels)) / m.  OUT grad (m, n)."""
+        """-Σ_i log softmax(logits)[i, labels[i]] / m; grad := (softmax - onehot(labels)) / m.  OUT grad (m, n).
+
+        Rows go in blocks of ROW_BLOCK, each with its own exp buffer (one allocation per block).
+        """
         m, n = logits.shape
         if PARALLEL:
             set_threads(n_threads)
         z, g = logits.reshape(m * n), grad.reshape(m * n)
         partial = np.empty(m)
-        for i in prange(m):
-            off = i * n
-            top, lse = _log_sum_exp(z, off, n)
-            label = labels[i]
-            for j in range(n):
-                p = math.exp(np.float64(z[off + j]) - top - lse)
-                if j == label:
-                    p -= 1.0
-                g[off + j] = p / m
-            partial[i] = np.float64(z[off + label]) - top - lse
+        for block in prange(-(-m // ROW_BLOCK)):
+            e = np.empty(n)
+            for i in range(block * ROW_BLOCK, min(m, (block + 1) * ROW_BLOCK)):
+                partial[i] = _softmax_cross_entropy_index_row(z, labels[i], g, i * n, n, m, e)
         return -_row_order_sum(partial) / m
 
     return _softmax_cross_entropy_index
