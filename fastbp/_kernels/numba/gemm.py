@@ -22,6 +22,11 @@ KC slice passes beta = 1; edge tiles go through a buffer, ``store_edge_tile``);
 after the last KC slice ``finish_tile`` adds the bias and writes act(z) while
 the tile is still in L1, so the dense layer's forward is one pass over C.
 
+Small products (at most DIRECT_MAX_MADDS multiply-adds, with SIMD) skip the
+packing: ``direct_kernel_simd`` reads A in place (broadcasts, any strides) and
+B's rows as masked vectors (B is copied row-major first if its columns are not
+contiguous), over the same MR x NR tiles and KC slices, so with the same bits.
+
 Layout: A and B may have any strides (C, F, transposed, negative), read only
 by the packing routines; C (z) and the activation output are C-contiguous and
 read as flat arrays. Each driver is compiled once per dtype with an explicit
@@ -42,14 +47,18 @@ from numba import prange, types
 
 from ..blocking import block_sizes
 from .activations import activation_span
-from .microkernel import micro_kernel_loops, micro_kernel_simd
+from .microkernel import direct_kernel_simd, micro_kernel_loops, micro_kernel_simd
 from .packing import data_pointer, pack_a, pack_b_panel
 from .. import registry as R
 from ._arrays import writable
-from ._threads import ISA, clamp_threads, set_threads
+from ._threads import ISA, VECTOR_LANES, clamp_threads, set_threads
 
 # Below this many flops (2mnk) the GEMM runs on one thread.
 PARALLEL_MIN_FLOPS = 1 << 22
+# Up to this many multiply-adds (mnk) the GEMM runs unpacked (``direct_kernel_simd``):
+# packing both operands costs as much as the arithmetic of a small product. Always
+# below PARALLEL_MIN_FLOPS, so the unpacked path is serial whatever n_threads.
+DIRECT_MAX_MADDS = 1 << 20
 # ``act`` value of a plain GEMM: write C only, no activation output.
 NO_ACTIVATION = -1
 _RELU, _IDENTITY = R.RELU, R.IDENTITY
@@ -116,6 +125,47 @@ def _make_driver(dtype, parallel):
     MR, NR, KC, MC, NC = block_sizes(ISA, dtype)
     SIMD = ISA != "generic"
     SCALAR = np.float32 if dtype == "float32" else np.float64
+    LANES = VECTOR_LANES[dtype]
+    NV = NR // LANES  # vectors per tile row
+
+    def _direct(a, b, zf, alpha, beta, work):
+        """zf := alpha·a·b + beta·zf unpacked (zf flat m*n, not read when beta == 0).  Returns the workspace.
+
+        A is read in place; B too when its columns are contiguous, else it is first
+        copied row-major into work (δ·Wᵀ: B = Wᵀ). The tiles and the KC slices are the
+        packed path's, each element summed in the same order: the same bits.
+        """
+        m, k = a.shape
+        n = b.shape[1]
+        item = a.itemsize
+        rs_a, cs_a = a.strides[0] // item, a.strides[1] // item
+        b_src, rs_b = b, b.strides[0] // item
+        if b.strides[1] != item:
+            if work.shape[0] < k * n:
+                work = np.empty(k * n, dtype=work.dtype)
+            src = data_pointer(b)
+            dst = data_pointer(work)
+            b_rs, b_cs = b.strides[0] // item, b.strides[1] // item
+            for j in range(n):  # along B's columns: contiguous reads when B is a transpose
+                for p in range(k):
+                    dst[p * n + j] = src[p * b_rs + j * b_cs]
+            b_src, rs_b = work[:k * n].reshape(k, n), n
+        for jc in range(0, n, NR):
+            cols = min(NR, n - jc)
+            for ic in range(0, m, MR):
+                rows = min(MR, m - ic)
+                for pc in range(0, k, KC):  # the packed path's KC slices; later ones accumulate
+                    kc = min(KC, k - pc)
+                    beta_t = beta if pc == 0 else SCALAR(1.0)
+                    if cols <= LANES:
+                        direct_kernel_simd(MR, 1, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_src, pc * rs_b + jc,
+                                           rs_b, rows, cols, zf, ic * n + jc, n, alpha, beta_t)
+                    else:
+                        direct_kernel_simd(MR, NV, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_src,
+                                           pc * rs_b + jc, rs_b, rows, cols, zf, ic * n + jc, n, alpha, beta_t)
+        return work
+
+    _direct = numba.njit(cache=True, nogil=True)(_direct)
 
     def _gemm(a, b, z, out, bias, alpha, beta, act, n_threads, work):
         """z := alpha·a·b + beta·z + bias; out := act(z) unless act < 0.  Returns the workspace used.
@@ -136,6 +186,12 @@ def _make_driver(dtype, parallel):
         of = out.reshape(m * n)
         alpha_t = SCALAR(alpha)
         finish = bias.shape[0] > 0 or act >= 0
+
+        if SIMD and m * n * k <= DIRECT_MAX_MADDS:
+            work = _direct(a, b, zf, alpha_t, SCALAR(beta), work)
+            if finish:
+                finish_tile(m, n, zf, of, 0, n, bias, 0, act)
+            return work
 
         # One task per thread, each owning a band of C aligned to the MR x NR tile
         # grid: rows when there are more row tiles than column tiles, else columns.

@@ -9,6 +9,9 @@ whole k loop is emitted as LLVM IR by a Numba intrinsic: the accumulators are
 SSA values carried by phi nodes, which the register allocator keeps in
 registers (AVX-512 float32 12 x 32: 24 zmm accumulators + 2 B loads + 1
 broadcast). ``micro_kernel_loops`` is the plain-loop fallback for 'generic'.
+``direct_kernel_simd`` is the same tile for small products, read unpacked:
+A broadcast from any strides, B's rows loaded as masked vectors (llvm.masked.load),
+C stored through masks, so edge tiles need no buffer.
 
 Layout: packed A micro-panel ``pa[pa_off + p*MR + i]``, packed B micro-panel
 ``pb[pb_off + p*NR + j]`` (both zero-padded to full MR / NR), C tile
@@ -153,3 +156,123 @@ def micro_kernel_loops(mr, nr, kc, pa, pa_off, pb, pb_off, c, c_off, ldc, alpha,
         else:
             for j in range(nr):
                 c[row + j] = alpha * ab[i * nr + j] + beta * c[row + j]
+
+
+@intrinsic
+def direct_kernel_simd(typingctx, mr_ty, nv_ty, kc_ty, a_ty, a_off_ty, rs_a_ty, cs_a_ty, b_ty, b_off_ty, rs_b_ty,
+                       rows_ty, cols_ty, c_ty, c_off_ty, ldc_ty, alpha_ty, beta_ty):
+    """C := alpha·A·B + beta·C on a rows x cols tile (rows <= MR, cols <= NV·W), A and B read in place.
+
+    IN a (flat) with element strides rs_a, cs_a from a_off; IN b (flat), unit column
+    stride, row stride rs_b from b_off; IN/OUT c (flat) rows of stride ldc from c_off,
+    not read when beta == 0. Rows of B are loaded as NV vectors, the lanes past cols
+    masked off; tile rows past ``rows`` re-read A's first row and are not stored.
+    Each element is the packed kernel's arithmetic for kc = k (acc from 0, one fma per
+    p in increasing order, then alpha·acc [+ beta·C as mul, mul, add]): the same bits.
+    """
+    mr, nv = _literal_int(mr_ty), _literal_int(nv_ty)
+    dtype = a_ty.dtype
+    lanes = VECTOR_LANES[str(dtype)]
+    sig = types.void(mr_ty, nv_ty, kc_ty, a_ty, a_off_ty, rs_a_ty, cs_a_ty, b_ty, b_off_ty, rs_b_ty,
+                     rows_ty, cols_ty, c_ty, c_off_ty, ldc_ty, alpha_ty, beta_ty)
+
+    def codegen(context, builder, signature, args):
+        argtys = signature.args
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+
+        def arg(index, ty=types.int64):
+            return context.cast(builder, args[index], argtys[index], ty)
+
+        kc, a_off, rs_a, cs_a, b_off, rs_b = arg(2), arg(4), arg(5), arg(6), arg(8), arg(9)
+        rows, cols, c_off, ldc = arg(10), arg(11), arg(13), arg(14)
+        alpha, beta = arg(15, dtype), arg(16, dtype)
+        fty = context.get_value_type(dtype)
+        vty = ir.VectorType(fty, lanes)
+        mty = ir.VectorType(ir.IntType(1), lanes)
+        align = context.get_abi_sizeof(fty)
+        a_ptr = builder.gep(context.make_array(argtys[3])(context, builder, args[3]).data, [a_off])
+        b_ptr = builder.gep(context.make_array(argtys[7])(context, builder, args[7]).data, [b_off])
+        c_ptr = builder.gep(context.make_array(argtys[12])(context, builder, args[12]).data, [c_off])
+        suffix = f"v{lanes}f{8 * align}"
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), f"llvm.fma.{suffix}")
+        vptr = vty.as_pointer()
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vptr, i32, mty, vty]), f"llvm.masked.load.{suffix}.p0")
+        masked_store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vty, vptr, i32, mty]), f"llvm.masked.store.{suffix}.p0")
+        zero = ir.Constant(vty, None)
+        undef = ir.Constant(vty, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+        align_arg = ir.Constant(i32, align)
+
+        # Column masks: lane l of vector v is valid when v·W + l < cols.
+        cols_v = _splat(builder, cols, ir.Constant(ir.VectorType(i64, lanes), ir.Undefined),
+                        splat)
+        col_mask = [builder.icmp_signed("<", ir.Constant(ir.VectorType(i64, lanes), [v * lanes + l for l in range(lanes)]),
+                                        cols_v) for v in range(nv)]
+        # Rows past ``rows`` read A's row 0 (any valid row would do) and store nothing.
+        a_rows = []
+        for i in range(mr):
+            valid = builder.icmp_signed("<", ir.Constant(i64, i), rows)
+            a_rows.append(builder.gep(a_ptr, [builder.select(valid, builder.mul(ir.Constant(i64, i), rs_a),
+                                                            ir.Constant(i64, 0))]))
+
+        entry = builder.block
+        loop = builder.append_basic_block("dk.k_loop")
+        done = builder.append_basic_block("dk.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        p = builder.phi(i64, name="p")
+        p.add_incoming(ir.Constant(i64, 0), entry)
+        acc = []
+        for t in range(mr * nv):
+            phi = builder.phi(vty, name=f"acc{t}")
+            phi.add_incoming(zero, entry)
+            acc.append(phi)
+        b_row = builder.gep(b_ptr, [builder.mul(p, rs_b)])
+        b_vec = [builder.call(masked_load, [builder.bitcast(builder.gep(b_row, [ir.Constant(i64, v * lanes)]), vptr),
+                                            align_arg, col_mask[v], zero])
+                 for v in range(nv)]
+        a_step = builder.mul(p, cs_a)
+        new_acc = []
+        for i in range(mr):
+            a_val = builder.load(builder.gep(a_rows[i], [a_step]), align=align)
+            a_bcast = _splat(builder, a_val, undef, splat)
+            for v in range(nv):
+                new_acc.append(builder.call(fma, [a_bcast, b_vec[v], acc[i * nv + v]]))
+        p_next = builder.add(p, ir.Constant(i64, 1))
+        builder.cbranch(builder.icmp_signed("<", p_next, kc), loop, done)
+        p.add_incoming(p_next, builder.block)
+        for phi, value in zip(acc, new_acc):
+            phi.add_incoming(value, builder.block)
+
+        # Epilogue, as micro_kernel_simd's, through masked stores (and loads when beta != 0).
+        builder.position_at_end(done)
+        alpha_v = _splat(builder, alpha, undef, splat)
+        beta_v = _splat(builder, beta, undef, splat)
+        no_lanes = ir.Constant(mty, [0] * lanes)
+        masks = []
+        for i in range(mr):
+            valid = builder.icmp_signed("<", ir.Constant(i64, i), rows)
+            masks.append([builder.select(valid, col_mask[v], no_lanes) for v in range(nv)])
+
+        def c_vec_ptr(i, v):
+            row = builder.gep(c_ptr, [builder.mul(ldc, ir.Constant(i64, i))])
+            return builder.bitcast(builder.gep(row, [ir.Constant(i64, v * lanes)]), vptr)
+
+        with builder.if_else(builder.fcmp_ordered("==", beta, ir.Constant(fty, 0.0))) as (overwrite, update):
+            with overwrite:
+                for i in range(mr):
+                    for v in range(nv):
+                        builder.call(masked_store, [builder.fmul(alpha_v, new_acc[i * nv + v]), c_vec_ptr(i, v),
+                                                    align_arg, masks[i][v]])
+            with update:
+                for i in range(mr):
+                    for v in range(nv):
+                        ptr = c_vec_ptr(i, v)
+                        old = builder.fmul(beta_v, builder.call(masked_load, [ptr, align_arg, masks[i][v], zero]))
+                        new = builder.fmul(alpha_v, new_acc[i * nv + v])
+                        builder.call(masked_store, [builder.fadd(new, old), ptr, align_arg, masks[i][v]])
+        return context.get_dummy_value()
+
+    return sig, codegen
