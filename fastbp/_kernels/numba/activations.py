@@ -74,9 +74,21 @@ def gelu_derivative(z):
 def activation_span(act, src, src_off, dst, dst_off, count):
     """dst[dst_off:+count] := act(src[src_off:+count]), element-wise (softmax: not here).
 
-    IN src (flat); OUT dst (flat), may be src at the same offset. Raw pointers, as derivative_span.
+    IN src (flat); OUT dst (flat), may be src at the same offset. Read and written through
+    raw pointers: flat-array indexing keeps a wraparound test per element, which blocks
+    vectorisation. In place, the loops get the one pointer twice: LLVM's run-time overlap
+    check of two pointers fails when they are equal, and its fallback loop is scalar.
     """
-    src, dst = data_pointer(src), data_pointer(dst)
+    if src_off == dst_off and src.ctypes.data == dst.ctypes.data:
+        out = data_pointer(dst)
+        _activation_loops(act, out, dst_off, out, dst_off, count)
+    else:
+        _activation_loops(act, data_pointer(src), src_off, data_pointer(dst), dst_off, count)
+
+
+@_jit_inline
+def _activation_loops(act, src, src_off, dst, dst_off, count):
+    """activation_span's loops on pointers src, dst."""
     if act == _IDENTITY:
         for j in range(count):
             dst[dst_off + j] = src[src_off + j]
@@ -115,10 +127,22 @@ def activation_span(act, src, src_off, dst, dst_off, count):
 def derivative_span(act, z, a, grad_a, grad_z, off, count):
     """grad_z[off:+count] := grad_a ⊙ act'(z), act' from a except for gelu (from z).
 
-    IN z, a, grad_a (flat); OUT grad_z (flat), may be grad_a. Read and written through raw
-    pointers: flat-array indexing keeps a wraparound test per element, which blocks vectorisation.
+    IN z, a, grad_a (flat); OUT grad_z (flat), may be grad_a. Raw pointers, one for
+    grad_a and grad_z when they are the same array (see activation_span).
     """
-    z, a, grad_a, grad_z = data_pointer(z), data_pointer(a), data_pointer(grad_a), data_pointer(grad_z)
+    zp, ap = data_pointer(z), data_pointer(a)
+    if grad_a.ctypes.data == grad_z.ctypes.data:
+        if act == _IDENTITY:
+            return  # grad_z = grad_a already
+        out = data_pointer(grad_z)
+        _derivative_loops(act, zp, ap, out, out, off, count)
+    else:
+        _derivative_loops(act, zp, ap, data_pointer(grad_a), data_pointer(grad_z), off, count)
+
+
+@_jit_inline
+def _derivative_loops(act, z, a, grad_a, grad_z, off, count):
+    """derivative_span's loops on pointers."""
     if act == _IDENTITY:
         for j in range(count):
             grad_z[off + j] = grad_a[off + j]

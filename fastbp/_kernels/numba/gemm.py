@@ -94,16 +94,28 @@ def finish_tile(rows, cols, z, out, c_off, ldc, bias, col0, act):
     has_bias = bias.shape[0] > 0
     if has_bias and (act == _RELU or act == _IDENTITY or act < 0):
         zp, op, bp = data_pointer(z), data_pointer(out), data_pointer(bias)
-        relu = act == _RELU
-        for i in range(rows):
+        # out is z (every dense layer but gelu's): one store, else the vectoriser's
+        # overlap check between the two stores fails and the loop runs scalar.
+        in_place = z.ctypes.data == out.ctypes.data
+        for i in range(rows):  # one loop per case: no test inside the j loops
             c = c_off + i * ldc
-            for j in range(cols):
-                v = zp[c + j] + bp[col0 + j]
-                zp[c + j] = v
-                if relu:
+            if act == _RELU and in_place:
+                for j in range(cols):
+                    v = zp[c + j] + bp[col0 + j]
+                    zp[c + j] = 0.0 if v < 0 else v  # NaN stays NaN
+            elif act == _RELU:
+                for j in range(cols):
+                    v = zp[c + j] + bp[col0 + j]
+                    zp[c + j] = v
                     op[c + j] = 0.0 if v < 0 else v  # NaN stays NaN
-                elif act == _IDENTITY:
+            elif act == _IDENTITY and not in_place:
+                for j in range(cols):
+                    v = zp[c + j] + bp[col0 + j]
+                    zp[c + j] = v
                     op[c + j] = v
+            else:
+                for j in range(cols):
+                    zp[c + j] = zp[c + j] + bp[col0 + j]
         return
     for i in range(rows):
         c = c_off + i * ldc
