@@ -11,6 +11,7 @@ import numpy as np
 from . import _backend
 from . import _validation as V
 from ._kernels import registry as R
+from ._kernels.reference import mlp_layout
 from ._kernels.registry import ACTIVATIONS, LOSSES  # noqa: F401  (re-exported)
 
 __all__ = [
@@ -365,8 +366,6 @@ def mlp_loss_and_grad(x, target, loss, widths, activations, params, grads_out=No
     loss : float
     grads : ndarray of shape (n_params,), laid out like ``params``
     """
-    from ._kernels.reference import mlp_layout
-
     x = V.contiguous_input("x", x, 2)
     widths = np.asarray(widths)
     if widths.ndim != 1 or widths.size < 2 or widths.dtype.kind not in "iu" or widths.min() < 1:

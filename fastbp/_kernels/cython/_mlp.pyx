@@ -24,8 +24,8 @@ from fastbp._kernels.registry import ACTIVATIONS, NEEDS_PREACTIVATION
 
 # Activation ids whose derivative needs z (gelu), as a C test.
 cdef bint _KEEPS_Z[N_ACTIVATIONS]
-for _name in ACTIVATIONS:
-    _KEEPS_Z[ACTIVATIONS.index(_name)] = _name in NEEDS_PREACTIVATION
+for _id, _name in enumerate(ACTIVATIONS):
+    _KEEPS_Z[_id] = _name in NEEDS_PREACTIVATION
 
 
 cdef struct Layer:
