@@ -305,17 +305,16 @@ cdef void _direct_rows_s(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kc
                         b + pc * rs_b, rs_b, beta if s == 0 else 1, c, ldc)
 
 
-cdef int _direct_s(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kc, float alpha,
+cdef int _direct_s(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kc_max, float alpha,
                    const float* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
                    const float* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
                    float beta, float* c, Py_ssize_t ldc,
                    const float* bias, int act, float* out, Py_ssize_t ldo, int nt) noexcept nogil:
     """The unpacked product with the epilogue, on nt threads over blocks of whole MR-row
-    tiles; a B without unit column stride (δ·Wᵀ) is first copied row-major when small.
+    tiles, over gemm_nogil's KC slices of kc_max; a B without unit column stride (δ·Wᵀ)
+    is first copied row-major when small.
     Returns 0 when done, -1 when the packed path must run."""
     cdef Py_ssize_t p, j, t, i0, i1, n_tiles = (m + 11) // 12
-    cdef Py_ssize_t n_slices = (k + kc - 1) // kc
-    cdef Py_ssize_t kc_max = (k + n_slices - 1) // n_slices  # as the packed path slices k
     cdef float* rows = NULL
     if cs_b != 1:
         if k * n > DIRECT_B_COPY_MAX:
@@ -364,21 +363,22 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
         _scale_c(m, n, beta, c, ldc, bias, act, out, ldo)
         return 0
 
-    if floating is float:
-        # Unpacked: small products, and narrow ones (n <= 16: a 12x16 tile instead of
-        # 12x32 with most columns padding; 256x1024x10 on 2 threads 0.30 -> 0.06 ms).
-        if _isa == FASTBP_ISA_AVX512 and ((k <= bs.kc and m * n * k <= DIRECT_MAX_FLOPS)
-                                          or n <= DIRECT_NARROW_N):
-            if _direct_s(m, n, k, bs.kc, alpha, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, ldc,
-                         bias, act, out, ldo, 1 if m * n * k < SERIAL_MAX_FLOPS else n_threads) == 0:
-                return 0
-
     cdef Py_ssize_t nt = n_threads if n_threads > 1 else 1
     if m * n * k < SERIAL_MAX_FLOPS:
         nt = 1
     # KC slices of equal length (k = 784 gives 4 x 196, not 3 x 256 + 16).
     cdef Py_ssize_t n_slices = (k + bs.kc - 1) // bs.kc
     cdef Py_ssize_t kc_max = (k + n_slices - 1) // n_slices
+
+    if floating is float:
+        # Unpacked: small products, and narrow ones (n <= 16: a 12x16 tile instead of
+        # 12x32 with most columns padding; 256x1024x10 on 2 threads 0.30 -> 0.06 ms).
+        if _isa == FASTBP_ISA_AVX512 and ((k <= bs.kc and m * n * k <= DIRECT_MAX_FLOPS)
+                                          or n <= DIRECT_NARROW_N):
+            if _direct_s(m, n, k, kc_max, alpha, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, ldc,
+                         bias, act, out, ldo, <int>nt) == 0:
+                return 0
+
     cdef Py_ssize_t nc_max = min(bs.nc, n)
     cdef Py_ssize_t max_panels = (nc_max + bs.nr - 1) // bs.nr
     # 3rd-loop tasks: blocks of whole MR-row tiles, at most MC rows each; a

@@ -14,7 +14,7 @@
 
 from cython.parallel cimport prange
 from cython cimport floating
-from libc.math cimport sqrt, sqrtf, pow
+from libc.math cimport sqrt, pow
 from libc.stddef cimport ptrdiff_t
 
 # Elements per task; below two chunks a step runs on the calling thread.
