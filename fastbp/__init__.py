@@ -20,6 +20,7 @@ from ._backend import (
 )
 from .callbacks import EarlyStopping, ModelCheckpoint
 from .checkpoint import Checkpoint, load_checkpoint
+from .onnx_export import export_onnx  # imports onnx only when called
 from .gradcheck import gradcheck
 from .layers import Dense
 from .network import Network
@@ -49,6 +50,7 @@ __all__ = [
     "ModelCheckpoint",
     "Checkpoint",
     "load_checkpoint",
+    "export_onnx",
     "gradcheck",
     "save",
     "load",

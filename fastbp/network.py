@@ -728,3 +728,10 @@ class Network:
         from .serialization import save
 
         return save(self, path, optimizer=optimizer, epoch=epoch)
+
+    def to_onnx(self, path=None, **kwargs):
+        """The ONNX model of ``predict``, written to ``path`` if given; see ``fastbp.export_onnx``
+        (needs the ``onnx`` extra)."""
+        from .onnx_export import export_onnx
+
+        return export_onnx(self, path, **kwargs)
