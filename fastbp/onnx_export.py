@@ -97,10 +97,8 @@ class _Graph:
     def value_info(self, name, shape, elem_type=None):
         return self.helper.make_tensor_value_info(name, self.elem_type if elem_type is None else elem_type, shape)
 
-    def zeros_like_rows(self, x, n_columns):
-        """Zeros of shape (x.shape[0], n_columns), for any batch size."""
-        batch = self.node("Shape", [x], "batch", start=0, end=1)
-        shape = self.node("Concat", [batch, self.constant([n_columns], "width", np.int64)], "shape", axis=0)
+    def zeros(self, shape):
+        """Zeros of the shape held by the int64 tensor ``shape`` (known only at run time)."""
         zero = self.helper.make_tensor("zero", self.elem_type, [1], [0.0])
         return self.node("ConstantOfShape", [shape], "zeros", value=zero)
 
@@ -162,7 +160,8 @@ def _export_rnn(g, layer, x):
     n = layer.n_hidden
     # Time first, scanned along axis 0: onnxruntime's float64 Scan supports no other axis.
     x_proj = g.node("Transpose", [_affine(g, x, layer.Wx, layer.b, "rnn_x_proj")], perm=[1, 0, 2])
-    h0 = g.zeros_like_rows(x, n)
+    batch = g.node("Shape", [x], "batch", start=0, end=1)
+    h0 = g.zeros(g.node("Concat", [batch, g.constant([n], "width", np.int64)], "state_shape", axis=0))
     wh = g.constant(layer.Wh, "rnn.Wh")
     body = g.subgraph()
     h_prev, x_t = body.name("h_prev"), body.name("x_t")
@@ -179,9 +178,8 @@ def _export_fixed_point(g, layer, x):
     """Loop: h = act(x_proj + h·Wh) from h = 0 while max|Δh| > tol, at most max_iter times."""
     from onnx import TensorProto
 
-    n = layer.n_hidden
-    x_proj = _affine(g, x, layer.Wx, layer.b, "fixed_point_x_proj")
-    h0 = g.zeros_like_rows(x, n)
+    x_proj = _affine(g, x, layer.Wx, layer.b, "fixed_point_x_proj")  # (rows, n), or (batch, steps, n)
+    h0 = g.zeros(g.node("Shape", [x_proj]))
     wh, tol = g.constant(layer.Wh, "fixed_point.Wh"), g.constant(layer.tol, "fixed_point.tol")
     body = g.subgraph()
     iteration, cond_in, h_prev = body.name("iteration"), body.name("cond_in"), body.name("h_prev")
@@ -192,8 +190,8 @@ def _export_fixed_point(g, layer, x):
     graph = g.helper.make_graph(
         body.nodes, g.name("fixed_point_sweep"),
         [body.value_info(iteration, [], TensorProto.INT64), body.value_info(cond_in, [], TensorProto.BOOL),
-         body.value_info(h_prev, [None, n])],
-        [body.value_info(cond_out, [], TensorProto.BOOL), body.value_info(h_out, [None, n])])
+         body.value_info(h_prev, None)],  # rank 2, or 3 after an RNN with return_sequences
+        [body.value_info(cond_out, [], TensorProto.BOOL), body.value_info(h_out, None)])
     max_iter = g.constant(layer.max_iter, "fixed_point.max_iter", np.int64)
     start = g.constant(True, "true", np.bool_)
     return g.node("Loop", [max_iter, start, h0], "fixed_point", body=graph)

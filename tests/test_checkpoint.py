@@ -297,7 +297,8 @@ def test_ctrl_c_leaves_weights_moments_and_step_consistent(backend, tmp_path):
     between Adam's update and its step counter (or mid-update) would not.
     """
     trials = 8
-    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fb.__file__)))  # this fastbp, not an installed one
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     child = subprocess.Popen([sys.executable, "-c", CHILD, backend, str(tmp_path), str(trials)],
                              stdout=subprocess.PIPE, text=True, env=env)
     delays = random.Random(0)
@@ -319,6 +320,20 @@ def test_ctrl_c_leaves_weights_moments_and_step_consistent(backend, tmp_path):
         replay_opt = fb.Adam(replay, lr=1e-4)
         replay.fit(X, y, optimizer=replay_opt, epochs=opt.state.step, batch_size=None, verbose=0)
         assert_same_training_state(replay, replay_opt, net, opt)
+
+
+def test_fit_in_another_thread_leaves_signals_alone():
+    """Only the main thread may set handlers: elsewhere fit defers nothing and does not fail."""
+    import threading
+
+    X, y = classification()
+    net = make_net()
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(net.fit(X, y, epochs=2, verbose=0)))
+    thread.start()
+    thread.join()
+    assert len(errors[0]["loss"]) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_sigint_handler_is_restored_and_deferred_interrupt_raises(backend):

@@ -94,6 +94,22 @@ def test_fixed_point(backend, dtype, activation):
     assert_matches_predict(net, [(1, 4), (33, 4)], tolerance=max(TOLERANCE[dtype.type], 10 * tol))
 
 
+def test_fixed_point_after_rnn_sequences(backend, dtype):
+    """FixedPoint then relaxes every (sample, step) row at once, residual over all of them, as fastbp does."""
+    net = fb.Network([fb.RNN(3, 5, return_sequences=True), fb.FixedPoint(5, 6, tol=1e-6 if dtype == np.float32
+                      else 1e-11), fb.Dense(6, 2)], dtype=dtype, seed=8)
+    assert_matches_predict(net, [(1, 1, 3), (6, 4, 3)], tolerance=max(TOLERANCE[dtype.type], 1e-10))
+
+
+@pytest.mark.parametrize("opset", [17, 18, 21])
+def test_later_opsets(opset):
+    net = fb.Network([fb.RNN(2, 3), fb.FixedPoint(3, 3), fb.Dense(3, 2, "softplus")], seed=0)
+    model = net.to_onnx(opset=opset)
+    assert model.opset_import[0].version == opset
+    X = np.random.default_rng(0).standard_normal((4, 5, 2)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(model, X), net.predict(X), rtol=1e-5, atol=1e-5)
+
+
 def test_fixed_point_iterates_to_its_tolerance_not_a_fixed_count():
     """A loose tolerance stops the relaxation early, in fastbp and in ONNX alike."""
     def net(tol):
@@ -129,4 +145,5 @@ def test_bad_arguments():
 
 def test_import_fastbp_does_not_import_onnx():
     code = "import sys, fastbp; sys.exit(bool({'onnx', 'onnxruntime'} & set(sys.modules)))"
-    assert subprocess.run([sys.executable, "-c", code], cwd=os.getcwd()).returncode == 0
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fb.__file__)))  # this fastbp, not an installed one
+    assert subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=root)).returncode == 0
