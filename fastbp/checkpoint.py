@@ -114,11 +114,11 @@ def read_training_state(network, metadata, archive):
     for name in sorted(fields):
         current = getattr(optimizer.state, name)
         if isinstance(current, np.ndarray):
-            value = archive[ARRAY_PREFIX + name]
-            if value.shape != current.shape or value.dtype != current.dtype:
-                raise ValueError(f"optimizer array {name!r} has shape {value.shape} and dtype {value.dtype}, "
+            shape, dtype = _member_header(archive, ARRAY_PREFIX + name)  # before reading the data
+            if shape != current.shape or dtype != current.dtype:
+                raise ValueError(f"optimizer array {name!r} has shape {shape} and dtype {dtype}, "
                                  f"expected {current.shape} and {current.dtype}")
-            current[...] = value
+            current[...] = archive[ARRAY_PREFIX + name]
         else:
             value = counters[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -130,6 +130,18 @@ def read_training_state(network, metadata, archive):
     if training.get("rng") is not None:
         network._rng = np.random.Generator(_bit_generator(training["rng"]))
     return optimizer, epoch
+
+
+def _member_header(archive, name):
+    """(shape, dtype) of the .npz member ``name``, from its .npy header only: a member whose data
+    would expand to far more than the parameters is refused before it is read."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with archive.zip.open(name + ".npy") as f:
+        version = np.lib.format.read_magic(f)
+        if version not in readers:
+            raise ValueError(f"array {name!r} has .npy format version {version}")
+        shape, _, dtype = readers[version](f)
+    return shape, dtype
 
 
 def _bit_generator(state):

@@ -581,9 +581,10 @@ class Network:
         n_steps = self._n_steps(X)
         y, loss_kernel = self._check_y(y, n_samples, n_steps=n_steps)
         epochs = _check_count("epochs", epochs)
-        if isinstance(initial_epoch, (bool, np.bool_)) or not hasattr(initial_epoch, "__index__") \
-                or int(initial_epoch) < 0:
-            raise ValueError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}")
+        if isinstance(initial_epoch, (bool, np.bool_)) or not hasattr(initial_epoch, "__index__"):
+            raise TypeError(f"initial_epoch must be an integer, got {initial_epoch!r}")
+        if int(initial_epoch) < 0:
+            raise ValueError(f"initial_epoch must be >= 0, got {initial_epoch}")
         initial_epoch = int(initial_epoch)
         batch_size = _check_count("batch_size", batch_size, allow_none=True)
         batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
@@ -643,8 +644,8 @@ class Network:
                     optimizer.lr = lr_schedule(epoch, base_lr)
                 order = self._rng.permutation(n_samples) if gather else None
                 if verbose == 1:
-                    progress = tqdm(total=n_samples, desc=f"Epoch {epoch + 1}/{initial_epoch + epochs}", unit="sample",
-                                    leave=True, dynamic_ncols=True)
+                    progress = tqdm(total=n_samples, desc=f"Epoch {epoch + 1}/{initial_epoch + epochs}",
+                                    unit="sample", leave=True, dynamic_ncols=True)
                 kernels, n_threads = _backend.backend_module(), _backend.get_num_threads()
                 started = time.perf_counter()
                 total = 0.0

@@ -155,8 +155,11 @@ def test_save_refuses_bad_arguments_before_writing(tmp_path):
     with pytest.raises(ValueError, match="pass optimizer= too"):
         net.save(path, epoch=3)
     assert os.listdir(tmp_path) == []
-    with pytest.raises(ValueError, match="initial_epoch"):
+    with pytest.raises(ValueError, match="initial_epoch must be >= 0"):
         net.fit(*classification(), initial_epoch=-1, verbose=0)
+    with pytest.raises(TypeError, match="initial_epoch must be an integer"):
+        net.fit(*classification(), initial_epoch=1.5, verbose=0)
+    np.testing.assert_array_equal(net.params, make_net().params)  # nothing trained
 
 
 def rewrite(path, out, edit_metadata=None, edit_arrays=None):
@@ -167,7 +170,7 @@ def rewrite(path, out, edit_metadata=None, edit_arrays=None):
         edit_metadata(metadata)
     if edit_arrays:
         edit_arrays(arrays)
-    np.savez(out, metadata=np.array(json.dumps(metadata)), **arrays)
+    np.savez_compressed(out, metadata=np.array(json.dumps(metadata)), **arrays)  # zeros stay small
     return out
 
 
@@ -184,6 +187,8 @@ def rewrite(path, out, edit_metadata=None, edit_arrays=None):
     (dict(edit_arrays=lambda a: a.update({"optimizer.exp_avg": a["optimizer.exp_avg"][:-1]})), "has shape"),
     (dict(edit_arrays=lambda a: a.update({"optimizer.exp_avg": a["optimizer.exp_avg"].astype(np.float64)})),
      "dtype float64"),
+    (dict(edit_arrays=lambda a: a.update({"optimizer.exp_avg": np.zeros(10**8, np.float32)})),
+     r"shape \(100000000,\)"),  # 400 MB in a 0.4 MB member: refused from its header, never expanded
 ])
 def test_load_checkpoint_refuses_a_malformed_training_state(tmp_path, corruption, message):
     net = make_net()
