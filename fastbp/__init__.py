@@ -4,8 +4,9 @@ Kernels live in ``fastbp.kernels`` and run on one of two compiled backends,
 Cython with OpenMP or Numba, chosen with ``set_backend``/``backend``. On them,
 ``Network`` of ``Dense`` layers (after an optional recurrent ``RNN``, or
 with ``FixedPoint`` layers), the optimizers ``SGD``/``RMSprop``/``Adam``,
-``EarlyStopping``, ``schedules``, ``gradcheck`` and ``save``/``load`` are what
-a user trains with.
+``EarlyStopping``, ``ModelCheckpoint``, ``schedules``, ``gradcheck``,
+``save``/``load``/``load_checkpoint`` and ``export_onnx`` are what a user
+trains and ships with.
 """
 
 from . import callbacks, init, kernels, losses, optim, schedules
@@ -17,7 +18,9 @@ from ._backend import (
     set_backend,
     set_num_threads,
 )
-from .callbacks import EarlyStopping
+from .callbacks import EarlyStopping, ModelCheckpoint
+from .checkpoint import Checkpoint, load_checkpoint
+from .onnx_export import export_onnx  # imports onnx only when called
 from .gradcheck import gradcheck
 from .layers import Dense
 from .network import Network
@@ -44,6 +47,10 @@ __all__ = [
     "RMSprop",
     "Adam",
     "EarlyStopping",
+    "ModelCheckpoint",
+    "Checkpoint",
+    "load_checkpoint",
+    "export_onnx",
     "gradcheck",
     "save",
     "load",

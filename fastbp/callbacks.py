@@ -8,14 +8,18 @@ stops after this epoch. A callback may also define
 ``on_train_begin(network, metrics)``, called once before any weight changes
 with the tuple of metric names ``fit`` will record (so it can reject a
 missing metric early), and ``on_train_end(network)``, called when training
-ends normally or stops early.
+ends normally or stops early, and ``set_optimizer(optimizer)``, called first
+with the optimizer ``fit`` trains with (as Keras's ``set_model``). While
+callbacks run, ``optimizer.lr`` is the base learning rate (the schedule's
+input), and ``epoch`` counts from ``fit``'s ``initial_epoch``.
 """
 
 import math
+import os
 
 import numpy as np
 
-__all__ = ["EarlyStopping"]
+__all__ = ["EarlyStopping", "ModelCheckpoint"]
 
 
 class EarlyStopping:
@@ -95,3 +99,90 @@ class EarlyStopping:
     def __repr__(self):
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
                 f"min_delta={self.min_delta}, restore_best_weights={self.restore_best_weights})")
+
+
+class ModelCheckpoint:
+    """Save the network with its optimizer's state every ``every`` epochs, or when it is the best yet.
+
+    Each save is a checkpoint (``fb.save(net, path, optimizer=opt, epoch=epochs_done)``),
+    written atomically (temporary file, then ``os.replace``): an interrupted save
+    leaves the previous file whole. ``fb.load_checkpoint(path)`` resumes from it
+    exactly (see ``Network.fit``'s ``initial_epoch``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        File to write. May hold ``{epoch}``, replaced by the number of epochs done
+        (e.g. ``"ckpt-{epoch:03d}.npz"``) to keep one file per save; otherwise
+        each save replaces the last.
+    every : int >= 1
+        Consider saving at the end of every ``every``-th epoch (epochs done a
+        multiple of ``every``).
+    save_best_only : bool
+        Save only when ``monitor`` improved on the best value seen at the
+        epochs considered, so the file holds the best epoch's weights.
+    monitor : str
+        Metric watched by ``save_best_only``, lower is better (default
+        ``"val_loss"``, which needs ``validation_data``).
+    min_delta : float >= 0
+        An improvement must lower the best value by more than this.
+
+    Attributes
+    ----------
+    best : float
+        Best monitored value seen (with ``save_best_only``).
+    best_epoch : int or None
+        Epoch (from 0) of the last save with ``save_best_only``.
+    saved : list of str
+        Paths written, in order (a path repeats when it is replaced).
+    """
+
+    def __init__(self, path, every=1, save_best_only=False, monitor="val_loss", min_delta=0.0):
+        path = os.fspath(path)
+        try:
+            path.format(epoch=0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"path {path!r} may only hold the field {{epoch}}: {exc!r}") from None
+        if isinstance(every, bool) or not hasattr(every, "__index__") or int(every) < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        min_delta = float(min_delta)
+        if not math.isfinite(min_delta) or min_delta < 0:
+            raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta}")
+        self.path = path
+        self.every = int(every)
+        self.save_best_only = bool(save_best_only)
+        self.monitor = monitor
+        self.min_delta = min_delta
+        self.optimizer = None
+        self.saved = []
+        self.best, self.best_epoch = math.inf, None
+
+    def set_optimizer(self, optimizer):
+        self.optimizer = optimizer
+
+    def on_train_begin(self, network, metrics):
+        if self.save_best_only and self.monitor not in metrics:
+            hint = " (pass validation_data to fit)" if self.monitor.startswith("val_") else ""
+            raise ValueError(
+                f"ModelCheckpoint monitors {self.monitor!r}, which fit does not record{hint}; "
+                f"recorded metrics: {', '.join(metrics)}"
+            )
+        self.best, self.best_epoch = math.inf, None
+
+    def __call__(self, network, epoch, logs):
+        done = epoch + 1
+        if done % self.every:
+            return False
+        if self.save_best_only:
+            value = logs[self.monitor]
+            if not value < self.best - self.min_delta:
+                return False
+            self.best, self.best_epoch = value, epoch
+        path = self.path.format(epoch=done)
+        network.save(path, optimizer=self.optimizer, epoch=done if self.optimizer is not None else None)
+        self.saved.append(path)
+        return False
+
+    def __repr__(self):
+        return (f"ModelCheckpoint({self.path!r}, every={self.every}, save_best_only={self.save_best_only}, "
+                f"monitor={self.monitor!r})")

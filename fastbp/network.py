@@ -43,6 +43,7 @@ import numpy as np
 from . import _backend
 from . import kernels as _public_kernels
 from . import losses as _losses
+from ._interrupt import DeferredInterrupt
 from ._kernels import registry as _registry
 from ._kernels.reference import mlp_layout
 from .layers import Dense
@@ -508,7 +509,7 @@ class Network:
         return buffers
 
     def fit(self, X, y, optimizer=None, epochs=10, batch_size=32, shuffle=True, validation_data=None,
-            verbose=1, callbacks=None, lr_schedule=None):
+            verbose=1, callbacks=None, lr_schedule=None, initial_epoch=0):
         """Train on (X, y) by backpropagation; full-batch, stochastic or mini-batch.
 
         Parameters
@@ -537,10 +538,19 @@ class Network:
             val_loss, samples/s), 2 prints one line per epoch.
         callbacks : list of callables, optional
             ``callback(network, epoch, logs)`` at each epoch end; returning True
-            stops training. See ``fastbp.callbacks`` (``EarlyStopping``).
+            stops training. See ``fastbp.callbacks`` (``EarlyStopping``,
+            ``ModelCheckpoint``). ``optimizer.lr`` is the base learning rate
+            while they run.
         lr_schedule : callable, optional
             ``lr_schedule(epoch, base_lr) -> lr``, applied at the start of each
             epoch; see ``fastbp.schedules``.
+        initial_epoch : int >= 0
+            Epochs already done, when resuming from a checkpoint
+            (``fb.load_checkpoint(path).epoch``): the epochs run now are
+            numbered ``initial_epoch, ..., initial_epoch + epochs - 1`` for the
+            schedule and the callbacks, so training resumed from the checkpoint
+            of an epoch end gives bit for bit the weights of a run that never
+            stopped.
 
         Returns
         -------
@@ -558,6 +568,12 @@ class Network:
             If the loss, a gradient or an updated weight becomes non-finite;
             names the epoch and step, and the weights are left as they were
             before that step, and so is the optimizer's state.
+        KeyboardInterrupt
+            On Ctrl-C (SIGINT, main thread): it is deferred to the end of the
+            step in progress, so the weights, the optimizer's state and its step
+            count agree (one update each) when it propagates; save a checkpoint
+            in ``except KeyboardInterrupt`` to keep them. A second Ctrl-C before
+            the step ends interrupts at once.
         """
         # ---- validate everything, once, before any weight changes
         X = self._check_X(X)
@@ -565,6 +581,11 @@ class Network:
         n_steps = self._n_steps(X)
         y, loss_kernel = self._check_y(y, n_samples, n_steps=n_steps)
         epochs = _check_count("epochs", epochs)
+        if isinstance(initial_epoch, (bool, np.bool_)) or not hasattr(initial_epoch, "__index__"):
+            raise TypeError(f"initial_epoch must be an integer, got {initial_epoch!r}")
+        if int(initial_epoch) < 0:
+            raise ValueError(f"initial_epoch must be >= 0, got {initial_epoch}")
+        initial_epoch = int(initial_epoch)
         batch_size = _check_count("batch_size", batch_size, allow_none=True)
         batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
         if verbose not in (0, 1, 2) or isinstance(verbose, float):
@@ -594,6 +615,8 @@ class Network:
             if self.loss != "mse":
                 metrics.append("val_accuracy")
         for cb in callbacks:
+            if hasattr(cb, "set_optimizer"):
+                cb.set_optimizer(optimizer)
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(self, tuple(metrics))
 
@@ -613,14 +636,16 @@ class Network:
         progress = None
         if verbose == 1:
             from tqdm.auto import tqdm
+        interrupt = DeferredInterrupt()
+        interrupt.install()
         try:
-            for epoch in range(epochs):
+            for epoch in range(initial_epoch, initial_epoch + epochs):
                 if lr_schedule is not None:
                     optimizer.lr = lr_schedule(epoch, base_lr)
                 order = self._rng.permutation(n_samples) if gather else None
                 if verbose == 1:
-                    progress = tqdm(total=n_samples, desc=f"Epoch {epoch + 1}/{epochs}", unit="sample",
-                                    leave=True, dynamic_ncols=True)
+                    progress = tqdm(total=n_samples, desc=f"Epoch {epoch + 1}/{initial_epoch + epochs}",
+                                    unit="sample", leave=True, dynamic_ncols=True)
                 kernels, n_threads = _backend.backend_module(), _backend.get_num_threads()
                 started = time.perf_counter()
                 total = 0.0
@@ -646,12 +671,14 @@ class Network:
                                 f"{start}..{stop - 1}); training stopped and the weights are those before "
                                 f"that step. Try a smaller learning rate or gradient clipping."
                             ) from None
+                        interrupt.check()  # Ctrl-C lands here, between whole steps
                         total += loss * (stop - start)
                         if progress is not None:
                             progress.update(stop - start)
                 elapsed = time.perf_counter() - started
                 logs = {"loss": total / n_samples, "lr": optimizer.lr,
                         "samples_per_sec": n_samples / elapsed if elapsed > 0 else math.inf}
+                optimizer.lr = base_lr  # between epochs: what a checkpoint must store
                 if validation_data is not None:
                     logs["val_loss"] = self._evaluate(X_val, y_val, val_kernel)
                     if "val_accuracy" in metrics:
@@ -663,17 +690,20 @@ class Network:
                     progress.close()
                     progress = None
                 elif verbose == 2:
-                    print(f"Epoch {epoch + 1}/{epochs}: "
+                    print(f"Epoch {epoch + 1}/{initial_epoch + epochs}: "
                           + ", ".join(f"{k}={v:.4g}" for k, v in self._postfix(logs).items()), flush=True)
                 stop_training = False
                 for cb in callbacks:
                     stop_training = bool(cb(self, epoch, logs)) or stop_training
+                interrupt.check()
                 if stop_training:
                     break
         finally:
+            interrupt.uninstall()
             if progress is not None:
                 progress.close()
             optimizer.lr = base_lr
+        interrupt.check()  # one recorded after the last check
         for cb in callbacks:
             if hasattr(cb, "on_train_end"):
                 cb.on_train_end(self)
@@ -690,11 +720,19 @@ class Network:
                 for k, v in shown.items()}
 
     # ------------------------------------------------------------ persistence
-    def save(self, path):
-        """Write the architecture, dtype and weights to ``path`` (.npz + JSON metadata), atomically.
+    def save(self, path, optimizer=None, epoch=None):
+        """Write the architecture, dtype and weights to ``path`` (.npz + JSON metadata), atomically;
+        with ``optimizer``, a checkpoint that ``fastbp.load_checkpoint`` resumes exactly.
 
         See ``fastbp.save``.
         """
         from .serialization import save
 
-        return save(self, path)
+        return save(self, path, optimizer=optimizer, epoch=epoch)
+
+    def to_onnx(self, path=None, **kwargs):
+        """The ONNX model of ``predict``, written to ``path`` if given; see ``fastbp.export_onnx``
+        (needs the ``onnx`` extra)."""
+        from .onnx_export import export_onnx
+
+        return export_onnx(self, path, **kwargs)

@@ -194,6 +194,15 @@ class Optimizer:
     def _hyperparameters(self):
         return {"lr": self.lr, "weight_decay": self.weight_decay}
 
+    def get_config(self):
+        """The constructor's keyword arguments (but ``params``), as a JSON-serialisable dict.
+
+        ``type(opt)(network, **opt.get_config())`` builds an optimizer with the same
+        hyperparameters and a fresh state; checkpoints store this and ``state``.
+        """
+        config = {k: list(v) if isinstance(v, tuple) else v for k, v in self._hyperparameters().items()}
+        return dict(config, clip_norm=self.clip_norm, clip_value=self.clip_value)
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum, torch.optim.SGD's rule.

@@ -12,6 +12,11 @@ File layout (an uncompressed NumPy ``.npz`` archive):
   layer, ``layers.<i>.Wx``, ``.Wh``, ``.b`` for a recurrent one, in the
   network's dtype.
 
+With ``optimizer=``, the file is also a checkpoint: the optimizer's state,
+the epoch count and the shuffling Generator's state are added under the
+metadata key ``"training"`` and members ``optimizer.<name>`` (see
+``fastbp.checkpoint``); ``load`` ignores them, ``load_checkpoint`` restores them.
+
 Saving is atomic: the archive is written to a temporary file in the same
 directory, flushed and fsynced, then moved over ``path`` with ``os.replace``
 (and the directory fsynced), so a crash mid-save leaves the previous file, if
@@ -25,13 +30,15 @@ import zipfile
 
 import numpy as np
 
+from . import checkpoint as _checkpoint
+
 __all__ = ["save", "load"]
 
 FORMAT = "fastbp.Network"
 VERSION = 1
 
 
-def save(network, path):
+def save(network, path, optimizer=None, epoch=None):
     """Save ``network``'s architecture, dtype and weights to ``path``, atomically.
 
     Parameters
@@ -39,6 +46,11 @@ def save(network, path):
     network : Network
     path : str or os.PathLike
         Written exactly as given (no suffix is added); ``.npz`` is customary.
+    optimizer : SGD, RMSprop or Adam built on ``network``, optional
+        Also save its hyperparameters and state, and the network's random
+        Generator: a checkpoint, read back by ``fastbp.load_checkpoint``.
+    epoch : int >= 0, optional
+        Epochs done, stored with the optimizer (``fit``'s ``initial_epoch`` on resuming).
 
     Returns
     -------
@@ -47,7 +59,12 @@ def save(network, path):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     metadata = dict(network.get_config(), format=FORMAT, version=VERSION)
-    arrays = {"metadata": np.array(json.dumps(metadata))}
+    arrays = {}
+    if optimizer is not None:
+        metadata["training"], arrays = _checkpoint.training_state(network, optimizer, epoch)
+    elif epoch is not None:
+        raise ValueError("epoch is stored with the optimizer's state; pass optimizer= too")
+    arrays["metadata"] = np.array(json.dumps(metadata))
     for name, param, _ in network.named_parameters():
         arrays[name] = param
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
@@ -82,7 +99,7 @@ def _fsync_directory(directory):
 
 
 def load(path):
-    """Load a network saved by ``save``/``Network.save``.
+    """Load a network saved by ``save``/``Network.save`` (or a checkpoint, as a plain model).
 
     Parameters
     ----------
@@ -102,6 +119,12 @@ def load(path):
         If the file is truncated, not an ``.npz`` archive, holds pickled data,
         or is not a fastbp model.
     """
+    return read(path)[0]
+
+
+def read(path, training=False):
+    """``load``'s reader: (network, training) where training is ``(optimizer, epoch)`` from
+    ``fastbp.checkpoint.read_training_state`` if asked and saved, else None."""
     from .layers import layer_from_config
     from .network import Network
 
@@ -131,6 +154,7 @@ def load(path):
                     raise ValueError(f"array {name!r} has shape {stored.shape} and dtype {stored.dtype}, "
                                      f"expected {param.shape} and {param.dtype}")
                 param[...] = stored
+            state = _checkpoint.read_training_state(network, metadata, archive) if training else None
     except (ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise ValueError(f"{path!r} is not a valid fastbp model file: {exc}") from exc
-    return network
+    return network, state

@@ -1,0 +1,284 @@
+"""Export a trained Network to ONNX, so that it runs without fastbp (onnxruntime, ...).
+
+Design: two tables. ``LAYER_EXPORTERS`` maps a layer type to the function that
+appends its nodes to the graph; ``ACTIVATION_EXPORTERS`` maps an activation
+name (every one of ``fastbp.kernels.ACTIVATIONS``) to the function that
+appends ``act(z)``. A new layer type adds one row to the first table. Every
+function takes a ``_Graph`` builder and the name of its input value, and
+returns the name of its output value.
+
+What each layer becomes (opset 17, the model in the network's dtype,
+float32 or float64; the batch size, and the number of time steps for an RNN,
+are dynamic):
+
+* ``Dense``: ``MatMul``, ``Add``, then the activation.
+* ``RNN``: ``x·Wx + b`` for every step at once (``MatMul``, ``Add``), made
+  time-major (``Transpose``), then a ``Scan`` over time whose body is ``h = act(x_proj_t + h·Wh)``, from h = 0.
+  ONNX's own ``RNN`` op has no step, hardtanh or softplus in every runtime,
+  and a ``Scan`` states fastbp's recurrence as it is, for every activation.
+  ``return_sequences`` gives the scan's per-step outputs, otherwise its final
+  state.
+* ``FixedPoint``: a ``Loop`` that relaxes ``h = act(x·Wx + b + h·Wh)`` from
+  h = 0 while ``max|Δh| > tol``, at most ``max_iter`` times: the same iteration
+  and stopping rule as ``fastbp.kernels.fixed_point_forward``, not a fixed
+  unroll (the number of sweeps depends on the input, so an unroll to any fixed
+  count would be an approximation). One difference stays: where fastbp raises
+  ``ConvergenceError`` after ``max_iter`` sweeps, the ONNX model returns the
+  last iterate (ONNX has no exceptions). The residual is taken over the whole
+  batch, as fastbp does per chunk of 1024 rows.
+* The network's output activation for prediction (softmax for
+  softmax_cross_entropy, sigmoid for binary_cross_entropy), so the model
+  gives what ``Network.predict`` gives.
+
+Activations are standard ops (``Relu``, ``Tanh``, ``Sigmoid``, ``Softmax``,
+``Clip``, ``Erf`` for the exact gelu) or compositions of ops that
+onnxruntime implements in float64 as well as float32: elu and softplus from
+``Exp``/``Log`` (onnxruntime 1.32 has no float64 ``Elu``/``Softplus``), leaky
+relu from ``Where``/``Mul`` (``LeakyRelu``'s slope is a float32 attribute,
+0.01 rounded, 2e-10 off in float64). It has no float64 ``Erf`` either: a
+float64 gelu model is valid ONNX but needs another runtime (``onnx.reference``
+runs it, with an exact float64 erf).
+
+``onnx`` is imported here only: ``import fastbp`` never imports it.
+"""
+
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from . import losses as _losses
+from ._kernels import registry as R
+from .layers import Dense
+from .recurrent import RNN, FixedPoint
+
+__all__ = ["export_onnx", "OPSET", "LAYER_EXPORTERS", "ACTIVATION_EXPORTERS"]
+
+OPSET = 17  # with IR version 8, what onnxruntime >= 1.16 loads
+
+
+class _Graph:
+    """Collects nodes and constants of one (sub)graph; names are unique across the whole model."""
+
+    def __init__(self, dtype, root=None):
+        from onnx import helper
+
+        self.helper = helper
+        self.dtype = np.dtype(dtype)
+        self.elem_type = helper.np_dtype_to_tensor_dtype(self.dtype)
+        self.root = self if root is None else root
+        self.nodes = []
+        if root is None:
+            self.initializers, self._count = [], 0
+
+    def name(self, hint):
+        self.root._count += 1
+        return f"{hint}_{self.root._count}"
+
+    def node(self, op, inputs, hint=None, n_outputs=1, **attributes):
+        """Append ``op``; returns its output name (a list of them if ``n_outputs`` > 1)."""
+        outputs = [self.name(hint or op.lower()) for _ in range(n_outputs)]
+        self.nodes.append(self.helper.make_node(op, list(inputs), outputs, name=self.name(op), **attributes))
+        return outputs[0] if n_outputs == 1 else outputs
+
+    def constant(self, value, hint="const", dtype=None):
+        """A model initializer (visible inside subgraphs too), in the graph's dtype unless given."""
+        from onnx import numpy_helper
+
+        name = self.name(hint)
+        array = np.asarray(value, dtype=self.dtype if dtype is None else dtype)
+        self.root.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def subgraph(self):
+        return _Graph(self.dtype, root=self.root)
+
+    def value_info(self, name, shape, elem_type=None):
+        return self.helper.make_tensor_value_info(name, self.elem_type if elem_type is None else elem_type, shape)
+
+    def zeros(self, shape):
+        """Zeros of the shape held by the int64 tensor ``shape`` (known only at run time)."""
+        zero = self.helper.make_tensor("zero", self.elem_type, [1], [0.0])
+        return self.node("ConstantOfShape", [shape], "zeros", value=zero)
+
+
+# ---------------------------------------------------------------- activations
+# act(z) for each name of registry.ACTIVATIONS, formulas as in fastbp._kernels.reference.
+def _leaky_relu(g, z):  # z if z > 0 else slope·z; not LeakyRelu, whose alpha attribute is a float32
+    negative = g.node("Mul", [z, g.constant(R.LEAKY_RELU_SLOPE)])
+    return g.node("Where", [g.node("Greater", [z, g.constant(0.0)]), z, negative], "leaky_relu")
+
+
+def _elu(g, z):  # z if z > 0 else alpha·(exp(min(z, 0)) - 1)
+    negative = g.node("Sub", [g.node("Exp", [g.node("Min", [z, g.constant(0.0)])]), g.constant(1.0)])
+    negative = g.node("Mul", [negative, g.constant(R.ELU_ALPHA)])
+    return g.node("Where", [g.node("Greater", [z, g.constant(0.0)]), z, negative], "elu")
+
+
+def _softplus(g, z):  # max(z, 0) + log(1 + exp(-|z|)): no overflow for any z
+    tail = g.node("Log", [g.node("Add", [g.constant(1.0), g.node("Exp", [g.node("Neg", [g.node("Abs", [z])])])])])
+    return g.node("Add", [g.node("Relu", [z]), tail], "softplus")
+
+
+def _gelu(g, z):  # 0.5·z·(1 + erf(z/√2)), the exact gelu
+    erf = g.node("Erf", [g.node("Div", [z, g.constant(math.sqrt(2.0))])])
+    return g.node("Mul", [g.node("Mul", [g.constant(0.5), z]), g.node("Add", [g.constant(1.0), erf])], "gelu")
+
+
+ACTIVATION_EXPORTERS = {
+    "identity": lambda g, z: z,
+    "step": lambda g, z: g.node("Cast", [g.node("Greater", [z, g.constant(0.0)])], "step", to=g.elem_type),
+    "hardtanh": lambda g, z: g.node("Clip", [z, g.constant(-1.0), g.constant(1.0)], "hardtanh"),
+    "sigmoid": lambda g, z: g.node("Sigmoid", [z]),
+    "tanh": lambda g, z: g.node("Tanh", [z]),
+    "relu": lambda g, z: g.node("Relu", [z]),
+    "leaky_relu": _leaky_relu,
+    "elu": _elu,
+    "softplus": _softplus,
+    "gelu": _gelu,
+    "softmax": lambda g, z: g.node("Softmax", [z], axis=-1),  # over the last axis: rows, or each time step
+}
+
+
+def _activation(g, name, z):
+    return ACTIVATION_EXPORTERS[name](g, z)
+
+
+# ---------------------------------------------------------------- layers
+def _affine(g, x, W, b, hint):
+    """x·W + b; x may be (batch, n_in) or (batch, steps, n_in) (MatMul broadcasts)."""
+    return g.node("Add", [g.node("MatMul", [x, g.constant(W, hint + ".W")]), g.constant(b, hint + ".b")], hint)
+
+
+def _export_dense(g, layer, x):
+    return _activation(g, layer.activation, _affine(g, x, layer.W, layer.b, "dense"))
+
+
+def _export_rnn(g, layer, x):
+    """Scan over time of h = act(x_proj_t + h·Wh), x_proj = x·Wx + b for all steps at once."""
+    n = layer.n_hidden
+    # Time first, scanned along axis 0: onnxruntime's float64 Scan supports no other axis.
+    x_proj = g.node("Transpose", [_affine(g, x, layer.Wx, layer.b, "rnn_x_proj")], perm=[1, 0, 2])
+    batch = g.node("Shape", [x], "batch", start=0, end=1)
+    h0 = g.zeros(g.node("Concat", [batch, g.constant([n], "width", np.int64)], "state_shape", axis=0))
+    wh = g.constant(layer.Wh, "rnn.Wh")
+    body = g.subgraph()
+    h_prev, x_t = body.name("h_prev"), body.name("x_t")
+    h = _activation(body, layer.activation, body.node("Add", [x_t, body.node("MatMul", [h_prev, wh])], "z"))
+    h_state, h_out = body.node("Identity", [h], "h_state"), body.node("Identity", [h], "h_out")
+    graph = g.helper.make_graph(body.nodes, g.name("rnn_step"),
+                                [body.value_info(h_prev, [None, n]), body.value_info(x_t, [None, n])],
+                                [body.value_info(h_state, [None, n]), body.value_info(h_out, [None, n])])
+    h_last, hs = g.node("Scan", [h0, x_proj], "rnn", n_outputs=2, body=graph, num_scan_inputs=1)
+    return g.node("Transpose", [hs], perm=[1, 0, 2]) if layer.return_sequences else h_last
+
+
+def _export_fixed_point(g, layer, x):
+    """Loop: h = act(x_proj + h·Wh) from h = 0 while max|Δh| > tol, at most max_iter times."""
+    from onnx import TensorProto
+
+    x_proj = _affine(g, x, layer.Wx, layer.b, "fixed_point_x_proj")  # (rows, n), or (batch, steps, n)
+    h0 = g.zeros(g.node("Shape", [x_proj]))
+    wh, tol = g.constant(layer.Wh, "fixed_point.Wh"), g.constant(layer.tol, "fixed_point.tol")
+    body = g.subgraph()
+    iteration, cond_in, h_prev = body.name("iteration"), body.name("cond_in"), body.name("h_prev")
+    h = _activation(body, layer.activation, body.node("Add", [x_proj, body.node("MatMul", [h_prev, wh])], "z"))
+    residual = body.node("ReduceMax", [body.node("Abs", [body.node("Sub", [h, h_prev])])], "residual", keepdims=0)
+    cond_out = body.node("Greater", [residual, tol], "not_converged")
+    h_out = body.node("Identity", [h], "h")
+    graph = g.helper.make_graph(
+        body.nodes, g.name("fixed_point_sweep"),
+        [body.value_info(iteration, [], TensorProto.INT64), body.value_info(cond_in, [], TensorProto.BOOL),
+         body.value_info(h_prev, None)],  # rank 2, or 3 after an RNN with return_sequences
+        [body.value_info(cond_out, [], TensorProto.BOOL), body.value_info(h_out, None)])
+    max_iter = g.constant(layer.max_iter, "fixed_point.max_iter", np.int64)
+    start = g.constant(True, "true", np.bool_)
+    return g.node("Loop", [max_iter, start, h0], "fixed_point", body=graph)
+
+
+LAYER_EXPORTERS = {
+    Dense: _export_dense,
+    RNN: _export_rnn,
+    FixedPoint: _export_fixed_point,
+}
+
+
+# ---------------------------------------------------------------- model
+def export_onnx(network, path=None, *, input_name="X", output_name="Y", opset=OPSET):
+    """The ONNX model of ``network.predict``, written to ``path`` if given.
+
+    Parameters
+    ----------
+    network : Network
+    path : str or os.PathLike, optional
+        Written atomically (temporary file, then ``os.replace``); ``.onnx`` is customary.
+    input_name, output_name : str
+        Names of the model's input and output.
+    opset : int >= 17
+        ONNX opset of the default domain.
+
+    Returns
+    -------
+    onnx.ModelProto
+        Input ``input_name`` of shape (batch, n_inputs), or (batch, steps,
+        n_inputs) for a network starting with an RNN, in the network's dtype;
+        output ``output_name`` of shape (batch, n_outputs) (or (batch, steps,
+        n_outputs) with per-step outputs): what ``network.predict`` returns, to
+        rounding (float32: within 1e-5 with onnxruntime in the tests).
+
+    Raises
+    ------
+    ImportError
+        If the ``onnx`` package is missing (``pip install fastbp[onnx]``).
+    TypeError
+        If the network holds a layer type with no exporter.
+    """
+    from onnx import checker, helper
+
+    from .network import Network
+
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a fastbp.Network, got {type(network).__name__}")
+    for i, layer in enumerate(network.layers):
+        if type(layer) not in LAYER_EXPORTERS:
+            raise TypeError(f"layer {i} {layer!r} has no ONNX exporter; exportable: "
+                            f"{', '.join(t.__name__ for t in LAYER_EXPORTERS)}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < OPSET:
+        raise ValueError(f"opset must be an integer >= {OPSET}, got {opset!r}")
+    g = _Graph(network.dtype)
+    x = input_name
+    for layer in network.layers:
+        x = LAYER_EXPORTERS[type(layer)](g, layer, x)
+    y = _activation(g, _losses.PREDICT_ACTIVATION[network.loss], x)
+    g.nodes.append(helper.make_node("Identity", [y], [output_name], name="output"))
+    steps = ["batch", "steps"] if network.sequence_input else ["batch"]
+    out_steps = steps if network.sequence_output else ["batch"]
+    graph = helper.make_graph(g.nodes, "fastbp_network",
+                              [g.value_info(input_name, steps + [network.n_inputs])],
+                              [g.value_info(output_name, out_steps + [network.n_outputs])],
+                              initializer=g.initializers)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="fastbp",
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    checker.check_model(model, full_check=True)
+    if path is not None:
+        _write_atomically(os.fspath(path), model.SerializeToString())
+    return model
+
+
+def _write_atomically(path, data):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
