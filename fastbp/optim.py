@@ -77,17 +77,37 @@ def clip_grads(grads, clip_norm=None, clip_value=None):
     """Clip ``grads`` (ndarray of shape (n_params,)) in place: by value, then by global norm.
 
     Returns the global L2 norm before norm clipping (None if ``clip_norm`` is None).
+    The norm is right even where the sum of squares overflows (from a norm of about
+    1.8e19 in float32, 1.3e154 in float64): exploding gradients are scaled, never zeroed.
     """
     if clip_value is not None:
         np.clip(grads, -clip_value, clip_value, out=grads)
     if clip_norm is None:
         return None
+    norm = _global_norm(grads)
+    if norm > clip_norm:
+        factor = clip_norm / (norm + 1e-6)
+        if factor >= np.finfo(grads.dtype).tiny:
+            grads *= factor
+        else:  # a subnormal factor in float32 would lose bits: multiply in float64, round once
+            np.multiply(grads, factor, out=grads, dtype=np.float64, casting="same_kind")
+    return norm
+
+
+def _global_norm(grads):
+    """‖grads‖₂ as a Python float, without overflow (LAPACK nrm2's scaling, when it is needed)."""
     # einsum's own loop, not BLAS: a threaded BLAS dot leaves its threads spinning on the
     # cores the kernels' OpenMP threads need next (and it is single-threaded: deterministic).
-    norm = math.sqrt(float(np.einsum("i,i->", grads, grads)))
-    if norm > clip_norm:
-        grads *= clip_norm / (norm + 1e-6)
-    return norm
+    sum_of_squares = float(np.einsum("i,i->", grads, grads))
+    if math.isfinite(sum_of_squares):  # the usual case: one pass
+        return math.sqrt(sum_of_squares)
+    # The squares overflowed, or a gradient is inf/NaN. Scaled by the largest |g_i|,
+    # every square is at most 1 and the sum at most n: ‖g‖ = s·‖g/s‖.
+    scale = float(np.max(np.abs(grads)))
+    if not math.isfinite(scale) or math.isnan(sum_of_squares):
+        return sum_of_squares if math.isnan(sum_of_squares) else scale
+    scaled = grads / grads.dtype.type(scale)
+    return scale * math.sqrt(float(np.einsum("i,i->", scaled, scaled)))
 
 
 # ---------------------------------------------------------------- optimizers
