@@ -6,7 +6,12 @@ then calls the same-named kernel of the current backend (see
 ``out`` arguments when given, so a training loop can run without allocating.
 """
 
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _backend
 from . import _validation as V
@@ -39,6 +44,10 @@ __all__ = [
 MAX_INT64 = 2**63 - 1  # widths and step counts reach the kernels as int64
 
 
+# The kernels take ndarrays only (no lists: a conversion would hide a copy), float32 or float64.
+FloatArray = NDArray[np.floating]
+
+
 def _kernels():
     return _backend.backend_module(), _backend.get_num_threads()
 
@@ -48,7 +57,8 @@ def _readable(x, out):
     return x.copy() if np.may_share_memory(x, out) else x
 
 
-def gemm(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+def gemm(a: FloatArray, b: FloatArray, out: Optional[FloatArray] = None, trans_a: bool = False,
+         trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0) -> FloatArray:
     """General matrix product ``out = alpha·op(a)·op(b) + beta·out``.
 
     Parameters
@@ -100,7 +110,7 @@ def _activation_id(name):
     return R.activation_id(name)
 
 
-def activation(name, z, out=None):
+def activation(name: str, z: FloatArray, out: Optional[FloatArray] = None) -> FloatArray:
     """Apply activation ``name`` to ``z``: element-wise, or row-wise for softmax.
 
     Parameters
@@ -134,7 +144,8 @@ def _checked_preactivation(name, output, preactivation):
     return z
 
 
-def activation_grad(name, grad_output, output, preactivation=None, out=None):
+def activation_grad(name: str, grad_output: FloatArray, output: FloatArray, preactivation: Optional[FloatArray] = None,
+                    out: Optional[FloatArray] = None) -> FloatArray:
     """Backpropagate through activation ``name``: ``out = grad_output ⊙ act'(z)``.
 
     For softmax this is the row-wise Jacobian-vector product
@@ -181,7 +192,8 @@ def _dense_operands(x, w, b):
     return x, w, b
 
 
-def dense_forward(x, w, b, activation="identity", out=None, preactivation_out=None):
+def dense_forward(x: FloatArray, w: FloatArray, b: FloatArray, activation: str = "identity",
+                  out: Optional[FloatArray] = None, preactivation_out: Optional[FloatArray] = None) -> FloatArray:
     """Fused dense layer ``a = act(x·w + b)``, one pass over each output tile.
 
     Parameters
@@ -211,9 +223,12 @@ def dense_forward(x, w, b, activation="identity", out=None, preactivation_out=No
     return out
 
 
-def dense_backward(x, w, output, grad_output, activation="identity", preactivation=None, *,
-                   grad_preactivation_out=None, dw_out=None, db_out=None, dx_out=None,
-                   compute_dx=True, accumulate=False):
+def dense_backward(x: FloatArray, w: FloatArray, output: FloatArray, grad_output: FloatArray,
+                   activation: str = "identity", preactivation: Optional[FloatArray] = None, *,
+                   grad_preactivation_out: Optional[FloatArray] = None, dw_out: Optional[FloatArray] = None,
+                   db_out: Optional[FloatArray] = None, dx_out: Optional[FloatArray] = None,
+                   compute_dx: bool = True,
+                   accumulate: bool = False) -> Tuple[FloatArray, FloatArray, Optional[FloatArray]]:
     """Backward pass of a dense layer ``a = act(x·w + b)``.
 
     Computes ``δ = grad_output ⊙ act'(z)``, ``dw = xᵀ·δ``, ``db = Σ_rows δ`` and
@@ -307,7 +322,8 @@ def _loss_operands(name, output, target):
     return output, target, kernel
 
 
-def loss_and_grad(name, output, target, grad_out=None):
+def loss_and_grad(name: str, output: FloatArray, target: np.ndarray,
+                  grad_out: Optional[FloatArray] = None) -> Tuple[float, FloatArray]:
     """Loss ``name`` of ``output`` against ``target``, and its gradient with respect to ``output``.
 
     Losses follow PyTorch: ``mse`` is the mean over all elements of
@@ -346,14 +362,16 @@ def _loss_value(value):
     return float(value) + 0.0
 
 
-def loss(name, output, target):
+def loss(name: str, output: FloatArray, target: np.ndarray) -> float:
     """Loss ``name`` of ``output`` against ``target`` (see ``loss_and_grad``)."""
     return loss_and_grad(name, output, target)[0]
 
 
 # ---------------------------------------------------------------- whole network
-def mlp_loss_and_grad(x, target, loss, widths, activations, params, grads_out=None, *,
-                      outputs_out=None, preactivations_out=None, deltas_out=None):
+def mlp_loss_and_grad(x: FloatArray, target: np.ndarray, loss: str, widths: Sequence[int],
+                      activations: Sequence[str], params: FloatArray, grads_out: Optional[FloatArray] = None, *,
+                      outputs_out: Optional[FloatArray] = None, preactivations_out: Optional[FloatArray] = None,
+                      deltas_out: Optional[FloatArray] = None) -> Tuple[float, FloatArray]:
     """Loss and every gradient of a stack of dense layers, in one kernel call.
 
     Layer l = 1..L maps ``widths[l-1]`` features to ``widths[l]``:
@@ -439,7 +457,8 @@ def _optimizer_buffers(param, grad, **state):
     return param, grad
 
 
-def sgd_step(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+def sgd_step(param: FloatArray, grad: FloatArray, velocity: Optional[FloatArray], lr: float, momentum: float = 0.0,
+             nesterov: bool = False, weight_decay: float = 0.0) -> bool:
     """One in-place SGD step on flat buffers, torch.optim.SGD's rule (dampening 0).
 
     ``g = grad + weight_decay·param``; with momentum μ ``velocity = μ·velocity + g`` and
@@ -465,7 +484,8 @@ def sgd_step(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_dec
                                  bool(nesterov), V.scalar("weight_decay", weight_decay), n_threads))
 
 
-def rmsprop_step(param, grad, square_avg, lr, rho=0.9, eps=1e-8, weight_decay=0.0):
+def rmsprop_step(param: FloatArray, grad: FloatArray, square_avg: FloatArray, lr: float, rho: float = 0.9,
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> bool:
     """One in-place RMSprop step, torch.optim.RMSprop's rule (eps outside the root).
 
     ``g = grad + weight_decay·param; square_avg = ρ·square_avg + (1-ρ)·g²;
@@ -479,7 +499,8 @@ def rmsprop_step(param, grad, square_avg, lr, rho=0.9, eps=1e-8, weight_decay=0.
 
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+def adam_step(param: FloatArray, grad: FloatArray, exp_avg: FloatArray, exp_avg_sq: FloatArray, step: int, lr: float,
+              beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> bool:
     """One in-place Adam step number ``step`` (1 <= step <= 2**63 - 1), torch.optim.Adam's rule with bias correction.
 
     ``m = β1·m + (1-β1)·g; v = β2·v + (1-β2)·g²;
@@ -519,7 +540,8 @@ def _recurrent_weights(wh, n_hidden, dtype):
     return wh
 
 
-def rnn_forward(x_proj, wh, activation="tanh", out=None):
+def rnn_forward(x_proj: FloatArray, wh: FloatArray, activation: str = "tanh",
+                out: Optional[FloatArray] = None) -> FloatArray:
     """Run a simple RNN over whole sequences: ``h_t = act(x_proj_t + h_{t-1}·wh)`` from ``h_{-1} = 0``.
 
     The input projection ``x_proj = x·wx + b`` is computed beforehand as one
@@ -548,7 +570,9 @@ def rnn_forward(x_proj, wh, activation="tanh", out=None):
     return out
 
 
-def rnn_backward(hs, wh, grad_hs, activation="tanh", truncate=None, *, delta_out=None, dwh_out=None):
+def rnn_backward(hs: FloatArray, wh: FloatArray, grad_hs: FloatArray, activation: str = "tanh",
+                 truncate: Optional[int] = None, *, delta_out: Optional[FloatArray] = None,
+                 dwh_out: Optional[FloatArray] = None) -> Tuple[FloatArray, FloatArray]:
     """Backpropagation through time for ``rnn_forward``, optionally truncated.
 
     With T steps and ``t0 = T - truncate``: ``δ_t = (grad_hs_t + δ_{t+1}·whᵀ) ⊙ act'(h_t)``
@@ -609,7 +633,9 @@ def _iteration_limits(tol, max_iter):
     return tol, int(max_iter)
 
 
-def fixed_point_forward(x_proj, wh, activation="tanh", tol=1e-6, max_iter=100, out=None, scratch=None):
+def fixed_point_forward(x_proj: FloatArray, wh: FloatArray, activation: str = "tanh", tol: float = 1e-6,
+                        max_iter: int = 100, out: Optional[FloatArray] = None,
+                        scratch: Optional[FloatArray] = None) -> Tuple[FloatArray, int]:
     """Relax ``h = act(x_proj + h·wh)`` from ``h = 0`` until ``max|Δh| <= tol``.
 
     Parameters
@@ -646,7 +672,9 @@ def fixed_point_forward(x_proj, wh, activation="tanh", tol=1e-6, max_iter=100, o
     return h, it
 
 
-def fixed_point_adjoint(h, wh, grad_h, activation="tanh", tol=1e-6, max_iter=100, out=None, scratch=None):
+def fixed_point_adjoint(h: FloatArray, wh: FloatArray, grad_h: FloatArray, activation: str = "tanh",
+                        tol: float = 1e-6, max_iter: int = 100, out: Optional[FloatArray] = None,
+                        scratch: Optional[FloatArray] = None) -> Tuple[FloatArray, int]:
     """Recurrent backpropagation (Almeida–Pineda) at a fixed point ``h = act(x_proj + h·wh)``.
 
     Solves ``v = grad_h + (v ⊙ D)·whᵀ`` with ``D = act'(h)`` by iteration from

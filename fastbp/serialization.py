@@ -26,6 +26,8 @@ member holds, all before the network is allocated or any array read. No pickle
 is ever loaded.
 """
 
+from __future__ import annotations
+
 import json
 import math
 import os
@@ -34,7 +36,12 @@ import tempfile
 import zipfile
 import zlib
 
+from typing import TYPE_CHECKING, Union
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .network import Network
 
 try:
     import fcntl
@@ -47,7 +54,7 @@ FORMAT = "fastbp.Network"
 VERSION = 1
 
 
-def save(network, path):
+def save(network: Network, path: Union[str, os.PathLike]) -> str:
     """Save ``network``'s architecture, dtype and weights to ``path``, atomically.
 
     Parameters
@@ -153,7 +160,7 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
-def load(path):
+def load(path: Union[str, os.PathLike]) -> Network:
     """Load a network saved by ``save``/``Network.save``.
 
     Parameters

@@ -80,13 +80,3 @@ def test_help_names_the_program_as_it_was_called(capsys, monkeypatch):
     module = subprocess.run([sys.executable, "-m", "fastbp", "--epochs", "0"], capture_output=True, text=True,
                             cwd=ROOT, env=env)
     assert module.returncode == 2 and "python -m fastbp: error: argument --epochs" in module.stderr
-
-
-def test_package_ships_license_and_type_marker():
-    assert os.path.isfile(os.path.join(os.path.dirname(fb.__file__), "py.typed"))
-    with open(os.path.join(ROOT, "LICENSE")) as f:
-        text = f.read()
-    assert "BSD 3-Clause" in text or "Redistribution and use in source and binary forms" in text
-    with open(os.path.join(ROOT, "pyproject.toml")) as f:
-        pyproject = f.read()
-    assert 'license = { text = "BSD-3-Clause" }' in pyproject and '"fastbp" = ["py.typed"]' in pyproject
