@@ -96,14 +96,17 @@ def build_parser(prog=None):
                         help="hidden layer sizes, comma-separated (default 128,64)")
     parser.add_argument("--backend", choices=("cython", "numba"), default=None,
                         help="kernel backend (default: the fastest that loads)")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="threads for the kernels (default: all cores)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="threads for the kernels (default: all cores)")
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="mini-batch size (default 32)")
     parser.add_argument("--lr", type=_learning_rate, default=None,
                         help="Adam learning rate (default 2e-3 for digits, 5e-3 for sequence)")
     parser.add_argument("--seed", type=_seed, default=0, help="seed for the split, the weights and the shuffling")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--steps", type=_positive_int, default=12, help="sequence task: bits per sequence (default 12)")
-    parser.add_argument("--hidden", type=_positive_int, default=32, help="sequence task: RNN state size (default 32)")
+    parser.add_argument("--steps", type=_positive_int, default=12,
+                        help="sequence task: bits per sequence (default 12)")
+    parser.add_argument("--hidden", type=_positive_int, default=32,
+                        help="sequence task: RNN state size (default 32)")
     parser.add_argument("--out", default=None,
                         help="where to save the model (default digits_model.npz or sequence_model.npz)")
     parser.add_argument("--quiet", action="store_true", help="print only the final results")

@@ -144,8 +144,8 @@ def _checked_preactivation(name, output, preactivation):
     return z
 
 
-def activation_grad(name: str, grad_output: FloatArray, output: FloatArray, preactivation: Optional[FloatArray] = None,
-                    out: Optional[FloatArray] = None) -> FloatArray:
+def activation_grad(name: str, grad_output: FloatArray, output: FloatArray,
+                    preactivation: Optional[FloatArray] = None, out: Optional[FloatArray] = None) -> FloatArray:
     """Backpropagate through activation ``name``: ``out = grad_output ⊙ act'(z)``.
 
     For softmax this is the row-wise Jacobian-vector product
@@ -274,8 +274,6 @@ def dense_backward(x: FloatArray, w: FloatArray, output: FloatArray, grad_output
               "grad_output": grad_output}
     delta = V.output_array("grad_preactivation_out", grad_preactivation_out, (m, n_out), x.dtype, inputs=inputs,
                            may_alias=("grad_output",))
-    if delta is grad_output:  # updated in place: no longer an input the other outputs may not touch
-        del inputs["grad_output"]
     inputs["grad_preactivation_out"] = delta
     dw = V.output_array("dw_out", dw_out, (n_in, n_out), x.dtype, inputs=inputs)
     db = V.output_array("db_out", db_out, (n_out,), x.dtype, inputs=dict(inputs, dw_out=dw))
@@ -345,7 +343,8 @@ def loss_and_grad(name: str, output: FloatArray, target: np.ndarray,
     grad : ndarray of shape (n_samples, n_outputs)
     """
     output, target, kernel = _loss_operands(name, output, target)
-    grad = V.output_array("grad_out", grad_out, output.shape, output.dtype, inputs={"output": output, "target": target})
+    grad = V.output_array("grad_out", grad_out, output.shape, output.dtype,
+                          inputs={"output": output, "target": target})
     if output.size == 0:
         raise ValueError(f"output must not be empty, got shape {output.shape}")
     kernels, n_threads = _kernels()
@@ -611,8 +610,8 @@ def rnn_backward(hs: FloatArray, wh: FloatArray, grad_hs: FloatArray, activation
     elif isinstance(truncate, bool) or not hasattr(truncate, "__index__") or int(truncate) < 1:
         raise ValueError(f"truncate must be an integer >= 1 or None, got {truncate!r}")
     truncate = min(int(truncate), max(n_steps, 1))
-    delta = V.output_array("delta_out", delta_out, hs.shape, hs.dtype, inputs={"hs": hs, "wh": wh, "grad_hs": grad_hs},
-                           may_alias=("grad_hs",))
+    delta = V.output_array("delta_out", delta_out, hs.shape, hs.dtype,
+                           inputs={"hs": hs, "wh": wh, "grad_hs": grad_hs}, may_alias=("grad_hs",))
     dwh = V.output_array("dwh_out", dwh_out, (n, n), hs.dtype,
                          inputs={"hs": hs, "wh": wh, "grad_hs": grad_hs, "delta_out": delta})
     kernels, n_threads = _kernels()

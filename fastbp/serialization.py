@@ -35,7 +35,6 @@ import re
 import tempfile
 import zipfile
 import zlib
-
 from typing import TYPE_CHECKING, Union
 
 import numpy as np

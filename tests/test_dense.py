@@ -165,7 +165,8 @@ def test_dense_backward_refuses_a_delta_partly_overlapping_grad_output(backend, 
     base = rng.standard_normal(25).astype(dtype)
     grad_output, delta = base[:20].reshape(4, 5), base[5:25].reshape(4, 5)
     before = base.copy()
-    with pytest.raises(ValueError, match="grad_preactivation_out must not overlap the inputs, but it partly overlaps grad_output"):
+    with pytest.raises(ValueError, match="grad_preactivation_out must not overlap the inputs, "
+                                         "but it partly overlaps grad_output"):
         kernels.dense_backward(x, w, a, grad_output, "tanh", grad_preactivation_out=delta)
     np.testing.assert_array_equal(base, before)
     # in place through another view object of the same memory: allowed, same result as a separate delta

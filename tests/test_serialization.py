@@ -128,8 +128,8 @@ def peak_memory(function):
 def test_load_checks_array_headers_before_reading_or_allocating(tmp_path):
     # 1. A 130 KB deflated member that would expand to 128 MiB, where metadata wants (4, 3).
     bomb = tmp_path / "bomb.npz"
-    write_model(bomb, good_metadata(), {"layers.0.W": np.zeros((4096, 4096)), "layers.0.b": np.zeros(3, np.float32)},
-                compression=zipfile.ZIP_DEFLATED)
+    write_model(bomb, good_metadata(), {"layers.0.W": np.zeros((4096, 4096)),
+                                        "layers.0.b": np.zeros(3, np.float32)}, compression=zipfile.ZIP_DEFLATED)
     assert bomb.stat().st_size < 1 << 20
     peak, message = peak_memory(lambda: fb.load(bomb))
     assert re.search(r"array 'layers.0.W' has shape \(4096, 4096\) and dtype float64, expected \(4, 3\)", message)
@@ -146,7 +146,8 @@ def test_load_checks_array_headers_before_reading_or_allocating(tmp_path):
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (15000, 15000)})
     lying = tmp_path / "lying.npz"
-    write_model(lying, huge, {"layers.0.W": header.getvalue() + bytes(100), "layers.0.b": np.zeros(15000, np.float32)})
+    write_model(lying, huge, {"layers.0.W": header.getvalue() + bytes(100),
+                              "layers.0.b": np.zeros(15000, np.float32)})
     peak, message = peak_memory(lambda: fb.load(lying))
     assert re.search(r"array 'layers.0.W' claims shape \(15000, 15000\) of float32 \(900000000 bytes\) but its "
                      r"member holds 100 bytes", message) and peak < 4 << 20, (peak, message)
