@@ -4,4 +4,4 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m fastbp"))  # argv[0] is __main__.py here: name the command as typed

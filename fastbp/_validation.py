@@ -34,12 +34,12 @@ def contiguous_input(name, x, ndim, dtype=None):
     return np.ascontiguousarray(float_array(name, x, ndim, dtype))
 
 
-def output_array(name, out, shape, dtype, inputs=()):
+def output_array(name, out, shape, dtype, inputs=None, may_alias=()):
     """Return ``out``, or a new C-contiguous array, checked to hold ``shape`` of ``dtype``.
 
     An ``out`` given by the caller must be writable, C-contiguous and must not
-    overlap any of ``inputs`` (except where the kernel allows aliasing, which the
-    caller handles by leaving that input out of ``inputs``).
+    overlap any array of ``inputs`` (a mapping name -> array; see ``no_overlap``),
+    except that it may be exactly one named in ``may_alias``.
     """
     shape = tuple(shape)
     if out is None:
@@ -54,19 +54,60 @@ def output_array(name, out, shape, dtype, inputs=()):
         raise ValueError(f"{name} is read-only")
     if not out.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
-    for other in inputs:
-        if other is not None and np.may_share_memory(out, other):
-            raise ValueError(f"{name} must not overlap the inputs")
+    no_overlap(name, out, inputs or {}, may_alias)
     return out
 
 
-def scalar(name, value):
-    """``value`` as a finite Python float."""
+def _same_memory(a, b):
+    """Whether ``a`` and ``b`` view exactly the same elements in the same order."""
+    return a is b or (a.shape == b.shape and a.strides == b.strides
+                      and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+def no_overlap(name, out, inputs, may_alias=()):
+    """Refuse an ``out`` that shares memory with any array of ``inputs`` (name -> array or None).
+
+    The one overlap rule of every kernel: a kernel reads its inputs while it
+    writes ``out``, so any shared element can be overwritten before it is read.
+    The inputs named in ``may_alias`` are those the kernel is written to update
+    in place: ``out`` may be exactly such an input (same memory, shape and
+    strides), but even these may not overlap it partly. ``np.may_share_memory``
+    is conservative (memory bounds), so interleaved views are refused too.
+    """
+    for other_name, other in inputs.items():
+        if other is None or not np.may_share_memory(out, other):
+            continue
+        if other_name in may_alias and _same_memory(out, other):
+            continue
+        if other_name in may_alias:
+            raise ValueError(f"{name} must not overlap the inputs, but it partly overlaps {other_name} "
+                             f"({name} may be {other_name} itself, not part of it)")
+        raise ValueError(f"{name} must not overlap the inputs, but it overlaps {other_name}")
+
+
+def scalar(name, value, dtype=None):
+    """``value`` as a finite Python float; finite in ``dtype`` too when given.
+
+    The kernels round a scalar to the dtype of their arrays, so a value beyond
+    float32's range (``beta=1e39``) would become infinite there and poison every
+    element: it is refused rather than computed.
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
+    if dtype is not None and abs(value) > float(np.finfo(dtype).max):
+        raise ValueError(f"{name}={value:g} is beyond the range of {np.dtype(dtype).name}, the dtype of the "
+                         f"arrays: |{name}| must be at most {float(np.finfo(dtype).max):g}")
+    return value
+
+
+def unit_interval(name, value):
+    """``value`` as a float in [0, 1) (a decay rate such as Adam's betas or RMSprop's rho)."""
+    value = scalar(name, value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}")
     return value
 
 

@@ -85,8 +85,12 @@ def _plain(value):
     return value
 
 
-def read_training_state(network, metadata, archive):
+def read_training_state(network, metadata, members, read_array):
     """Restore the training state of a checkpoint into ``network``; (optimizer, epoch), or None if none.
+
+    ``members`` names the file's arrays; ``read_array(name, shape, dtype)`` reads one
+    after checking its header against that shape and dtype (``fastbp.serialization``'s
+    checks, so a member that would expand past the parameters is refused unread).
 
     Raises ValueError (or TypeError/KeyError, which ``load`` reports as ValueError)
     if the state does not fit the network or is malformed. Allocates only the
@@ -108,17 +112,13 @@ def read_training_state(network, metadata, archive):
         raise ValueError("its optimizer record is malformed")
     optimizer = cls(network, **config)  # validates the hyperparameters
     fields = {field.name for field in dataclasses.fields(optimizer.state)}
-    stored = set(counters) | {name[len(ARRAY_PREFIX):] for name in archive.files if name.startswith(ARRAY_PREFIX)}
+    stored = set(counters) | {name[len(ARRAY_PREFIX):] for name in members if name.startswith(ARRAY_PREFIX)}
     if stored != fields:
         raise ValueError(f"its {cls.__name__} state holds {sorted(stored)}, expected {sorted(fields)}")
     for name in sorted(fields):
         current = getattr(optimizer.state, name)
         if isinstance(current, np.ndarray):
-            shape, dtype = _member_header(archive, ARRAY_PREFIX + name)  # before reading the data
-            if shape != current.shape or dtype != current.dtype:
-                raise ValueError(f"optimizer array {name!r} has shape {shape} and dtype {dtype}, "
-                                 f"expected {current.shape} and {current.dtype}")
-            current[...] = archive[ARRAY_PREFIX + name]
+            current[...] = read_array(ARRAY_PREFIX + name, current.shape, current.dtype)
         else:
             value = counters[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -130,18 +130,6 @@ def read_training_state(network, metadata, archive):
     if training.get("rng") is not None:
         network._rng = np.random.Generator(_bit_generator(training["rng"]))
     return optimizer, epoch
-
-
-def _member_header(archive, name):
-    """(shape, dtype) of the .npz member ``name``, from its .npy header only: a member whose data
-    would expand to far more than the parameters is refused before it is read."""
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    with archive.zip.open(name + ".npy") as f:
-        version = np.lib.format.read_magic(f)
-        if version not in readers:
-            raise ValueError(f"array {name!r} has .npy format version {version}")
-        shape, _, dtype = readers[version](f)
-    return shape, dtype
 
 
 def _bit_generator(state):

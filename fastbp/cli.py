@@ -13,13 +13,48 @@ time, then the same figures are printed.
 """
 
 import argparse
+import math
+import os
 import sys
 import time
 
 import numpy as np
 
+from . import __version__
 
 DEFAULT_LR = {"digits": 2e-3, "sequence": 5e-3}
+DEFAULT_OUT = {"digits": "digits_model.npz", "sequence": "sequence_model.npz"}
+
+
+# Option types: a bad value is an argparse error ("argument --epochs: ..."), not a traceback.
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _learning_rate(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
 
 
 def _layers(text):
@@ -27,33 +62,51 @@ def _layers(text):
         sizes = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--layers must be comma-separated integers, got {text!r}") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("--layers needs at least one hidden layer size, e.g. 128,64")
     if any(size < 1 for size in sizes):
         raise argparse.ArgumentTypeError(f"--layers sizes must be >= 1, got {text!r}")
     return sizes
 
 
-def build_parser():
+def _check_out(parser, path):
+    """Refuse, before any training, a --out that cannot be written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        parser.error(f"argument --out: {path!r} is a directory; give a file name such as model.npz")
+    if not os.path.isdir(directory):
+        parser.error(f"argument --out: the directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        parser.error(f"argument --out: the directory {directory!r} is not writable")
+
+
+def build_parser(prog=None):
+    """The command line's parser; ``prog`` defaults to the name the program was called by."""
     parser = argparse.ArgumentParser(
-        prog="python -m fastbp",
+        prog=prog,
         description="Train a fastbp network on scikit-learn's digits (1,797 8x8 scans), or an RNN on "
                     "binary sequences (--task sequence), and save it.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s (fastbp {__version__})")
     parser.add_argument("--task", choices=("digits", "sequence"), default="digits",
                         help="digits: an MLP on 8x8 scans (default); sequence: an RNN counting the ones "
                              "in binary sequences")
-    parser.add_argument("--epochs", type=int, default=30, help="passes over the training set (default 30)")
+    parser.add_argument("--epochs", type=_positive_int, default=30, help="passes over the training set (default 30)")
     parser.add_argument("--layers", type=_layers, default=[128, 64],
                         help="hidden layer sizes, comma-separated (default 128,64)")
     parser.add_argument("--backend", choices=("cython", "numba"), default=None,
                         help="kernel backend (default: the fastest that loads)")
-    parser.add_argument("--threads", type=int, default=None, help="threads for the kernels (default: all cores)")
-    parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default 32)")
-    parser.add_argument("--lr", type=float, default=None,
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="threads for the kernels (default: all cores)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="mini-batch size (default 32)")
+    parser.add_argument("--lr", type=_learning_rate, default=None,
                         help="Adam learning rate (default 2e-3 for digits, 5e-3 for sequence)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the split, the weights and the shuffling")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed for the split, the weights and the shuffling")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--steps", type=int, default=12, help="sequence task: bits per sequence (default 12)")
-    parser.add_argument("--hidden", type=int, default=32, help="sequence task: RNN state size (default 32)")
+    parser.add_argument("--steps", type=_positive_int, default=12,
+                        help="sequence task: bits per sequence (default 12)")
+    parser.add_argument("--hidden", type=_positive_int, default=32,
+                        help="sequence task: RNN state size (default 32)")
     parser.add_argument("--out", default=None,
                         help="where to save the model (default digits_model.npz or sequence_model.npz)")
     parser.add_argument("--quiet", action="store_true", help="print only the final results")
@@ -79,9 +132,6 @@ def sequence_main(args):
     """Train RNN(1, hidden) -> Dense(hidden, steps + 1) to count the ones of binary sequences."""
     import fastbp as fb
 
-    if args.steps < 1 or args.hidden < 1:
-        print("--steps and --hidden must be >= 1", file=sys.stderr)
-        return 2
     rng = np.random.default_rng(args.seed)
     X_train, y_train = counting_data(4000, args.steps, rng)
     X_test, y_test = counting_data(1000, args.steps, rng)
@@ -98,14 +148,19 @@ def sequence_main(args):
                       validation_data=(X_test, y_test), verbose=0 if args.quiet else 1)
     elapsed = time.perf_counter() - started
     accuracy = float(np.mean(net.predict_classes(X_test) == y_test))
-    _report(net, history, elapsed, accuracy, len(X_test), "sequences", args.out or "sequence_model.npz")
+    _report(net, history, elapsed, accuracy, len(X_test), "sequences", args.out)
     return 0
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog=None):
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
     if args.lr is None:
         args.lr = DEFAULT_LR[args.task]
+    if args.out is None:
+        args.out = DEFAULT_OUT[args.task]
+    _check_out(parser, args.out)
     if args.task == "sequence":
         import fastbp as fb
 
@@ -145,5 +200,5 @@ def main(argv=None):
                       validation_data=(X_test, y_test), verbose=0 if args.quiet else 1)
     elapsed = time.perf_counter() - started
     accuracy = float(np.mean(net.predict_classes(X_test) == y_test))
-    _report(net, history, elapsed, accuracy, len(X_test), "digits", args.out or "digits_model.npz")
+    _report(net, history, elapsed, accuracy, len(X_test), "digits", args.out)
     return 0

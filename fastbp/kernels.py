@@ -6,7 +6,12 @@ then calls the same-named kernel of the current backend (see
 ``out`` arguments when given, so a training loop can run without allocating.
 """
 
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _backend
 from . import _validation as V
@@ -36,6 +41,13 @@ __all__ = [
 ]
 
 
+MAX_INT64 = 2**63 - 1  # widths and step counts reach the kernels as int64
+
+
+# The kernels take ndarrays only (no lists: a conversion would hide a copy), float32 or float64.
+FloatArray = NDArray[np.floating]
+
+
 def _kernels():
     return _backend.backend_module(), _backend.get_num_threads()
 
@@ -45,7 +57,8 @@ def _readable(x, out):
     return x.copy() if np.may_share_memory(x, out) else x
 
 
-def gemm(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+def gemm(a: FloatArray, b: FloatArray, out: Optional[FloatArray] = None, trans_a: bool = False,
+         trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0) -> FloatArray:
     """General matrix product ``out = alpha·op(a)·op(b) + beta·out``.
 
     Parameters
@@ -59,6 +72,8 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     trans_a, trans_b : bool
         Use the transpose of ``a`` / ``b`` (no copy is made).
     alpha, beta : float
+        Rounded to the operands' dtype, so in float32 they must lie within its
+        range (``|alpha|, |beta| <= 3.4e38``); a ValueError names the one that does not.
 
     Returns
     -------
@@ -66,7 +81,7 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     """
     a = V.float_array("a", a)
     b = V.float_array("b", b, dtype=a.dtype)
-    alpha, beta = V.scalar("alpha", alpha), V.scalar("beta", beta)
+    alpha, beta = V.scalar("alpha", alpha, a.dtype), V.scalar("beta", beta, a.dtype)
     op_a = a.T if trans_a else a
     op_b = b.T if trans_b else b
     (m, k), (k_b, n) = op_a.shape, op_b.shape
@@ -95,7 +110,7 @@ def _activation_id(name):
     return R.activation_id(name)
 
 
-def activation(name, z, out=None):
+def activation(name: str, z: FloatArray, out: Optional[FloatArray] = None) -> FloatArray:
     """Apply activation ``name`` to ``z``: element-wise, or row-wise for softmax.
 
     Parameters
@@ -110,7 +125,7 @@ def activation(name, z, out=None):
     """
     act = _activation_id(name)
     z = V.contiguous_input("z", z, 2)
-    out = V.output_array("out", out, z.shape, z.dtype)
+    out = V.output_array("out", out, z.shape, z.dtype, inputs={"z": z}, may_alias=("z",))
     if z.size:
         kernels, n_threads = _kernels()
         kernels.activation_forward(act, z, out, n_threads)
@@ -129,7 +144,8 @@ def _checked_preactivation(name, output, preactivation):
     return z
 
 
-def activation_grad(name, grad_output, output, preactivation=None, out=None):
+def activation_grad(name: str, grad_output: FloatArray, output: FloatArray,
+                    preactivation: Optional[FloatArray] = None, out: Optional[FloatArray] = None) -> FloatArray:
     """Backpropagate through activation ``name``: ``out = grad_output ⊙ act'(z)``.
 
     For softmax this is the row-wise Jacobian-vector product
@@ -155,7 +171,8 @@ def activation_grad(name, grad_output, output, preactivation=None, out=None):
     if output.shape != grad_output.shape:
         raise ValueError(f"output must have shape {grad_output.shape}, got {output.shape}")
     z = _checked_preactivation(name, output, preactivation)
-    out = V.output_array("out", out, grad_output.shape, grad_output.dtype, inputs=(output, z))
+    inputs = {"grad_output": grad_output, "output": output, "preactivation": None if z is output else z}
+    out = V.output_array("out", out, grad_output.shape, grad_output.dtype, inputs=inputs, may_alias=("grad_output",))
     if out.size:
         kernels, n_threads = _kernels()
         kernels.activation_backward(act, z, output, grad_output, out, n_threads)
@@ -175,7 +192,8 @@ def _dense_operands(x, w, b):
     return x, w, b
 
 
-def dense_forward(x, w, b, activation="identity", out=None, preactivation_out=None):
+def dense_forward(x: FloatArray, w: FloatArray, b: FloatArray, activation: str = "identity",
+                  out: Optional[FloatArray] = None, preactivation_out: Optional[FloatArray] = None) -> FloatArray:
     """Fused dense layer ``a = act(x·w + b)``, one pass over each output tile.
 
     Parameters
@@ -195,8 +213,9 @@ def dense_forward(x, w, b, activation="identity", out=None, preactivation_out=No
     act = _activation_id(activation)
     x, w, b = _dense_operands(x, w, b)
     shape = (x.shape[0], w.shape[1])
-    out = V.output_array("out", out, shape, x.dtype, inputs=(x, w, b))
-    z = V.output_array("preactivation_out", preactivation_out, shape, x.dtype, inputs=(x, w, b, out)) \
+    inputs = {"x": x, "w": w, "b": b}
+    out = V.output_array("out", out, shape, x.dtype, inputs=inputs)
+    z = V.output_array("preactivation_out", preactivation_out, shape, x.dtype, inputs=dict(inputs, out=out)) \
         if preactivation_out is not None else out
     if out.size:
         kernels, n_threads = _kernels()
@@ -204,9 +223,12 @@ def dense_forward(x, w, b, activation="identity", out=None, preactivation_out=No
     return out
 
 
-def dense_backward(x, w, output, grad_output, activation="identity", preactivation=None, *,
-                   grad_preactivation_out=None, dw_out=None, db_out=None, dx_out=None,
-                   compute_dx=True, accumulate=False):
+def dense_backward(x: FloatArray, w: FloatArray, output: FloatArray, grad_output: FloatArray,
+                   activation: str = "identity", preactivation: Optional[FloatArray] = None, *,
+                   grad_preactivation_out: Optional[FloatArray] = None, dw_out: Optional[FloatArray] = None,
+                   db_out: Optional[FloatArray] = None, dx_out: Optional[FloatArray] = None,
+                   compute_dx: bool = True,
+                   accumulate: bool = False) -> Tuple[FloatArray, FloatArray, Optional[FloatArray]]:
     """Backward pass of a dense layer ``a = act(x·w + b)``.
 
     Computes ``δ = grad_output ⊙ act'(z)``, ``dw = xᵀ·δ``, ``db = Σ_rows δ`` and
@@ -248,13 +270,14 @@ def dense_backward(x, w, output, grad_output, activation="identity", preactivati
     z = _checked_preactivation(activation, output, preactivation)
     if accumulate and (dw_out is None or db_out is None):
         raise ValueError("accumulate=True needs dw_out and db_out to add into")
-    inputs = (x, w, output, z)
-    if grad_preactivation_out is not None and grad_preactivation_out is not grad_output:
-        inputs = inputs + (grad_output,)
-    delta = V.output_array("grad_preactivation_out", grad_preactivation_out, (m, n_out), x.dtype, inputs=inputs)
-    dw = V.output_array("dw_out", dw_out, (n_in, n_out), x.dtype, inputs=inputs + (delta,))
-    db = V.output_array("db_out", db_out, (n_out,), x.dtype, inputs=inputs + (delta, dw))
-    dx = V.output_array("dx_out", dx_out, (m, n_in), x.dtype, inputs=inputs + (delta, dw, db)) \
+    inputs = {"x": x, "w": w, "output": output, "preactivation": None if z is output else z,
+              "grad_output": grad_output}
+    delta = V.output_array("grad_preactivation_out", grad_preactivation_out, (m, n_out), x.dtype, inputs=inputs,
+                           may_alias=("grad_output",))
+    inputs["grad_preactivation_out"] = delta
+    dw = V.output_array("dw_out", dw_out, (n_in, n_out), x.dtype, inputs=inputs)
+    db = V.output_array("db_out", db_out, (n_out,), x.dtype, inputs=dict(inputs, dw_out=dw))
+    dx = V.output_array("dx_out", dx_out, (m, n_in), x.dtype, inputs=dict(inputs, dw_out=dw, db_out=db)) \
         if compute_dx else None
     if m == 0:
         if not accumulate:
@@ -297,7 +320,8 @@ def _loss_operands(name, output, target):
     return output, target, kernel
 
 
-def loss_and_grad(name, output, target, grad_out=None):
+def loss_and_grad(name: str, output: FloatArray, target: np.ndarray,
+                  grad_out: Optional[FloatArray] = None) -> Tuple[float, FloatArray]:
     """Loss ``name`` of ``output`` against ``target``, and its gradient with respect to ``output``.
 
     Losses follow PyTorch: ``mse`` is the mean over all elements of
@@ -319,22 +343,34 @@ def loss_and_grad(name, output, target, grad_out=None):
     grad : ndarray of shape (n_samples, n_outputs)
     """
     output, target, kernel = _loss_operands(name, output, target)
-    grad = V.output_array("grad_out", grad_out, output.shape, output.dtype, inputs=(output, target))
+    grad = V.output_array("grad_out", grad_out, output.shape, output.dtype,
+                          inputs={"output": output, "target": target})
     if output.size == 0:
         raise ValueError(f"output must not be empty, got shape {output.shape}")
     kernels, n_threads = _kernels()
     value = getattr(kernels, kernel)(output, target, grad, n_threads)
-    return float(value), grad
+    return _loss_value(value), grad
 
 
-def loss(name, output, target):
+def _loss_value(value):
+    """The kernel's loss as a Python float; +0.0 for an exact zero.
+
+    A one-output softmax cross-entropy is log 1 = 0 negated, which the kernels
+    return as -0.0; torch.nn.functional.cross_entropy returns +0.0 for class indices.
+    """
+    return float(value) + 0.0
+
+
+def loss(name: str, output: FloatArray, target: np.ndarray) -> float:
     """Loss ``name`` of ``output`` against ``target`` (see ``loss_and_grad``)."""
     return loss_and_grad(name, output, target)[0]
 
 
 # ---------------------------------------------------------------- whole network
-def mlp_loss_and_grad(x, target, loss, widths, activations, params, grads_out=None, *,
-                      outputs_out=None, preactivations_out=None, deltas_out=None):
+def mlp_loss_and_grad(x: FloatArray, target: np.ndarray, loss: str, widths: Sequence[int],
+                      activations: Sequence[str], params: FloatArray, grads_out: Optional[FloatArray] = None, *,
+                      outputs_out: Optional[FloatArray] = None, preactivations_out: Optional[FloatArray] = None,
+                      deltas_out: Optional[FloatArray] = None) -> Tuple[float, FloatArray]:
     """Loss and every gradient of a stack of dense layers, in one kernel call.
 
     Layer l = 1..L maps ``widths[l-1]`` features to ``widths[l]``:
@@ -368,8 +404,10 @@ def mlp_loss_and_grad(x, target, loss, widths, activations, params, grads_out=No
     """
     x = V.contiguous_input("x", x, 2)
     widths = np.asarray(widths)
-    if widths.ndim != 1 or widths.size < 2 or widths.dtype.kind not in "iu" or widths.min() < 1:
-        raise ValueError(f"widths must be a sequence of at least 2 integers >= 1, got {widths.tolist()!r}")
+    if (widths.ndim != 1 or widths.size < 2 or widths.dtype.kind not in "iu" or widths.min() < 1
+            or widths.max() > MAX_INT64):  # the kernels take int64 widths: uint64 beyond would wrap
+        raise ValueError(f"widths must be a sequence of at least 2 integers in [1, 2**63 - 1], "
+                         f"got {widths.tolist()!r}")
     widths = widths.astype(np.int64)
     if isinstance(activations, str) or len(activations) != widths.size - 1:
         raise ValueError(f"activations must name one activation per layer ({widths.size - 1}), got {activations!r}")
@@ -384,16 +422,19 @@ def mlp_loss_and_grad(x, target, loss, widths, activations, params, grads_out=No
     params = V.contiguous_input("params", params, 1, x.dtype)
     if params.shape != (n_params,):
         raise ValueError(f"params must have shape ({n_params},) for widths {widths.tolist()}, got {params.shape}")
-    inputs = (x, target, params)
+    inputs = {"x": x, "target": target, "params": params}
     grads = V.output_array("grads_out", grads_out, (n_params,), x.dtype, inputs=inputs)
-    outputs = V.output_array("outputs_out", outputs_out, (n_outputs,), x.dtype, inputs=inputs + (grads,))
-    deltas = V.output_array("deltas_out", deltas_out, (n_outputs,), x.dtype, inputs=inputs + (grads, outputs))
+    inputs["grads_out"] = grads
+    outputs = V.output_array("outputs_out", outputs_out, (n_outputs,), x.dtype, inputs=inputs)
+    inputs["outputs_out"] = outputs
+    deltas = V.output_array("deltas_out", deltas_out, (n_outputs,), x.dtype, inputs=inputs)
+    inputs["deltas_out"] = deltas
     preacts = V.output_array("preactivations_out", preactivations_out, (n_preactivations,), x.dtype,
-                             inputs=inputs + (grads, outputs, deltas))
+                             inputs=inputs)
     kernels, n_threads = _kernels()
     value = kernels.mlp_loss_and_grad(x, target, R.LOSS_KERNEL_ID[kernel], widths, act_ids, params, grads,
                                       outputs, preacts, deltas, n_threads)
-    return float(value), grads
+    return _loss_value(value), grads
 
 
 # ---------------------------------------------------------------- optimizers
@@ -404,14 +445,19 @@ def _optimizer_buffers(param, grad, **state):
     grad = V.contiguous_input("grad", grad, 1, param.dtype)
     if grad.shape != param.shape:
         raise ValueError(f"grad must have shape {param.shape}, got {grad.shape}")
+    # Every buffer is read and written element by element: one array passed as two of them
+    # (exp_avg as exp_avg_sq, grad as param) would mix their updates, so none may overlap another.
+    V.no_overlap("param", param, {"grad": grad})
+    buffers = {"param": param, "grad": grad}
     for name, buf in state.items():
         if buf is None:
             raise ValueError(f"{name} must be a buffer of shape {param.shape}, got None")
-        V.output_array(name, buf, param.shape, param.dtype, inputs=(param, grad))
+        buffers[name] = V.output_array(name, buf, param.shape, param.dtype, inputs=dict(buffers))
     return param, grad
 
 
-def sgd_step(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+def sgd_step(param: FloatArray, grad: FloatArray, velocity: Optional[FloatArray], lr: float, momentum: float = 0.0,
+             nesterov: bool = False, weight_decay: float = 0.0) -> bool:
     """One in-place SGD step on flat buffers, torch.optim.SGD's rule (dampening 0).
 
     ``g = grad + weight_decay·param``; with momentum μ ``velocity = μ·velocity + g`` and
@@ -437,7 +483,8 @@ def sgd_step(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_dec
                                  bool(nesterov), V.scalar("weight_decay", weight_decay), n_threads))
 
 
-def rmsprop_step(param, grad, square_avg, lr, rho=0.9, eps=1e-8, weight_decay=0.0):
+def rmsprop_step(param: FloatArray, grad: FloatArray, square_avg: FloatArray, lr: float, rho: float = 0.9,
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> bool:
     """One in-place RMSprop step, torch.optim.RMSprop's rule (eps outside the root).
 
     ``g = grad + weight_decay·param; square_avg = ρ·square_avg + (1-ρ)·g²;
@@ -445,23 +492,28 @@ def rmsprop_step(param, grad, square_avg, lr, rho=0.9, eps=1e-8, weight_decay=0.
     """
     param, grad = _optimizer_buffers(param, grad, square_avg=square_avg)
     kernels, n_threads = _kernels()
-    return bool(kernels.rmsprop_step(param, grad, square_avg, V.scalar("lr", lr), V.scalar("rho", rho),
+    return bool(kernels.rmsprop_step(param, grad, square_avg, V.scalar("lr", lr), V.unit_interval("rho", rho),
                                      V.scalar("eps", eps), V.scalar("weight_decay", weight_decay), n_threads))
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
-    """One in-place Adam step number ``step`` (>= 1), torch.optim.Adam's rule with bias correction.
+
+
+def adam_step(param: FloatArray, grad: FloatArray, exp_avg: FloatArray, exp_avg_sq: FloatArray, step: int, lr: float,
+              beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> bool:
+    """One in-place Adam step number ``step`` (1 <= step <= 2**63 - 1), torch.optim.Adam's rule with bias correction.
 
     ``m = β1·m + (1-β1)·g; v = β2·v + (1-β2)·g²;
     param -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + eps)`` with ``g = grad + weight_decay·param``.
     Returns whether the step was applied (see ``sgd_step``).
     """
     param, grad = _optimizer_buffers(param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
-        raise ValueError(f"step must be an integer >= 1, got {step!r}")
+    # The kernels take the step as a 64-bit integer; beta = 1 would divide by 1 - beta^t = 0.
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 1 <= step <= MAX_INT64:
+        raise ValueError(f"step must be an integer in [1, 2**63 - 1], got {step!r}")
+    beta1, beta2 = V.unit_interval("beta1", beta1), V.unit_interval("beta2", beta2)
     kernels, n_threads = _kernels()
-    return bool(kernels.adam_step(param, grad, exp_avg, exp_avg_sq, V.scalar("lr", lr), V.scalar("beta1", beta1),
-                                  V.scalar("beta2", beta2), V.scalar("eps", eps),
+    return bool(kernels.adam_step(param, grad, exp_avg, exp_avg_sq, V.scalar("lr", lr), beta1,
+                                  beta2, V.scalar("eps", eps),
                                   V.scalar("weight_decay", weight_decay), int(step), n_threads))
 
 
@@ -487,7 +539,8 @@ def _recurrent_weights(wh, n_hidden, dtype):
     return wh
 
 
-def rnn_forward(x_proj, wh, activation="tanh", out=None):
+def rnn_forward(x_proj: FloatArray, wh: FloatArray, activation: str = "tanh",
+                out: Optional[FloatArray] = None) -> FloatArray:
     """Run a simple RNN over whole sequences: ``h_t = act(x_proj_t + h_{t-1}·wh)`` from ``h_{-1} = 0``.
 
     The input projection ``x_proj = x·wx + b`` is computed beforehand as one
@@ -508,15 +561,17 @@ def rnn_forward(x_proj, wh, activation="tanh", out=None):
     act = _recurrent_activation(activation)
     x_proj = _sequence("x_proj", x_proj)
     wh = _recurrent_weights(wh, x_proj.shape[2], x_proj.dtype)
-    out = V.output_array("out", out, x_proj.shape, x_proj.dtype,
-                         inputs=(wh,) if out is x_proj else (x_proj, wh))
+    out = V.output_array("out", out, x_proj.shape, x_proj.dtype, inputs={"x_proj": x_proj, "wh": wh},
+                         may_alias=("x_proj",))
     if out.size:
         kernels, n_threads = _kernels()
         kernels.rnn_forward(x_proj, wh, act, out, n_threads)
     return out
 
 
-def rnn_backward(hs, wh, grad_hs, activation="tanh", truncate=None, *, delta_out=None, dwh_out=None):
+def rnn_backward(hs: FloatArray, wh: FloatArray, grad_hs: FloatArray, activation: str = "tanh",
+                 truncate: Optional[int] = None, *, delta_out: Optional[FloatArray] = None,
+                 dwh_out: Optional[FloatArray] = None) -> Tuple[FloatArray, FloatArray]:
     """Backpropagation through time for ``rnn_forward``, optionally truncated.
 
     With T steps and ``t0 = T - truncate``: ``δ_t = (grad_hs_t + δ_{t+1}·whᵀ) ⊙ act'(h_t)``
@@ -555,9 +610,10 @@ def rnn_backward(hs, wh, grad_hs, activation="tanh", truncate=None, *, delta_out
     elif isinstance(truncate, bool) or not hasattr(truncate, "__index__") or int(truncate) < 1:
         raise ValueError(f"truncate must be an integer >= 1 or None, got {truncate!r}")
     truncate = min(int(truncate), max(n_steps, 1))
-    inputs = (hs, wh) if delta_out is grad_hs else (hs, wh, grad_hs)
-    delta = V.output_array("delta_out", delta_out, hs.shape, hs.dtype, inputs=inputs)
-    dwh = V.output_array("dwh_out", dwh_out, (n, n), hs.dtype, inputs=(hs, wh, grad_hs, delta))
+    delta = V.output_array("delta_out", delta_out, hs.shape, hs.dtype,
+                           inputs={"hs": hs, "wh": wh, "grad_hs": grad_hs}, may_alias=("grad_hs",))
+    dwh = V.output_array("dwh_out", dwh_out, (n, n), hs.dtype,
+                         inputs={"hs": hs, "wh": wh, "grad_hs": grad_hs, "delta_out": delta})
     kernels, n_threads = _kernels()
     kernels.rnn_backward(hs, wh, act, grad_hs, truncate, delta, dwh, n_threads)
     return delta, dwh
@@ -576,7 +632,9 @@ def _iteration_limits(tol, max_iter):
     return tol, int(max_iter)
 
 
-def fixed_point_forward(x_proj, wh, activation="tanh", tol=1e-6, max_iter=100, out=None, scratch=None):
+def fixed_point_forward(x_proj: FloatArray, wh: FloatArray, activation: str = "tanh", tol: float = 1e-6,
+                        max_iter: int = 100, out: Optional[FloatArray] = None,
+                        scratch: Optional[FloatArray] = None) -> Tuple[FloatArray, int]:
     """Relax ``h = act(x_proj + h·wh)`` from ``h = 0`` until ``max|Δh| <= tol``.
 
     Parameters
@@ -602,8 +660,9 @@ def fixed_point_forward(x_proj, wh, activation="tanh", tol=1e-6, max_iter=100, o
     tol, max_iter = _iteration_limits(tol, max_iter)
     x_proj = V.contiguous_input("x_proj", x_proj, 2)
     wh = _recurrent_weights(wh, x_proj.shape[1], x_proj.dtype)
-    h = V.output_array("out", out, x_proj.shape, x_proj.dtype, inputs=(x_proj, wh))
-    scratch = V.output_array("scratch", scratch, x_proj.shape, x_proj.dtype, inputs=(x_proj, wh, h))
+    inputs = {"x_proj": x_proj, "wh": wh}
+    h = V.output_array("out", out, x_proj.shape, x_proj.dtype, inputs=inputs)
+    scratch = V.output_array("scratch", scratch, x_proj.shape, x_proj.dtype, inputs=dict(inputs, out=h))
     kernels, n_threads = _kernels()
     it, residual = kernels.fixed_point_forward(x_proj, wh, act, tol, max_iter, h, scratch, n_threads)
     if not residual <= tol:
@@ -612,7 +671,9 @@ def fixed_point_forward(x_proj, wh, activation="tanh", tol=1e-6, max_iter=100, o
     return h, it
 
 
-def fixed_point_adjoint(h, wh, grad_h, activation="tanh", tol=1e-6, max_iter=100, out=None, scratch=None):
+def fixed_point_adjoint(h: FloatArray, wh: FloatArray, grad_h: FloatArray, activation: str = "tanh",
+                        tol: float = 1e-6, max_iter: int = 100, out: Optional[FloatArray] = None,
+                        scratch: Optional[FloatArray] = None) -> Tuple[FloatArray, int]:
     """Recurrent backpropagation (Almeida–Pineda) at a fixed point ``h = act(x_proj + h·wh)``.
 
     Solves ``v = grad_h + (v ⊙ D)·whᵀ`` with ``D = act'(h)`` by iteration from
@@ -644,8 +705,9 @@ def fixed_point_adjoint(h, wh, grad_h, activation="tanh", tol=1e-6, max_iter=100
     if grad_h.shape != h.shape:
         raise ValueError(f"grad_h must have the shape of h {h.shape}, got {grad_h.shape}")
     wh = _recurrent_weights(wh, h.shape[1], h.dtype)
-    delta = V.output_array("out", out, h.shape, h.dtype, inputs=(h, wh, grad_h))
-    scratch = V.output_array("scratch", scratch, (2,) + h.shape, h.dtype, inputs=(h, wh, grad_h, delta))
+    inputs = {"h": h, "wh": wh, "grad_h": grad_h}
+    delta = V.output_array("out", out, h.shape, h.dtype, inputs=inputs)
+    scratch = V.output_array("scratch", scratch, (2,) + h.shape, h.dtype, inputs=dict(inputs, out=delta))
     kernels, n_threads = _kernels()
     it, residual = kernels.fixed_point_adjoint(h, wh, act, grad_h, tol, max_iter, delta, scratch, n_threads)
     if not residual <= tol:

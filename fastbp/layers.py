@@ -101,6 +101,10 @@ class Dense:
         """[(name, param, grad)] in storage order."""
         return [("W", self._W, self._dW), ("b", self._b, self._db)]
 
+    def _parameter_shapes(self):
+        """[(name, shape)] in storage order, known before the layer has storage (``load`` checks files with it)."""
+        return [("W", (self.n_in, self.n_out)), ("b", (self.n_out,))]
+
     def _output_rows(self, n_rows, n_steps):
         return n_rows
 

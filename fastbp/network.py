@@ -34,11 +34,15 @@ kernels (``fastbp._backend.backend_module()``) directly with the current thread
 count; no per-step checks, no per-step allocations.
 """
 
+from __future__ import annotations
+
 import math
 import time
 from collections import OrderedDict
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _backend
 from . import kernels as _public_kernels
@@ -54,6 +58,7 @@ __all__ = ["Network"]
 
 _EVAL_CHUNK = 1024  # rows per forward pass when predicting/evaluating, to bound memory
 _LAYER_TYPES = (Dense, RNN, FixedPoint)
+Layer = Union[Dense, RNN, FixedPoint]
 _MAX_WORKSPACES = 6  # batch sizes kept: fit needs 2 for training and 2 for validation
 _GATHER_BYTES = 1 << 20  # about this much of X and y gathered per np.take when fit shuffles
 _GATHER_MAX_ROWS = 4096
@@ -155,7 +160,8 @@ class Network:
     >>> history = net.fit(X, y, optimizer=Adam(net, lr=1e-3), epochs=30)  # doctest: +SKIP
     """
 
-    def __init__(self, layers, loss="mse", dtype=np.float32, seed=None):
+    def __init__(self, layers: Union[Layer, Iterable[Layer]], loss: str = "mse", dtype: DTypeLike = np.float32,
+                 seed: Optional[int] = None) -> None:
         layers = list(layers) if not isinstance(layers, _LAYER_TYPES) else [layers]
         if not layers:
             raise ValueError("a Network needs at least one layer")
@@ -205,43 +211,43 @@ class Network:
 
     # ------------------------------------------------------------ structure
     @property
-    def n_inputs(self):
+    def n_inputs(self) -> int:
         return self.layers[0].n_in
 
     @property
-    def sequence_input(self):
+    def sequence_input(self) -> bool:
         """Whether X is a batch of sequences, (n_samples, n_steps, n_inputs) (the first layer is an RNN)."""
         return self.layers[0].sequence_input
 
     @property
-    def sequence_output(self):
+    def sequence_output(self) -> bool:
         """Whether outputs and targets are per time step, (n_samples, n_steps, ...)."""
         return self.sequence_input and self.layers[0].return_sequences
 
     @property
-    def n_outputs(self):
+    def n_outputs(self) -> int:
         return self.layers[-1].n_out
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
         return self.params.size
 
-    def parameters(self):
+    def parameters(self) -> Tuple[NDArray[np.floating], NDArray[np.floating]]:
         """The flat (params, grads) pair, each an ndarray of shape (n_params,); optimizers take it."""
         return self.params, self.grads
 
-    def named_parameters(self):
+    def named_parameters(self) -> List[Tuple[str, NDArray[np.floating], NDArray[np.floating]]]:
         """List of (name, param, grad) for every layer's W and b, e.g. ("layers.0.W", W, dW)."""
         named = []
         for i, layer in enumerate(self.layers):
             named.extend((f"layers.{i}.{name}", param, grad) for name, param, grad in layer._parameters())
         return named
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set every gradient to zero (backward overwrites them; training never needs this)."""
         self.grads.fill(0)
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         """The architecture as a JSON-serialisable dict (what ``save`` stores besides the weights)."""
         return {"layers": [layer.get_config() for layer in self.layers], "loss": self.loss,
                 "dtype": self.dtype.name, "seed": None if self.seed is None else int(self.seed)}
@@ -339,7 +345,7 @@ class Network:
                                      kernels, n_threads)
 
     # ------------------------------------------------------------ public one-off passes
-    def forward(self, X):
+    def forward(self, X: ArrayLike) -> NDArray[np.floating]:
         """Raw output of the last layer (logits for the cross-entropies), caching what ``backward`` needs.
 
         Parameters
@@ -359,7 +365,7 @@ class Network:
 
     __call__ = forward
 
-    def backward(self, y):
+    def backward(self, y: ArrayLike) -> float:
         """Loss of the last ``forward`` against ``y``; fills every layer's ``dW`` and ``db``.
 
         Parameters
@@ -395,7 +401,7 @@ class Network:
             out[start:start + x.shape[0]] = raw.reshape(self._output_shape(x))
         return out
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> NDArray[np.floating]:
         """Predictions: softmax probabilities (softmax_cross_entropy), sigmoid probabilities
         (binary_cross_entropy) or the raw output (mse).
 
@@ -415,7 +421,7 @@ class Network:
             _public_kernels.activation(act, rows, out=rows)
         return out
 
-    def predict_classes(self, X):
+    def predict_classes(self, X: ArrayLike) -> NDArray[np.integer]:
         """Predicted labels: argmax of the outputs, or output > 0.5 for binary_cross_entropy.
 
         Returns
@@ -428,7 +434,7 @@ class Network:
             return (proba > 0.5).astype(np.int64)
         return proba.argmax(axis=-1)
 
-    def evaluate(self, X, y):
+    def evaluate(self, X: ArrayLike, y: ArrayLike) -> float:
         """Mean loss over (X, y), without touching the gradients.
 
         Parameters
@@ -508,8 +514,12 @@ class Network:
             buffers = self._gather = (np.empty(shape_x, self.dtype), np.empty(shape_y, y.dtype))
         return buffers
 
-    def fit(self, X, y, optimizer=None, epochs=10, batch_size=32, shuffle=True, validation_data=None,
-            verbose=1, callbacks=None, lr_schedule=None, initial_epoch=0):
+    def fit(self, X: ArrayLike, y: ArrayLike, optimizer: Optional[Optimizer] = None, epochs: int = 10,
+            batch_size: Optional[int] = 32, shuffle: bool = True,
+            validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None, verbose: int = 1,
+            callbacks: Optional[Sequence[Callable[[Network, int, Dict[str, float]], Optional[bool]]]] = None,
+            lr_schedule: Optional[Callable[[int, float], float]] = None,
+            initial_epoch: int = 0) -> Dict[str, List[float]]:
         """Train on (X, y) by backpropagation; full-batch, stochastic or mini-batch.
 
         Parameters

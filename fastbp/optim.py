@@ -15,10 +15,14 @@ whole gradient vector to global L2 norm at most ``clip_norm`` (the factor is
 in place on the gradients, before weight decay is added.
 """
 
+from __future__ import annotations
+
 import math
 from dataclasses import dataclass
+from typing import Optional, Protocol, Tuple, Union
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _backend
 
@@ -26,44 +30,58 @@ __all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "SGDState", "RMSpropState", "A
            "sgd", "rmsprop", "adam", "clip_grads"]
 
 
+FloatArray = NDArray[np.floating]  # float32 or float64, 1-D, C-contiguous: the flat buffers
+# What an optimizer takes: a Network, any object whose .parameters() returns the pair, or the pair.
+Parameters = Union["HasParameters", Tuple[FloatArray, FloatArray]]
+
+
+class HasParameters(Protocol):
+    """What ``Optimizer`` reads from a Network (or any model): ``parameters()`` -> the flat (params, grads) pair."""
+
+    def parameters(self) -> Tuple[FloatArray, FloatArray]: ...
+
+
 # ---------------------------------------------------------------- state
 @dataclass
 class SGDState:
     """velocity : ndarray of shape (n_params,), the momentum buffer (zeros at start)."""
-    velocity: np.ndarray
+    velocity: FloatArray
 
 
 @dataclass
 class RMSpropState:
     """square_avg : ndarray of shape (n_params,), the running mean of g² (zeros at start)."""
-    square_avg: np.ndarray
+    square_avg: FloatArray
 
 
 @dataclass
 class AdamState:
     """step : int, updates done; exp_avg, exp_avg_sq : ndarrays of shape (n_params,)."""
     step: int
-    exp_avg: np.ndarray
-    exp_avg_sq: np.ndarray
+    exp_avg: FloatArray
+    exp_avg_sq: FloatArray
 
 
 # ---------------------------------------------------------------- functional updates
 # One call each, in place; arguments are trusted (the optimizers validated them).
 # Each returns whether the step was applied: the kernels write nothing when the
 # gradient or a new parameter or state value would be NaN or infinite.
-def sgd(params, grads, state, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+def sgd(params: FloatArray, grads: FloatArray, state: SGDState, *, lr: float, momentum: float = 0.0,
+        nesterov: bool = False, weight_decay: float = 0.0) -> bool:
     """One SGD step in place on flat buffers (torch.optim.SGD, dampening 0); see ``SGD``."""
     return _backend.backend_module().sgd_step(params, grads, state.velocity, lr, momentum, nesterov,
                                               weight_decay, _backend.get_num_threads())
 
 
-def rmsprop(params, grads, state, *, lr, rho=0.9, eps=1e-8, weight_decay=0.0):
+def rmsprop(params: FloatArray, grads: FloatArray, state: RMSpropState, *, lr: float, rho: float = 0.9,
+            eps: float = 1e-8, weight_decay: float = 0.0) -> bool:
     """One RMSprop step in place on flat buffers (torch.optim.RMSprop); see ``RMSprop``."""
     return _backend.backend_module().rmsprop_step(params, grads, state.square_avg, lr, rho, eps,
                                                   weight_decay, _backend.get_num_threads())
 
 
-def adam(params, grads, state, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+def adam(params: FloatArray, grads: FloatArray, state: AdamState, *, lr: float, beta1: float = 0.9,
+         beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> bool:
     """One Adam step in place on flat buffers (torch.optim.Adam); increments ``state.step`` if applied."""
     applied = _backend.backend_module().adam_step(params, grads, state.exp_avg, state.exp_avg_sq, lr, beta1,
                                                   beta2, eps, weight_decay, state.step + 1,
@@ -73,21 +91,42 @@ def adam(params, grads, state, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     return applied
 
 
-def clip_grads(grads, clip_norm=None, clip_value=None):
+def clip_grads(grads: FloatArray, clip_norm: Optional[float] = None,
+               clip_value: Optional[float] = None) -> Optional[float]:
     """Clip ``grads`` (ndarray of shape (n_params,)) in place: by value, then by global norm.
 
     Returns the global L2 norm before norm clipping (None if ``clip_norm`` is None).
+    The norm is right even where the sum of squares overflows (from a norm of about
+    1.8e19 in float32, 1.3e154 in float64): exploding gradients are scaled, never zeroed.
     """
     if clip_value is not None:
         np.clip(grads, -clip_value, clip_value, out=grads)
     if clip_norm is None:
         return None
+    norm = _global_norm(grads)
+    if norm > clip_norm:
+        factor = clip_norm / (norm + 1e-6)
+        if factor >= np.finfo(grads.dtype).tiny:
+            grads *= factor
+        else:  # a subnormal factor in float32 would lose bits: multiply in float64, round once
+            np.multiply(grads, factor, out=grads, dtype=np.float64, casting="same_kind")
+    return norm
+
+
+def _global_norm(grads: FloatArray) -> float:
+    """‖grads‖₂ as a Python float, without overflow (LAPACK nrm2's scaling, when it is needed)."""
     # einsum's own loop, not BLAS: a threaded BLAS dot leaves its threads spinning on the
     # cores the kernels' OpenMP threads need next (and it is single-threaded: deterministic).
-    norm = math.sqrt(float(np.einsum("i,i->", grads, grads)))
-    if norm > clip_norm:
-        grads *= clip_norm / (norm + 1e-6)
-    return norm
+    sum_of_squares = float(np.einsum("i,i->", grads, grads))
+    if math.isfinite(sum_of_squares):  # the usual case: one pass
+        return math.sqrt(sum_of_squares)
+    # The squares overflowed, or a gradient is inf/NaN. Scaled by the largest |g_i|,
+    # every square is at most 1 and the sum at most n: ‖g‖ = s·‖g/s‖.
+    scale = float(np.max(np.abs(grads)))
+    if not math.isfinite(scale) or math.isnan(sum_of_squares):
+        return sum_of_squares if math.isnan(sum_of_squares) else scale
+    scaled = grads / grads.dtype.type(scale)
+    return scale * math.sqrt(float(np.einsum("i,i->", scaled, scaled)))
 
 
 # ---------------------------------------------------------------- optimizers
@@ -140,7 +179,8 @@ class Optimizer:
         Clamp each gradient to [-clip_value, clip_value] before each step.
     """
 
-    def __init__(self, params, lr, weight_decay=0.0, clip_norm=None, clip_value=None):
+    def __init__(self, params: Parameters, lr: float, weight_decay: float = 0.0,
+                 clip_norm: Optional[float] = None, clip_value: Optional[float] = None) -> None:
         self.lr = lr
         self.weight_decay = _nonnegative("weight_decay value", weight_decay)
         for name, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
@@ -151,19 +191,19 @@ class Optimizer:
         self.params, self.grads = _flat_parameters(params)
 
     @property
-    def lr(self):
+    def lr(self) -> float:
         """Learning rate, a float >= 0; setting it validates it."""
         return self._lr
 
     @lr.setter
-    def lr(self, value):
+    def lr(self, value: float) -> None:
         self._lr = _nonnegative("learning rate", value)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set every gradient to zero (backward overwrites them, so training never needs this)."""
         self.grads.fill(0)
 
-    def step(self):
+    def step(self) -> None:
         """Clip the gradients if asked, then update the parameters in place, one kernel call.
 
         Raises
@@ -228,8 +268,9 @@ class SGD(Optimizer):
         ``velocity``, ndarray of shape (n_params,).
     """
 
-    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
-                 clip_norm=None, clip_value=None):
+    def __init__(self, params: Parameters, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, clip_norm: Optional[float] = None,
+                 clip_value: Optional[float] = None) -> None:
         self.momentum = _nonnegative("momentum value", momentum)
         if nesterov and self.momentum == 0.0:
             raise ValueError("Nesterov momentum requires a momentum > 0")
@@ -269,8 +310,9 @@ class RMSprop(Optimizer):
         ``square_avg``, ndarray of shape (n_params,).
     """
 
-    def __init__(self, params, lr=0.01, rho=0.9, eps=1e-8, weight_decay=0.0,
-                 clip_norm=None, clip_value=None):
+    def __init__(self, params: Parameters, lr: float = 0.01, rho: float = 0.9, eps: float = 1e-8,
+                 weight_decay: float = 0.0, clip_norm: Optional[float] = None,
+                 clip_value: Optional[float] = None) -> None:
         self.rho = _nonnegative("rho value", rho, upper=1.0, upper_open=True)
         self.eps = _nonnegative("epsilon value", eps)
         super().__init__(params, lr, weight_decay, clip_norm, clip_value)
@@ -307,8 +349,9 @@ class Adam(Optimizer):
         ``step`` (int) and ``exp_avg``, ``exp_avg_sq``, ndarrays of shape (n_params,).
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 clip_norm=None, clip_value=None):
+    def __init__(self, params: Parameters, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, clip_norm: Optional[float] = None,
+                 clip_value: Optional[float] = None) -> None:
         try:
             beta1, beta2 = betas
         except (TypeError, ValueError):

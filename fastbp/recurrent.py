@@ -96,6 +96,11 @@ class _Recurrent:
     def _parameters(self):
         return [("Wx", self._Wx, self._dWx), ("Wh", self._Wh, self._dWh), ("b", self._b, self._db)]
 
+    def _parameter_shapes(self):
+        """[(name, shape)] in storage order, known before the layer has storage (``load`` checks files with it)."""
+        n_in, n = self.n_in, self.n_hidden
+        return [("Wx", (n_in, n)), ("Wh", (n, n)), ("b", (n,))]
+
     def _set(self, name, value):
         view = getattr(self, "_" + name)
         if view is None:

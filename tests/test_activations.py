@@ -156,3 +156,23 @@ def test_torch_agrees_if_installed(backend, rng):
         np.testing.assert_allclose(a, out.detach().numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
         np.testing.assert_allclose(kernels.activation_grad(name, g, a, z), t.grad.numpy(), rtol=1e-9, atol=1e-12,
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_out_partly_overlapping_an_input_is_refused(backend, dtype, name):
+    base = np.linspace(-2, 2, 24).astype(dtype)
+    z, out = base[:20].reshape(5, 4), base[4:24].reshape(5, 4)  # both C-contiguous, 16 elements shared
+    before = base.copy()
+    with pytest.raises(ValueError, match="out must not overlap the inputs, but it partly overlaps z"):
+        kernels.activation(name, z, out=out)
+    a = kernels.activation(name, np.linspace(-1, 1, 20).reshape(5, 4).astype(dtype))
+    for grad_output, output, culprit in [(z, a, "but it partly overlaps grad_output"),
+                                         (a.copy(), z, "but it overlaps output")]:
+        with pytest.raises(ValueError, match=culprit):
+            kernels.activation_grad(name, grad_output, output, preactivation=output, out=out)
+    np.testing.assert_array_equal(base, before)  # refused before anything was written
+    # exact aliasing, even through another view object of the same memory, stays allowed
+    buf = base[:20].reshape(5, 4).copy()
+    expected = kernels.activation(name, buf)
+    kernels.activation(name, buf, out=buf.reshape(20).reshape(5, 4))
+    np.testing.assert_array_equal(buf, expected)

@@ -156,3 +156,21 @@ def test_dense_backends_agree(dtype, rng):
             results[name] = (a, *kernels.dense_backward(x, w, a, g, "elu"))
     for c, n in zip(results["cython"], results["numba"]):
         np.testing.assert_allclose(c, n, **tol(dtype, 100))
+
+
+def test_dense_backward_refuses_a_delta_partly_overlapping_grad_output(backend, dtype, rng):
+    x = rng.standard_normal((4, 3)).astype(dtype)
+    w = rng.standard_normal((3, 5)).astype(dtype)
+    a = kernels.dense_forward(x, w, np.zeros(5, dtype), "tanh")
+    base = rng.standard_normal(25).astype(dtype)
+    grad_output, delta = base[:20].reshape(4, 5), base[5:25].reshape(4, 5)
+    before = base.copy()
+    with pytest.raises(ValueError, match="grad_preactivation_out must not overlap the inputs, "
+                                         "but it partly overlaps grad_output"):
+        kernels.dense_backward(x, w, a, grad_output, "tanh", grad_preactivation_out=delta)
+    np.testing.assert_array_equal(base, before)
+    # in place through another view object of the same memory: allowed, same result as a separate delta
+    expected = kernels.dense_backward(x, w, a, grad_output.copy(), "tanh")
+    got = kernels.dense_backward(x, w, a, grad_output, "tanh", grad_preactivation_out=base[:20].reshape(4, 5))
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(g, e)

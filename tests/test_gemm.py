@@ -221,3 +221,45 @@ print("ok")
     env = dict(os.environ, FASTBP_CYTHON_ISA=isa)
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def test_gemm_out_partly_overlapping_input_is_safe(backend, dtype, rng):
+    buf = random_matrix(rng, (20, 16), dtype)
+    a, b = buf[:16].copy(), random_matrix(rng, (16, 16), dtype)
+    expected = kernels.gemm(a, b)
+    out = buf[4:20]  # C-contiguous, overlapping rows 4..15 of buf[:16]
+    kernels.gemm(buf[:16], b, out=out)  # the wrapper reads a copy of the overlapped operand
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(beta=1e39), "beta"), (dict(alpha=-1e39), "alpha"),
+                                         (dict(alpha=3.5e38), "alpha")])
+def test_gemm_float32_alpha_beta_beyond_float32_are_refused(backend, rng, kwargs, name):
+    a = random_matrix(rng, (4, 3), np.float32)
+    out = np.ones((4, 4), np.float32)
+    with pytest.raises(ValueError, match=f"{name}=.* is beyond the range of float32"):
+        kernels.gemm(a, a.T, out=out, **kwargs)
+    np.testing.assert_array_equal(out, 1.0)  # untouched
+    a64, out64 = a.astype(np.float64), np.ones((4, 4))  # in float64 the same values are computed
+    kernels.gemm(a64, a64.T, out=out64, **kwargs)
+    alpha, beta = kwargs.get("alpha", 1.0), kwargs.get("beta", 0.0)
+    np.testing.assert_allclose(out64, alpha * (a64 @ a64.T) + beta * np.ones((4, 4)), rtol=1e-14)
+    np.testing.assert_array_equal(kernels.gemm(a, a.T, out=out, beta=3.4e38) > 1e38, True)  # in range: computed
+
+
+def test_gemm_reads_a_broadcast_operand_without_materialising_it(backend, dtype):
+    import tracemalloc
+
+    m = k = 2048  # materialised, the broadcast a would take 16 or 32 MiB
+    row = np.linspace(0, 1, k).astype(dtype)
+    a = np.broadcast_to(row, (m, k))  # read-only, zero row stride
+    b = np.ones((k, 2), dtype)
+    kernels.gemm(a, b)  # warm the JIT and grow the packing buffers (kept) outside the measurement
+    tracemalloc.start()
+    try:
+        out = kernels.gemm(a, b)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < m * k * dtype.itemsize / 4, f"{peak} bytes allocated for a {a.nbytes}-byte view"
+    np.testing.assert_allclose(out, np.full((m, 2), row.astype(np.float64).sum()), rtol=k * eps(dtype))

@@ -121,3 +121,18 @@ def test_torch_agrees_if_installed(backend, rng):
         ours, grad = kernels.loss_and_grad(name, output, target)
         assert ours == pytest.approx(value.item(), rel=1e-12)
         np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_one_output_softmax_cross_entropy_is_plus_zero(backend, dtype):
+    logits = np.array([[3.0], [-2.0], [0.5]], dtype)
+    for target in (np.zeros(3, np.int64), np.ones((3, 1), dtype)):
+        value, grad = kernels.loss_and_grad("softmax_cross_entropy", logits, target)
+        assert value == 0.0 and math.copysign(1.0, value) == 1.0  # was -0.0
+        np.testing.assert_array_equal(grad, 0.0)
+    value, grads = kernels.mlp_loss_and_grad(np.ones((3, 2), dtype), np.zeros(3, np.int64),
+                                             "softmax_cross_entropy", [2, 1], ["identity"], np.ones(3, dtype))
+    assert value == 0.0 and math.copysign(1.0, value) == 1.0
+    np.testing.assert_array_equal(grads, 0.0)
+    torch = pytest.importorskip("torch")
+    expected = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.zeros(3, dtype=torch.long)).item()
+    assert math.copysign(1.0, expected) == 1.0 and expected == value

@@ -176,3 +176,10 @@ def test_mlp_compiled_kernel_checks_sizes(backend, rng):
                               (1, np.full(6, 3), r"\[0, 3\)"), (2, 9, "loss")]:
         with pytest.raises(ValueError, match=match):
             module.mlp_loss_and_grad(*args[:index], bad, *args[index + 1:])
+
+
+def test_mlp_uint64_widths_beyond_int64_are_named(backend):
+    widths = np.array([2, 2**64 - 1, 2], np.uint64)  # would wrap to -1 as int64
+    with pytest.raises(ValueError, match=r"widths must be .* integers in \[1, 2\*\*63 - 1\], "
+                                         r"got \[2, 18446744073709551615, 2\]"):
+        kernels.mlp_loss_and_grad(np.ones((2, 2)), np.zeros((2, 2)), "mse", widths, ["identity"] * 2, np.zeros(12))

@@ -297,3 +297,101 @@ def test_optimizer_step_raises_and_changes_nothing(backend):
     np.testing.assert_array_equal(opt.state.exp_avg, before[1])
     np.testing.assert_array_equal(opt.state.exp_avg_sq, before[2])
     assert opt.state.step == before[3] == 1
+
+
+# ---------------------------------------------------------------- issue 12: exploding gradients, aliased buffers
+HUGE = {np.float32: 1.0, np.float64: 1e140}  # times 1e20: the sum of squares overflows, the norm does not
+
+
+def test_clip_norm_scales_when_the_squared_norm_overflows(dtype):
+    g = (np.array([1e20, -3e20, 2e19]) * HUGE[dtype.type]).astype(dtype)
+    assert not np.isfinite(np.einsum("i,i->", g, g))  # the naive norm overflows
+    unit = 1e20 * HUGE[dtype.type]
+    expected_norm = float(np.linalg.norm(g.astype(np.float64) / unit)) * unit
+    grads = g.copy()
+    norm = fb.optim.clip_grads(grads, clip_norm=1.0)
+    assert norm == pytest.approx(expected_norm, rel=10 * eps(dtype))
+    np.testing.assert_allclose(grads, g.astype(np.float64) / expected_norm, rtol=10 * eps(dtype))
+    assert np.linalg.norm(grads.astype(np.float64)) == pytest.approx(1.0, rel=10 * eps(dtype))
+
+
+def test_clip_norm_keeps_its_bits_when_the_factor_is_subnormal_in_float32():
+    grads = np.array([3e38, -3e38, 1e38], np.float32)  # norm 4.4e38 > float32's max: factor < its tiny
+    fb.optim.clip_grads(grads, clip_norm=1.0)
+    exact = np.array([3, -3, 1]) / np.sqrt(19.0)
+    np.testing.assert_allclose(grads, exact, rtol=4 * eps(np.float32))
+
+
+def test_sgd_step_with_clip_norm_on_an_exploding_gradient(backend, dtype):
+    flat = Flat(np.zeros(3, dtype))
+    opt = fb.SGD(flat, lr=0.1, clip_norm=1.0)
+    flat.grads[...] = np.array([1e20, -3e20, 2e19]) * HUGE[dtype.type]
+    opt.step()
+    moved = np.linalg.norm(flat.params.astype(np.float64))
+    assert moved == pytest.approx(0.1, rel=10 * eps(dtype))  # was 0: the gradient had been zeroed
+    np.testing.assert_allclose(flat.params, -0.1 * np.array([1, -3, 0.2]) / np.sqrt(10.04), rtol=10 * eps(dtype))
+
+
+def _step(kind, param, grad, a, b):
+    if kind == "sgd":
+        return fb.kernels.sgd_step(param, grad, a, lr=0.1, momentum=0.9)
+    if kind == "rmsprop":
+        return fb.kernels.rmsprop_step(param, grad, a, lr=0.1)
+    return fb.kernels.adam_step(param, grad, a, b, 1, lr=0.1)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "rmsprop", "adam"])
+def test_optimizer_steps_refuse_overlapping_buffers(backend, kind):
+    base = np.arange(1.0, 21.0)
+    grad = np.full(8, 0.5)
+    cases = [  # (param, grad, state a, state b, the two names the message names)
+        (base[:8], grad, np.zeros(8), np.zeros(8), None),
+        (base[:8], base[:8], np.zeros(8), np.zeros(8), "grad"),
+        (base[:8], base[4:12], np.zeros(8), np.zeros(8), "grad"),
+        (base[:8], grad, base[:8], np.zeros(8), "param"),
+        (base[:8], grad, base[6:14], np.zeros(8), "param"),
+        (base[:8], grad, grad, np.zeros(8), "grad"),
+    ]
+    if kind == "adam":
+        moments = np.zeros(12)
+        cases += [(base[:8], grad, moments[:8], moments[:8], "exp_avg"),
+                  (base[:8], grad, moments[:8], moments[4:], "exp_avg")]
+    for param, g, a, b, culprit in cases[1:]:
+        before = base.copy(), moments.copy() if kind == "adam" else None
+        with pytest.raises(ValueError, match=f"must not overlap the inputs, but it overlaps {culprit}$"):
+            _step(kind, param, g, a, b)
+        np.testing.assert_array_equal(base, before[0])  # refused before anything was written
+        if kind == "adam":
+            np.testing.assert_array_equal(moments, before[1])
+    param, g, a, b, _ = cases[0]
+    assert _step(kind, param.copy(), g, a, b)
+
+
+def test_adam_step_bad_hyperparameters_are_refused_alike(backend):
+    def step(**kwargs):
+        args = dict(step=1, lr=0.1)
+        args.update(kwargs)
+        return fb.kernels.adam_step(np.ones(4), np.ones(4), np.zeros(4), np.zeros(4), **args)
+
+    for kwargs, message in [
+        (dict(beta1=1.0), r"beta1 must lie in \[0, 1\), got 1.0"),
+        (dict(beta2=1.0), r"beta2 must lie in \[0, 1\), got 1.0"),
+        (dict(beta1=-0.1), r"beta1 must lie in \[0, 1\)"),
+        (dict(step=2**70), r"step must be an integer in \[1, 2\*\*63 - 1\], got 1180591620717411303424"),
+        (dict(step=2**63), r"step must be an integer in \[1, 2\*\*63 - 1\]"),
+        (dict(step=0), r"step must be an integer in \[1, 2\*\*63 - 1\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            step(**kwargs)
+    assert step(step=2**63 - 1)  # the largest step the kernels take: bias corrections of 1
+
+
+def test_adam_step_at_the_largest_step_agrees_across_backends():
+    results = []
+    for name in fb.available_backends():
+        with fb.backend(name):
+            param = np.linspace(-1, 1, 9)
+            assert fb.kernels.adam_step(param, np.full(9, 0.25), np.zeros(9), np.zeros(9), 2**63 - 1, lr=0.01)
+            results.append(param)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
