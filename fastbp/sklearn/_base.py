@@ -1,0 +1,422 @@
+"""What MLPClassifier and MLPRegressor share: parameters, the network, the stochastic solvers.
+
+Follows scikit-learn's ``sklearn/neural_network/_multilayer_perceptron.py``
+(parameters, defaults, initialisation, batches, stopping rules, fitted
+attributes) with the arithmetic on fastbp: the network is a ``fastbp.Network``
+whose flat ``params`` hold every W and b, a step is one ``Objective`` call
+(fastbp's compiled loss and gradient) and one fastbp optimizer step (one fused
+kernel over the flat vector). ``coefs_`` and ``intercepts_`` are views into the
+network's ``params``.
+
+Differences from scikit-learn, on purpose:
+* ``sample_weight`` and ``class_weight`` weigh the loss of each sample;
+* ``warm_start`` and ``partial_fit`` keep the optimizer's state (Adam's moments
+  and step count, SGD's velocity), where scikit-learn restarts it on each
+  warm-started ``fit``;
+* SGD and Adam follow ``fastbp.SGD``/``fastbp.Adam`` (torch.optim's rules):
+  with a constant learning rate SGD's momentum update is scikit-learn's; Adam
+  adds ``epsilon`` to √v̂ rather than √v (a difference of order epsilon);
+* sparse input is refused: fastbp's kernels are dense.
+"""
+
+import contextlib
+import math
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+
+from .. import _backend
+from ..layers import Dense
+from ..network import Network
+from ..optim import SGD, Adam
+from ._lbfgs import fit_lbfgs
+from ._objective import OUTPUTS, Objective
+
+# scikit-learn's hidden activation names -> fastbp's; fastbp's other element-wise ones too.
+ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
+               "leaky_relu": "leaky_relu", "elu": "elu", "softplus": "softplus", "gelu": "gelu",
+               "hardtanh": "hardtanh"}
+DTYPES = (np.float32, np.float64)
+STOCHASTIC_SOLVERS = ("sgd", "adam")
+
+
+@contextlib.contextmanager
+def runtime(backend, n_threads):
+    """Run the block on fastbp ``backend`` with ``n_threads`` threads (None: keep the current ones)."""
+    with _backend.backend(backend) if backend is not None else contextlib.nullcontext():
+        previous = _backend.get_num_threads()
+        if n_threads is not None:
+            _backend.set_num_threads(n_threads)
+        try:
+            yield
+        finally:
+            _backend.set_num_threads(previous)
+
+
+class BaseMLP(BaseEstimator):
+    """Base class of fastbp's scikit-learn MLPs; use MLPClassifier or MLPRegressor."""
+
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
+        "backend": [StrOptions(set(_backend.BACKENDS)), None],
+        "n_threads": [Interval(Integral, 1, None, closed="left"), None],
+        "dtype": "no_validation",  # checked by _resolve_dtype, which names the accepted values
+    }
+
+    def __init__(self, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
+                 learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start,
+                 momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2,
+                 epsilon, n_iter_no_change, max_fun, backend, n_threads, dtype):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.backend = backend
+        self.n_threads = n_threads
+        self.dtype = dtype
+
+    # ------------------------------------------------------------ fitted parameters: views
+    @property
+    def coefs_(self):
+        """List of n_layers_ - 1 arrays: the weight matrix of each layer, shape (fan_in, fan_out)."""
+        return [layer.W for layer in self._fitted_network().layers]
+
+    @property
+    def intercepts_(self):
+        """List of n_layers_ - 1 arrays: the bias vector of each layer, shape (fan_out,)."""
+        return [layer.b for layer in self._fitted_network().layers]
+
+    def _fitted_network(self):
+        try:
+            return self.__dict__["_network"]
+        except KeyError:
+            raise AttributeError(f"This {type(self).__name__} instance is not fitted yet") from None
+
+    # ------------------------------------------------------------ checks
+    def _resolve_dtype(self, X_dtype):
+        if self.dtype is None:
+            return np.dtype(X_dtype) if X_dtype in DTYPES else np.dtype(np.float64)
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            dtype = None
+        if dtype not in DTYPES:
+            raise ValueError(f"The 'dtype' parameter of {type(self).__name__} must be None, 'float32' "
+                             f"or 'float64'. Got {self.dtype!r} instead.")
+        return dtype
+
+    def _hidden_layer_sizes(self):
+        sizes = self.hidden_layer_sizes
+        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
+        if any(not isinstance(s, (Integral, np.integer)) or isinstance(s, bool) or s <= 0 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
+        return [int(s) for s in sizes]
+
+    def _check_sample_weight(self, sample_weight, X):
+        if sample_weight is None:
+            return None
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        if not sample_weight.sum() > 0:
+            raise ValueError("sample_weight must have a positive sum, got "
+                             f"{float(sample_weight.sum())}")
+        return sample_weight
+
+    def _make_network(self, n_features, n_outputs, dtype):
+        """A fresh network, initialised as scikit-learn does (Glorot uniform W and b, from random_state)."""
+        units = [n_features] + self._hidden_layer_sizes() + [n_outputs]
+        hidden = ACTIVATIONS[self.activation]
+        layers = [Dense(fan_in, fan_out, hidden if i < len(units) - 2 else None)
+                  for i, (fan_in, fan_out) in enumerate(zip(units[:-1], units[1:]))]
+        net = Network(layers, loss=OUTPUTS[self.out_activation_][0], dtype=dtype, seed=0)
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        for layer in layers:
+            bound = np.sqrt(factor / (layer.n_in + layer.n_out))
+            layer.W = self._random_state.uniform(-bound, bound, (layer.n_in, layer.n_out))
+            layer.b = self._random_state.uniform(-bound, bound, layer.n_out)
+        return net
+
+    # ------------------------------------------------------------ fit
+    def _fit(self, X, y, sample_weight=None, incremental=False, classes=None):
+        """Validate (nothing of a fitted model changes if this raises), then train."""
+        saved = dict(self.__dict__)
+        try:
+            self._validate_params()
+            if incremental and self.early_stopping:
+                raise ValueError("partial_fit does not support early_stopping=True")
+            hidden = self._hidden_layer_sizes()
+            first_pass = "_network" not in self.__dict__ or (not self.warm_start and not incremental)
+            X, y, targets = self._validate_input(X, y, incremental, reset=first_pass, classes=classes)
+            sample_weight = self._check_sample_weight(sample_weight, X)
+            n_outputs = targets.shape[1] if targets.ndim == 2 else len(self.classes_)
+            if not first_pass and (self._network.n_outputs != n_outputs or [layer.n_out for layer in
+                                   self._network.layers[:-1]] != hidden
+                                   or self._network.dtype != X.dtype):
+                raise ValueError(
+                    "warm_start/partial_fit continue the fitted network, which has "
+                    f"hidden_layer_sizes={[layer.n_out for layer in self._network.layers[:-1]]}, "
+                    f"{self._network.n_outputs} outputs and dtype {self._network.dtype}; got "
+                    f"hidden_layer_sizes={hidden}, {n_outputs} outputs and dtype {X.dtype}")
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+        self._random_state = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(n_outputs, X.shape[1], X.dtype)
+        self.n_outputs_ = self._network.n_outputs
+        objective = Objective(self._network, self.out_activation_, self.alpha)
+        with runtime(self.backend, self.n_threads):
+            if self.solver == "lbfgs":
+                self.n_iter_, self.loss_ = fit_lbfgs(objective, X, targets, sample_weight, max_iter=self.max_iter,
+                                                     max_fun=self.max_fun, tol=self.tol, verbose=self.verbose)
+            else:
+                self._fit_stochastic(objective, X, y, targets, sample_weight, incremental)
+        if not np.isfinite(self._network.params).all():
+            raise ValueError("Solver produced non-finite parameter weights. The input data may contain "
+                             "large values and need to be preprocessed.")
+        return self
+
+    def _initialize(self, n_outputs, n_features, dtype):
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_layers_ = len(self._hidden_layer_sizes()) + 2
+        self.out_activation_ = self._out_activation()
+        self._network = self._make_network(n_features, n_outputs, dtype)
+        self.__dict__.pop("_optimizer", None)
+        if self.solver in STOCHASTIC_SOLVERS:
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
+
+    def _make_optimizer(self, incremental):
+        """The fastbp optimizer: kept across warm-started fits and partial_fit (its state too)."""
+        net = self._network
+        optimizer = self.__dict__.get("_optimizer")
+        kind = SGD if self.solver == "sgd" else Adam
+        if type(optimizer) is not kind or optimizer.params is not net.params:
+            optimizer = None
+        if optimizer is None:
+            if self.solver == "sgd":
+                optimizer = SGD(net, lr=self.learning_rate_init, momentum=self.momentum,
+                                nesterov=self.nesterovs_momentum and self.momentum > 0)
+            else:
+                optimizer = Adam(net, lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2),
+                                 eps=self.epsilon)
+        elif not incremental:  # a warm-started fit: the current hyperparameters, the state kept
+            optimizer.lr = self.learning_rate_init
+            if self.solver == "sgd":
+                optimizer.momentum = float(self.momentum)
+                optimizer.nesterov = bool(self.nesterovs_momentum and self.momentum > 0)
+            else:
+                optimizer.betas, optimizer.eps = (float(self.beta_1), float(self.beta_2)), float(self.epsilon)
+        self._optimizer = optimizer
+        return optimizer
+
+    def _validation_split(self, X, y, targets, sample_weight):
+        """scikit-learn's early-stopping split: (train part, validation part), validation labels as y."""
+        stratify = y if self._is_classifier() and self.n_outputs_ == 1 else None
+        arrays = [X, y, targets] + ([] if sample_weight is None else [sample_weight])
+        split = train_test_split(*arrays, random_state=self._random_state,
+                                 test_size=self.validation_fraction, stratify=stratify)
+        train, val = split[0::2], split[1::2]
+        if val[0].shape[0] < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' or the "
+                             "size of your dataset.")
+        if sample_weight is None:
+            train, val = train + [None], val + [None]
+        return train, val
+
+    def _fit_stochastic(self, objective, X, y, targets, sample_weight, incremental):
+        optimizer = self._make_optimizer(incremental)
+        early_stopping = self.early_stopping
+        if early_stopping:
+            (X, _, targets, sample_weight), (X_val, y_val, _, sw_val) = self._validation_split(
+                X, y, targets, sample_weight)
+        n_samples = X.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be "
+                              "clipped")
+            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+        order = np.arange(n_samples)
+        progress = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+            progress = tqdm(total=1 if incremental else self.max_iter, desc=type(self).__name__,
+                            unit="epoch", dynamic_ncols=True)
+        try:
+            if not incremental:
+                self.n_iter_ = 0
+            for _ in range(self.max_iter):
+                if self.shuffle:
+                    self._random_state.shuffle(order)
+                epoch_loss = self._epoch(objective, optimizer, X, targets, sample_weight, order, batch_size)
+                self.n_iter_ += 1
+                self.loss_ = epoch_loss
+                self.t_ += n_samples
+                self.loss_curve_.append(self.loss_)
+                self._update_no_improvement_count(early_stopping, X_val if early_stopping else None,
+                                                  y_val if early_stopping else None,
+                                                  sw_val if early_stopping else None)
+                if progress is not None:
+                    shown = {"loss": f"{self.loss_:.6g}"}
+                    if early_stopping:
+                        shown["val_score"] = f"{self.validation_scores_[-1]:.4g}"
+                    progress.set_postfix(shown, refresh=False)
+                    progress.update(1)
+                if self.learning_rate == "invscaling" and self.solver == "sgd":
+                    optimizer.lr = self.learning_rate_init / (self.t_ + 1) ** self.power_t
+                if self._no_improvement_count > self.n_iter_no_change:
+                    if not self._lower_learning_rate(optimizer, early_stopping):
+                        break
+                    self._no_improvement_count = 0
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                                  "the optimization hasn't converged yet.", ConvergenceWarning)
+        finally:
+            if progress is not None:
+                progress.close()
+        if early_stopping:
+            np.copyto(self._network.params, self._best_params)
+
+    def _epoch(self, objective, optimizer, X, targets, sample_weight, order, batch_size):
+        """One pass over the rows of X in ``order``, batch by batch; returns scikit-learn's epoch loss."""
+        n_samples = X.shape[0]
+        total = 0.0
+        for start in range(0, n_samples, batch_size):
+            idx = order[start:start + batch_size]
+            x, t = np.take(X, idx, axis=0), np.take(targets, idx, axis=0)
+            w = None if sample_weight is None else np.take(sample_weight, idx)
+            data_loss, penalty = objective(x, t, w)
+            if not math.isfinite(data_loss):
+                raise ValueError("Solver produced non-finite parameter weights: the training loss "
+                                 f"became {data_loss}. The input data may contain large values and "
+                                 "need to be preprocessed.")
+            try:
+                optimizer.step()
+            except FloatingPointError:
+                raise ValueError("Solver produced non-finite parameter weights. The input data may "
+                                 "contain large values and need to be preprocessed.") from None
+            total += (objective.loss_factor * data_loss + penalty) * idx.size
+        return total / n_samples
+
+    def _update_no_improvement_count(self, early_stopping, X_val, y_val, sw_val):
+        """scikit-learn's rule: count epochs that do not improve the loss (or validation score) by tol."""
+        if early_stopping:
+            score = self._score(X_val, y_val, sw_val)
+            self.validation_scores_.append(score)
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best_params = self._network.params.copy()
+        else:
+            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if self.loss_curve_[-1] < self.best_loss_:
+                self.best_loss_ = self.loss_curve_[-1]
+
+    def _lower_learning_rate(self, optimizer, early_stopping):
+        """After n_iter_no_change epochs without progress: divide the lr by 5 ('adaptive' sgd) or stop.
+
+        Returns whether training goes on.
+        """
+        what = "Validation score did not improve" if early_stopping else "Training loss did not improve"
+        msg = f"{what} more than tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."
+        if self.solver != "sgd" or self.learning_rate != "adaptive" or optimizer.lr <= 1e-6:
+            if self.verbose:
+                print(msg + (" Learning rate too small." if optimizer.lr <= 1e-6 else "") + " Stopping.")
+            return False
+        optimizer.lr /= 5.0
+        if self.verbose:
+            print(msg + f" Setting learning rate to {optimizer.lr:f}")
+        return True
+
+    # ------------------------------------------------------------ predict
+    def _forward(self, X):
+        """Output of the fitted network on validated X: probabilities or values, (n_samples, n_outputs)."""
+        with runtime(self.backend, self.n_threads):
+            return self._network.predict(np.asarray(X, dtype=self._network.dtype))
+
+    def _score(self, X, y, sample_weight=None):
+        y_pred = self._predict(X, check_input=False)
+        if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
+            return np.nan
+        return self._score_function(y, y_pred, sample_weight=sample_weight)
+
+    def _check_solver(self):
+        if self.solver not in STOCHASTIC_SOLVERS:
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} "
+                                 "is not stochastic.")
+        return True
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False  # fastbp's kernels are dense: sparse X is refused, not densified
+        return tags
+
+    def _check_fitted(self):
+        check_is_fitted(self, "_network")
