@@ -305,6 +305,9 @@ def test_learning_rate_schedules_and_stopping():
                                  random_state=0).fit, X, y)
     assert len(early.validation_scores_) == early.n_iter_ and early.best_loss_ is None
     assert early.best_validation_score_ == max(early.validation_scores_)
+    # the weights of the best epoch are restored, not those of the last
+    assert early.n_iter_ - 1 > int(np.argmax(early.validation_scores_))
+    np.testing.assert_array_equal(early._network.params, early._best_params)
 
 
 def test_verbose_shows_fastbps_progress_bar(capsys):
@@ -377,11 +380,12 @@ def test_refused_fit_changes_nothing(warm_start):
         lambda: clf.partial_fit(X[:, :5], y),
         lambda: clf.set_params(alpha=-1).fit(X, y),
         lambda: clf.set_params(hidden_layer_sizes=(3, 0)).fit(X, y),
+        lambda: clf.set_params(n_threads=10_000).fit(X, y),
     ]
     for refusal in refusals:
         with pytest.raises(ValueError):
             refusal()
-        clf.set_params(alpha=1e-4, hidden_layer_sizes=(100,))
+        clf.set_params(alpha=1e-4, hidden_layer_sizes=(100,), n_threads=None)
         _assert_unchanged(clf, snapshot)
     reg = _quiet(MLPRegressor(max_iter=5, random_state=0).fit, *_regression())
     snapshot = _snapshot(reg)

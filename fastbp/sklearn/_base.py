@@ -16,7 +16,10 @@ Differences from scikit-learn, on purpose:
 * SGD and Adam follow ``fastbp.SGD``/``fastbp.Adam`` (torch.optim's rules):
   with a constant learning rate SGD's momentum update is scikit-learn's; Adam
   adds ``epsilon`` to √v̂ rather than √v (a difference of order epsilon);
-* sparse input is refused: fastbp's kernels are dense.
+* sparse input is refused: fastbp's kernels are dense;
+* lbfgs's ``loss_`` is the objective L-BFGS-B minimised; for a regressor with several
+  outputs scikit-learn's ``loss_`` is the mean over outputs while its gradient is of
+  their sum, and SciPy's line search needs the two to agree.
 """
 
 import contextlib
@@ -160,6 +163,14 @@ class BaseMLP(BaseEstimator):
             raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
         return [int(s) for s in sizes]
 
+    def _check_runtime(self):
+        """Raise now, before anything changes, if ``backend`` cannot load or ``n_threads`` is too many."""
+        if self.backend is not None:
+            _backend.backend_module(self.backend)  # ImportError naming what is missing
+        if self.n_threads is not None and self.n_threads > _backend._max_threads():
+            raise ValueError(f"The 'n_threads' parameter of {type(self).__name__} must be at most "
+                             f"{_backend._max_threads()} (the usable cores). Got {self.n_threads} instead.")
+
     def _check_sample_weight(self, sample_weight, X):
         if sample_weight is None:
             return None
@@ -196,14 +207,13 @@ class BaseMLP(BaseEstimator):
             X, y, targets = self._validate_input(X, y, incremental, reset=first_pass, classes=classes)
             sample_weight = self._check_sample_weight(sample_weight, X)
             n_outputs = targets.shape[1] if targets.ndim == 2 else len(self.classes_)
-            if not first_pass and (self._network.n_outputs != n_outputs or [layer.n_out for layer in
-                                   self._network.layers[:-1]] != hidden
-                                   or self._network.dtype != X.dtype):
+            fitted_hidden = None if first_pass else [layer.n_out for layer in self._network.layers[:-1]]
+            if not first_pass and (self._network.n_outputs != n_outputs or fitted_hidden != hidden):
                 raise ValueError(
-                    "warm_start/partial_fit continue the fitted network, which has "
-                    f"hidden_layer_sizes={[layer.n_out for layer in self._network.layers[:-1]]}, "
-                    f"{self._network.n_outputs} outputs and dtype {self._network.dtype}; got "
-                    f"hidden_layer_sizes={hidden}, {n_outputs} outputs and dtype {X.dtype}")
+                    f"warm_start/partial_fit continue the fitted network, which has hidden_layer_sizes="
+                    f"{fitted_hidden} and {self._network.n_outputs} outputs; got hidden_layer_sizes={hidden} "
+                    f"and {n_outputs} outputs")
+            self._check_runtime()
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)
@@ -230,7 +240,8 @@ class BaseMLP(BaseEstimator):
         self.n_layers_ = len(self._hidden_layer_sizes()) + 2
         self.out_activation_ = self._out_activation()
         self._network = self._make_network(n_features, n_outputs, dtype)
-        self.__dict__.pop("_optimizer", None)
+        for stale in ("_optimizer", "_best_params"):  # belonged to the previous network
+            self.__dict__.pop(stale, None)
         if self.solver in STOCHASTIC_SOLVERS:
             self.loss_curve_ = []
             self._no_improvement_count = 0
@@ -285,6 +296,8 @@ class BaseMLP(BaseEstimator):
         optimizer = self._make_optimizer(incremental)
         early_stopping = self.early_stopping
         if early_stopping:
+            if "_best_params" not in self.__dict__:  # restored at the end even if no epoch scores
+                self._best_params = self._network.params.copy()
             (X, _, targets, sample_weight), (X_val, y_val, _, sw_val) = self._validation_split(
                 X, y, targets, sample_weight)
         n_samples = X.shape[0]
