@@ -392,3 +392,12 @@ def test_refused_fit_changes_nothing(warm_start):
     with pytest.raises(ValueError):
         reg.partial_fit(np.ones((4, 2)), np.ones(4))
     _assert_unchanged(reg, snapshot)
+
+
+def test_import_fastbp_needs_neither_sklearn_nor_scipy():
+    import subprocess
+    import sys
+
+    code = "import sys, fastbp; print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
