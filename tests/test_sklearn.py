@@ -30,7 +30,7 @@ ESTIMATORS = (MLPClassifier, MLPRegressor)
 
 # ------------------------------------------------------------ scikit-learn's own checks
 # max_iter=100 as scikit-learn's test_common configures its MLPs (instance_generator.py).
-@pytest.mark.slow
+# About 40 s for the 252 checks on this 2-core machine once Numba's kernels are compiled.
 @parametrize_with_checks([est(max_iter=100, backend=backend) for backend in BACKENDS for est in ESTIMATORS])
 def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
