@@ -32,6 +32,7 @@ def fit_lbfgs(objective, X, y, sample_weight, *, max_iter, max_fun, tol, verbose
     """
     import scipy.optimize
     from sklearn.utils.optimize import _check_optimize_result
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
     net = objective.net
 
@@ -40,9 +41,12 @@ def fit_lbfgs(objective, X, y, sample_weight, *, max_iter, max_fun, tol, verbose
         data_loss, penalty = objective(X, y, sample_weight)
         return objective.grad_factor * data_loss + penalty, net.grads.astype(np.float64)
 
-    result = scipy.optimize.minimize(
-        loss_and_grad, net.params.astype(np.float64), method="L-BFGS-B", jac=True,
-        options={"maxfun": max_fun, "maxiter": max_iter, "gtol": tol})
+    # L-BFGS-B's own work is a few BLAS vector operations per iteration; threaded, their idle
+    # BLAS threads spin on the cores fastbp's kernels need next (7x slower on 2 busy cores).
+    with threadpool_limits(limits=1, user_api="blas"):
+        result = scipy.optimize.minimize(
+            loss_and_grad, net.params.astype(np.float64), method="L-BFGS-B", jac=True,
+            options={"maxfun": max_fun, "maxiter": max_iter, "gtol": tol})
     n_iter = _check_optimize_result("lbfgs", result, max_iter)
     if verbose:  # SciPy >= 1.15 dropped L-BFGS-B's own printing (iprint)
         print(f"L-BFGS-B: {n_iter} iterations, {result.nfev} evaluations, loss = {result.fun:.8f}; "
