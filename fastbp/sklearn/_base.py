@@ -1,4 +1,9 @@
-"""What MLPClassifier and MLPRegressor share: parameters, the network, the stochastic solvers.
+"""What MLPClassifier and MLPRegressor share: parameters, checks, the network, fit's plan.
+
+Module map: ``_objective`` (the loss and gradient on fastbp's kernels),
+``_stochastic`` (sgd and adam), ``_lbfgs`` (SciPy's L-BFGS-B), ``_estimators``
+(label handling, predict, the two public classes).
+
 
 Follows scikit-learn's ``sklearn/neural_network/_multilayer_perceptron.py``
 (parameters, defaults, initialisation, batches, stopping rules, fitted
