@@ -268,6 +268,13 @@ def test_class_weight():
     assert not np.array_equal(a.predict_proba(X), plain.predict_proba(X))
     with pytest.raises(ValueError, match="class_weight"):
         MLPClassifier(class_weight="heavy").fit(X, y)
+    with pytest.raises(ValueError, match="class_weight 'balanced' is not supported for partial_fit"):
+        MLPClassifier(class_weight="balanced").partial_fit(X, y, classes=[0, 1, 2])
+    weights = {0: 0.2, 1: 3.0, 2: 1.0}
+    a = MLPClassifier(class_weight=weights, **settings).partial_fit(X, y, classes=[0, 1, 2])
+    b = MLPClassifier(**settings).partial_fit(X, y, classes=[0, 1, 2],
+                                              sample_weight=compute_sample_weight(weights, y))
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
 
 
 def test_warm_start_and_partial_fit_keep_the_optimizer_state():

@@ -176,6 +176,11 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         -------
         self : MLPClassifier
         """
+        if isinstance(self.class_weight, str) and self.class_weight == "balanced":
+            # one batch's class frequencies are not the data set's (as SGDClassifier.partial_fit)
+            raise ValueError("class_weight 'balanced' is not supported for partial_fit; pass "
+                             "compute_class_weight('balanced', classes=classes, y=y) over enough of the "
+                             "training targets as class_weight instead")
         return self._fit(X, y, self._weights(X, y, sample_weight), incremental=True, classes=classes)
 
     def _weights(self, X, y, sample_weight):
