@@ -124,12 +124,14 @@ class StochasticSolvers:
     def _epoch(self, objective, optimizer, X, targets, sample_weight, order, batch_size):
         """One pass over the rows of X in ``order``, batch by batch; returns scikit-learn's epoch loss."""
         n_samples = X.shape[0]
+        # The batch's rows are gathered into buffers made once per epoch (mode="clip": unbuffered).
+        gathered = [(a, np.empty((batch_size,) + a.shape[1:], a.dtype))
+                    for a in (X, targets, sample_weight) if a is not None]
         total = 0.0
         for start in range(0, n_samples, batch_size):
             idx = order[start:start + batch_size]
-            x, t = np.take(X, idx, axis=0), np.take(targets, idx, axis=0)
-            w = None if sample_weight is None else np.take(sample_weight, idx)
-            data_loss, penalty = objective(x, t, w)
+            batch = [np.take(a, idx, axis=0, out=buf[:idx.size], mode="clip") for a, buf in gathered]
+            data_loss, penalty = objective(*batch)
             if not math.isfinite(data_loss):
                 raise ValueError("Solver produced non-finite parameter weights: the training loss "
                                  f"became {data_loss}. The input data may contain large values and "
