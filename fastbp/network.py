@@ -252,6 +252,38 @@ class Network:
         return {"layers": [layer.get_config() for layer in self.layers], "loss": self.loss,
                 "dtype": self.dtype.name, "seed": None if self.seed is None else int(self.seed)}
 
+    # ------------------------------------------------------------ copies (pickle, deepcopy, joblib)
+    def __getstate__(self):
+        """State without the layers' views nor the scratch buffers.
+
+        Pickle and deepcopy would copy each layer's W/b/dW/db view as an array of
+        its own, cut off from ``params``/``grads``: the copy would train ``params``
+        while predicting with the stale copies. So the layers travel unbound and
+        ``__setstate__`` binds them to the copied flat buffers again. Workspaces,
+        gathered rows and the forward cache are scratch, made again on demand.
+        """
+        state = self.__dict__.copy()
+        state["layers"] = [self._unbound(layer) for layer in self.layers]
+        state["_workspaces"], state["_cache"], state["_gather"] = OrderedDict(), None, None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        offset = 0
+        for layer in self.layers:
+            end = offset + layer.n_params
+            layer._bind(self.params[offset:end], self.grads[offset:end])
+            offset = end
+
+    def _unbound(self, layer):
+        """A shallow copy of ``layer`` whose views into params/grads are None (what ``_bind`` fills)."""
+        unbound = object.__new__(type(layer))
+        # Memory bounds, not ``.base``: an unpickled params array may itself be a view of a buffer.
+        unbound.__dict__.update({name: None if isinstance(value, np.ndarray) and (
+                                 np.may_share_memory(value, self.params) or np.may_share_memory(value, self.grads))
+                                 else value for name, value in vars(layer).items()})
+        return unbound
+
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
         return f"Network([\n    {inner}],\n  loss={self.loss!r}, dtype={self.dtype.name})"
@@ -426,12 +458,15 @@ class Network:
 
         Returns
         -------
-        ndarray of shape (n_samples,) of int64, or (n_samples, n_outputs) for binary_cross_entropy;
-        with per-step outputs, (n_samples, n_steps) or (n_samples, n_steps, n_outputs)
+        ndarray of shape (n_samples,) of int64, or (n_samples, n_outputs) for binary_cross_entropy
+        with several outputs; with per-step outputs, (n_samples, n_steps) or
+        (n_samples, n_steps, n_outputs). One output gives one label per sample, shape (n_samples,)
+        (or (n_samples, n_steps)), so that ``predict_classes(X) == y`` compares sample by sample.
         """
         proba = self.predict(X)
         if self.loss == "binary_cross_entropy":
-            return (proba > 0.5).astype(np.int64)
+            labels = (proba > 0.5).astype(np.int64)
+            return labels[..., 0] if self.n_outputs == 1 else labels
         return proba.argmax(axis=-1)
 
     def evaluate(self, X: ArrayLike, y: ArrayLike) -> float:
