@@ -25,7 +25,6 @@ dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 joblib = pytest.importorskip("joblib")
 pytest.importorskip("sklearn")
-fastbp_sklearn = pytest.importorskip("fastbp.sklearn")
 
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import GridSearchCV  # noqa: E402
@@ -40,6 +39,7 @@ PARAM_GRID = {"hidden_layer_sizes": [(8,), (16,)], "learning_rate_init": [1e-3, 
 
 def _search():
     """A small search: 4 candidates x 3 folds of 240 digits, 15 epochs each."""
+    fastbp_sklearn = pytest.importorskip("fastbp.sklearn")
     estimator = fastbp_sklearn.MLPClassifier(max_iter=15, batch_size=32, random_state=0)
     return GridSearchCV(estimator, PARAM_GRID, cv=3)
 
