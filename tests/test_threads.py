@@ -26,7 +26,10 @@ SPIED_KERNELS = ("gemm", "mlp_loss_and_grad", "adam_step")
 
 @pytest.fixture
 def kernel_threads(monkeypatch):
-    """The n_threads (last argument) of every spied kernel call on the current backend."""
+    """The n_threads (last argument) of every spied kernel call on the current backend.
+
+    Request it after ``backend``, so that it spies on the backend the test runs on.
+    """
     module = _backend.backend_module()
     seen = []
     for name in SPIED_KERNELS:
@@ -149,7 +152,7 @@ def test_threadpool_info_lists_fastbp_with_its_true_size(threads):
     {"limits": 1, "user_api": "openmp"},
     {"limits": {"_fastbp_threadpool": 1}},  # by file-name prefix
 ], ids=["all", "openmp", "prefix"])
-def test_threadpool_limits_limits_fastbp_and_restores(threads, kernel_threads, limit):
+def test_threadpool_limits_limits_fastbp_and_restores(backend, threads, kernel_threads, limit):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     threads(USABLE)
     with threadpoolctl.threadpool_limits(**limit):
@@ -174,7 +177,7 @@ def test_threadpool_limits_other_apis_and_upper_bounds(threads):
     assert fb.get_num_threads() == USABLE
 
 
-def test_results_are_bitwise_identical_under_any_limit(threads):
+def test_results_are_bitwise_identical_under_any_limit(backend, threads):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     threads(USABLE)
     free = _train()
