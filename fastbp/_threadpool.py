@@ -17,7 +17,7 @@ libgomp also appears in ``threadpool_info()``, but its count does not govern
 fastbp, whose kernels pass their thread count to every parallel region.
 
 threadpoolctl is optional: ``register`` does nothing when it is not installed
-(or older than 3.0, which has no ``register``).
+(or older than 3.2, which has no ``register``).
 """
 
 import importlib
