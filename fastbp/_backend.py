@@ -47,7 +47,7 @@ def _threads_from_environment(value):
     if value is None or not value.strip():
         return None
     first = value.split(",")[0].strip()
-    if first.isdigit() and int(first) > 0:
+    if first.isascii() and first.isdigit() and int(first) > 0:  # isdigit alone takes "²"
         return int(first)
     warnings.warn(
         f"fastbp: OMP_NUM_THREADS={value!r} is not a positive integer (or a comma-separated "

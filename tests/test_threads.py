@@ -73,7 +73,7 @@ def test_omp_num_threads_sets_the_default(default_threads, value, expected):
         assert fb.get_num_threads() == expected
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", ",2", "+1", "0x2"])
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", ",2", "+1", "0x2", "²", "1 2"])
 def test_bad_omp_num_threads_is_ignored_with_a_warning(default_threads, value):
     default_threads.setenv("OMP_NUM_THREADS", value)
     with pytest.warns(RuntimeWarning, match=re.escape(f"OMP_NUM_THREADS={value!r}")):
