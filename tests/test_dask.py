@@ -62,7 +62,8 @@ def client(request):
     request.addfinalizer(lambda: (os.environ.clear(), os.environ.update(environ)))
     with dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": 1}):
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=":0", silence_logs=logging.ERROR)
+                                           dashboard_address=":0", silence_logs=logging.ERROR,
+                                           death_timeout=STARTUP_TIMEOUT_S)  # a worker that cannot start fails
     request.addfinalizer(lambda: cluster.close(timeout=CLOSE_TIMEOUT_S))
     client = distributed.Client(cluster, timeout=f"{STARTUP_TIMEOUT_S}s")
     request.addfinalizer(lambda: client.close(timeout=CLOSE_TIMEOUT_S))
