@@ -21,6 +21,7 @@ threadpoolctl is optional: ``register`` does nothing when it is not installed
 """
 
 import importlib
+import sys
 
 from . import _backend
 
@@ -53,6 +54,22 @@ def _controller_class(LibController):
     return FastbpController
 
 
+def _threadpoolctl_modules():
+    """threadpoolctl's module, and its second copy when ``python -m threadpoolctl`` runs as __main__.
+
+    ``python -m threadpoolctl -i fastbp`` imports fastbp from a module named
+    __main__, not threadpoolctl: a controller registered with the imported copy
+    only would not be listed there.
+    """
+    import threadpoolctl
+
+    modules = [threadpoolctl]
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) == "threadpoolctl":
+        modules.append(main)
+    return modules
+
+
 def register():
     """Register fastbp's controller with threadpoolctl; True if it was (now or before).
 
@@ -63,14 +80,16 @@ def register():
     if _registered:
         return True
     try:
-        from threadpoolctl import LibController
-        from threadpoolctl import register as register_controller
+        modules = _threadpoolctl_modules()
     except ImportError:
+        return False
+    if not all(hasattr(module, "register") for module in modules):  # threadpoolctl < 3.2
         return False
     try:
         importlib.import_module(ANCHOR_MODULE)  # loaded, so that threadpoolctl finds it
     except ImportError:  # a source tree whose extensions are not built
         return False
-    register_controller(_controller_class(LibController))
+    for module in modules:
+        module.register(_controller_class(module.LibController))
     _registered = True
     return True

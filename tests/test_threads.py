@@ -201,6 +201,17 @@ def test_fastbp_is_registered_whatever_the_import_order(imports):
     assert _run(REGISTRATION.format(imports=imports), {"OMP_NUM_THREADS": "1"}) == [1]
 
 
+def test_threadpoolctl_command_line_lists_fastbp():
+    """``python -m threadpoolctl -i fastbp`` runs threadpoolctl as __main__, a second copy of it."""
+    pytest.importorskip("threadpoolctl")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-m", "threadpoolctl", "-i", "fastbp"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    pools = [p for p in json.loads(done.stdout) if p["internal_api"] == "fastbp"]
+    assert [p["num_threads"] for p in pools] == [1]
+
+
 def test_fastbp_imports_and_counts_threads_without_threadpoolctl():
     code = """
         import json, sys
