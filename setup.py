@@ -94,6 +94,8 @@ def _extensions():
         )
         for name in MODULES
     ]
+    # Empty: the shared library by which threadpoolctl finds fastbp's thread pool.
+    extensions.append(Extension("fastbp._fastbp_threadpool", [os.path.join("fastbp", "_fastbp_threadpool.pyx")]))
     return cythonize(
         extensions,
         include_path=["."],

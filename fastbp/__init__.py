@@ -9,7 +9,7 @@ with ``FixedPoint`` layers), the optimizers ``SGD``/``RMSprop``/``Adam``,
 trains and ships with.
 """
 
-from . import callbacks, init, kernels, losses, optim, schedules
+from . import _threadpool, callbacks, init, kernels, losses, optim, schedules
 from ._backend import (
     available_backends,
     backend,
@@ -29,6 +29,9 @@ from .optim import SGD, Adam, RMSprop
 from .serialization import load, save
 
 __version__ = "0.1.0"
+
+# threadpoolctl (when installed) lists and limits fastbp's thread pool.
+_threadpool.register()
 
 __all__ = [
     "kernels",

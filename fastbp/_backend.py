@@ -5,11 +5,19 @@ The state is process-wide, like NumPy's error state: ``set_backend`` and
 block. Each public kernel reads it once per call and passes ``n_threads`` to the
 compiled code explicitly, so both backends obey the same count, and since at most
 one backend runs a kernel at a time the cores are never oversubscribed.
+
+Until ``set_num_threads`` is called, the count is the one OpenMP programs start
+with: the first value of ``OMP_NUM_THREADS`` when it is set (capped at the usable
+cores), otherwise the usable cores. It is read once, when a kernel first needs
+it; launchers that limit their workers' threads (joblib's loky workers, Dask's
+nannies) set that variable before the worker starts. threadpoolctl sees and
+limits the same count (``fastbp/_threadpool.py``).
 """
 
 import contextlib
 import importlib
 import os
+import warnings
 
 BACKENDS = ("cython", "numba")
 _PREFERENCE = ("cython", "numba")  # fastest first: used when choosing the default
@@ -20,10 +28,41 @@ _load_errors = {}
 
 
 def _max_threads():
+    """The usable cores: those this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def _threads_from_environment(value):
+    """The thread count ``OMP_NUM_THREADS=value`` asks for, or None when it asks for none.
+
+    OpenMP reads the variable as a comma-separated list of positive integers, one
+    per level of nested parallelism; fastbp's kernels are one level, so the
+    first value counts. Unset or blank means no request. Anything else that is
+    not a positive integer is ignored with a RuntimeWarning, as libgomp ignores
+    it (with a message) rather than fail.
+    """
+    if value is None or not value.strip():
+        return None
+    first = value.split(",")[0].strip()
+    if first.isascii() and first.isdigit() and int(first) > 0:  # isdigit alone takes "²"
+        return int(first)
+    warnings.warn(
+        f"fastbp: OMP_NUM_THREADS={value!r} is not a positive integer (or a comma-separated "
+        "list of them); ignored, the kernels use every usable core",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return None
+
+
+def _default_num_threads():
+    """OMP_NUM_THREADS's first value capped at the usable cores, else the usable cores."""
+    requested = _threads_from_environment(os.environ.get("OMP_NUM_THREADS"))
+    usable = _max_threads()
+    return usable if requested is None else min(requested, usable)
 
 
 def _load(name):
@@ -107,9 +146,14 @@ def backend_module(name=None):
 
 
 def get_num_threads():
-    """Number of threads every parallel kernel uses (default: the usable cores)."""
+    """Number of threads every parallel kernel uses.
+
+    Until ``set_num_threads`` (or threadpoolctl's ``threadpool_limits``) sets it:
+    the first value of ``OMP_NUM_THREADS`` capped at the usable cores when that
+    variable is set, otherwise the usable cores.
+    """
     if _state["n_threads"] is None:
-        _state["n_threads"] = _max_threads()
+        _state["n_threads"] = _default_num_threads()
     return _state["n_threads"]
 
 

@@ -97,7 +97,7 @@ def build_parser(prog=None):
     parser.add_argument("--backend", choices=("cython", "numba"), default=None,
                         help="kernel backend (default: the fastest that loads)")
     parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="threads for the kernels (default: all cores)")
+                        help="threads for the kernels (default: OMP_NUM_THREADS if set, else all cores)")
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="mini-batch size (default 32)")
     parser.add_argument("--lr", type=_learning_rate, default=None,
                         help="Adam learning rate (default 2e-3 for digits, 5e-3 for sequence)")
