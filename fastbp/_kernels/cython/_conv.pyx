@@ -14,12 +14,15 @@
 #   backward: δ := grad_a ⊙ act'(z) (row-parallel); db := Σ_rows δ (serial,
 #             float64 accumulators, row order); per block in order:
 #             cols := im2col(x); dW (+)= colsᵀ·δ[block]  (the first block
-#             overwrites unless accumulating); dcols := δ[block]·Wᵀ into the
-#             same workspace; dx += col2im(dcols), the rows of one image on one
+#             overwrites unless accumulating). dx, with stride 1, is itself a
+#             convolution (a gather, as forward): δ with the kernel flipped and
+#             its channel axes swapped, padded by the kernel's span less the
+#             forward's padding. Otherwise, per block: dcols := δ[block]·Wᵀ into
+#             the workspace; dx += col2im(dcols), the rows of one image on one
 #             thread, in row order.
 # Determinism: block boundaries depend on K and the dtype only; every dW value
 # is summed over the blocks in order and inside a block by the GEMM, which does
-# not depend on the thread count; every dx value gets its terms in row order.
+# not depend on the thread count; dx is a GEMM (gathered) or gets its terms in row order (col2im).
 # So the results are bitwise the same for any n_threads.
 # This is the "blocked im2col + GEMM" form: the gather is not fused into the
 # GEMM's A packing (that would need a new packing entry point in _gemm.pyx).
@@ -44,6 +47,11 @@ DEF CHUNK_VALUES = 131072
 DEF ROW_ALIGN = 48
 # Gathers and scatters of fewer values run on the calling thread.
 DEF PARALLEL_MIN_VALUES = 32768
+# dx is gathered (a convolution of δ) from this many input channels: the GEMM's
+# n is c_in, and a narrower one runs slower than col2im's scatter (LeNet's
+# 12x12x6 -> 16@5x5, batch 64, one thread: 0.9 ms scatter, 1.8 ms gather; at
+# 32-64 channels the two measured level on this loaded 2-core machine).
+DEF GATHER_MIN_CHANNELS = 16
 
 
 cdef struct Geometry:
@@ -149,37 +157,75 @@ cdef void _column_sums(const floating* grad, Py_ssize_t m, Py_ssize_t f, double*
         db[j] = <floating>(acc[j] + db[j]) if accumulate else <floating>acc[j]
 
 
+cdef int _conv_gemm(Geometry* g, const floating* x, const floating* w, const floating* bias,
+                    int epilogue_act, floating* z, floating* a, floating* cols, int n_threads) noexcept nogil:
+    """z := cols(x)·W (+ bias); a := act(z) per tile (epilogue_act >= 0), block by block through ``cols``.
+
+    cols holds _block_rows(K, m)·K values (unused for a pointwise convolution). Returns 0 or -1.
+    """
+    cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c, f = g.f
+    cdef Py_ssize_t rows, s, r0, rr
+    cdef int status = 0
+    if _pointwise(g):
+        return gemm_nogil(m, f, k, <floating>1, x, k, 1, w, f, 1, <floating>0, z, f,
+                          bias, epilogue_act, a, f, n_threads)
+    rows = _block_rows(k, m)
+    for s in range((m + rows - 1) // rows):
+        r0 = s * rows
+        rr = min(rows, m - r0)
+        _im2col(g, x, r0, rr, cols, n_threads)
+        status = gemm_nogil(rr, f, k, <floating>1, cols, k, 1, w, f, 1, <floating>0, z + r0 * f, f,
+                            bias, epilogue_act, (a + r0 * f) if epilogue_act >= 0 else NULL, f, n_threads)
+        if status != 0:
+            break
+    return status
+
+
 cdef int conv2d_forward_nogil(Geometry* g, const floating* x, const floating* w, const floating* bias,
                               int act, floating* z, floating* a, int n_threads) noexcept nogil:
     """z := conv(x, w) + bias; a := act(z).  Returns 0, or -1 when a workspace cannot be allocated."""
-    cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c, f = g.f
-    cdef Py_ssize_t rows, s, r0, rr
-    cdef int epilogue_act = act, status = 0
-    cdef floating* cols
-    cdef size_t nbytes
+    cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c
+    cdef int epilogue_act = act, status
+    cdef size_t nbytes = _block_rows(k, m) * k * sizeof(floating)
+    cdef floating* cols = <floating*>fastbp_conv_workspace(nbytes)
+    if cols == NULL:
+        return -1
     if act == ACT_SOFTMAX or (act == ACT_IDENTITY and a == z):
         epilogue_act = -1
-    if _pointwise(g):
-        status = gemm_nogil(m, f, k, <floating>1, x, k, 1, w, f, 1, <floating>0, z, f,
-                            bias, epilogue_act, a, f, n_threads)
-    else:
-        rows = _block_rows(k, m)
-        nbytes = rows * k * sizeof(floating)
-        cols = <floating*>fastbp_conv_workspace(nbytes)
-        if cols == NULL:
-            return -1
-        for s in range((m + rows - 1) // rows):
-            r0 = s * rows
-            rr = min(rows, m - r0)
-            _im2col(g, x, r0, rr, cols, n_threads)
-            status = gemm_nogil(rr, f, k, <floating>1, cols, k, 1, w, f, 1, <floating>0, z + r0 * f, f,
-                                bias, epilogue_act, a + r0 * f, f, n_threads)
-            if status != 0:
-                break
-        fastbp_conv_workspace_release(cols, nbytes)
+    status = _conv_gemm(g, x, w, bias, epilogue_act, z, a, cols, n_threads)
+    fastbp_conv_workspace_release(cols, nbytes)
     if status == 0 and act == ACT_SOFTMAX:
-        activation_forward_nogil(ACT_SOFTMAX, z, a, m, f, n_threads)
+        activation_forward_nogil(ACT_SOFTMAX, z, a, m, g.f, n_threads)
     return status
+
+
+cdef inline bint _gather_dx(Geometry* g) noexcept nogil:
+    """True when dx is a stride-1 convolution of δ (padded by the kernel's span less the padding)."""
+    return (g.sh == 1 and g.sw == 1 and g.pt <= g.dh * (g.kh - 1) and g.pl <= g.dw * (g.kw - 1)
+            and g.c >= GATHER_MIN_CHANNELS)
+
+
+cdef void _transposed_geometry(Geometry* g, Geometry* t) noexcept nogil:
+    """t: the convolution of δ (n, out_h, out_w, c_out) with the flipped kernel giving dx (n, h, w, c_in)."""
+    t.n, t.h, t.w, t.c = g.n, g.out_h, g.out_w, g.f
+    t.kh, t.kw, t.f = g.kh, g.kw, g.c
+    t.out_h, t.out_w = g.h, g.w
+    t.sh, t.sw, t.dh, t.dw = 1, 1, g.dh, g.dw
+    t.pt, t.pl = g.dh * (g.kh - 1) - g.pt, g.dw * (g.kw - 1) - g.pl
+
+
+cdef void _flip_weights(Geometry* g, const floating* w, floating* wt) noexcept nogil:
+    """wt[p, q, j, c] := w[kh-1-p, kw-1-q, c, j]: (kh, kw, c_out, c_in), the transposed convolution's kernel."""
+    cdef Py_ssize_t p, q, c, j, c_in = g.c, f = g.f
+    cdef const floating* src
+    cdef floating* dst
+    for p in range(g.kh):
+        for q in range(g.kw):
+            src = w + ((g.kh - 1 - p) * g.kw + (g.kw - 1 - q)) * c_in * f
+            dst = wt + (p * g.kw + q) * f * c_in
+            for c in range(c_in):
+                for j in range(f):
+                    dst[j * c_in + c] = src[c * f + j]
 
 
 cdef int conv2d_backward_nogil(Geometry* g, const floating* x, const floating* w,
@@ -191,20 +237,28 @@ cdef int conv2d_backward_nogil(Geometry* g, const floating* x, const floating* w
     Returns 0, or -1 when a workspace cannot be allocated.
     """
     cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c, f = g.f
-    cdef Py_ssize_t rows, s, r0, rr, acc_values = (f + 7) // 8 * 8
+    cdef Py_ssize_t rows, s, r0, rr, acc_values = (f + 7) // 8 * 8, col_values
     cdef floating beta = 1 if accumulate else 0
     cdef int status = 0
-    cdef bint pointwise = _pointwise(g)
+    cdef bint pointwise = _pointwise(g), gather = dx != NULL and _gather_dx(g)
+    cdef Geometry t
     cdef size_t nbytes
     cdef double* acc
+    cdef floating* flipped
     cdef floating* cols
     activation_backward_nogil(act, z, a, grad_a, grad_z, m, f, n_threads)
     rows = 0 if pointwise else _block_rows(k, m)
-    nbytes = acc_values * sizeof(double) + rows * k * sizeof(floating)
+    col_values = rows * k
+    _transposed_geometry(g, &t)
+    if gather:  # the transposed convolution's blocks share the workspace
+        col_values = max(col_values, _block_rows(g.kh * g.kw * f, g.n * g.h * g.w) * g.kh * g.kw * f)
+    nbytes = (acc_values * sizeof(double) + ((k * f + 15) // 16 * 16 if gather else 0) * sizeof(floating)
+              + col_values * sizeof(floating))
     acc = <double*>fastbp_conv_workspace(nbytes)
     if acc == NULL:
         return -1
-    cols = <floating*>(acc + acc_values)
+    flipped = <floating*>(acc + acc_values)
+    cols = flipped + ((k * f + 15) // 16 * 16 if gather else 0)
     _column_sums(grad_z, m, f, acc, db, accumulate)
     if pointwise:
         status = gemm_nogil(k, f, m, <floating>1, x, 1, k, grad_z, f, 1, beta, dw, f, NULL, -1, NULL, 0, n_threads)
@@ -213,7 +267,7 @@ cdef int conv2d_backward_nogil(Geometry* g, const floating* x, const floating* w
                                 NULL, -1, NULL, 0, n_threads)
         fastbp_conv_workspace_release(acc, nbytes)
         return status
-    if dx != NULL:
+    if dx != NULL and not gather:
         memset(dx, 0, g.n * g.h * g.w * g.c * sizeof(floating))
     for s in range((m + rows - 1) // rows):
         r0 = s * rows
@@ -222,13 +276,17 @@ cdef int conv2d_backward_nogil(Geometry* g, const floating* x, const floating* w
         # dW := colsᵀ·δ over this block (cols read through swapped strides), added to the earlier blocks
         status = gemm_nogil(k, f, rr, <floating>1, cols, 1, k, grad_z + r0 * f, f, 1,
                             beta if s == 0 else <floating>1, dw, f, NULL, -1, NULL, 0, n_threads)
-        if status != 0 or dx == NULL:
+        if status != 0 or dx == NULL or gather:
             continue
         # dcols := δ·Wᵀ (W read through swapped strides), into the block's workspace
         status = gemm_nogil(rr, k, f, <floating>1, grad_z + r0 * f, f, 1, w, 1, f, <floating>0, cols, k,
                             NULL, -1, NULL, 0, n_threads)
         if status == 0:
             _col2im(g, cols, r0, rr, dx, n_threads)
+    if status == 0 and gather:
+        # dx := δ convolved with the flipped, transposed kernel (a gather: no scatter, no zeroing)
+        _flip_weights(g, w, flipped)
+        status = _conv_gemm(&t, grad_z, flipped, NULL, -1, dx, dx, cols, n_threads)
     fastbp_conv_workspace_release(acc, nbytes)
     return status
 
