@@ -23,6 +23,10 @@ CASES = [
     (1, 11, 9, 4, 64, (2, 3), 3, "same", 1, "sigmoid"),
     (2, 10, 10, 32, 12, (3, 3), 2, (1, 2), 2, "leaky_relu"),
     (4, 16, 16, 32, 64, (3, 3), 1, "same", 1, "relu"),  # VGG block, parallel sizes
+    # dx gathered (stride 1, >= 16 input channels) with dilation and uneven padding,
+    # and scattered (col2im) where the padding exceeds the kernel's span.
+    (1, 9, 7, 16, 5, (3, 4), 1, (2, 0, 1, 3), 2, "elu"),
+    (1, 5, 5, 16, 3, (2, 2), 1, 2, 1, "softplus"),
 ]
 
 
@@ -91,7 +95,7 @@ def test_conv2d_matches_reference(backend, dtype, rng, threads, n_threads):
 
 
 def test_conv2d_bitwise_same_for_any_thread_count(backend, dtype, rng, threads):
-    for case in (CASES[3], CASES[5], CASES[8], (8, 28, 28, 1, 6, (5, 5), 1, "valid", 1, "relu")):
+    for case in (CASES[3], CASES[5], CASES[8], CASES[9], (8, 28, 28, 1, 6, (5, 5), 1, "valid", 1, "relu")):
         x, w, b = operands(rng, case, dtype)
         grad = rng.standard_normal(kernels.conv2d_forward(x, w, b, **geometry_args(case)[0]).shape).astype(dtype)
         results = []
@@ -160,6 +164,8 @@ TORCH_ACTIVATIONS = {
     "gelu": lambda torch, z: torch.nn.functional.gelu(z),
     "leaky_relu": lambda torch, z: torch.nn.functional.leaky_relu(z, R.LEAKY_RELU_SLOPE),
     "softmax": lambda torch, z: torch.softmax(z, dim=1),  # over the channels of each pixel
+    "elu": lambda torch, z: torch.nn.functional.elu(z, R.ELU_ALPHA),
+    "softplus": lambda torch, z: torch.nn.functional.softplus(z),
 }
 
 

@@ -13,12 +13,16 @@ threads. A 1x1 kernel with stride 1 and no padding skips the gather.
 Backward: δ = grad_a ⊙ act'(z) (activation kernel); db = column sums of δ
 (``dense._column_sums``: rows in order); per block, in order: cols :=
 im2col(x); dW (+)= colsᵀ·δ[block] (the first block overwrites unless
-accumulating); dcols := δ[block]·Wᵀ into the same buffer; dx += col2im(dcols)
-(``_col2im``: one image per task, its rows in order).
+accumulating). dx, for stride 1 and at least GATHER_MIN_CHANNELS input
+channels, is itself a convolution (a gather, through the forward's code): δ
+with the kernel flipped and its channel axes swapped, padded by the kernel's
+span less the forward's padding. Otherwise, per block: dcols := δ[block]·Wᵀ into
+the buffer; dx += col2im(dcols) (``_col2im``: one image per task, rows in order).
 
 Determinism: block boundaries depend on K and the dtype only, dW sums the blocks
 in order and the GEMM inside a block does not depend on the thread count, and
-every dx value gets its terms in row order: bitwise the same for any n_threads.
+every dx value is a GEMM's (gathered) or gets its terms in row order (col2im):
+bitwise the same for any n_threads.
 This is the "blocked im2col + GEMM" form; the gather is not fused into the
 GEMM's packing of A.
 """
@@ -34,7 +38,7 @@ from ._arrays import writable
 from ._threads import clamp_threads, set_threads
 from .activations import _activation_backward, _activation_forward
 from .dense import _column_sums
-from .gemm import NO_ACTIVATION, gemm, run_driver
+from .gemm import NO_ACTIVATION, gemm, no_bias, run_driver
 
 CHUNK_VALUES = 1 << 17  # values of one block of cols (512 KiB in float32)
 ROW_ALIGN = 48  # block rows are a multiple of every ISA's MR
@@ -68,31 +72,45 @@ def _make_im2col(PARALLEL):
     def _im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, n_threads):
         """cols[i] := the receptive field of output pixel r0 + i in (kh, kw, c) order, zeros outside x.
 
-        IN x (n, h, w, c); OUT cols (rows, kh·kw·c).
+        IN x (n, h, w, c) C-contiguous; OUT cols (rows, kh·kw·c). A kernel row that lies
+        inside x (dilation 1) is one contiguous copy of kw·c values.
         """
         if PARALLEL:
             set_threads(n_threads)
         sh, sw, pt, pl, dh, dw = geometry
         h, w, c = x.shape[1], x.shape[2], x.shape[3]
+        xf = x.reshape(x.size)
         pix = out_h * out_w
+        span = kw * c
         for i in prange(cols.shape[0]):
             r = r0 + i
             img = r // pix
             oh = (r % pix) // out_w
             ow = r % out_w
             row = cols[i]
+            iw0 = ow * sw - pl
+            contiguous = dw == 1 and iw0 >= 0 and iw0 + kw <= w
             for p in range(kh):
                 ih = oh * sh - pt + p * dh
-                for q in range(kw):
-                    iw = ow * sw - pl + q * dw
-                    base = (p * kw + q) * c
-                    if ih < 0 or ih >= h or iw < 0 or iw >= w:
-                        for ch in range(c):
-                            row[base + ch] = 0.0
-                    else:
-                        src = x[img, ih, iw]
-                        for ch in range(c):
-                            row[base + ch] = src[ch]
+                base = p * span
+                if ih < 0 or ih >= h:
+                    for t in range(span):
+                        row[base + t] = 0.0
+                elif contiguous:
+                    src = ((img * h + ih) * w + iw0) * c
+                    for t in range(span):
+                        row[base + t] = xf[src + t]
+                else:
+                    for q in range(kw):
+                        iw = iw0 + q * dw
+                        at = base + q * c
+                        if iw < 0 or iw >= w:
+                            for ch in range(c):
+                                row[at + ch] = 0.0
+                        else:
+                            src = ((img * h + ih) * w + iw) * c
+                            for ch in range(c):
+                                row[at + ch] = xf[src + ch]
 
     return numba.njit(cache=True, nogil=True, parallel=PARALLEL)(_im2col)
 
@@ -154,6 +172,30 @@ def _geometry(geometry):
     return tuple(int(v) for v in geometry)
 
 
+# dx is gathered (a convolution of δ with the flipped kernel) from this many input
+# channels, as in the Cython backend: the GEMM's n is c_in, and a narrower one
+# runs slower than col2im's scatter.
+GATHER_MIN_CHANNELS = 16
+
+
+def _conv_gemm(x, kh, kw, weights, geometry, out_h, out_w, bias, epilogue_act, zf, out, n_threads):
+    """zf := cols(x)·weights (+ bias); out := act(zf) per tile, block by block through the workspace.
+
+    IN x (n, h, w, c), weights (kh·kw·c, f); OUT zf, out (n·out_h·out_w, f), may be the same.
+    """
+    m, k = zf.shape[0], weights.shape[0]
+    if _pointwise(kh, kw, geometry, x.shape, (x.shape[0], out_h, out_w)):
+        run_driver(x.reshape(m, k), weights, zf, out, bias, 1.0, 0.0, epilogue_act, n_threads)
+        return
+    rows = _block_rows(k, m)
+    buf = _workspace(rows * k, x.dtype)
+    for r0 in range(0, m, rows):
+        rr = min(rows, m - r0)
+        cols = buf[:rr * k].reshape(rr, k)
+        _im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, n_threads)
+        run_driver(cols, weights, zf[r0:r0 + rr], out[r0:r0 + rr], bias, 1.0, 0.0, epilogue_act, n_threads)
+
+
 def conv2d_forward(x, w, bias, geometry, act, z, a, n_threads):
     """z := conv(x, w) + bias; a := act(z).
 
@@ -165,25 +207,36 @@ def conv2d_forward(x, w, bias, geometry, act, z, a, n_threads):
     geometry = _geometry(geometry)
     kh, kw, c, f = w.shape
     n, out_h, out_w, _ = z.shape
-    m, k = n * out_h * out_w, kh * kw * c
-    weights = w.reshape(k, f)
+    m = n * out_h * out_w
     zf, af = z.reshape(m, f), a.reshape(m, f)
     if act == R.SOFTMAX or (act == R.IDENTITY and a is z):
         epilogue_act, out = NO_ACTIVATION, zf
     else:
         epilogue_act, out = act, af
-    if _pointwise(kh, kw, geometry, x.shape, z.shape):
-        run_driver(x.reshape(m, k), weights, zf, out, bias, 1.0, 0.0, epilogue_act, n_threads)
-    else:
-        rows = _block_rows(k, m)
-        buf = _workspace(rows * k, x.dtype)
-        for r0 in range(0, m, rows):
-            rr = min(rows, m - r0)
-            cols = buf[:rr * k].reshape(rr, k)
-            _im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, n_threads)
-            run_driver(cols, weights, zf[r0:r0 + rr], out[r0:r0 + rr], bias, 1.0, 0.0, epilogue_act, n_threads)
+    _conv_gemm(x, kh, kw, w.reshape(kh * kw * c, f), geometry, out_h, out_w, bias, epilogue_act, zf, out, n_threads)
     if act == R.SOFTMAX:
         _activation_forward(act, zf, af, n_threads)
+
+
+_flipped = threading.local()
+
+
+def _gather_dx(delta4, w, geometry, dx, n_threads):
+    """dx := δ convolved (stride 1) with w flipped and its channel axes swapped, padded by the
+    kernel's span less the forward's padding: the transposed convolution as a gather."""
+    sh, sw, pt, pl, dh, dw = geometry
+    kh, kw, c, f = w.shape
+    cache = _flipped.__dict__
+    buf = cache.get(w.dtype)
+    if buf is None or buf.shape[0] < w.size:
+        buf = cache[w.dtype] = np.empty(w.size, w.dtype)
+    flipped = buf[:w.size].reshape(kh, kw, f, c)
+    flipped[...] = w[::-1, ::-1].transpose(0, 1, 3, 2)
+    n, h, wd, _ = dx.shape
+    transposed = (1, 1, dh * (kh - 1) - pt, dw * (kw - 1) - pl, dh, dw)
+    dxf = dx.reshape(n * h * wd, c)
+    _conv_gemm(delta4, kh, kw, flipped.reshape(kh * kw * f, c), transposed, h, wd, no_bias(dx.dtype),
+               NO_ACTIVATION, dxf, dxf, n_threads)
 
 
 def conv2d_backward(x, w, z, a, grad_a, act, geometry, grad_z, dw, db, dx, compute_dx, accumulate, n_threads):
@@ -196,6 +249,7 @@ def conv2d_backward(x, w, z, a, grad_a, act, geometry, grad_z, dw, db, dx, compu
     n_threads = clamp_threads(n_threads)
     x, w = writable(x), writable(w)
     geometry = _geometry(geometry)
+    sh, sw, pt, pl, dh, dw_ = geometry
     kh, kw, c, f = w.shape
     n, out_h, out_w, _ = z.shape
     m, k = n * out_h * out_w, kh * kw * c
@@ -211,7 +265,9 @@ def conv2d_backward(x, w, z, a, grad_a, act, geometry, grad_z, dw, db, dx, compu
         if compute_dx:
             gemm(delta, weights.T, dx.reshape(m, k), 1.0, 0.0, n_threads)
         return
-    if compute_dx:
+    gather = (compute_dx and sh == 1 and sw == 1 and pt <= dh * (kh - 1) and pl <= dw_ * (kw - 1)
+              and c >= GATHER_MIN_CHANNELS)
+    if compute_dx and not gather:
         dx.fill(0)
     rows = _block_rows(k, m)
     buf = _workspace(rows * k, x.dtype)
@@ -220,6 +276,8 @@ def conv2d_backward(x, w, z, a, grad_a, act, geometry, grad_z, dw, db, dx, compu
         cols = buf[:rr * k].reshape(rr, k)
         _im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, n_threads)
         gemm(cols.T, delta[r0:r0 + rr], dweights, 1.0, beta if r0 == 0 else 1.0, n_threads)
-        if compute_dx:
+        if compute_dx and not gather:
             gemm(delta[r0:r0 + rr], weights.T, cols, 1.0, 0.0, n_threads)
             _col2im(cols, kh, kw, geometry, out_h, out_w, r0, dx, n_threads)
+    if gather:
+        _gather_dx(grad_z, w, geometry, dx, n_threads)
