@@ -8,8 +8,10 @@
 # (CHUNK_VALUES values, a multiple of ROW_ALIGN rows) into a per-thread
 # workspace kept between calls (conv_workspace.h), and fastbp's GEMM
 # (gemm_nogil, with its bias + activation epilogue on each tile) runs on each
-# block with all the threads. The gather is row-parallel; a 1x1 kernel with
-# stride 1 and no padding skips it (x is the matrix).
+# block: in forward, each thread takes whole blocks (gather and one-thread GEMM
+# on its own core, one parallel region per call) when there are enough of
+# them, else each block's gather and GEMM use all the threads. A 1x1 kernel
+# with stride 1 and no padding skips the gather (x is the matrix).
 #   forward:  per block, cols := im2col(x); z[block] := cols·W + b; a := act(z)
 #   backward: δ := grad_a ⊙ act'(z) (row-parallel); db := Σ_rows δ (serial,
 #             float64 accumulators, row order); per block in order:
@@ -27,7 +29,7 @@
 # This is the "blocked im2col + GEMM" form: the gather is not fused into the
 # GEMM's A packing (that would need a new packing entry point in _gemm.pyx).
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from cython cimport floating
 from libc.string cimport memcpy, memset
 
@@ -47,6 +49,10 @@ DEF CHUNK_VALUES = 131072
 DEF ROW_ALIGN = 48
 # Gathers and scatters of fewer values run on the calling thread.
 DEF PARALLEL_MIN_VALUES = 32768
+# Forward blocks are shared out among the threads (each gathers and multiplies
+# its own) from this many blocks per thread; fewer run one at a time, each
+# block's GEMM on all the threads.
+DEF BLOCKS_PER_THREAD = 2
 # dx is gathered (a convolution of δ) from this many input channels: the GEMM's
 # n is c_in, and a narrower one runs slower than col2im's scatter (LeNet's
 # 12x12x6 -> 16@5x5, batch 64, one thread: 0.9 ms scatter, 1.8 ms gather; at
@@ -157,11 +163,41 @@ cdef void _column_sums(const floating* grad, Py_ssize_t m, Py_ssize_t f, double*
         db[j] = <floating>(acc[j] + db[j]) if accumulate else <floating>acc[j]
 
 
+cdef int _conv_blocks_parallel(Geometry* g, const floating* x, const floating* w, const floating* bias,
+                               int epilogue_act, floating* z, floating* a, floating* cols, Py_ssize_t rows,
+                               int n_threads) noexcept nogil:
+    """_conv_gemm with one block per task: each thread gathers its block into its own
+    workspace and runs a one-thread GEMM on it while it is in its L2 (one parallel
+    region per call, no barrier per block). Thread 0, the caller, uses ``cols``.
+    Rows are independent, so the bits are those of the serial loop. Returns 0 or -1."""
+    cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c, f = g.f
+    cdef Py_ssize_t s, r0, rr, n_blocks = (m + rows - 1) // rows
+    cdef size_t nbytes = rows * k * sizeof(floating)
+    cdef floating* mine
+    cdef int failed = 0
+    with parallel(num_threads=n_threads):
+        mine = cols if threadid() == 0 else <floating*>fastbp_conv_workspace(nbytes)
+        for s in prange(n_blocks, schedule="static"):
+            if mine == NULL:
+                failed += 1
+                continue
+            r0 = s * rows
+            rr = min(rows, m - r0)
+            _im2col(g, x, r0, rr, mine, 1)
+            failed += gemm_nogil(rr, f, k, <floating>1, mine, k, 1, w, f, 1, <floating>0, z + r0 * f, f,
+                                 bias, epilogue_act, (a + r0 * f) if epilogue_act >= 0 else NULL, f, 1) != 0
+        if mine != NULL and mine != cols:
+            fastbp_conv_workspace_release(mine, nbytes)
+    return -1 if failed else 0
+
+
 cdef int _conv_gemm(Geometry* g, const floating* x, const floating* w, const floating* bias,
                     int epilogue_act, floating* z, floating* a, floating* cols, int n_threads) noexcept nogil:
     """z := cols(x)·W (+ bias); a := act(z) per tile (epilogue_act >= 0), block by block through ``cols``.
 
-    cols holds _block_rows(K, m)·K values (unused for a pointwise convolution). Returns 0 or -1.
+    cols holds _block_rows(K, m)·K values (unused for a pointwise convolution). With
+    at least BLOCKS_PER_THREAD blocks per thread, the blocks are shared out among
+    the threads; otherwise each block's GEMM runs on all of them. Returns 0 or -1.
     """
     cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c, f = g.f
     cdef Py_ssize_t rows, s, r0, rr
@@ -170,6 +206,8 @@ cdef int _conv_gemm(Geometry* g, const floating* x, const floating* w, const flo
         return gemm_nogil(m, f, k, <floating>1, x, k, 1, w, f, 1, <floating>0, z, f,
                           bias, epilogue_act, a, f, n_threads)
     rows = _block_rows(k, m)
+    if n_threads > 1 and (m + rows - 1) // rows >= BLOCKS_PER_THREAD * n_threads:
+        return _conv_blocks_parallel(g, x, w, bias, epilogue_act, z, a, cols, rows, n_threads)
     for s in range((m + rows - 1) // rows):
         r0 = s * rows
         rr = min(rows, m - r0)

@@ -276,8 +276,10 @@ def global_avg_pool2d_backward(const floating[:, ::1] grad_out, floating[:, :, :
     if dx.size == 0:
         return
     cdef floating scale = <floating>hw
+    cdef const floating* pg = &grad_out[0, 0] if c > 0 else NULL
+    cdef floating* pd = &dx[0, 0, 0, 0]
     with nogil:
         for img in range(n):
             for i in range(hw):
                 for ch in range(c):
-                    dx[img, i // dx.shape[2], i % dx.shape[2], ch] = grad_out[img, ch] / scale
+                    pd[(img * hw + i) * c + ch] = pg[img * c + ch] / scale
