@@ -14,17 +14,19 @@
 # with stride 1 and no padding skips the gather (x is the matrix).
 #   forward:  per block, cols := im2col(x); z[block] := cols·W + b; a := act(z)
 #   backward: δ := grad_a ⊙ act'(z) (row-parallel); db := Σ_rows δ (serial,
-#             float64 accumulators, row order); per block in order:
-#             cols := im2col(x); dW (+)= colsᵀ·δ[block]  (the first block
-#             overwrites unless accumulating). dx, with stride 1, is itself a
+#             float64 accumulators, row order); dW: the row blocks are cut into
+#             DW_GROUPS fixed runs, shared out among the threads; a thread sums
+#             colsᵀ·δ[block] over a run's blocks in order into that run's
+#             partial (gather and one-thread GEMM on its own core), and the
+#             partials are added in run order. dx, with stride 1, is itself a
 #             convolution (a gather, as forward): δ with the kernel flipped and
 #             its channel axes swapped, padded by the kernel's span less the
 #             forward's padding. Otherwise, per block: dcols := δ[block]·Wᵀ into
 #             the workspace; dx += col2im(dcols), the rows of one image on one
 #             thread, in row order.
-# Determinism: block boundaries depend on K and the dtype only; every dW value
-# is summed over the blocks in order and inside a block by the GEMM, which does
-# not depend on the thread count; dx is a GEMM (gathered) or gets its terms in row order (col2im).
+# Determinism: block and run boundaries depend on the shapes only; every dW
+# value is summed over the blocks of a run in order, inside a block by a
+# one-thread GEMM, and over the runs in order; dx is a GEMM (gathered) or gets its terms in row order (col2im).
 # So the results are bitwise the same for any n_threads.
 # This is the "blocked im2col + GEMM" form: the gather is not fused into the
 # GEMM's A packing (that would need a new packing entry point in _gemm.pyx).
@@ -53,6 +55,10 @@ DEF PARALLEL_MIN_VALUES = 32768
 # its own) from this many blocks per thread; fewer run one at a time, each
 # block's GEMM on all the threads.
 DEF BLOCKS_PER_THREAD = 2
+# dW is summed in this many partial sums, each over a fixed run of row blocks
+# (shared out among the threads), then added in order: the groups depend on the
+# shapes only, so the bits do not depend on the thread count.
+DEF DW_GROUPS = 8
 # dx is gathered (a convolution of δ) from this many input channels: the GEMM's
 # n is c_in, and a narrower one runs slower than col2im's scatter (LeNet's
 # 12x12x6 -> 16@5x5, batch 64, one thread: 0.9 ms scatter, 1.8 ms gather; at
@@ -266,6 +272,63 @@ cdef void _flip_weights(Geometry* g, const floating* w, floating* wt) noexcept n
                     dst[j * c_in + c] = src[c * f + j]
 
 
+cdef int _dw_group(Geometry* g, const floating* x, const floating* delta, Py_ssize_t rows,
+                   Py_ssize_t b0, Py_ssize_t b1, floating* cols, floating* part) noexcept nogil:
+    """part := Σ over row blocks b0 .. b1-1, in order, of colsᵀ·δ[block] (one-thread GEMMs). Returns 0 or -1."""
+    cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c, f = g.f
+    cdef Py_ssize_t s, r0, rr
+    cdef int status = 0
+    for s in range(b0, b1):
+        r0 = s * rows
+        rr = min(rows, m - r0)
+        _im2col(g, x, r0, rr, cols, 1)
+        # cols read through swapped strides: colsᵀ
+        status = gemm_nogil(k, f, rr, <floating>1, cols, 1, k, delta + r0 * f, f, 1,
+                            <floating>(0 if s == b0 else 1), part, f, NULL, -1, NULL, 0, 1)
+        if status != 0:
+            break
+    return status
+
+
+cdef inline Py_ssize_t _dw_groups(Py_ssize_t n_blocks) noexcept nogil:
+    return min(<Py_ssize_t>DW_GROUPS, n_blocks)
+
+
+cdef int _dw_grouped(Geometry* g, const floating* x, const floating* delta, Py_ssize_t rows,
+                     floating* cols, floating* parts, floating* dw, bint accumulate, int n_threads) noexcept nogil:
+    """dw (+)= colsᵀ·δ: a partial sum per group of row blocks (groups shared out among the
+    threads), then the partials added in group order. Returns 0 or -1."""
+    cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c, f = g.f
+    cdef Py_ssize_t n_blocks = (m + rows - 1) // rows, n_groups = _dw_groups(n_blocks), gi, i
+    cdef size_t nbytes = rows * k * sizeof(floating)
+    cdef floating* mine
+    cdef floating v
+    cdef int failed = 0
+    if n_threads > 1 and n_groups > 1:
+        with parallel(num_threads=n_threads):
+            mine = cols if threadid() == 0 else <floating*>fastbp_conv_workspace(nbytes)
+            for gi in prange(n_groups, schedule="static"):
+                if mine == NULL:
+                    failed += 1
+                    continue
+                failed += _dw_group(g, x, delta, rows, gi * n_blocks // n_groups, (gi + 1) * n_blocks // n_groups,
+                                    mine, parts + gi * k * f) != 0
+            if mine != NULL and mine != cols:
+                fastbp_conv_workspace_release(mine, nbytes)
+    else:
+        for gi in range(n_groups):
+            failed += _dw_group(g, x, delta, rows, gi * n_blocks // n_groups, (gi + 1) * n_blocks // n_groups,
+                                cols, parts + gi * k * f) != 0
+    if failed:
+        return -1
+    for i in range(k * f):
+        v = parts[i]
+        for gi in range(1, n_groups):
+            v = v + parts[gi * k * f + i]
+        dw[i] = v + dw[i] if accumulate else v
+    return 0
+
+
 cdef int conv2d_backward_nogil(Geometry* g, const floating* x, const floating* w,
                                const floating* z, const floating* a, const floating* grad_a, int act,
                                floating* grad_z, floating* dw, floating* db, floating* dx,
@@ -275,7 +338,7 @@ cdef int conv2d_backward_nogil(Geometry* g, const floating* x, const floating* w
     Returns 0, or -1 when a workspace cannot be allocated.
     """
     cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c, f = g.f
-    cdef Py_ssize_t rows, s, r0, rr, acc_values = (f + 7) // 8 * 8, col_values
+    cdef Py_ssize_t rows, s, r0, rr, acc_values = (f + 7) // 8 * 8, col_values, flip_values = 0, part_values = 0
     cdef floating beta = 1 if accumulate else 0
     cdef int status = 0
     cdef bint pointwise = _pointwise(g), gather = dx != NULL and _gather_dx(g)
@@ -283,6 +346,7 @@ cdef int conv2d_backward_nogil(Geometry* g, const floating* x, const floating* w
     cdef size_t nbytes
     cdef double* acc
     cdef floating* flipped
+    cdef floating* parts
     cdef floating* cols
     activation_backward_nogil(act, z, a, grad_a, grad_z, m, f, n_threads)
     rows = 0 if pointwise else _block_rows(k, m)
@@ -290,13 +354,16 @@ cdef int conv2d_backward_nogil(Geometry* g, const floating* x, const floating* w
     _transposed_geometry(g, &t)
     if gather:  # the transposed convolution's blocks share the workspace
         col_values = max(col_values, _block_rows(g.kh * g.kw * f, g.n * g.h * g.w) * g.kh * g.kw * f)
-    nbytes = (acc_values * sizeof(double) + ((k * f + 15) // 16 * 16 if gather else 0) * sizeof(floating)
-              + col_values * sizeof(floating))
+        flip_values = (k * f + 15) // 16 * 16
+    if not pointwise:
+        part_values = _dw_groups((m + rows - 1) // rows) * k * f
+    nbytes = acc_values * sizeof(double) + (flip_values + part_values + col_values) * sizeof(floating)
     acc = <double*>fastbp_conv_workspace(nbytes)
     if acc == NULL:
         return -1
     flipped = <floating*>(acc + acc_values)
-    cols = flipped + ((k * f + 15) // 16 * 16 if gather else 0)
+    parts = flipped + flip_values
+    cols = parts + part_values
     _column_sums(grad_z, m, f, acc, db, accumulate)
     if pointwise:
         status = gemm_nogil(k, f, m, <floating>1, x, 1, k, grad_z, f, 1, beta, dw, f, NULL, -1, NULL, 0, n_threads)
@@ -305,26 +372,22 @@ cdef int conv2d_backward_nogil(Geometry* g, const floating* x, const floating* w
                                 NULL, -1, NULL, 0, n_threads)
         fastbp_conv_workspace_release(acc, nbytes)
         return status
-    if dx != NULL and not gather:
-        memset(dx, 0, g.n * g.h * g.w * g.c * sizeof(floating))
-    for s in range((m + rows - 1) // rows):
-        r0 = s * rows
-        rr = min(rows, m - r0)
-        _im2col(g, x, r0, rr, cols, n_threads)
-        # dW := colsᵀ·δ over this block (cols read through swapped strides), added to the earlier blocks
-        status = gemm_nogil(k, f, rr, <floating>1, cols, 1, k, grad_z + r0 * f, f, 1,
-                            beta if s == 0 else <floating>1, dw, f, NULL, -1, NULL, 0, n_threads)
-        if status != 0 or dx == NULL or gather:
-            continue
-        # dcols := δ·Wᵀ (W read through swapped strides), into the block's workspace
-        status = gemm_nogil(rr, k, f, <floating>1, grad_z + r0 * f, f, 1, w, 1, f, <floating>0, cols, k,
-                            NULL, -1, NULL, 0, n_threads)
-        if status == 0:
-            _col2im(g, cols, r0, rr, dx, n_threads)
+    status = _dw_grouped(g, x, grad_z, rows, cols, parts, dw, accumulate, n_threads)
     if status == 0 and gather:
         # dx := δ convolved with the flipped, transposed kernel (a gather: no scatter, no zeroing)
         _flip_weights(g, w, flipped)
         status = _conv_gemm(&t, grad_z, flipped, NULL, -1, dx, dx, cols, n_threads)
+    elif status == 0 and dx != NULL:
+        memset(dx, 0, g.n * g.h * g.w * g.c * sizeof(floating))
+        for s in range((m + rows - 1) // rows):
+            r0 = s * rows
+            rr = min(rows, m - r0)
+            # dcols := δ·Wᵀ (W read through swapped strides), then scattered into dx
+            status = gemm_nogil(rr, k, f, <floating>1, grad_z + r0 * f, f, 1, w, 1, f, <floating>0, cols, k,
+                                NULL, -1, NULL, 0, n_threads)
+            if status != 0:
+                break
+            _col2im(g, cols, r0, rr, dx, n_threads)
     fastbp_conv_workspace_release(acc, nbytes)
     return status
 
