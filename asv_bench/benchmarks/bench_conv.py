@@ -2,7 +2,9 @@
 
 ``track_*_gflops`` report 2·m·n·k / t for the convolution's GEMM (m output
 pixels, n output channels, k = kh·kw·in_channels), forward and backward (dW and
-dx: twice the forward's flops), timed over a few repeats in one process.
+dx: twice the forward's flops), timed over a few repeats in one process. A
+network's first convolution (``c1``) needs no dx, so its backward computes dW
+and db only (the forward's flops), as in training.
 """
 
 import time
@@ -42,6 +44,7 @@ class Conv2D(KernelBenchmark):
         self.configure(backend, dtype, threads)
         n, h, w, c_in, c_out, k, self.padding = CONVS[shape]
         self.flops = conv_flops(CONVS[shape])
+        self.compute_dx = "_c1_" not in shape
         self.x = random((n, h, w, c_in), dtype, 1)
         self.w = random((k, k, c_in, c_out), dtype, 2) / np.sqrt(k * k * c_in).astype(dtype)
         self.b = random((c_out,), dtype, 3)
@@ -57,7 +60,8 @@ class Conv2D(KernelBenchmark):
 
     def time_backward(self, backend, dtype, threads, shape):
         kernels.conv2d_backward(self.x, self.w, self.a, self.grad, padding=self.padding, activation="relu",
-                                grad_preactivation_out=self.delta, dw_out=self.dw, db_out=self.db, dx_out=self.dx)
+                                grad_preactivation_out=self.delta, dw_out=self.dw, db_out=self.db,
+                                dx_out=self.dx if self.compute_dx else None, compute_dx=self.compute_dx)
 
     def _gflops(self, run, flops):
         best = np.inf
@@ -71,7 +75,7 @@ class Conv2D(KernelBenchmark):
         return self._gflops(self.time_forward, self.flops)
 
     def track_backward_gflops(self, backend, dtype, threads, shape):
-        return self._gflops(self.time_backward, 2 * self.flops)
+        return self._gflops(self.time_backward, (2 if self.compute_dx else 1) * self.flops)
 
     track_forward_gflops.unit = "GFLOP/s"
     track_backward_gflops.unit = "GFLOP/s"
