@@ -5,10 +5,13 @@ and weights (kh, kw, c_in, c_out), row r of the image-to-column matrix ``cols``
 (n·out_h·out_w, K = kh·kw·c_in) is output pixel r's receptive field in
 (kh, kw, c_in) order, so z = cols·W + b with W = w.reshape(K, c_out). The whole
 cols matrix is never built: rows are gathered a block at a time (CHUNK_VALUES
-values, a multiple of ROW_ALIGN rows; ``_im2col``, row-parallel) into a buffer
-kept per calling thread, and the GEMM driver (``gemm.run_driver``, with its
-bias + activation epilogue on each tile) runs on each block with all the
-threads. A 1x1 kernel with stride 1 and no padding skips the gather.
+values, a multiple of ROW_ALIGN rows) into a buffer kept per calling thread,
+and the GEMM driver (with its bias + activation epilogue on each tile) runs on
+each block: with at least BLOCKS_PER_THREAD blocks per thread, each thread
+takes whole blocks (``_blocks_parallel``: gather and the serial driver on its
+own core, one parallel region per call); otherwise each block's gather
+(``_im2col``, row-parallel) and GEMM (``gemm.run_driver``) use all the threads.
+A 1x1 kernel with stride 1 and no padding skips the gather.
 
 Backward: δ = grad_a ⊙ act'(z) (activation kernel); db = column sums of δ
 (``dense._column_sums``: rows in order); per block, in order: cols :=
@@ -35,14 +38,19 @@ from numba import prange
 
 from .. import registry as R
 from ._arrays import writable
-from ._threads import clamp_threads, set_threads
+from ..blocking import block_sizes
+from ._threads import ISA, MAX_THREADS, clamp_threads, set_threads
 from .activations import _activation_backward, _activation_forward
 from .dense import _column_sums
-from .gemm import NO_ACTIVATION, gemm, no_bias, run_driver
+from .gemm import NO_ACTIVATION, driver, gemm, no_bias, run_driver
 
 CHUNK_VALUES = 1 << 17  # values of one block of cols (512 KiB in float32)
 ROW_ALIGN = 48  # block rows are a multiple of every ISA's MR
 PARALLEL_MIN_VALUES = 1 << 15  # gathers and scatters of fewer values run serially
+# Forward blocks are shared out among the threads (each gathers and multiplies its
+# own with the serial GEMM driver, one parallel region per call) from this many
+# blocks per thread; fewer run one at a time, each block's GEMM on all the threads.
+BLOCKS_PER_THREAD = 2
 
 
 def _block_rows(k, m):
@@ -59,12 +67,12 @@ def _pointwise(kh, kw, geometry, x_shape, z_shape):
 _buffers = threading.local()
 
 
-def _workspace(size, dtype):
-    """A flat buffer of at least ``size`` values of ``dtype``, kept per calling thread."""
+def _workspace(size, dtype, role="cols"):
+    """A flat buffer of at least ``size`` values of ``dtype`` for ``role``, kept per calling thread."""
     cache = _buffers.__dict__
-    buf = cache.get(dtype)
+    buf = cache.get((role, dtype))
     if buf is None or buf.shape[0] < size:
-        buf = cache[dtype] = np.empty(size, dtype)
+        buf = cache[(role, dtype)] = np.empty(size, dtype)
     return buf
 
 
@@ -178,6 +186,42 @@ def _geometry(geometry):
 GATHER_MIN_CHANNELS = 16
 
 
+def _make_blocks_parallel(dtype):
+    """The block-parallel forward for ``dtype``: the serial GEMM driver called per block from a prange."""
+    gemm_serial = driver(np.dtype(dtype), parallel=False)
+    im2col = _im2col_serial
+
+    def _blocks_parallel(x, kh, kw, weights, geometry, out_h, out_w, bias, act, zf, out, rows,
+                         cols_all, work_all, n_threads):
+        """zf := cols(x)·weights (+ bias), out := act(zf), one row block per task.
+
+        cols_all, work_all: MAX_THREADS equal slots, one per thread (gathered block, GEMM packing).
+        """
+        set_threads(n_threads)
+        m, k = zf.shape[0], weights.shape[0]
+        cols_slot = cols_all.shape[0] // MAX_THREADS
+        work_slot = work_all.shape[0] // MAX_THREADS
+        for s in prange(-(-m // rows)):
+            t = numba.get_thread_id()
+            r0 = s * rows
+            rr = min(rows, m - r0)
+            cols = cols_all[t * cols_slot:t * cols_slot + rr * k].reshape(rr, k)
+            im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, 1)
+            gemm_serial(cols, weights, zf[r0:r0 + rr], out[r0:r0 + rr], bias, 1.0, 0.0, act, 1,
+                        work_all[t * work_slot:(t + 1) * work_slot])
+
+    return numba.njit(nogil=True, parallel=True)(_blocks_parallel)
+
+
+_blocks_parallel = {}
+
+
+def _gemm_work_size(dtype, n):
+    """Values of the GEMM driver's workspace for one task with n columns (see gemm._gemm)."""
+    MR, NR, KC, MC, NC = block_sizes(ISA, np.dtype(dtype).name)
+    return KC * (-(-min(NC, n) // NR) * NR) + MC * KC + 2 * MR * NR
+
+
 def _conv_gemm(x, kh, kw, weights, geometry, out_h, out_w, bias, epilogue_act, zf, out, n_threads):
     """zf := cols(x)·weights (+ bias); out := act(zf) per tile, block by block through the workspace.
 
@@ -188,6 +232,15 @@ def _conv_gemm(x, kh, kw, weights, geometry, out_h, out_w, bias, epilogue_act, z
         run_driver(x.reshape(m, k), weights, zf, out, bias, 1.0, 0.0, epilogue_act, n_threads)
         return
     rows = _block_rows(k, m)
+    if n_threads > 1 and -(-m // rows) >= BLOCKS_PER_THREAD * n_threads:
+        compiled = _blocks_parallel.get(x.dtype)
+        if compiled is None:
+            compiled = _blocks_parallel[x.dtype] = _make_blocks_parallel(x.dtype)
+        cols_all = _workspace(MAX_THREADS * rows * k, x.dtype, "blocks")
+        work_all = _workspace(MAX_THREADS * _gemm_work_size(x.dtype, zf.shape[1]), x.dtype, "gemm")
+        compiled(x, kh, kw, weights, geometry, out_h, out_w, bias, epilogue_act, zf, out, rows,
+                 cols_all, work_all, n_threads)
+        return
     buf = _workspace(rows * k, x.dtype)
     for r0 in range(0, m, rows):
         rr = min(rows, m - r0)
