@@ -730,20 +730,6 @@ def fixed_point_adjoint(h: FloatArray, wh: FloatArray, grad_h: FloatArray, activ
 # weights are (kernel_h, kernel_w, in_channels, out_channels). Geometry
 # arguments (stride, padding, dilation, pool_size) are turned into the kernels'
 # integer tuples, and impossible ones rejected, by fastbp._geometry.
-def _output(name, out, shape, dtype, inputs, may_alias=()):
-    """V.output_array with the inputs named (a dict) and those ``out`` may be exactly (``may_alias``).
-
-    Merge note: main's V.output_array takes these same arguments; there this
-    function is V.output_array itself.
-    """
-    refused = tuple(arr for key, arr in inputs.items()
-                    if arr is not None and not (key in may_alias and out is not None and out.shape == arr.shape
-                                                and out.strides == arr.strides
-                                                and out.__array_interface__["data"][0]
-                                                == arr.__array_interface__["data"][0]))
-    return V.output_array(name, out, shape, dtype, inputs=refused)
-
-
 def _image(name, x, dtype=None):
     """A checked, C-contiguous (n_samples, height, width, channels) float array with pixels and channels."""
     if isinstance(x, np.ndarray) and x.ndim != 4:
@@ -806,8 +792,8 @@ def conv2d_forward(x, w, b, stride=1, padding="valid", dilation=1, activation="i
     x, w, b = _conv_operands(x, w, b)
     shape, geometry = G.conv2d(x.shape, w.shape, stride, padding, dilation)
     inputs = {"x": x, "w": w, "b": b}
-    out = _output("out", out, shape, x.dtype, inputs=inputs)
-    z = _output("preactivation_out", preactivation_out, shape, x.dtype, inputs=dict(inputs, out=out)) \
+    out = V.output_array("out", out, shape, x.dtype, inputs=inputs)
+    z = V.output_array("preactivation_out", preactivation_out, shape, x.dtype, inputs=dict(inputs, out=out)) \
         if preactivation_out is not None else out
     if out.size:
         kernels, n_threads = _kernels()
@@ -865,12 +851,12 @@ def conv2d_backward(x, w, output, grad_output, stride=1, padding="valid", dilati
     if accumulate and (dw_out is None or db_out is None):
         raise ValueError("accumulate=True needs dw_out and db_out to add into")
     inputs = {"x": x, "w": w, "output": output, "preactivation": z, "grad_output": grad_output}
-    delta = _output("grad_preactivation_out", grad_preactivation_out, shape, x.dtype, inputs=inputs,
+    delta = V.output_array("grad_preactivation_out", grad_preactivation_out, shape, x.dtype, inputs=inputs,
                     may_alias=("grad_output",))
     inputs["grad_preactivation_out"] = delta
-    dw = _output("dw_out", dw_out, w.shape, x.dtype, inputs=inputs)
-    db = _output("db_out", db_out, (w.shape[3],), x.dtype, inputs=dict(inputs, dw_out=dw))
-    dx = _output("dx_out", dx_out, x.shape, x.dtype, inputs=dict(inputs, dw_out=dw, db_out=db)) \
+    dw = V.output_array("dw_out", dw_out, w.shape, x.dtype, inputs=inputs)
+    db = V.output_array("db_out", db_out, (w.shape[3],), x.dtype, inputs=dict(inputs, dw_out=dw))
+    dx = V.output_array("dx_out", dx_out, x.shape, x.dtype, inputs=dict(inputs, dw_out=dw, db_out=db)) \
         if compute_dx else None
     if x.shape[0] == 0:
         if not accumulate:
@@ -921,8 +907,8 @@ def max_pool2d_forward(x, pool_size, stride=None, padding=0, out=None, argmax_ou
     """
     x = _image("x", x)
     shape, geometry = G.pool2d("max_pool2d", x.shape, pool_size, stride, padding)
-    out = _output("out", out, shape, x.dtype, inputs={"x": x})
-    argmax = _output("argmax_out", argmax_out, shape, np.dtype(np.int64), inputs={"x": x, "out": out})
+    out = V.output_array("out", out, shape, x.dtype, inputs={"x": x})
+    argmax = V.output_array("argmax_out", argmax_out, shape, np.dtype(np.int64), inputs={"x": x, "out": out})
     if out.size:
         kernels, n_threads = _kernels()
         kernels.max_pool2d_forward(x, geometry, out, argmax, n_threads)
@@ -952,7 +938,7 @@ def max_pool2d_backward(grad_output, argmax, input_shape, dx_out=None):
     if argmax.size and (argmax.min() < 0 or argmax.max() >= shape[1] * shape[2]):
         raise ValueError(f"argmax values must lie in [0, {shape[1] * shape[2]}) for input_shape {shape}, "
                          f"got [{argmax.min()}, {argmax.max()}]")
-    dx = _output("dx_out", dx_out, shape, grad_output.dtype, inputs={"grad_output": grad_output, "argmax": argmax})
+    dx = V.output_array("dx_out", dx_out, shape, grad_output.dtype, inputs={"grad_output": grad_output, "argmax": argmax})
     if dx.size:
         kernels, n_threads = _kernels()
         kernels.max_pool2d_backward(grad_output, argmax, dx, n_threads)
@@ -977,7 +963,7 @@ def avg_pool2d_forward(x, pool_size, stride=None, padding=0, count_include_pad=T
     """
     x = _image("x", x)
     shape, geometry = G.pool2d("avg_pool2d", x.shape, pool_size, stride, padding)
-    out = _output("out", out, shape, x.dtype, inputs={"x": x})
+    out = V.output_array("out", out, shape, x.dtype, inputs={"x": x})
     if out.size:
         kernels, n_threads = _kernels()
         kernels.avg_pool2d_forward(x, geometry, bool(count_include_pad), out, n_threads)
@@ -1004,7 +990,7 @@ def avg_pool2d_backward(grad_output, input_shape, pool_size, stride=None, paddin
     expected, geometry = G.pool2d("avg_pool2d", shape, pool_size, stride, padding)
     if grad_output.shape != expected:
         raise ValueError(f"grad_output must have shape {expected} for input_shape {shape}, got {grad_output.shape}")
-    dx = _output("dx_out", dx_out, shape, grad_output.dtype, inputs={"grad_output": grad_output})
+    dx = V.output_array("dx_out", dx_out, shape, grad_output.dtype, inputs={"grad_output": grad_output})
     if dx.size:
         kernels, n_threads = _kernels()
         kernels.avg_pool2d_backward(grad_output, geometry, bool(count_include_pad), dx, n_threads)
@@ -1024,7 +1010,7 @@ def global_avg_pool2d_forward(x, out=None):
     out : ndarray of shape (n_samples, channels)
     """
     x = _image("x", x)
-    out = _output("out", out, (x.shape[0], x.shape[3]), x.dtype, inputs={"x": x})
+    out = V.output_array("out", out, (x.shape[0], x.shape[3]), x.dtype, inputs={"x": x})
     if out.size:
         kernels, n_threads = _kernels()
         kernels.global_avg_pool2d_forward(x, out, n_threads)
@@ -1046,7 +1032,7 @@ def global_avg_pool2d_backward(grad_output, input_shape, dx_out=None):
     """
     grad_output = V.contiguous_input("grad_output", grad_output, 2)
     shape = _input_shape(input_shape, grad_output)
-    dx = _output("dx_out", dx_out, shape, grad_output.dtype, inputs={"grad_output": grad_output})
+    dx = V.output_array("dx_out", dx_out, shape, grad_output.dtype, inputs={"grad_output": grad_output})
     if dx.size:
         kernels, n_threads = _kernels()
         kernels.global_avg_pool2d_backward(grad_output, dx, n_threads)
