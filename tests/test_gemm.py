@@ -128,6 +128,26 @@ def test_gemm_bitwise_identical_for_1_and_2_threads(backend, dtype, rng, threads
     np.testing.assert_array_equal(one, two)
 
 
+@pytest.mark.parametrize("m,k,n", [(8, 70001, 300), (30, 1100, 4200), (256, 784, 128)])
+def test_gemm_waves_and_column_tasks_same_bits_for_any_thread_count(backend, dtype, rng, m, k, n):
+    """Long k (several waves of packed KC slices), n past NC (two column panels), and a
+    batch-sized m (row blocks times column parts, taken dynamically): within the error
+    bound of NumPy's product, and the same bits on 1, 2 and 3 threads (the compiled
+    kernel, called directly: 3 threads share 2 cores here)."""
+    a = random_matrix(rng, (m, k), dtype)
+    b = random_matrix(rng, (n, k), dtype).T  # a transposed operand, as in δ·Wᵀ
+    compiled = fastbp._backend.backend_module()
+    results = []
+    for n_threads in (1, 2, 3):
+        c = np.full((m, n), np.nan, dtype)
+        compiled.gemm(a, b, c, 1.0, 0.0, n_threads)
+        results.append(c)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.all(np.abs(results[0] - exact) <= gemm_bound(a, b, k, dtype))
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
 @pytest.mark.parametrize("k", [1, 64, 511])
 def test_gemm_small_products_give_the_bits_of_large_ones(backend, dtype, rng, k):
     """Small products may take another path (cython: unpacked AVX-512 float32); the rows of

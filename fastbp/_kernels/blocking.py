@@ -1,4 +1,6 @@
-"""Cache-blocking table of the GEMM, one row per instruction set and dtype.
+"""Tuning table of the kernels: the GEMM's block sizes, one row per instruction
+set and dtype, and the work thresholds that decide how many threads a kernel
+uses. Both backends read this module and nothing else for these decisions.
 
 The GEMM is BLIS's five loops around a micro-kernel (see the backends):
     5th loop (jc, NC) over columns of C and B
@@ -21,6 +23,13 @@ AVX-512 float32 row is tuned; the others are starting points.
 Determinism: a C element is summed over k in KC-sized slices in increasing
 order, each slice in increasing k inside one micro-kernel call. Nothing here
 depends on the thread count, so neither do the results.
+
+Threads: a parallel region costs ~2 µs to enter on a quiet machine and, on a
+busy one, a scheduler time slice (ms) whenever one of its threads waits for
+a core, so work goes parallel only when each thread gets enough of it
+(``gemm_threads``, ``PARALLEL_MIN_ELEMENTS``, ``OPTIMIZER_PARALLEL_MIN_VALUES``).
+Tasks are shared out dynamically (a thread that lost its core takes fewer),
+at least TASKS_PER_THREAD per thread when the product has that many blocks.
 """
 
 _TABLE = {
@@ -34,6 +43,28 @@ _TABLE = {
 }
 
 ISAS = ("avx512", "avx2", "generic")
+
+# A GEMM uses one thread per this many multiply-adds (m*n*k), up to the thread
+# count asked for: below 2^21 it is serial (~15 µs on one core), as every layer
+# of a 64-wide network is (64-128-64-10 at batch 32: 2^18 at most).
+GEMM_MADDS_PER_THREAD = 1 << 20
+# Dynamic scheduling: about this many output blocks per thread, so that one
+# thread that loses its core (a busy machine, a BLAS pool still spinning)
+# holds back at most a small part of the product.
+TASKS_PER_THREAD = 4
+# Element-wise kernels (activations, losses, column sums, RNN steps) go
+# parallel from this many values.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+# Optimizer steps go parallel from this many parameters: a step is ~1 load and
+# store per array per value, memory-bound, ~10 µs per 2^15 values; below this
+# two parallel regions per step cost more than they save (the digits network,
+# 17k parameters, took 3-4x longer per step on 2 threads with a busy core).
+OPTIMIZER_PARALLEL_MIN_VALUES = 1 << 17
+
+
+def gemm_threads(m, n, k, n_threads):
+    """Threads for an (m x k)·(k x n) product: one per GEMM_MADDS_PER_THREAD, in [1, n_threads]."""
+    return max(1, min(n_threads, (m * n * k) // GEMM_MADDS_PER_THREAD))
 
 
 def block_sizes(isa, dtype):

@@ -21,6 +21,7 @@ _gemm._configure(
     _blocking_table.block_sizes(ISA, "float32"),
     _blocking_table.block_sizes(ISA, "float64"),
 )
+_gemm._configure_threads(_blocking_table.GEMM_MADDS_PER_THREAD, _blocking_table.TASKS_PER_THREAD)
 OPENMP = _gemm._openmp()
 NAME = "cython"
 
@@ -35,6 +36,9 @@ from ._losses import (  # noqa: E402
     softmax_cross_entropy_index,
 )
 from ._optim import adam_step, all_finite, rmsprop_step, sgd_step  # noqa: E402
+from . import _optim  # noqa: E402
+
+_optim._configure_threads(_blocking_table.OPTIMIZER_PARALLEL_MIN_VALUES)
 from ._rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_forward  # noqa: E402
 
 if _registry.SOFTMAX != 10 or len(_registry.ACTIVATIONS) != 11:  # ids compiled into _activations.pxd

@@ -27,7 +27,7 @@ from .packing import data_pointer
 
 # Element counts below which a kernel runs on one thread (a parallel region
 # costs ~1-2 µs with OpenMP; an element costs ~1 ns).
-PARALLEL_MIN_ELEMENTS = 1 << 15
+from ..blocking import PARALLEL_MIN_ELEMENTS  # noqa: E402  (the one table)
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)

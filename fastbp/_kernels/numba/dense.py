@@ -20,7 +20,7 @@ from ._threads import clamp_threads, set_threads
 from .activations import _activation_backward, _activation_forward
 from .gemm import NO_ACTIVATION, gemm, run_driver
 
-PARALLEL_MIN_ELEMENTS = 1 << 15
+from ..blocking import PARALLEL_MIN_ELEMENTS  # noqa: E402  (the one table)
 COLUMN_BLOCK = 256  # columns of δ summed by one task
 
 

@@ -45,7 +45,7 @@ import numba
 import numpy as np
 from numba import prange, types
 
-from ..blocking import block_sizes
+from ..blocking import block_sizes, gemm_threads
 from .activations import activation_span
 from .microkernel import direct_kernel_simd, micro_kernel_loops, micro_kernel_simd
 from .packing import data_pointer, pack_a, pack_b_panel
@@ -53,17 +53,18 @@ from .. import registry as R
 from ._arrays import writable
 from ._threads import ISA, VECTOR_LANES, clamp_threads, set_threads
 
-# Below this many flops (2mnk) the GEMM runs on one thread.
-PARALLEL_MIN_FLOPS = 1 << 22
 # Up to this many multiply-adds (mnk) the GEMM runs unpacked (``direct_kernel_simd``):
 # packing both operands costs as much as the arithmetic of a small product. Always
-# below PARALLEL_MIN_FLOPS, so the unpacked path is serial whatever n_threads.
+# below two threads' worth of blocking.GEMM_MADDS_PER_THREAD, so the unpacked path
+# is serial whatever n_threads.
 DIRECT_MAX_MADDS = 1 << 20
 # ``act`` value of a plain GEMM: write C only, no activation output.
 NO_ACTIVATION = -1
 _RELU, _IDENTITY = R.RELU, R.IDENTITY
 
 _jit = numba.njit(cache=True, nogil=True)
+# The table's thread decision, callable from jitted code (mlp.py's per-layer GEMMs).
+gemm_threads_jitted = _jit(gemm_threads)
 
 
 @_jit
@@ -190,8 +191,7 @@ def _make_driver(dtype, parallel):
         m, k = a.shape
         n = b.shape[1]
         if PARALLEL:
-            n_threads = n_threads if 2.0 * m * n * k >= PARALLEL_MIN_FLOPS else 1
-            set_threads(n_threads)
+            set_threads(n_threads)  # run_driver's choice, from blocking.gemm_threads
         else:
             n_threads = 1
         zf = z.reshape(m * n)
@@ -311,10 +311,11 @@ def run_driver(a, b, z, out, bias, alpha, beta, act, n_threads):
     if work is None:
         work = np.empty(0, dtype=key)
     m, k = a.shape
-    parallel = n_threads > 1 and 2.0 * m * b.shape[1] * k >= PARALLEL_MIN_FLOPS
+    n_threads = gemm_threads(m, b.shape[1], k, clamp_threads(n_threads))
+    parallel = n_threads > 1
     compiled = (_drivers if parallel else _serial_drivers).get(key) or driver(key, parallel)
     cache[key] = compiled(writable(a), writable(b), z, out, bias, float(alpha), float(beta), act,
-                          clamp_threads(n_threads) if parallel else 1, work)
+                          n_threads, work)
 
 
 def gemm(a, b, c, alpha, beta, n_threads):

@@ -19,7 +19,7 @@ from numba import prange
 from ._arrays import writable
 from ._threads import clamp_threads, set_threads
 
-PARALLEL_MIN_ELEMENTS = 1 << 15
+from ..blocking import PARALLEL_MIN_ELEMENTS  # noqa: E402  (the one table)
 ROW_BLOCK = 64  # rows of softmax_cross_entropy_index per scratch buffer
 
 # error_model="numpy": a division by zero gives inf/nan instead of raising, so a loop

@@ -35,7 +35,7 @@ from .activations import (
 )
 from .dense import PARALLEL_MIN_ELEMENTS as COLUMN_SUMS_PARALLEL_MIN_ELEMENTS
 from .dense import _column_sums_parallel, _column_sums_serial
-from .gemm import NO_ACTIVATION, PARALLEL_MIN_FLOPS, driver
+from .gemm import NO_ACTIVATION, driver, gemm_threads_jitted
 from .losses import PARALLEL_MIN_ELEMENTS as LOSS_PARALLEL_MIN_ELEMENTS
 from .losses import (
     _binary_cross_entropy_parallel,
@@ -75,8 +75,9 @@ def _run_gemm_overload(a, b, z, out, bias, beta, act, n_threads, work):
 
     def impl(a, b, z, out, bias, beta, act, n_threads, work):
         m, k = a.shape
-        if n_threads > 1 and 2.0 * m * b.shape[1] * k >= PARALLEL_MIN_FLOPS:
-            return parallel_driver(a, b, z, out, bias, 1.0, beta, act, n_threads, work)
+        threads = gemm_threads_jitted(m, b.shape[1], k, n_threads)
+        if threads > 1:
+            return parallel_driver(a, b, z, out, bias, 1.0, beta, act, threads, work)
         return serial_driver(a, b, z, out, bias, 1.0, beta, act, 1, work)
 
     return impl
