@@ -241,3 +241,20 @@ print("ok")
     env = dict(os.environ, FASTBP_CYTHON_ISA=isa)
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def test_cython_thread_decisions_are_the_tables():
+    """The Cython GEMM mirrors blocking.gemm_threads and gemm_tasks in C; the Numba one compiles them."""
+    from fastbp._kernels.cython import _gemm
+
+    for m, n, k in [(1, 1, 1), (64, 128, 32), (128, 128, 128), (256, 1024, 1024), (7, 9, 1 << 22)]:
+        for n_threads in (1, 2, 3, 16):
+            assert _gemm._gemm_threads(m, n, k, n_threads) == blocking.gemm_threads(m, n, k, n_threads)
+    for n_tiles in (1, 3, 11, 43, 66, 86, 500):
+        for n_panels in (1, 2, 8, 32, 128):
+            for mr, mc in ((12, 144), (6, 96)):
+                for nt in (1, 2, 3, 4):
+                    assert _gemm._gemm_tasks(n_tiles, n_panels, mr, mc, nt) == \
+                        blocking.gemm_tasks(n_tiles, n_panels, mr, mc, nt)
+    # m = 256 on AVX2 (MR 6, MC 96), 2 threads: 3 row blocks are shared out as 12 tasks
+    assert blocking.gemm_tasks(43, 128, 6, 96, 2) == (3, 4)

@@ -62,9 +62,42 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 OPTIMIZER_PARALLEL_MIN_VALUES = 1 << 17
 
 
+# Values of packed B per wave of KC slices, about: the threads pack a wave's B,
+# meet once, then run their tasks over the wave's slices (1024^3 float32 is one
+# wave; a long k with a small C is a few waves, not two regions per slice).
+B_WAVE_VALUES = 1 << 21
+
+# The functions below are the decisions both backends make; the Numba backend
+# compiles these very functions, the Cython backend mirrors them in _gemm.pyx
+# (tests/test_gemm.py checks it against them).
+
+
 def gemm_threads(m, n, k, n_threads):
     """Threads for an (m x k)·(k x n) product: one per GEMM_MADDS_PER_THREAD, in [1, n_threads]."""
     return max(1, min(n_threads, (m * n * k) // GEMM_MADDS_PER_THREAD))
+
+
+def kc_slices(k, kc):
+    """(number of slices, length of all but the last): k cut into near-equal slices of at most kc
+    (k = 784, KC = 512: 2 x 392, not 512 + 272). Depends on k and KC only."""
+    n_slices = -(-k // kc)
+    return n_slices, -(-k // n_slices)
+
+
+def gemm_tasks(n_tiles, n_panels, mr, mc, n_threads):
+    """(row blocks, column parts) of the 3rd loop's tasks, for a C of n_tiles MR-row tiles and
+    n_panels NR-column micro-panels: row blocks of near-equal height, at most MC rows; with
+    several threads, enough column parts for TASKS_PER_THREAD tasks per thread, in a multiple
+    of n_threads when there are panels enough (m = 256, MR = 6, MC = 96 on 2 threads: 3 row
+    blocks x 4 parts, not 3 blocks for 2 threads)."""
+    tiles_per_mc = max(1, mc // mr)
+    n_blocks = -(-n_tiles // tiles_per_mc)
+    n_parts = 1
+    if n_threads > 1:
+        n_parts = min(n_panels, max(1, -(-(TASKS_PER_THREAD * n_threads) // n_blocks)))
+        while (n_blocks * n_parts) % n_threads != 0 and n_parts < n_panels:
+            n_parts += 1
+    return n_blocks, n_parts
 
 
 def block_sizes(isa, dtype):

@@ -21,7 +21,9 @@ _gemm._configure(
     _blocking_table.block_sizes(ISA, "float32"),
     _blocking_table.block_sizes(ISA, "float64"),
 )
-_gemm._configure_threads(_blocking_table.GEMM_MADDS_PER_THREAD, _blocking_table.TASKS_PER_THREAD)
+_gemm._configure_threads(
+    _blocking_table.GEMM_MADDS_PER_THREAD, _blocking_table.TASKS_PER_THREAD, _blocking_table.B_WAVE_VALUES
+)
 OPENMP = _gemm._openmp()
 NAME = "cython"
 

@@ -90,8 +90,7 @@ cdef Py_ssize_t DIRECT_MAX_FLOPS = 1 << 20
 cdef Py_ssize_t DIRECT_NARROW_N = 16
 cdef Py_ssize_t DIRECT_B_COPY_MAX = 1 << 14
 cdef int _isa = 0
-# Values of packed B per wave of KC slices, about (bounds the workspace for long k;
-# 1024^3 float32 is one wave).
+# Values of packed B per wave of KC slices, about (blocking.B_WAVE_VALUES).
 cdef Py_ssize_t B_WAVE_VALUES = 1 << 21
 
 ISA_NAMES = ("generic", "avx2", "avx512")
@@ -373,6 +372,30 @@ cdef inline Py_ssize_t gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, in
     return max(1, min(<Py_ssize_t>n_threads, (m * n * k) // GEMM_MADDS_PER_THREAD))
 
 
+cdef void gemm_tasks(Py_ssize_t n_tiles, Py_ssize_t n_panels, Py_ssize_t mr, Py_ssize_t mc, Py_ssize_t nt,
+                     Py_ssize_t* n_blocks, Py_ssize_t* n_parts) noexcept nogil:
+    """blocking.gemm_tasks: (row blocks, column parts) of the 3rd loop's tasks."""
+    cdef Py_ssize_t tiles_per_mc = max(1, mc // mr)
+    n_blocks[0] = (n_tiles + tiles_per_mc - 1) // tiles_per_mc
+    n_parts[0] = 1
+    if nt > 1:
+        n_parts[0] = min(n_panels, max(1, (TASKS_PER_THREAD * nt + n_blocks[0] - 1) // n_blocks[0]))
+        while (n_blocks[0] * n_parts[0]) % nt != 0 and n_parts[0] < n_panels:
+            n_parts[0] += 1
+
+
+def _gemm_tasks(Py_ssize_t n_tiles, Py_ssize_t n_panels, Py_ssize_t mr, Py_ssize_t mc, Py_ssize_t nt):
+    """gemm_tasks, for the test that it agrees with blocking.gemm_tasks."""
+    cdef Py_ssize_t n_blocks, n_parts
+    gemm_tasks(n_tiles, n_panels, mr, mc, nt, &n_blocks, &n_parts)
+    return n_blocks, n_parts
+
+
+def _gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int n_threads):
+    """gemm_threads, for the test that it agrees with blocking.gemm_threads."""
+    return gemm_threads(m, n, k, n_threads)
+
+
 cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                     const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
                     const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
@@ -407,18 +430,10 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
 
     cdef Py_ssize_t nc_max = min(bs.nc, n)
     cdef Py_ssize_t max_panels = (nc_max + bs.nr - 1) // bs.nr
-    # 3rd-loop tasks: blocks of whole MR-row tiles, at most MC rows each and of
-    # near-equal height (m = 256, MR = 6, MC = 96: 3 blocks of 14-15 tiles), times
-    # column parts of whole NR micro-panels, enough parts for TASKS_PER_THREAD
-    # tasks per thread, in a multiple of nt. Threads take tasks dynamically.
+    # 3rd-loop tasks (blocking.gemm_tasks), taken dynamically by the threads.
     cdef Py_ssize_t n_tiles = (m + bs.mr - 1) // bs.mr
-    cdef Py_ssize_t tiles_per_mc = max(1, bs.mc // bs.mr)
-    cdef Py_ssize_t n_blocks = (n_tiles + tiles_per_mc - 1) // tiles_per_mc
-    cdef Py_ssize_t n_parts = 1
-    if nt > 1:
-        n_parts = min(max_panels, max(1, (TASKS_PER_THREAD * nt + n_blocks - 1) // n_blocks))
-        while (n_blocks * n_parts) % nt != 0 and n_parts < max_panels:
-            n_parts += 1
+    cdef Py_ssize_t n_blocks, n_parts
+    gemm_tasks(n_tiles, max_panels, bs.mr, bs.mc, nt, &n_blocks, &n_parts)
     cdef Py_ssize_t n_items = n_blocks * n_parts
     cdef Py_ssize_t block_rows = ((n_tiles + n_blocks - 1) // n_blocks) * bs.mr
     # KC slices of B packed at once (a wave): one parallel region and one barrier
@@ -528,13 +543,16 @@ def _configure(int isa, sizes_s, sizes_d):
     _isa = isa
 
 
-def _configure_threads(Py_ssize_t madds_per_thread, Py_ssize_t tasks_per_thread):
-    """Set the thread decisions of fastbp._kernels.blocking (GEMM_MADDS_PER_THREAD, TASKS_PER_THREAD)."""
-    global GEMM_MADDS_PER_THREAD, TASKS_PER_THREAD
-    if madds_per_thread < 1 or tasks_per_thread < 1:
-        raise ValueError(f"thread thresholds must be positive, got {madds_per_thread}, {tasks_per_thread}")
+def _configure_threads(Py_ssize_t madds_per_thread, Py_ssize_t tasks_per_thread, Py_ssize_t b_wave_values):
+    """Set the thread decisions of fastbp._kernels.blocking (GEMM_MADDS_PER_THREAD,
+    TASKS_PER_THREAD, B_WAVE_VALUES)."""
+    global GEMM_MADDS_PER_THREAD, TASKS_PER_THREAD, B_WAVE_VALUES
+    if min(madds_per_thread, tasks_per_thread, b_wave_values) < 1:
+        raise ValueError(f"thread thresholds must be positive, got {madds_per_thread}, "
+                         f"{tasks_per_thread}, {b_wave_values}")
     GEMM_MADDS_PER_THREAD = madds_per_thread
     TASKS_PER_THREAD = tasks_per_thread
+    B_WAVE_VALUES = b_wave_values
 
 
 def _blocking(dtype):

@@ -74,6 +74,24 @@ def set_threads(typingctx, n_ty):
     return types.void(n_ty), codegen
 
 
+@intrinsic
+def fetch_add(typingctx, counter_ty, increment_ty):
+    """counter[0] += increment atomically; returns the value before (an int64 array of one).
+
+    The task counter of dynamic scheduling: each thread takes the next task number.
+    """
+    if not (isinstance(counter_ty, types.Array) and counter_ty.dtype == types.int64
+            and isinstance(increment_ty, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        counter = context.make_array(signature.args[0])(context, builder, args[0])
+        increment = context.cast(builder, args[1], signature.args[1], types.int64)
+        return builder.atomic_rmw("add", counter.data, increment, "seq_cst")
+
+    return types.int64(counter_ty, increment_ty), codegen
+
+
 def _host_isa():
     """'avx512', 'avx2' or 'generic': the vector ISA Numba's generated code may use."""
     if numba.config.CPU_NAME not in (None, "host"):
