@@ -236,6 +236,16 @@ for dtype in (np.float32, np.float64):
             assert np.all(np.abs(got - a.astype(np.float64) @ b) <= bound + 1e-30), (dtype, m, k, n)
         z = kernels.dense_forward(a, b, np.ones(n, dtype), "tanh")
         assert np.allclose(z, np.tanh(a.astype(np.float64) @ b + 1), rtol=1e-4, atol=1e-4)
+# small and narrow products (unpacked on AVX-512 and AVX2) give the bits of large ones (packed)
+big_a = rng.standard_normal((700, 200)).astype(np.float32)
+b = rng.standard_normal((200, 45)).astype(np.float32)
+for threads in (1, 2):
+    fastbp.set_num_threads(threads)
+    wide = kernels.gemm(big_a, b)
+    assert np.array_equal(kernels.gemm(big_a[:13], b), wide[:13])
+    assert np.array_equal(kernels.gemm(np.asfortranarray(big_a[:29]), b), wide[:29])
+    assert np.array_equal(kernels.gemm(big_a, b[:, 3:14]), wide[:, 3:14])
+    assert np.array_equal(kernels.gemm(big_a, np.asfortranarray(b[:, :7])), wide[:, :7])
 print("ok")
 """.format(isa=isa)
     env = dict(os.environ, FASTBP_CYTHON_ISA=isa)
@@ -252,9 +262,11 @@ def test_cython_thread_decisions_are_the_tables():
             assert _gemm._gemm_threads(m, n, k, n_threads) == blocking.gemm_threads(m, n, k, n_threads)
     for n_tiles in (1, 3, 11, 43, 66, 86, 500):
         for n_panels in (1, 2, 8, 32, 128):
-            for mr, mc in ((12, 144), (6, 96)):
+            for mr, nr, mc in ((12, 32, 144), (6, 16, 96)):
                 for nt in (1, 2, 3, 4):
-                    assert _gemm._gemm_tasks(n_tiles, n_panels, mr, mc, nt) == \
-                        blocking.gemm_tasks(n_tiles, n_panels, mr, mc, nt)
-    # m = 256 on AVX2 (MR 6, MC 96), 2 threads: 3 row blocks are shared out as 12 tasks
-    assert blocking.gemm_tasks(43, 128, 6, 96, 2) == (3, 4)
+                    assert _gemm._gemm_tasks(n_tiles, n_panels, mr, nr, mc, nt) == \
+                        blocking.gemm_tasks(n_tiles, n_panels, mr, nr, mc, nt)
+    # m = 256 on AVX2 (MR 6, MC 96), 2 threads: 8 row blocks, not 3
+    assert blocking.gemm_tasks(43, 8, 6, 16, 96, 2) == (8, 1)
+    # m = 32 on AVX-512 (3 tiles), n = 256: rows and 2 column parts of 128
+    assert blocking.gemm_tasks(3, 8, 12, 32, 144, 2) == (3, 2)

@@ -52,6 +52,9 @@ GEMM_MADDS_PER_THREAD = 1 << 20
 # thread that loses its core (a busy machine, a BLAS pool still spinning)
 # holds back at most a small part of the product.
 TASKS_PER_THREAD = 4
+# A column part of a task is at least this wide: every part packs its rows of A
+# again, about as costly as 1/MIN_PART_COLUMNS of the part's arithmetic x ~20.
+MIN_PART_COLUMNS = 128
 # Element-wise kernels (activations, losses, column sums, RNN steps) go
 # parallel from this many values.
 PARALLEL_MIN_ELEMENTS = 1 << 15
@@ -84,19 +87,24 @@ def kc_slices(k, kc):
     return n_slices, -(-k // n_slices)
 
 
-def gemm_tasks(n_tiles, n_panels, mr, mc, n_threads):
+def gemm_tasks(n_tiles, n_panels, mr, nr, mc, n_threads):
     """(row blocks, column parts) of the 3rd loop's tasks, for a C of n_tiles MR-row tiles and
-    n_panels NR-column micro-panels: row blocks of near-equal height, at most MC rows; with
-    several threads, enough column parts for TASKS_PER_THREAD tasks per thread, in a multiple
-    of n_threads when there are panels enough (m = 256, MR = 6, MC = 96 on 2 threads: 3 row
-    blocks x 4 parts, not 3 blocks for 2 threads)."""
+    n_panels NR-column micro-panels. Row blocks have near-equal heights of at most MC rows.
+    With several threads, rows are cut first, into TASKS_PER_THREAD blocks per thread where
+    there are tiles enough (row blocks cost nothing extra: B is packed once for all of them;
+    m = 256 with MR 6, MC 96 on 2 threads: 8 blocks, not 3 for 2 threads); when rows are too
+    few, columns too, into parts of at least MIN_PART_COLUMNS (each part packs its block of A
+    again). Then rows are added up to a multiple of n_threads tasks where possible."""
     tiles_per_mc = max(1, mc // mr)
     n_blocks = -(-n_tiles // tiles_per_mc)
     n_parts = 1
     if n_threads > 1:
-        n_parts = min(n_panels, max(1, -(-(TASKS_PER_THREAD * n_threads) // n_blocks)))
-        while (n_blocks * n_parts) % n_threads != 0 and n_parts < n_panels:
-            n_parts += 1
+        target = TASKS_PER_THREAD * n_threads
+        n_blocks = min(n_tiles, max(n_blocks, target))
+        if n_blocks < target:
+            n_parts = max(1, min(n_panels * nr // MIN_PART_COLUMNS, -(-target // n_blocks)))
+        while (n_blocks * n_parts) % n_threads != 0 and n_blocks < n_tiles:
+            n_blocks += 1
     return n_blocks, n_parts
 
 

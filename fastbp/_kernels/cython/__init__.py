@@ -22,7 +22,10 @@ _gemm._configure(
     _blocking_table.block_sizes(ISA, "float64"),
 )
 _gemm._configure_threads(
-    _blocking_table.GEMM_MADDS_PER_THREAD, _blocking_table.TASKS_PER_THREAD, _blocking_table.B_WAVE_VALUES
+    _blocking_table.GEMM_MADDS_PER_THREAD,
+    _blocking_table.TASKS_PER_THREAD,
+    _blocking_table.MIN_PART_COLUMNS,
+    _blocking_table.B_WAVE_VALUES,
 )
 OPENMP = _gemm._openmp()
 NAME = "cython"

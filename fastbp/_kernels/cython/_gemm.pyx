@@ -59,6 +59,7 @@ cdef extern from "microkernels.h" nogil:
                        const double* ap, const double* bp, double* c, ptrdiff_t ldc,
                        double alpha, double beta)
     int FASTBP_ISA_AVX512
+    int FASTBP_ISA_AVX2
     int fastbp_pack_transpose_s(int isa, const float* src, ptrdiff_t rs, int rows, ptrdiff_t kc,
                                 float* dst, ptrdiff_t ld, int nw)
     int fastbp_direct_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
@@ -81,8 +82,9 @@ cdef fastbp_ukr_d _ukr_d = NULL
 # dynamically scheduled tasks per thread.
 cdef Py_ssize_t GEMM_MADDS_PER_THREAD = 1 << 20
 cdef Py_ssize_t TASKS_PER_THREAD = 4
+cdef Py_ssize_t MIN_PART_COLUMNS = 128
 # Up to this many multiply-adds, with k <= KC and B's columns adjacent, a
-# float32 product runs unpacked (microkernels.h, AVX-512 only): same bits,
+# float32 product runs unpacked (microkernels.h, AVX-512 and AVX2): same bits,
 # less time than packing (32x64x32 on one core: 4.3 -> ~1.9 us).
 cdef Py_ssize_t DIRECT_MAX_FLOPS = 1 << 20
 # A B of other strides is copied row-major first when it has at most this many values.
@@ -117,7 +119,7 @@ cdef void pack_a(const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
                 for r in range(rows):
                     dst[p * mr + r] = src[r]
         elif cs_a == 1:
-            if floating is float:  # row-major A: 16x16 register transposes (AVX-512)
+            if floating is float:  # row-major A: register transposes (AVX-512 16x16, AVX2 8x8)
                 if mr <= 16 and fastbp_pack_transpose_s(_isa, a + ip * rs_a + pc, rs_a, <int>rows, kc,
                                                         dst, mr, <int>mr):
                     continue
@@ -146,8 +148,8 @@ cdef void pack_b(const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
     cdef const floating* src
     cdef Py_ssize_t half
     if rs_b == 1 and cs_b != 1:  # column-major B (e.g. a transposed C-ordered array): read along k
-        if floating is float:  # 16x16 register transposes, one per 16 columns (AVX-512)
-            if nr % 16 == 0 and _isa == FASTBP_ISA_AVX512:
+        if floating is float:  # register transposes, one per 16 columns (AVX-512, AVX2)
+            if nr % 16 == 0 and _isa >= FASTBP_ISA_AVX2:
                 for half in range(nr // 16):
                     fastbp_pack_transpose_s(_isa, b + pc + (j0 + 16 * half) * cs_b, cs_b,
                                             <int>max(0, min(16, cols - 16 * half)), kc, bp + 16 * half, nr, 16)
@@ -336,7 +338,8 @@ cdef int _direct_s(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kc_max, 
     tiles, over gemm_nogil's KC slices of kc_max; a B without unit column stride (δ·Wᵀ)
     is first copied row-major when small.
     Returns 0 when done, -1 when the packed path must run."""
-    cdef Py_ssize_t p, j, t, i0, i1, n_tiles = (m + 11) // 12
+    cdef Py_ssize_t mr = _BLOCKING_S.mr  # the unpacked tiles are the packed kernel's MR rows
+    cdef Py_ssize_t p, j, t, i0, i1, n_tiles = (m + mr - 1) // mr
     cdef float* rows = NULL
     if cs_b != 1:
         if k * n > DIRECT_B_COPY_MAX:
@@ -355,8 +358,8 @@ cdef int _direct_s(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kc_max, 
             epilogue(c, ldc, bias, act, out, ldo, m, n)
     else:
         for t in prange(n_chunks, schedule="dynamic", num_threads=nt):
-            i0 = (t * n_tiles // n_chunks) * 12
-            i1 = min(((t + 1) * n_tiles // n_chunks) * 12, m)
+            i0 = (t * n_tiles // n_chunks) * mr
+            i1 = min(((t + 1) * n_tiles // n_chunks) * mr, m)
             _direct_rows_s(i1 - i0, n, k, kc_max, alpha, a + i0 * rs_a, rs_a, cs_a, b, rs_b, beta,
                            c + i0 * ldc, ldc)
             if bias != NULL or act >= 0:
@@ -372,22 +375,26 @@ cdef inline Py_ssize_t gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, in
     return max(1, min(<Py_ssize_t>n_threads, (m * n * k) // GEMM_MADDS_PER_THREAD))
 
 
-cdef void gemm_tasks(Py_ssize_t n_tiles, Py_ssize_t n_panels, Py_ssize_t mr, Py_ssize_t mc, Py_ssize_t nt,
-                     Py_ssize_t* n_blocks, Py_ssize_t* n_parts) noexcept nogil:
+cdef void gemm_tasks(Py_ssize_t n_tiles, Py_ssize_t n_panels, Py_ssize_t mr, Py_ssize_t nr, Py_ssize_t mc,
+                     Py_ssize_t nt, Py_ssize_t* n_blocks, Py_ssize_t* n_parts) noexcept nogil:
     """blocking.gemm_tasks: (row blocks, column parts) of the 3rd loop's tasks."""
     cdef Py_ssize_t tiles_per_mc = max(1, mc // mr)
+    cdef Py_ssize_t target = TASKS_PER_THREAD * nt
     n_blocks[0] = (n_tiles + tiles_per_mc - 1) // tiles_per_mc
     n_parts[0] = 1
     if nt > 1:
-        n_parts[0] = min(n_panels, max(1, (TASKS_PER_THREAD * nt + n_blocks[0] - 1) // n_blocks[0]))
-        while (n_blocks[0] * n_parts[0]) % nt != 0 and n_parts[0] < n_panels:
-            n_parts[0] += 1
+        n_blocks[0] = min(n_tiles, max(n_blocks[0], target))
+        if n_blocks[0] < target:
+            n_parts[0] = max(1, min(n_panels * nr // MIN_PART_COLUMNS, (target + n_blocks[0] - 1) // n_blocks[0]))
+        while (n_blocks[0] * n_parts[0]) % nt != 0 and n_blocks[0] < n_tiles:
+            n_blocks[0] += 1
 
 
-def _gemm_tasks(Py_ssize_t n_tiles, Py_ssize_t n_panels, Py_ssize_t mr, Py_ssize_t mc, Py_ssize_t nt):
+def _gemm_tasks(Py_ssize_t n_tiles, Py_ssize_t n_panels, Py_ssize_t mr, Py_ssize_t nr, Py_ssize_t mc,
+                Py_ssize_t nt):
     """gemm_tasks, for the test that it agrees with blocking.gemm_tasks."""
     cdef Py_ssize_t n_blocks, n_parts
-    gemm_tasks(n_tiles, n_panels, mr, mc, nt, &n_blocks, &n_parts)
+    gemm_tasks(n_tiles, n_panels, mr, nr, mc, nt, &n_blocks, &n_parts)
     return n_blocks, n_parts
 
 
@@ -422,8 +429,8 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     if floating is float:
         # Unpacked: small products, and narrow ones (n <= 16: a 12x16 tile instead of
         # 12x32 with most columns padding; 256x1024x10 on 2 threads 0.30 -> 0.06 ms).
-        if _isa == FASTBP_ISA_AVX512 and ((k <= bs.kc and m * n * k <= DIRECT_MAX_FLOPS)
-                                          or n <= DIRECT_NARROW_N):
+        if _isa >= FASTBP_ISA_AVX2 and ((k <= bs.kc and m * n * k <= DIRECT_MAX_FLOPS)
+                                        or n <= DIRECT_NARROW_N):
             if _direct_s(m, n, k, kc_max, alpha, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, ldc,
                          bias, act, out, ldo, <int>nt) == 0:
                 return 0
@@ -433,7 +440,7 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     # 3rd-loop tasks (blocking.gemm_tasks), taken dynamically by the threads.
     cdef Py_ssize_t n_tiles = (m + bs.mr - 1) // bs.mr
     cdef Py_ssize_t n_blocks, n_parts
-    gemm_tasks(n_tiles, max_panels, bs.mr, bs.mc, nt, &n_blocks, &n_parts)
+    gemm_tasks(n_tiles, max_panels, bs.mr, bs.nr, bs.mc, nt, &n_blocks, &n_parts)
     cdef Py_ssize_t n_items = n_blocks * n_parts
     cdef Py_ssize_t block_rows = ((n_tiles + n_blocks - 1) // n_blocks) * bs.mr
     # KC slices of B packed at once (a wave): one parallel region and one barrier
@@ -543,15 +550,17 @@ def _configure(int isa, sizes_s, sizes_d):
     _isa = isa
 
 
-def _configure_threads(Py_ssize_t madds_per_thread, Py_ssize_t tasks_per_thread, Py_ssize_t b_wave_values):
+def _configure_threads(Py_ssize_t madds_per_thread, Py_ssize_t tasks_per_thread,
+                       Py_ssize_t min_part_columns, Py_ssize_t b_wave_values):
     """Set the thread decisions of fastbp._kernels.blocking (GEMM_MADDS_PER_THREAD,
-    TASKS_PER_THREAD, B_WAVE_VALUES)."""
-    global GEMM_MADDS_PER_THREAD, TASKS_PER_THREAD, B_WAVE_VALUES
-    if min(madds_per_thread, tasks_per_thread, b_wave_values) < 1:
+    TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES)."""
+    global GEMM_MADDS_PER_THREAD, TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES
+    if min(madds_per_thread, tasks_per_thread, min_part_columns, b_wave_values) < 1:
         raise ValueError(f"thread thresholds must be positive, got {madds_per_thread}, "
-                         f"{tasks_per_thread}, {b_wave_values}")
+                         f"{tasks_per_thread}, {min_part_columns}, {b_wave_values}")
     GEMM_MADDS_PER_THREAD = madds_per_thread
     TASKS_PER_THREAD = tasks_per_thread
+    MIN_PART_COLUMNS = min_part_columns
     B_WAVE_VALUES = b_wave_values
 
 

@@ -12,8 +12,8 @@ block sizes MR, NR, KC, MC, NC from the one table in ``blocking.py``:
 Threads (the Cython backend's partition, from the same functions of
 ``blocking.py``): k is cut into near-equal KC slices (``kc_slices``), taken in
 waves; per wave the threads pack B for all its slices (one prange), then take
-tasks (``gemm_tasks``: row blocks times column parts, ~TASKS_PER_THREAD per
-thread) from an atomic counter, each running its slices in increasing order
+tasks (``gemm_tasks``: row blocks, and column parts when rows are few,
+~TASKS_PER_THREAD per thread) from an atomic counter, each running its slices in increasing order
 with A packed into its thread's region. A thread that loses its core holds back
 one task, not its static share; two parallel regions per wave (usually per
 call). The thread count comes from the work (``gemm_threads``). The KC loop is
@@ -258,7 +258,7 @@ def _make_driver(dtype, parallel):
         n_slices, kc_max = _kc_slices(k, KC)
         max_panels = -(-min(NC, n) // NR)
         n_tiles = -(-m // MR)
-        n_blocks, n_parts = _gemm_tasks(n_tiles, max_panels, MR, MC, n_threads)
+        n_blocks, n_parts = _gemm_tasks(n_tiles, max_panels, MR, NR, MC, n_threads)
         n_items = n_blocks * n_parts
         block_rows = -(-n_tiles // n_blocks) * MR
         slice_stride = max_panels * NR * kc_max
