@@ -65,6 +65,13 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 OPTIMIZER_PARALLEL_MIN_VALUES = 1 << 17
 
 
+# Busy machine: a parallel GEMM that took longer than its work would have taken
+# on one thread (the other threads did not get a core in time) sends the next
+# BACKOFF_MIN_CALLS GEMMs to one thread, twice as many each time it happens
+# again, up to BACKOFF_MAX_CALLS; a parallel call that pays resets it.
+BACKOFF_MIN_CALLS = 16
+BACKOFF_MAX_CALLS = 1024
+
 # Values of packed B per wave of KC slices, about: the threads pack a wave's B,
 # meet once, then run their tasks over the wave's slices (1024^3 float32 is one
 # wave; a long k with a small C is a few waves, not two regions per slice).
@@ -85,6 +92,15 @@ def kc_slices(k, kc):
     (k = 784, KC = 512: 2 x 392, not 512 + 272). Depends on k and KC only."""
     n_slices = -(-k // kc)
     return n_slices, -(-k // n_slices)
+
+
+def wave_slices(n_slices, slice_values, n_threads):
+    """KC slices of B packed at once: on one thread one (no barrier to save, and the slice
+    just packed is still in cache: 32x784x256 ran ~14% slower with both slices packed
+    first); on several, as many as fit B_WAVE_VALUES."""
+    if n_threads == 1:
+        return 1
+    return min(n_slices, max(1, B_WAVE_VALUES // slice_values))
 
 
 def gemm_tasks(n_tiles, n_panels, mr, nr, mc, n_threads):

@@ -65,6 +65,7 @@ cdef extern from "microkernels.h" nogil:
     int fastbp_direct_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                         const float* a, ptrdiff_t rs_a, ptrdiff_t cs_a,
                         const float* b, ptrdiff_t rs_b, float beta, float* c, ptrdiff_t ldc)
+    double fastbp_now()
     void* fastbp_workspace(size_t nbytes)
     void fastbp_workspace_release(void* p, size_t nbytes)
 
@@ -82,6 +83,13 @@ cdef fastbp_ukr_d _ukr_d = NULL
 # dynamically scheduled tasks per thread.
 cdef Py_ssize_t GEMM_MADDS_PER_THREAD = 1 << 20
 cdef Py_ssize_t TASKS_PER_THREAD = 4
+# Busy-machine back-off (blocking.BACKOFF_*): GEMMs left to run on one thread,
+# and how many the next back-off will send there. Process-wide; a race between
+# two calling threads only changes a count, never a result.
+cdef Py_ssize_t BACKOFF_MIN_CALLS = 16
+cdef Py_ssize_t BACKOFF_MAX_CALLS = 1024
+cdef Py_ssize_t _serial_calls_left = 0
+cdef Py_ssize_t _backoff_calls = 16
 cdef Py_ssize_t MIN_PART_COLUMNS = 128
 # Up to this many multiply-adds, with k <= KC and B's columns adjacent, a
 # float32 product runs unpacked (microkernels.h, AVX-512 and AVX2): same bits,
@@ -403,6 +411,37 @@ def _gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int n_threads):
     return gemm_threads(m, n, k, n_threads)
 
 
+cdef inline Py_ssize_t wave_length(Py_ssize_t n_slices, Py_ssize_t slice_values, Py_ssize_t nt) noexcept nogil:
+    """blocking.wave_slices: KC slices of B packed at once."""
+    if nt == 1:
+        return 1
+    return min(n_slices, max(1, B_WAVE_VALUES // slice_values))
+
+
+cdef inline Py_ssize_t _threads_now(Py_ssize_t nt) noexcept nogil:
+    """nt, or 1 while a back-off lasts (see _judge_parallel_call)."""
+    global _serial_calls_left
+    if nt > 1 and _serial_calls_left > 0:
+        _serial_calls_left -= 1
+        return 1
+    return nt
+
+
+cdef void _judge_parallel_call(double wall, double master_time, Py_ssize_t master_tasks,
+                               Py_ssize_t n_tasks) noexcept nogil:
+    """Back off to one thread when a parallel call took longer than its n_tasks tasks would have
+    taken on one thread (the calling thread's mean task time x n_tasks): the other threads did
+    not get a core in time, or spent it waiting, as on a busy machine."""
+    global _serial_calls_left, _backoff_calls
+    if master_tasks == 0:
+        return
+    if wall > master_time / master_tasks * n_tasks:
+        _serial_calls_left = _backoff_calls
+        _backoff_calls = min(2 * _backoff_calls, BACKOFF_MAX_CALLS)
+    else:
+        _backoff_calls = BACKOFF_MIN_CALLS
+
+
 cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                     const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
                     const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
@@ -421,7 +460,7 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
         _scale_c(m, n, beta, c, ldc, bias, act, out, ldo)
         return 0
 
-    cdef Py_ssize_t nt = gemm_threads(m, n, k, n_threads)
+    cdef Py_ssize_t nt = _threads_now(gemm_threads(m, n, k, n_threads))
     # KC slices of equal length (k = 784 gives 4 x 196, not 3 x 256 + 16).
     cdef Py_ssize_t n_slices = (k + bs.kc - 1) // bs.kc
     cdef Py_ssize_t kc_max = (k + n_slices - 1) // n_slices
@@ -443,10 +482,10 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     gemm_tasks(n_tiles, max_panels, bs.mr, bs.nr, bs.mc, nt, &n_blocks, &n_parts)
     cdef Py_ssize_t n_items = n_blocks * n_parts
     cdef Py_ssize_t block_rows = ((n_tiles + n_blocks - 1) // n_blocks) * bs.mr
-    # KC slices of B packed at once (a wave): one parallel region and one barrier
-    # per wave, not per slice; a wave's packed B is at most about B_WAVE_VALUES.
+    # KC slices of B packed at once (a wave, blocking.wave_slices): one parallel
+    # region and one barrier per wave, not per slice.
     cdef Py_ssize_t slice_stride = max_panels * bs.nr * kc_max
-    cdef Py_ssize_t wave_slices = min(n_slices, max(1, B_WAVE_VALUES // slice_stride))
+    cdef Py_ssize_t wave_slices = wave_length(n_slices, slice_stride, nt)
     cdef Py_ssize_t a_region = block_rows * kc_max
     cdef size_t work_bytes = (nt * a_region + wave_slices * slice_stride) * sizeof(floating)
     cdef floating* work = <floating*>fastbp_workspace(work_bytes)
@@ -455,7 +494,11 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     cdef floating* bpack = work
     cdef floating* apack = work + wave_slices * slice_stride
 
-    cdef Py_ssize_t jj, ww, jc, nc, n_panels, s0, s1, q, item
+    cdef Py_ssize_t jj, ww, jc, nc, n_panels, s0, s1, q, item, all_tasks = 0
+    cdef double t_start, t_task, wall = 0
+    cdef double master[2]  # the calling thread's time in tasks, and its task count
+    master[0] = 0
+    master[1] = 0
     # 5th loop (jc, NC)
     for jj in range((n + bs.nc - 1) // bs.nc):
         jc = jj * bs.nc
@@ -472,15 +515,24 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                     _task(&bs, item, n_blocks, n_tiles, n_parts, n_panels, m, jc, nc, s0, s1, kc_max, k,
                           alpha, a, rs_a, cs_a, bpack, slice_stride, beta, c, ldc, bias, act, out, ldo, apack)
             else:
+                t_start = fastbp_now()
                 with parallel(num_threads=nt):
                     for q in prange((s1 - s0) * n_panels, schedule="dynamic"):
                         _pack_b_wave(&bs, q, n_panels, b, rs_b, cs_b, jc, nc, s0, kc_max, k,
                                      bpack, slice_stride)
                     # (the implicit barrier of the loop above: B is packed)
                     for item in prange(n_items, schedule="dynamic"):
+                        t_task = fastbp_now()
                         _task(&bs, item, n_blocks, n_tiles, n_parts, n_panels, m, jc, nc, s0, s1,
                               kc_max, k, alpha, a, rs_a, cs_a, bpack, slice_stride, beta, c, ldc,
                               bias, act, out, ldo, apack + threadid() * a_region)
+                        if threadid() == 0:  # the calling thread: its task times, for the back-off
+                            master[0] += fastbp_now() - t_task
+                            master[1] += 1
+                wall += fastbp_now() - t_start
+                all_tasks += n_items
+    if nt > 1:
+        _judge_parallel_call(wall, master[0], <Py_ssize_t>master[1], all_tasks)
     fastbp_workspace_release(work, work_bytes)
     return 0
 
@@ -551,13 +603,19 @@ def _configure(int isa, sizes_s, sizes_d):
 
 
 def _configure_threads(Py_ssize_t madds_per_thread, Py_ssize_t tasks_per_thread,
-                       Py_ssize_t min_part_columns, Py_ssize_t b_wave_values):
+                       Py_ssize_t min_part_columns, Py_ssize_t b_wave_values,
+                       Py_ssize_t backoff_min_calls, Py_ssize_t backoff_max_calls):
     """Set the thread decisions of fastbp._kernels.blocking (GEMM_MADDS_PER_THREAD,
-    TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES)."""
+    TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES, BACKOFF_MIN_CALLS, BACKOFF_MAX_CALLS)."""
     global GEMM_MADDS_PER_THREAD, TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES
-    if min(madds_per_thread, tasks_per_thread, min_part_columns, b_wave_values) < 1:
+    global BACKOFF_MIN_CALLS, BACKOFF_MAX_CALLS, _backoff_calls
+    if min(madds_per_thread, tasks_per_thread, min_part_columns, b_wave_values,
+           backoff_min_calls, backoff_max_calls) < 1:
         raise ValueError(f"thread thresholds must be positive, got {madds_per_thread}, "
-                         f"{tasks_per_thread}, {min_part_columns}, {b_wave_values}")
+                         f"{tasks_per_thread}, {min_part_columns}, {b_wave_values}, "
+                         f"{backoff_min_calls}, {backoff_max_calls}")
+    BACKOFF_MIN_CALLS = _backoff_calls = backoff_min_calls
+    BACKOFF_MAX_CALLS = backoff_max_calls
     GEMM_MADDS_PER_THREAD = madds_per_thread
     TASKS_PER_THREAD = tasks_per_thread
     MIN_PART_COLUMNS = min_part_columns

@@ -23,6 +23,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <time.h>
+
+/* Monotonic wall-clock time in seconds (the GEMM's busy-machine test). */
+static double fastbp_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 #define FASTBP_ISA_GENERIC 0
 #define FASTBP_ISA_AVX2 1

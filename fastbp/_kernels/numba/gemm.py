@@ -48,7 +48,7 @@ import numba
 import numpy as np
 from numba import prange, types
 
-from ..blocking import B_WAVE_VALUES, block_sizes, gemm_tasks, gemm_threads, kc_slices
+from ..blocking import block_sizes, gemm_tasks, gemm_threads, kc_slices, wave_slices
 from .activations import activation_span
 from .microkernel import direct_kernel_simd, micro_kernel_loops, micro_kernel_simd
 from .packing import data_pointer, pack_a, pack_b_panel
@@ -70,6 +70,7 @@ _jit = numba.njit(cache=True, nogil=True)
 gemm_threads_jitted = _jit(gemm_threads)
 _kc_slices = _jit(kc_slices)
 _gemm_tasks = _jit(gemm_tasks)
+_wave_slices = _jit(wave_slices)
 
 
 @_jit
@@ -262,7 +263,7 @@ def _make_driver(dtype, parallel):
         n_items = n_blocks * n_parts
         block_rows = -(-n_tiles // n_blocks) * MR
         slice_stride = max_panels * NR * kc_max
-        wave_slices = min(n_slices, max(1, B_WAVE_VALUES // slice_stride))
+        wave_slices = _wave_slices(n_slices, slice_stride, n_threads)
         b_size = wave_slices * slice_stride
         region = block_rows * kc_max + 2 * MR * NR  # per thread: packed A block, edge tile, scratch
         if work.shape[0] < b_size + n_threads * region:
