@@ -12,7 +12,7 @@ without OpenMP, in which case every kernel runs on one thread.
 from .. import blocking as _blocking_table
 from .. import registry as _registry
 from ..reference import KERNELS
-from . import _gemm
+from . import _gemm, _threads
 
 _isa_id = _gemm._detect_isa()
 ISA = _gemm.ISA_NAMES[_isa_id]
@@ -26,9 +26,8 @@ _gemm._configure_threads(
     _blocking_table.TASKS_PER_THREAD,
     _blocking_table.MIN_PART_COLUMNS,
     _blocking_table.B_WAVE_VALUES,
-    _blocking_table.BACKOFF_MIN_CALLS,
-    _blocking_table.BACKOFF_MAX_CALLS,
 )
+_threads._configure(_blocking_table.BACKOFF_MIN_CALLS, _blocking_table.BACKOFF_MAX_CALLS)
 OPENMP = _gemm._openmp()
 NAME = "cython"
 

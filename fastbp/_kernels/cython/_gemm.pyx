@@ -40,6 +40,7 @@ import os
 from cython.parallel cimport parallel, prange, threadid
 from libc.stddef cimport ptrdiff_t
 
+from fastbp._kernels.cython._threads cimport gemm_threads_now, judge_parallel_call
 from fastbp._kernels.cython._activations cimport ACT_IDENTITY, ACT_RELU, act_row
 
 cdef extern from "microkernels.h" nogil:
@@ -83,13 +84,6 @@ cdef fastbp_ukr_d _ukr_d = NULL
 # dynamically scheduled tasks per thread.
 cdef Py_ssize_t GEMM_MADDS_PER_THREAD = 1 << 20
 cdef Py_ssize_t TASKS_PER_THREAD = 4
-# Busy-machine back-off (blocking.BACKOFF_*): GEMMs left to run on one thread,
-# and how many the next back-off will send there. Process-wide; a race between
-# two calling threads only changes a count, never a result.
-cdef Py_ssize_t BACKOFF_MIN_CALLS = 16
-cdef Py_ssize_t BACKOFF_MAX_CALLS = 1024
-cdef Py_ssize_t _serial_calls_left = 0
-cdef Py_ssize_t _backoff_calls = 16
 cdef Py_ssize_t MIN_PART_COLUMNS = 128
 # Up to this many multiply-adds, with k <= KC and B's columns adjacent, a
 # float32 product runs unpacked (microkernels.h, AVX-512 and AVX2): same bits,
@@ -418,30 +412,6 @@ cdef inline Py_ssize_t wave_length(Py_ssize_t n_slices, Py_ssize_t slice_values,
     return min(n_slices, max(1, B_WAVE_VALUES // slice_values))
 
 
-cdef inline Py_ssize_t _threads_now(Py_ssize_t nt) noexcept nogil:
-    """nt, or 1 while a back-off lasts (see _judge_parallel_call)."""
-    global _serial_calls_left
-    if nt > 1 and _serial_calls_left > 0:
-        _serial_calls_left -= 1
-        return 1
-    return nt
-
-
-cdef void _judge_parallel_call(double wall, double master_time, Py_ssize_t master_tasks,
-                               Py_ssize_t n_tasks) noexcept nogil:
-    """Back off to one thread when a parallel call took longer than its n_tasks tasks would have
-    taken on one thread (the calling thread's mean task time x n_tasks): the other threads did
-    not get a core in time, or spent it waiting, as on a busy machine."""
-    global _serial_calls_left, _backoff_calls
-    if master_tasks == 0:
-        return
-    if wall > master_time / master_tasks * n_tasks:
-        _serial_calls_left = _backoff_calls
-        _backoff_calls = min(2 * _backoff_calls, BACKOFF_MAX_CALLS)
-    else:
-        _backoff_calls = BACKOFF_MIN_CALLS
-
-
 cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                     const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
                     const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
@@ -460,7 +430,7 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
         _scale_c(m, n, beta, c, ldc, bias, act, out, ldo)
         return 0
 
-    cdef Py_ssize_t nt = _threads_now(gemm_threads(m, n, k, n_threads))
+    cdef Py_ssize_t nt = gemm_threads_now(gemm_threads(m, n, k, n_threads))
     # KC slices of equal length (k = 784 gives 4 x 196, not 3 x 256 + 16).
     cdef Py_ssize_t n_slices = (k + bs.kc - 1) // bs.kc
     cdef Py_ssize_t kc_max = (k + n_slices - 1) // n_slices
@@ -532,7 +502,7 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                 wall += fastbp_now() - t_start
                 all_tasks += n_items
     if nt > 1:
-        _judge_parallel_call(wall, master[0], <Py_ssize_t>master[1], all_tasks)
+        judge_parallel_call(wall, master[0], <Py_ssize_t>master[1], all_tasks)
     fastbp_workspace_release(work, work_bytes)
     return 0
 
@@ -603,19 +573,13 @@ def _configure(int isa, sizes_s, sizes_d):
 
 
 def _configure_threads(Py_ssize_t madds_per_thread, Py_ssize_t tasks_per_thread,
-                       Py_ssize_t min_part_columns, Py_ssize_t b_wave_values,
-                       Py_ssize_t backoff_min_calls, Py_ssize_t backoff_max_calls):
+                       Py_ssize_t min_part_columns, Py_ssize_t b_wave_values):
     """Set the thread decisions of fastbp._kernels.blocking (GEMM_MADDS_PER_THREAD,
-    TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES, BACKOFF_MIN_CALLS, BACKOFF_MAX_CALLS)."""
+    TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES)."""
     global GEMM_MADDS_PER_THREAD, TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES
-    global BACKOFF_MIN_CALLS, BACKOFF_MAX_CALLS, _backoff_calls
-    if min(madds_per_thread, tasks_per_thread, min_part_columns, b_wave_values,
-           backoff_min_calls, backoff_max_calls) < 1:
+    if min(madds_per_thread, tasks_per_thread, min_part_columns, b_wave_values) < 1:
         raise ValueError(f"thread thresholds must be positive, got {madds_per_thread}, "
-                         f"{tasks_per_thread}, {min_part_columns}, {b_wave_values}, "
-                         f"{backoff_min_calls}, {backoff_max_calls}")
-    BACKOFF_MIN_CALLS = _backoff_calls = backoff_min_calls
-    BACKOFF_MAX_CALLS = backoff_max_calls
+                         f"{tasks_per_thread}, {min_part_columns}, {b_wave_values}")
     GEMM_MADDS_PER_THREAD = madds_per_thread
     TASKS_PER_THREAD = tasks_per_thread
     MIN_PART_COLUMNS = min_part_columns

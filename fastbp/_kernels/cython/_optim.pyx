@@ -13,6 +13,8 @@
 # optimizer_steps.h, with AVX-512/AVX2 clones.
 
 from cython.parallel cimport prange
+
+from fastbp._kernels.cython._threads cimport backing_off
 from cython cimport floating
 from libc.math cimport sqrt, pow
 from libc.stddef cimport ptrdiff_t
@@ -27,7 +29,7 @@ cdef Py_ssize_t FINITE_PARALLEL_CHUNKS = 32
 
 
 cdef inline bint _serial(Py_ssize_t n, int n_threads) noexcept nogil:
-    return n_threads < 2 or n < PARALLEL_MIN_VALUES or n <= CHUNK
+    return n_threads < 2 or n < PARALLEL_MIN_VALUES or n <= CHUNK or backing_off()
 
 
 def _configure_threads(Py_ssize_t parallel_min_values):
