@@ -466,9 +466,11 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
 
     cdef Py_ssize_t jj, ww, jc, nc, n_panels, s0, s1, q, item, all_tasks = 0
     cdef double t_start, t_task, wall = 0
-    cdef double master[2]  # the calling thread's time in tasks, and its task count
-    master[0] = 0
-    master[1] = 0
+    # per thread (up to 64; later ones share the last slot): time in tasks, tasks
+    cdef double stats[128]
+    cdef Py_ssize_t tid, busiest = 0
+    for tid in range(128):
+        stats[tid] = 0
     # 5th loop (jc, NC)
     for jj in range((n + bs.nc - 1) // bs.nc):
         jc = jj * bs.nc
@@ -496,13 +498,16 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                         _task(&bs, item, n_blocks, n_tiles, n_parts, n_panels, m, jc, nc, s0, s1,
                               kc_max, k, alpha, a, rs_a, cs_a, bpack, slice_stride, beta, c, ldc,
                               bias, act, out, ldo, apack + threadid() * a_region)
-                        if threadid() == 0:  # the calling thread: its task times, for the back-off
-                            master[0] += fastbp_now() - t_task
-                            master[1] += 1
+                        tid = min(threadid(), 63)  # its task times, for the back-off
+                        stats[2 * tid] += fastbp_now() - t_task
+                        stats[2 * tid + 1] += 1
                 wall += fastbp_now() - t_start
                 all_tasks += n_items
     if nt > 1:
-        judge_parallel_call(wall, master[0], <Py_ssize_t>master[1], all_tasks)
+        for tid in range(min(nt, 64)):
+            if stats[2 * tid + 1] > stats[2 * busiest + 1]:
+                busiest = tid
+        judge_parallel_call(wall, stats[2 * busiest], <Py_ssize_t>stats[2 * busiest + 1], all_tasks)
     fastbp_workspace_release(work, work_bytes)
     return 0
 

@@ -7,7 +7,7 @@
 cdef Py_ssize_t gemm_threads_now(Py_ssize_t n_threads) noexcept nogil
 # Whether a back-off lasts (the other kernels then run on one thread).
 cdef bint backing_off() noexcept nogil
-# Judge a parallel GEMM: wall seconds against the calling thread's master_tasks
+# Judge a parallel GEMM: wall seconds against the busiest thread's master_tasks
 # task times (master_time seconds) scaled to n_tasks.
 cdef void judge_parallel_call(double wall, double master_time, Py_ssize_t master_tasks,
                               Py_ssize_t n_tasks) noexcept nogil

@@ -23,8 +23,9 @@ cdef bint backing_off() noexcept nogil:
 
 cdef void judge_parallel_call(double wall, double master_time, Py_ssize_t master_tasks,
                               Py_ssize_t n_tasks) noexcept nogil:
-    """Back off when the call took longer than n_tasks x the calling thread's mean task time:
-    the other threads did not get a core in time, or spent it waiting, as on a busy machine."""
+    """Back off when the call took longer than n_tasks x the busiest thread's mean task time
+    (the thread that had a core): the other threads did not get one in time, or spent it
+    waiting, as on a busy machine."""
     global _serial_calls_left, _backoff_calls
     if master_tasks == 0:
         return
