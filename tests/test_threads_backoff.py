@@ -39,3 +39,25 @@ def test_gemm_during_a_backoff_counts_down_and_gives_the_same_bits(rng, threads)
             assert _threads._state()[0] == left - 1
         finally:
             _threads._configure(blocking.BACKOFF_MIN_CALLS, blocking.BACKOFF_MAX_CALLS)
+
+
+def test_numba_backoff_follows_the_same_rules_and_is_reached_from_compiled_code(rng, threads):
+    from fastbp._kernels.numba import _threads as numba_threads
+
+    state = numba_threads.BACKOFF
+    a = rng.standard_normal((200, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 150)).astype(np.float32)
+    with fastbp.backend("numba"):
+        threads(2)
+        expected = kernels.gemm(a, b)
+        state[:] = (0, blocking.BACKOFF_MIN_CALLS)
+        try:
+            numba_threads.judge_parallel_call(3000, 80, 8, 16)  # lost: back off
+            assert tuple(state) == (blocking.BACKOFF_MIN_CALLS, 2 * blocking.BACKOFF_MIN_CALLS)
+            assert numba_threads.backing_off()
+            np.testing.assert_array_equal(kernels.gemm(a, b), expected)  # on one thread, counted
+            assert state[0] == blocking.BACKOFF_MIN_CALLS - 1
+            numba_threads.judge_parallel_call(100, 80, 8, 16)  # paid
+            assert state[1] == blocking.BACKOFF_MIN_CALLS
+        finally:
+            state[:] = (0, blocking.BACKOFF_MIN_CALLS)

@@ -54,7 +54,8 @@ from .microkernel import direct_kernel_simd, micro_kernel_loops, micro_kernel_si
 from .packing import data_pointer, pack_a, pack_b_panel
 from .. import registry as R
 from ._arrays import writable
-from ._threads import ISA, VECTOR_LANES, clamp_threads, fetch_add, set_threads
+from ._threads import (ISA, VECTOR_LANES, clamp_threads, cycle_counter, fetch_add, gemm_threads_now,
+                       judge_parallel_call, set_threads)
 
 # Up to this many multiply-adds (mnk) the GEMM runs unpacked (``direct_kernel_simd``):
 # packing both operands costs as much as the arithmetic of a small product. Always
@@ -242,7 +243,8 @@ def _make_driver(dtype, parallel):
         m, k = a.shape
         n = b.shape[1]
         if PARALLEL:
-            set_threads(n_threads)  # run_driver's choice, from blocking.gemm_threads
+            n_threads = gemm_threads_now(n_threads)  # run_driver's choice, unless backing off
+            set_threads(n_threads)
         else:
             n_threads = 1
         zf = z.reshape(m * n)
@@ -269,6 +271,9 @@ def _make_driver(dtype, parallel):
         if work.shape[0] < b_size + n_threads * region:
             work = np.empty(b_size + n_threads * region, dtype=z.dtype)
         counter = np.zeros(1, dtype=np.int64)
+        stats = np.zeros(2 * n_threads)  # per task loop: cycles in tasks, tasks (the back-off's test)
+        wall = 0
+        all_tasks = 0
 
         for jc in range(0, n, NC):  # 5th loop (jc, NC)
             nc = min(NC, n - jc)
@@ -282,14 +287,26 @@ def _make_driver(dtype, parallel):
                     jr = (q % n_panels) * NR
                     pack_b_panel(b, pc, kc, jc + jr, min(NR, nc - jr), NR, work, (s - s0) * slice_stride + jr * kc)
                 counter[0] = 0
+                t_start = cycle_counter()
                 for t in prange(n_threads):  # tasks, from the counter
                     while True:
                         task = fetch_add(counter, 1)
                         if task >= n_items:
                             break
+                        t_task = cycle_counter()
                         _task(task, n_blocks, n_tiles, n_parts, n_panels, m, n, k, jc, nc, s0, s1, kc_max,
                               slice_stride, a, work, b_size + t * region, zf, of, bias, act, alpha_t,
                               SCALAR(beta), finish)
+                        stats[2 * t] += cycle_counter() - t_task
+                        stats[2 * t + 1] += 1
+                wall += cycle_counter() - t_start
+                all_tasks += n_items
+        if PARALLEL and n_threads > 1:
+            busiest = 0
+            for t in range(n_threads):
+                if stats[2 * t + 1] > stats[2 * busiest + 1]:
+                    busiest = t
+            judge_parallel_call(wall, stats[2 * busiest], stats[2 * busiest + 1], all_tasks)
         return work
 
     nb_dtype = numba.from_dtype(np.dtype(dtype))

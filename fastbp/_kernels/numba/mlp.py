@@ -25,7 +25,7 @@ from numba.extending import overload
 from .. import registry as R
 from ..reference import mlp_layout
 from ._arrays import writable
-from ._threads import clamp_threads
+from ._threads import backing_off, clamp_threads
 from .activations import PARALLEL_MIN_ELEMENTS as ACTIVATION_PARALLEL_MIN_ELEMENTS
 from .activations import (
     _activation_backward_parallel,
@@ -91,7 +91,7 @@ def _dense_forward(x, w, bias, act, z, a, z_is_a, n_threads, work):
     else:
         work = _run_gemm(x, w, z, a, bias, 0.0, act, n_threads, work)
     if act == _SOFTMAX:
-        if z.size >= ACTIVATION_PARALLEL_MIN_ELEMENTS:
+        if z.size >= ACTIVATION_PARALLEL_MIN_ELEMENTS and not backing_off():
             _activation_forward_parallel(act, z, a, n_threads)
         else:
             _activation_forward_serial(act, z, a, 1)
@@ -101,12 +101,12 @@ def _dense_forward(x, w, bias, act, z, a, z_is_a, n_threads, work):
 @_jit
 def _dense_backward(x, w, z, a, grad_a, act, grad_z, dw, db, dx, compute_dx, n_threads, work, no_bias):
     """dense.dense_backward (m, k, n >= 1, accumulate False).  Returns the GEMM workspace."""
-    if a.size >= ACTIVATION_PARALLEL_MIN_ELEMENTS:
+    if a.size >= ACTIVATION_PARALLEL_MIN_ELEMENTS and not backing_off():
         _activation_backward_parallel(act, z, a, grad_a, grad_z, n_threads)
     else:
         _activation_backward_serial(act, z, a, grad_a, grad_z, 1)
     work = _run_gemm(x.T, grad_z, dw, dw, no_bias, 0.0, NO_ACTIVATION, n_threads, work)
-    if grad_z.size >= COLUMN_SUMS_PARALLEL_MIN_ELEMENTS:
+    if grad_z.size >= COLUMN_SUMS_PARALLEL_MIN_ELEMENTS and not backing_off():
         _column_sums_parallel(grad_z, db, False, n_threads)
     else:
         _column_sums_serial(grad_z, db, False, 1)
@@ -118,7 +118,7 @@ def _dense_backward(x, w, z, a, grad_a, act, grad_z, dw, db, dx, compute_dx, n_t
 @_jit
 def _loss(loss, output, target, labels, grad, n_threads):
     """The loss kernel of id ``loss`` (losses._run's choice of twin); grad := d loss/d output."""
-    if grad.size >= LOSS_PARALLEL_MIN_ELEMENTS:
+    if grad.size >= LOSS_PARALLEL_MIN_ELEMENTS and not backing_off():
         if loss == _MSE:
             return _mse_parallel(output, target, grad, n_threads)
         if loss == _SOFTMAX_CE:

@@ -22,7 +22,7 @@ from numba import prange
 
 from ..blocking import OPTIMIZER_PARALLEL_MIN_VALUES
 from ._arrays import writable
-from ._threads import clamp_threads, set_threads
+from ._threads import BACKOFF, clamp_threads, set_threads
 
 # Elements per task; with one thread or below blocking.OPTIMIZER_PARALLEL_MIN_VALUES
 # a step runs on the calling thread, in the serial twin of the kernel (_SGD,
@@ -46,7 +46,7 @@ def _twins(make):
 def _tasks(n, n_threads):
     """(number of chunks, threads to use) for a buffer of n values; one thread means the serial twin."""
     n_chunks = (n + CHUNK - 1) // CHUNK
-    parallel = n_chunks >= 2 and n >= OPTIMIZER_PARALLEL_MIN_VALUES
+    parallel = n_chunks >= 2 and n >= OPTIMIZER_PARALLEL_MIN_VALUES and not BACKOFF[0]
     return n_chunks, (clamp_threads(n_threads) if parallel else 1)
 
 
