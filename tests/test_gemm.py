@@ -128,6 +128,26 @@ def test_gemm_bitwise_identical_for_1_and_2_threads(backend, dtype, rng, threads
     np.testing.assert_array_equal(one, two)
 
 
+@pytest.mark.parametrize("m,k,n", [(8, 70001, 300), (30, 1100, 4200), (256, 784, 128)])
+def test_gemm_waves_and_column_tasks_same_bits_for_any_thread_count(backend, dtype, rng, m, k, n):
+    """Long k (several waves of packed KC slices), n past NC (two column panels), and a
+    batch-sized m (row blocks times column parts, taken dynamically): within the error
+    bound of NumPy's product, and the same bits on 1, 2 and 3 threads (the compiled
+    kernel, called directly: 3 threads share 2 cores here)."""
+    a = random_matrix(rng, (m, k), dtype)
+    b = random_matrix(rng, (n, k), dtype).T  # a transposed operand, as in δ·Wᵀ
+    compiled = fastbp._backend.backend_module()
+    results = []
+    for n_threads in (1, 2, 3):
+        c = np.full((m, n), np.nan, dtype)
+        compiled.gemm(a, b, c, 1.0, 0.0, n_threads)
+        results.append(c)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.all(np.abs(results[0] - exact) <= gemm_bound(a, b, k, dtype))
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
 @pytest.mark.parametrize("k", [1, 64, 511])
 def test_gemm_small_products_give_the_bits_of_large_ones(backend, dtype, rng, k):
     """Small products may take another path (cython: unpacked AVX-512 float32); the rows of
@@ -216,6 +236,16 @@ for dtype in (np.float32, np.float64):
             assert np.all(np.abs(got - a.astype(np.float64) @ b) <= bound + 1e-30), (dtype, m, k, n)
         z = kernels.dense_forward(a, b, np.ones(n, dtype), "tanh")
         assert np.allclose(z, np.tanh(a.astype(np.float64) @ b + 1), rtol=1e-4, atol=1e-4)
+# small and narrow products (unpacked on AVX-512 and AVX2) give the bits of large ones (packed)
+big_a = rng.standard_normal((700, 200)).astype(np.float32)
+b = rng.standard_normal((200, 45)).astype(np.float32)
+for threads in (1, 2):
+    fastbp.set_num_threads(threads)
+    wide = kernels.gemm(big_a, b)
+    assert np.array_equal(kernels.gemm(big_a[:13], b), wide[:13])
+    assert np.array_equal(kernels.gemm(np.asfortranarray(big_a[:29]), b), wide[:29])
+    assert np.array_equal(kernels.gemm(big_a, b[:, 3:14]), wide[:, 3:14])
+    assert np.array_equal(kernels.gemm(big_a, np.asfortranarray(b[:, :7])), wide[:, :7])
 print("ok")
 """.format(isa=isa)
     env = dict(os.environ, FASTBP_CYTHON_ISA=isa)
@@ -263,3 +293,22 @@ def test_gemm_reads_a_broadcast_operand_without_materialising_it(backend, dtype)
         tracemalloc.stop()
     assert peak < m * k * dtype.itemsize / 4, f"{peak} bytes allocated for a {a.nbytes}-byte view"
     np.testing.assert_allclose(out, np.full((m, 2), row.astype(np.float64).sum()), rtol=k * eps(dtype))
+
+
+def test_cython_thread_decisions_are_the_tables():
+    """The Cython GEMM mirrors blocking.gemm_threads and gemm_tasks in C; the Numba one compiles them."""
+    from fastbp._kernels.cython import _gemm
+
+    for m, n, k in [(1, 1, 1), (64, 128, 32), (128, 128, 128), (256, 1024, 1024), (7, 9, 1 << 22)]:
+        for n_threads in (1, 2, 3, 16):
+            assert _gemm._gemm_threads(m, n, k, n_threads) == blocking.gemm_threads(m, n, k, n_threads)
+    for n_tiles in (1, 3, 11, 43, 66, 86, 500):
+        for n_panels in (1, 2, 8, 32, 128):
+            for mr, nr, mc in ((12, 32, 144), (6, 16, 96)):
+                for nt in (1, 2, 3, 4):
+                    assert _gemm._gemm_tasks(n_tiles, n_panels, mr, nr, mc, nt) == \
+                        blocking.gemm_tasks(n_tiles, n_panels, mr, nr, mc, nt)
+    # m = 256 on AVX2 (MR 6, MC 96), 2 threads: 8 row blocks, not 3
+    assert blocking.gemm_tasks(43, 8, 6, 16, 96, 2) == (8, 1)
+    # m = 32 on AVX-512 (3 tiles), n = 256: rows and 2 column parts of 128
+    assert blocking.gemm_tasks(3, 8, 12, 32, 144, 2) == (3, 2)

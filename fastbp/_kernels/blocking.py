@@ -1,4 +1,6 @@
-"""Cache-blocking table of the GEMM, one row per instruction set and dtype.
+"""Tuning table of the kernels: the GEMM's block sizes, one row per instruction
+set and dtype, and the work thresholds that decide how many threads a kernel
+uses. Both backends read this module and nothing else for these decisions.
 
 The GEMM is BLIS's five loops around a micro-kernel (see the backends):
     5th loop (jc, NC) over columns of C and B
@@ -21,6 +23,13 @@ AVX-512 float32 row is tuned; the others are starting points.
 Determinism: a C element is summed over k in KC-sized slices in increasing
 order, each slice in increasing k inside one micro-kernel call. Nothing here
 depends on the thread count, so neither do the results.
+
+Threads: a parallel region costs ~2 µs to enter on a quiet machine and, on a
+busy one, a scheduler time slice (ms) whenever one of its threads waits for
+a core, so work goes parallel only when each thread gets enough of it
+(``gemm_threads``, ``PARALLEL_MIN_ELEMENTS``, ``OPTIMIZER_PARALLEL_MIN_VALUES``).
+Tasks are shared out dynamically (a thread that lost its core takes fewer),
+at least TASKS_PER_THREAD per thread when the product has that many blocks.
 """
 
 _TABLE = {
@@ -34,6 +43,85 @@ _TABLE = {
 }
 
 ISAS = ("avx512", "avx2", "generic")
+
+# A GEMM uses one thread per this many multiply-adds (m*n*k), up to the thread
+# count asked for: below 2^21 it is serial (~15 µs on one core), as every layer
+# of a 64-wide network is (64-128-64-10 at batch 32: 2^18 at most).
+GEMM_MADDS_PER_THREAD = 1 << 20
+# Dynamic scheduling: about this many output blocks per thread, so that one
+# thread that loses its core (a busy machine, a BLAS pool still spinning)
+# holds back at most a small part of the product.
+TASKS_PER_THREAD = 4
+# A column part of a task is at least this wide: every part packs its rows of A
+# again, about as costly as 1/MIN_PART_COLUMNS of the part's arithmetic x ~20.
+MIN_PART_COLUMNS = 128
+# Element-wise kernels (activations, losses, column sums, RNN steps) go
+# parallel from this many values.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+# Optimizer steps go parallel from this many parameters: a step is ~1 load and
+# store per array per value, memory-bound, ~10 µs per 2^15 values; below this
+# two parallel regions per step cost more than they save (the digits network,
+# 17k parameters, took 3-4x longer per step on 2 threads with a busy core).
+OPTIMIZER_PARALLEL_MIN_VALUES = 1 << 17
+
+
+# Busy machine: a parallel GEMM that took longer than its work would have taken
+# on one thread (the other threads did not get a core in time) sends the next
+# BACKOFF_MIN_CALLS GEMMs to one thread, twice as many each time it happens
+# again, up to BACKOFF_MAX_CALLS; a parallel call that pays resets it.
+BACKOFF_MIN_CALLS = 16
+BACKOFF_MAX_CALLS = 1024
+
+# Values of packed B per wave of KC slices, about: the threads pack a wave's B,
+# meet once, then run their tasks over the wave's slices (1024^3 float32 is one
+# wave; a long k with a small C is a few waves, not two regions per slice).
+B_WAVE_VALUES = 1 << 21
+
+# The functions below are the decisions both backends make; the Numba backend
+# compiles these very functions, the Cython backend mirrors them in _gemm.pyx
+# (tests/test_gemm.py checks it against them).
+
+
+def gemm_threads(m, n, k, n_threads):
+    """Threads for an (m x k)·(k x n) product: one per GEMM_MADDS_PER_THREAD, in [1, n_threads]."""
+    return max(1, min(n_threads, (m * n * k) // GEMM_MADDS_PER_THREAD))
+
+
+def kc_slices(k, kc):
+    """(number of slices, length of all but the last): k cut into near-equal slices of at most kc
+    (k = 784, KC = 512: 2 x 392, not 512 + 272). Depends on k and KC only."""
+    n_slices = -(-k // kc)
+    return n_slices, -(-k // n_slices)
+
+
+def wave_slices(n_slices, slice_values, n_threads):
+    """KC slices of B packed at once: on one thread one (no barrier to save, and the slice
+    just packed is still in cache: 32x784x256 ran ~14% slower with both slices packed
+    first); on several, as many as fit B_WAVE_VALUES."""
+    if n_threads == 1:
+        return 1
+    return min(n_slices, max(1, B_WAVE_VALUES // slice_values))
+
+
+def gemm_tasks(n_tiles, n_panels, mr, nr, mc, n_threads):
+    """(row blocks, column parts) of the 3rd loop's tasks, for a C of n_tiles MR-row tiles and
+    n_panels NR-column micro-panels. Row blocks have near-equal heights of at most MC rows.
+    With several threads, rows are cut first, into TASKS_PER_THREAD blocks per thread where
+    there are tiles enough (row blocks cost nothing extra: B is packed once for all of them;
+    m = 256 with MR 6, MC 96 on 2 threads: 8 blocks, not 3 for 2 threads); when rows are too
+    few, columns too, into parts of at least MIN_PART_COLUMNS (each part packs its block of A
+    again). Then rows are added up to a multiple of n_threads tasks where possible."""
+    tiles_per_mc = max(1, mc // mr)
+    n_blocks = -(-n_tiles // tiles_per_mc)
+    n_parts = 1
+    if n_threads > 1:
+        target = TASKS_PER_THREAD * n_threads
+        n_blocks = min(n_tiles, max(n_blocks, target))
+        if n_blocks < target:
+            n_parts = max(1, min(n_panels * nr // MIN_PART_COLUMNS, -(-target // n_blocks)))
+        while (n_blocks * n_parts) % n_threads != 0 and n_blocks < n_tiles:
+            n_blocks += 1
+    return n_blocks, n_parts
 
 
 def block_sizes(isa, dtype):

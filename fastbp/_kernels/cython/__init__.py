@@ -12,7 +12,7 @@ without OpenMP, in which case every kernel runs on one thread.
 from .. import blocking as _blocking_table
 from .. import registry as _registry
 from ..reference import KERNELS
-from . import _gemm
+from . import _gemm, _threads
 
 _isa_id = _gemm._detect_isa()
 ISA = _gemm.ISA_NAMES[_isa_id]
@@ -21,6 +21,13 @@ _gemm._configure(
     _blocking_table.block_sizes(ISA, "float32"),
     _blocking_table.block_sizes(ISA, "float64"),
 )
+_gemm._configure_threads(
+    _blocking_table.GEMM_MADDS_PER_THREAD,
+    _blocking_table.TASKS_PER_THREAD,
+    _blocking_table.MIN_PART_COLUMNS,
+    _blocking_table.B_WAVE_VALUES,
+)
+_threads._configure(_blocking_table.BACKOFF_MIN_CALLS, _blocking_table.BACKOFF_MAX_CALLS)
 OPENMP = _gemm._openmp()
 NAME = "cython"
 
@@ -44,6 +51,9 @@ from ._pool import (  # noqa: E402
     max_pool2d_backward,
     max_pool2d_forward,
 )
+from . import _optim  # noqa: E402
+
+_optim._configure_threads(_blocking_table.OPTIMIZER_PARALLEL_MIN_VALUES)
 from ._rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_forward  # noqa: E402
 
 if _registry.SOFTMAX != 10 or len(_registry.ACTIVATIONS) != 11:  # ids compiled into _activations.pxd

@@ -11,6 +11,8 @@
 # float32 uses the float32 libm functions, except gelu, evaluated in float64.
 
 from cython.parallel cimport prange
+
+from fastbp._kernels.cython._threads cimport backing_off
 from libc.math cimport (exp, expf, expm1, expm1f, log1p, log1pf, tanh, tanhf,
                         erf, fabs, fabsf, sqrt, M_PI)
 
@@ -210,7 +212,7 @@ cdef void activation_forward_nogil(int act, const floating* z, floating* a,
                                    Py_ssize_t m, Py_ssize_t n, int n_threads) noexcept nogil:
     """a := act(z) row by row.  IN z (m, n) C-contiguous; OUT a (m, n), may alias z."""
     cdef Py_ssize_t i
-    if n_threads < 2 or m < 2 or m * n < PARALLEL_MIN_ELEMENTS:
+    if n_threads < 2 or m < 2 or m * n < PARALLEL_MIN_ELEMENTS or backing_off():
         for i in range(m):
             _forward_row(act, z + i * n, a + i * n, n)
     else:
@@ -230,7 +232,7 @@ cdef void activation_backward_nogil(int act, const floating* z, const floating* 
                                     Py_ssize_t m, Py_ssize_t n, int n_threads) noexcept nogil:
     """gz := g ⊙ act'(z) row by row.  IN z, a, g (m, n) C-contiguous; OUT gz (m, n), may alias g."""
     cdef Py_ssize_t i
-    if n_threads < 2 or m < 2 or m * n < PARALLEL_MIN_ELEMENTS:
+    if n_threads < 2 or m < 2 or m * n < PARALLEL_MIN_ELEMENTS or backing_off():
         for i in range(m):
             act_grad_row(act, z + i * n, a + i * n, g + i * n, gz + i * n, n)
     else:

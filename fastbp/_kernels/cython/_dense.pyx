@@ -10,6 +10,8 @@
 # Layout: x and w have any strides; every other 2-D array is C-contiguous.
 
 from cython.parallel cimport prange
+
+from fastbp._kernels.cython._threads cimport backing_off
 from cython cimport floating
 
 from fastbp._kernels.cython._gemm cimport gemm_nogil
@@ -106,7 +108,7 @@ cdef int dense_backward_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
     # dw := xᵀ·δ: x read through swapped strides
     status = gemm_nogil(k, n, m, <floating>1, x, cs_x, rs_x, grad_z, n, 1,
                         beta, dw, n, NULL, -1, NULL, 0, n_threads)
-    if n_threads < 2 or n_blocks < 2 or m * n < 32768:
+    if n_threads < 2 or n_blocks < 2 or m * n < 32768 or backing_off():
         for block in range(n_blocks):
             _column_sums(grad_z, m, n, block, db, accumulate)
     else:

@@ -2,26 +2,32 @@
 """fastbp's GEMM, C := alpha*A·B + beta*C, float32 and float64."""
 # Design: BLIS's five loops around a register-blocked micro-kernel.
 #   5th loop (jc, NC)  columns of C and B
-#   4th loop (pc, KC)  the shared dimension; B[pc:pc+kc, jc:jc+nc] is packed
-#                      into NR-wide, zero-padded micro-panels (pack_b, the
-#                      threads share the work, one micro-panel per iteration)
-#   3rd loop (ic, MC)  rows of C and A, parallel: a static prange over tasks,
-#                      blocks of whole MR-row tiles (times column parts of
-#                      whole NR micro-panels when m has too few tiles to share
-#                      out); a task packs A[ic:ic+mc, pc:pc+kc] into MR-high
-#                      micro-panels in its own region of the workspace (indexed
-#                      by task, not by thread) and runs
+#   4th loop (pc, KC)  the shared dimension, in waves of KC slices: the
+#                      threads pack B[pc:pc+kc, jc:jc+nc] for every slice of
+#                      the wave into NR-wide, zero-padded micro-panels
+#                      (pack_b), then, after the one barrier,
+#   3rd loop (ic, MC)  tasks, taken dynamically by the threads: blocks of whole
+#                      MR-row tiles (at most MC rows) times column parts of whole
+#                      NR micro-panels, about TASKS_PER_THREAD per thread; a task
+#                      runs over the wave's KC slices in increasing order, packing
+#                      A[ic:ic+mc, pc:pc+kc] into MR-high micro-panels in its
+#                      thread's region of the workspace, and runs
 #   2nd loop (jr, NR)  macro_kernel: over the packed B micro-panels,
 #   1st loop (ir, MR)  over the packed A micro-panels -> micro_kernel, one
 #                      MR x NR tile of C, written with intrinsics in microkernels.h.
+# Threads: one parallel region per wave (usually one per call), dynamically
+# scheduled, so a thread that loses its core (a busy machine, NumPy's BLAS pool
+# still spinning after its call) delays the call by one task, not by its static
+# share; the thread count comes from the work (gemm_threads, blocking.py).
 # Layout: A and B have any element strides (transposes arrive as views; negative
 # and zero strides work); C is row-major with row stride ldc.
 # Determinism: the KC loop is never parallel. Each C element is summed over k
 # in KC slices in increasing order (the first slice applies beta, the others
 # add; the slices split k evenly, which depends on k only), each slice in
 # increasing k inside one micro-kernel call; edge tiles go through the same
-# kernel on a temporary tile. Tasks only group whole tiles, so the thread count
-# (which sets the task sizes) changes nothing numerically.
+# kernel on a temporary tile. Tasks only group whole tiles, and each task runs
+# its slices in order, so neither the thread count (which sets the task sizes)
+# nor which thread takes a task changes anything numerically.
 # Epilogue: dense_forward's bias and activation are applied to each tile right
 # after its last KC slice, while it is in L1.
 # Workspace: the packed panels live in a buffer per calling thread, grown on
@@ -31,9 +37,10 @@
 
 import os
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.stddef cimport ptrdiff_t
 
+from fastbp._kernels.cython._threads cimport gemm_threads_now, judge_parallel_call
 from fastbp._kernels.cython._activations cimport ACT_IDENTITY, ACT_RELU, act_row
 
 cdef extern from "microkernels.h" nogil:
@@ -53,11 +60,13 @@ cdef extern from "microkernels.h" nogil:
                        const double* ap, const double* bp, double* c, ptrdiff_t ldc,
                        double alpha, double beta)
     int FASTBP_ISA_AVX512
+    int FASTBP_ISA_AVX2
     int fastbp_pack_transpose_s(int isa, const float* src, ptrdiff_t rs, int rows, ptrdiff_t kc,
                                 float* dst, ptrdiff_t ld, int nw)
     int fastbp_direct_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                         const float* a, ptrdiff_t rs_a, ptrdiff_t cs_a,
                         const float* b, ptrdiff_t rs_b, float beta, float* c, ptrdiff_t ldc)
+    double fastbp_now()
     void* fastbp_workspace(size_t nbytes)
     void fastbp_workspace_release(void* p, size_t nbytes)
 
@@ -70,13 +79,14 @@ cdef Blocking _BLOCKING_S, _BLOCKING_D
 cdef fastbp_ukr_s _ukr_s = NULL
 cdef fastbp_ukr_d _ukr_d = NULL
 
-# Below this many multiply-adds (~10 us on one core) the GEMM runs on the
-# calling thread: a parallel region's start-up and barrier cost more than the
-# second core saves (64-128-64-10 digits demo, 2 threads: ~260k -> ~310k
-# samples/s against 64^3).
-cdef Py_ssize_t SERIAL_MAX_FLOPS = 1 << 20
+# Thread decisions, from fastbp._kernels.blocking (set by _configure_threads):
+# one thread per GEMM_MADDS_PER_THREAD multiply-adds, about TASKS_PER_THREAD
+# dynamically scheduled tasks per thread.
+cdef Py_ssize_t GEMM_MADDS_PER_THREAD = 1 << 20
+cdef Py_ssize_t TASKS_PER_THREAD = 4
+cdef Py_ssize_t MIN_PART_COLUMNS = 128
 # Up to this many multiply-adds, with k <= KC and B's columns adjacent, a
-# float32 product runs unpacked (microkernels.h, AVX-512 only): same bits,
+# float32 product runs unpacked (microkernels.h, AVX-512 and AVX2): same bits,
 # less time than packing (32x64x32 on one core: 4.3 -> ~1.9 us).
 cdef Py_ssize_t DIRECT_MAX_FLOPS = 1 << 20
 # A B of other strides is copied row-major first when it has at most this many values.
@@ -84,8 +94,8 @@ cdef Py_ssize_t DIRECT_MAX_FLOPS = 1 << 20
 cdef Py_ssize_t DIRECT_NARROW_N = 16
 cdef Py_ssize_t DIRECT_B_COPY_MAX = 1 << 14
 cdef int _isa = 0
-# Rows of A packed at once per KC slice, about (bounds the workspace for tall A).
-cdef Py_ssize_t WAVE_ROWS = 4096
+# Values of packed B per wave of KC slices, about (blocking.B_WAVE_VALUES).
+cdef Py_ssize_t B_WAVE_VALUES = 1 << 21
 
 ISA_NAMES = ("generic", "avx2", "avx512")
 
@@ -111,7 +121,7 @@ cdef void pack_a(const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
                 for r in range(rows):
                     dst[p * mr + r] = src[r]
         elif cs_a == 1:
-            if floating is float:  # row-major A: 16x16 register transposes (AVX-512)
+            if floating is float:  # row-major A: register transposes (AVX-512 16x16, AVX2 8x8)
                 if mr <= 16 and fastbp_pack_transpose_s(_isa, a + ip * rs_a + pc, rs_a, <int>rows, kc,
                                                         dst, mr, <int>mr):
                     continue
@@ -140,8 +150,8 @@ cdef void pack_b(const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
     cdef const floating* src
     cdef Py_ssize_t half
     if rs_b == 1 and cs_b != 1:  # column-major B (e.g. a transposed C-ordered array): read along k
-        if floating is float:  # 16x16 register transposes, one per 16 columns (AVX-512)
-            if nr % 16 == 0 and _isa == FASTBP_ISA_AVX512:
+        if floating is float:  # register transposes, one per 16 columns (AVX-512, AVX2)
+            if nr % 16 == 0 and _isa >= FASTBP_ISA_AVX2:
                 for half in range(nr // 16):
                     fastbp_pack_transpose_s(_isa, b + pc + (j0 + 16 * half) * cs_b, cs_b,
                                             <int>max(0, min(16, cols - 16 * half)), kc, bp + 16 * half, nr, 16)
@@ -260,28 +270,44 @@ cdef void _pack_b_panel(Blocking* bs, const floating* b, Py_ssize_t rs_b, Py_ssi
     pack_b(b, rs_b, cs_b, j0, min(j0 + bs.nr, jc + nc), pc, kc, bs.nr, bpack + q * bs.nr * kc)
 
 
-cdef void _work_item(Blocking* bs, Py_ssize_t item, Py_ssize_t n_blocks, Py_ssize_t n_tiles,
-                     Py_ssize_t n_parts, Py_ssize_t n_panels,
-                     Py_ssize_t m, Py_ssize_t jc, Py_ssize_t pc, Py_ssize_t kc,
-                     floating alpha, const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
-                     const floating* bpack, floating beta, floating* c, Py_ssize_t ldc,
-                     bint last, const floating* bias, int act, floating* out, Py_ssize_t ldo,
-                     Py_ssize_t nc, floating* apack) noexcept nogil:
-    """One task of the 3rd loop: block blk = item // n_parts (rows of whole MR tiles
-    [blk*T/nb, (blk+1)*T/nb)) times column part item % n_parts (whole NR micro-panels
-    of the packed B); packs that block of A and runs the macro-kernel on it."""
+cdef void _task(Blocking* bs, Py_ssize_t item, Py_ssize_t n_blocks, Py_ssize_t n_tiles,
+                Py_ssize_t n_parts, Py_ssize_t n_panels, Py_ssize_t m, Py_ssize_t jc, Py_ssize_t nc,
+                Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t kc_max, Py_ssize_t k,
+                floating alpha, const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                const floating* bpack, Py_ssize_t slice_stride, floating beta, floating* c, Py_ssize_t ldc,
+                const floating* bias, int act, floating* out, Py_ssize_t ldo,
+                floating* apack) noexcept nogil:
+    """One task of the 3rd loop over KC slices s0..s1-1 of a wave: block blk = item // n_parts
+    (rows of whole MR tiles [blk*T/nb, (blk+1)*T/nb)) times column part item % n_parts (whole NR
+    micro-panels of the packed B). For each slice, in increasing order, packs that block of A
+    into apack (the running thread's region) and runs the macro-kernel on it."""
     cdef Py_ssize_t blk = item // n_parts, part = item % n_parts
     cdef Py_ssize_t i0 = (blk * n_tiles // n_blocks) * bs.mr
     cdef Py_ssize_t i1 = min(((blk + 1) * n_tiles // n_blocks) * bs.mr, m)
     cdef Py_ssize_t j0 = (part * n_panels // n_parts) * bs.nr
     cdef Py_ssize_t j1 = min(((part + 1) * n_panels // n_parts) * bs.nr, nc)
+    cdef Py_ssize_t s, pc, kc
     if i1 <= i0 or j1 <= j0:
         return
-    pack_a(a, rs_a, cs_a, i0, i1, pc, kc, bs.mr, apack)
-    macro_kernel(bs, i1 - i0, j1 - j0, kc, apack, bpack + j0 * kc, alpha, beta,
-                 c + i0 * ldc + jc + j0, ldc, last,
-                 (bias + jc + j0) if bias != NULL else NULL, act,
-                 (out + i0 * ldo + jc + j0) if act >= 0 else NULL, ldo)
+    for s in range(s0, s1):  # 4th loop (pc, KC), in increasing k: every slice updates the same C
+        pc = s * kc_max
+        kc = min(kc_max, k - pc)
+        pack_a(a, rs_a, cs_a, i0, i1, pc, kc, bs.mr, apack)
+        macro_kernel(bs, i1 - i0, j1 - j0, kc, apack, bpack + (s - s0) * slice_stride + j0 * kc,
+                     alpha, beta if pc == 0 else 1, c + i0 * ldc + jc + j0, ldc, pc + kc == k,
+                     (bias + jc + j0) if bias != NULL else NULL, act,
+                     (out + i0 * ldo + jc + j0) if act >= 0 else NULL, ldo)
+
+
+cdef inline void _pack_b_wave(Blocking* bs, Py_ssize_t q, Py_ssize_t n_panels,
+                              const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
+                              Py_ssize_t jc, Py_ssize_t nc, Py_ssize_t s0, Py_ssize_t kc_max, Py_ssize_t k,
+                              floating* bpack, Py_ssize_t slice_stride) noexcept nogil:
+    """Pack micro-panel q % n_panels of B[pc:pc+kc, jc:jc+nc] for KC slice s0 + q // n_panels."""
+    cdef Py_ssize_t s = s0 + q // n_panels
+    cdef Py_ssize_t pc = s * kc_max
+    _pack_b_panel(bs, b, rs_b, cs_b, jc, nc, pc, min(kc_max, k - pc), q % n_panels,
+                  bpack + (s - s0) * slice_stride)
 
 
 cdef void _scale_c(Py_ssize_t m, Py_ssize_t n, floating beta, floating* c, Py_ssize_t ldc,
@@ -314,7 +340,8 @@ cdef int _direct_s(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kc_max, 
     tiles, over gemm_nogil's KC slices of kc_max; a B without unit column stride (δ·Wᵀ)
     is first copied row-major when small.
     Returns 0 when done, -1 when the packed path must run."""
-    cdef Py_ssize_t p, j, t, i0, i1, n_tiles = (m + 11) // 12
+    cdef Py_ssize_t mr = _BLOCKING_S.mr  # the unpacked tiles are the packed kernel's MR rows
+    cdef Py_ssize_t p, j, t, i0, i1, n_tiles = (m + mr - 1) // mr
     cdef float* rows = NULL
     if cs_b != 1:
         if k * n > DIRECT_B_COPY_MAX:
@@ -326,15 +353,15 @@ cdef int _direct_s(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kc_max, 
             for p in range(k):
                 rows[p * n + j] = b[p * rs_b + j * cs_b]
         b, rs_b = rows, n
-    nt = <int>min(<Py_ssize_t>nt, n_tiles)
-    if nt < 2:
+    cdef Py_ssize_t n_chunks = min(n_tiles, TASKS_PER_THREAD * nt) if nt > 1 else 1
+    if n_chunks < 2:
         _direct_rows_s(m, n, k, kc_max, alpha, a, rs_a, cs_a, b, rs_b, beta, c, ldc)
         if bias != NULL or act >= 0:
             epilogue(c, ldc, bias, act, out, ldo, m, n)
     else:
-        for t in prange(nt, schedule="static", num_threads=nt):
-            i0 = (t * n_tiles // nt) * 12
-            i1 = min(((t + 1) * n_tiles // nt) * 12, m)
+        for t in prange(n_chunks, schedule="dynamic", num_threads=nt):
+            i0 = (t * n_tiles // n_chunks) * mr
+            i1 = min(((t + 1) * n_tiles // n_chunks) * mr, m)
             _direct_rows_s(i1 - i0, n, k, kc_max, alpha, a + i0 * rs_a, rs_a, cs_a, b, rs_b, beta,
                            c + i0 * ldc, ldc)
             if bias != NULL or act >= 0:
@@ -343,6 +370,46 @@ cdef int _direct_s(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kc_max, 
     if rows != NULL:
         fastbp_workspace_release(rows, k * n * sizeof(float))
     return 0
+
+
+cdef inline Py_ssize_t gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int n_threads) noexcept nogil:
+    """blocking.gemm_threads: one thread per GEMM_MADDS_PER_THREAD multiply-adds, in [1, n_threads]."""
+    return max(1, min(<Py_ssize_t>n_threads, (m * n * k) // GEMM_MADDS_PER_THREAD))
+
+
+cdef void gemm_tasks(Py_ssize_t n_tiles, Py_ssize_t n_panels, Py_ssize_t mr, Py_ssize_t nr, Py_ssize_t mc,
+                     Py_ssize_t nt, Py_ssize_t* n_blocks, Py_ssize_t* n_parts) noexcept nogil:
+    """blocking.gemm_tasks: (row blocks, column parts) of the 3rd loop's tasks."""
+    cdef Py_ssize_t tiles_per_mc = max(1, mc // mr)
+    cdef Py_ssize_t target = TASKS_PER_THREAD * nt
+    n_blocks[0] = (n_tiles + tiles_per_mc - 1) // tiles_per_mc
+    n_parts[0] = 1
+    if nt > 1:
+        n_blocks[0] = min(n_tiles, max(n_blocks[0], target))
+        if n_blocks[0] < target:
+            n_parts[0] = max(1, min(n_panels * nr // MIN_PART_COLUMNS, (target + n_blocks[0] - 1) // n_blocks[0]))
+        while (n_blocks[0] * n_parts[0]) % nt != 0 and n_blocks[0] < n_tiles:
+            n_blocks[0] += 1
+
+
+def _gemm_tasks(Py_ssize_t n_tiles, Py_ssize_t n_panels, Py_ssize_t mr, Py_ssize_t nr, Py_ssize_t mc,
+                Py_ssize_t nt):
+    """gemm_tasks, for the test that it agrees with blocking.gemm_tasks."""
+    cdef Py_ssize_t n_blocks, n_parts
+    gemm_tasks(n_tiles, n_panels, mr, nr, mc, nt, &n_blocks, &n_parts)
+    return n_blocks, n_parts
+
+
+def _gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int n_threads):
+    """gemm_threads, for the test that it agrees with blocking.gemm_threads."""
+    return gemm_threads(m, n, k, n_threads)
+
+
+cdef inline Py_ssize_t wave_length(Py_ssize_t n_slices, Py_ssize_t slice_values, Py_ssize_t nt) noexcept nogil:
+    """blocking.wave_slices: KC slices of B packed at once."""
+    if nt == 1:
+        return 1
+    return min(n_slices, max(1, B_WAVE_VALUES // slice_values))
 
 
 cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
@@ -363,9 +430,7 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
         _scale_c(m, n, beta, c, ldc, bias, act, out, ldo)
         return 0
 
-    cdef Py_ssize_t nt = n_threads if n_threads > 1 else 1
-    if m * n * k < SERIAL_MAX_FLOPS:
-        nt = 1
+    cdef Py_ssize_t nt = gemm_threads_now(gemm_threads(m, n, k, n_threads))
     # KC slices of equal length (k = 784 gives 4 x 196, not 3 x 256 + 16).
     cdef Py_ssize_t n_slices = (k + bs.kc - 1) // bs.kc
     cdef Py_ssize_t kc_max = (k + n_slices - 1) // n_slices
@@ -373,74 +438,76 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     if floating is float:
         # Unpacked: small products, and narrow ones (n <= 16: a 12x16 tile instead of
         # 12x32 with most columns padding; 256x1024x10 on 2 threads 0.30 -> 0.06 ms).
-        if _isa == FASTBP_ISA_AVX512 and ((k <= bs.kc and m * n * k <= DIRECT_MAX_FLOPS)
-                                          or n <= DIRECT_NARROW_N):
+        if _isa >= FASTBP_ISA_AVX2 and ((k <= bs.kc and m * n * k <= DIRECT_MAX_FLOPS)
+                                        or n <= DIRECT_NARROW_N):
             if _direct_s(m, n, k, kc_max, alpha, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, ldc,
                          bias, act, out, ldo, <int>nt) == 0:
                 return 0
 
     cdef Py_ssize_t nc_max = min(bs.nc, n)
     cdef Py_ssize_t max_panels = (nc_max + bs.nr - 1) // bs.nr
-    # 3rd-loop tasks: blocks of whole MR-row tiles, at most MC rows each; a
-    # multiple of nt blocks when m is tall enough to share out by rows,
-    # otherwise (few tiles) each block is also split into nt column parts.
+    # 3rd-loop tasks (blocking.gemm_tasks), taken dynamically by the threads.
     cdef Py_ssize_t n_tiles = (m + bs.mr - 1) // bs.mr
-    cdef Py_ssize_t tiles_per_mc = max(1, bs.mc // bs.mr)
-    cdef Py_ssize_t n_blocks = (n_tiles + tiles_per_mc - 1) // tiles_per_mc
-    cdef Py_ssize_t n_parts = 1
-    if nt > 1:
-        if n_tiles >= 8 * nt or max_panels < 2 * nt:
-            n_blocks = min(((n_blocks + nt - 1) // nt) * nt, n_tiles)
-        else:
-            n_parts = nt
+    cdef Py_ssize_t n_blocks, n_parts
+    gemm_tasks(n_tiles, max_panels, bs.mr, bs.nr, bs.mc, nt, &n_blocks, &n_parts)
     cdef Py_ssize_t n_items = n_blocks * n_parts
     cdef Py_ssize_t block_rows = ((n_tiles + n_blocks - 1) // n_blocks) * bs.mr
-    # Tasks packed at once per KC slice (bounds the workspace for tall A).
-    cdef Py_ssize_t wave_items = max(nt, (WAVE_ROWS // block_rows) * n_parts // nt * nt)
-    wave_items = min(wave_items, n_items)
+    # KC slices of B packed at once (a wave, blocking.wave_slices): one parallel
+    # region and one barrier per wave, not per slice.
+    cdef Py_ssize_t slice_stride = max_panels * bs.nr * kc_max
+    cdef Py_ssize_t wave_slices = wave_length(n_slices, slice_stride, nt)
     cdef Py_ssize_t a_region = block_rows * kc_max
-    cdef Py_ssize_t b_size = max_panels * bs.nr * kc_max
-    cdef size_t work_bytes = (wave_items * a_region + b_size) * sizeof(floating)
+    cdef size_t work_bytes = (nt * a_region + wave_slices * slice_stride) * sizeof(floating)
     cdef floating* work = <floating*>fastbp_workspace(work_bytes)
     if work == NULL:
         return -1
     cdef floating* bpack = work
-    cdef floating* apack = work + b_size
+    cdef floating* apack = work + wave_slices * slice_stride
 
-    cdef Py_ssize_t jj, pp, ww, jc, nc, pc, kc, q, n_panels, w0, w_end, item
-    cdef floating beta_slice
-    cdef bint last
+    cdef Py_ssize_t jj, ww, jc, nc, n_panels, s0, s1, q, item, all_tasks = 0
+    cdef double t_start, t_task, wall = 0
+    # per thread (up to 64; later ones share the last slot): time in tasks, tasks
+    cdef double stats[128]
+    cdef Py_ssize_t tid, busiest = 0
+    for tid in range(128):
+        stats[tid] = 0
     # 5th loop (jc, NC)
     for jj in range((n + bs.nc - 1) // bs.nc):
         jc = jj * bs.nc
         nc = min(bs.nc, n - jc)
         n_panels = (nc + bs.nr - 1) // bs.nr
-        # 4th loop (pc, KC): serial, every slice updates the same C
-        for pp in range(n_slices):
-            pc = pp * kc_max
-            kc = min(kc_max, k - pc)
-            beta_slice = beta if pc == 0 else 1
-            last = pc + kc == k
+        # waves of KC slices, in increasing k
+        for ww in range((n_slices + wave_slices - 1) // wave_slices):
+            s0 = ww * wave_slices
+            s1 = min(s0 + wave_slices, n_slices)
             if nt == 1:
-                for q in range(n_panels):
-                    _pack_b_panel(&bs, b, rs_b, cs_b, jc, nc, pc, kc, q, bpack)
+                for q in range((s1 - s0) * n_panels):
+                    _pack_b_wave(&bs, q, n_panels, b, rs_b, cs_b, jc, nc, s0, kc_max, k, bpack, slice_stride)
+                for item in range(n_items):
+                    _task(&bs, item, n_blocks, n_tiles, n_parts, n_panels, m, jc, nc, s0, s1, kc_max, k,
+                          alpha, a, rs_a, cs_a, bpack, slice_stride, beta, c, ldc, bias, act, out, ldo, apack)
             else:
-                for q in prange(n_panels, schedule="static", num_threads=nt):
-                    _pack_b_panel(&bs, b, rs_b, cs_b, jc, nc, pc, kc, q, bpack)
-            # 3rd loop (ic, MC)
-            for ww in range((n_items + wave_items - 1) // wave_items):
-                w0 = ww * wave_items
-                w_end = min(w0 + wave_items, n_items)
-                if nt == 1:
-                    for item in range(w0, w_end):
-                        _work_item(&bs, item, n_blocks, n_tiles, n_parts, n_panels, m, jc, pc, kc,
-                                   alpha, a, rs_a, cs_a, bpack, beta_slice, c, ldc, last,
-                                   bias, act, out, ldo, nc, apack + (item - w0) * a_region)
-                else:
-                    for item in prange(w0, w_end, schedule="static", num_threads=nt):
-                        _work_item(&bs, item, n_blocks, n_tiles, n_parts, n_panels, m, jc, pc, kc,
-                                   alpha, a, rs_a, cs_a, bpack, beta_slice, c, ldc, last,
-                                   bias, act, out, ldo, nc, apack + (item - w0) * a_region)
+                t_start = fastbp_now()
+                with parallel(num_threads=nt):
+                    for q in prange((s1 - s0) * n_panels, schedule="dynamic"):
+                        _pack_b_wave(&bs, q, n_panels, b, rs_b, cs_b, jc, nc, s0, kc_max, k,
+                                     bpack, slice_stride)
+                    # (the implicit barrier of the loop above: B is packed)
+                    for item in prange(n_items, schedule="dynamic"):
+                        t_task = fastbp_now()
+                        _task(&bs, item, n_blocks, n_tiles, n_parts, n_panels, m, jc, nc, s0, s1,
+                              kc_max, k, alpha, a, rs_a, cs_a, bpack, slice_stride, beta, c, ldc,
+                              bias, act, out, ldo, apack + threadid() * a_region)
+                        tid = min(threadid(), 63)  # its task times, for the back-off
+                        stats[2 * tid] += fastbp_now() - t_task
+                        stats[2 * tid + 1] += 1
+                wall += fastbp_now() - t_start
+                all_tasks += n_items
+    if nt > 1:
+        for tid in range(min(nt, 64)):
+            if stats[2 * tid + 1] > stats[2 * busiest + 1]:
+                busiest = tid
+        judge_parallel_call(wall, stats[2 * busiest], <Py_ssize_t>stats[2 * busiest + 1], all_tasks)
     fastbp_workspace_release(work, work_bytes)
     return 0
 
@@ -508,6 +575,20 @@ def _configure(int isa, sizes_s, sizes_d):
     _ukr_s = fastbp_select_ukr_s(isa)
     _ukr_d = fastbp_select_ukr_d(isa)
     _isa = isa
+
+
+def _configure_threads(Py_ssize_t madds_per_thread, Py_ssize_t tasks_per_thread,
+                       Py_ssize_t min_part_columns, Py_ssize_t b_wave_values):
+    """Set the thread decisions of fastbp._kernels.blocking (GEMM_MADDS_PER_THREAD,
+    TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES)."""
+    global GEMM_MADDS_PER_THREAD, TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES
+    if min(madds_per_thread, tasks_per_thread, min_part_columns, b_wave_values) < 1:
+        raise ValueError(f"thread thresholds must be positive, got {madds_per_thread}, "
+                         f"{tasks_per_thread}, {min_part_columns}, {b_wave_values}")
+    GEMM_MADDS_PER_THREAD = madds_per_thread
+    TASKS_PER_THREAD = tasks_per_thread
+    MIN_PART_COLUMNS = min_part_columns
+    B_WAVE_VALUES = b_wave_values
 
 
 def _blocking(dtype):

@@ -12,6 +12,8 @@ Python float (accumulated in float64) and writes d loss / d output into grad."""
 # Loss ids are registry.LOSS_KERNELS' (checked at import by __init__).
 
 from cython.parallel cimport prange
+
+from fastbp._kernels.cython._threads cimport backing_off
 from cython cimport floating
 from libc.math cimport exp, log, log1p, fabs
 from libc.stdint cimport int64_t
@@ -111,7 +113,7 @@ cdef double _bce_row(const floating* z, const floating* y, floating* g,
 
 
 cdef inline bint _serial(Py_ssize_t m, Py_ssize_t n, int n_threads) noexcept nogil:
-    return n_threads < 2 or m < 2 or m * n < PARALLEL_MIN_ELEMENTS
+    return n_threads < 2 or m < 2 or m * n < PARALLEL_MIN_ELEMENTS or backing_off()
 
 
 cdef inline double _row(int loss, const floating* o, const floating* t, const int64_t* labels,

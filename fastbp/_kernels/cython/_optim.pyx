@@ -13,14 +13,29 @@
 # optimizer_steps.h, with AVX-512/AVX2 clones.
 
 from cython.parallel cimport prange
+
+from fastbp._kernels.cython._threads cimport backing_off
 from cython cimport floating
 from libc.math cimport sqrt, pow
 from libc.stddef cimport ptrdiff_t
 
-# Elements per task; below two chunks a step runs on the calling thread.
+# Elements per task.
 cdef Py_ssize_t CHUNK = 1 << 14
+# Below this many values a step runs on the calling thread (blocking.py's
+# OPTIMIZER_PARALLEL_MIN_VALUES, set by _configure_threads).
+cdef Py_ssize_t PARALLEL_MIN_VALUES = 1 << 17
 # all_finite reads ~50 GB/s on one thread: threads pay from this many chunks on.
 cdef Py_ssize_t FINITE_PARALLEL_CHUNKS = 32
+
+
+cdef inline bint _serial(Py_ssize_t n, int n_threads) noexcept nogil:
+    return n_threads < 2 or n < PARALLEL_MIN_VALUES or n <= CHUNK or backing_off()
+
+
+def _configure_threads(Py_ssize_t parallel_min_values):
+    """Set blocking.OPTIMIZER_PARALLEL_MIN_VALUES: steps on fewer values run on one thread."""
+    global PARALLEL_MIN_VALUES
+    PARALLEL_MIN_VALUES = parallel_min_values
 
 
 cdef extern from "microkernels.h" nogil:
@@ -124,7 +139,7 @@ def sgd_step(floating[::1] param, const floating[::1] grad, floating[::1] veloci
     cdef floating* pv = &velocity[0] if momentum != 0 else NULL
     cdef bint bad = False
     with nogil:
-        if n_threads < 2 or n_chunks < 2:
+        if _serial(n, n_threads):
             bad = _sgd_chunk(&param[0], &grad[0], pv, 0, n, <floating>lr, <floating>momentum,
                                  nesterov, <floating>weight_decay, False)
         else:
@@ -133,7 +148,7 @@ def sgd_step(floating[::1] param, const floating[::1] grad, floating[::1] veloci
                                       <floating>lr, <floating>momentum, nesterov, <floating>weight_decay, False)
         if bad:
             pass
-        elif n_threads < 2 or n_chunks < 2:
+        elif _serial(n, n_threads):
             _sgd_chunk(&param[0], &grad[0], pv, 0, n, <floating>lr, <floating>momentum,
                        nesterov, <floating>weight_decay, True)
         else:
@@ -156,7 +171,7 @@ def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] sq
         return True
     cdef bint bad = False
     with nogil:
-        if n_threads < 2 or n_chunks < 2:
+        if _serial(n, n_threads):
             bad = _rmsprop_chunk(&param[0], &grad[0], &square_avg[0], 0, n, <floating>lr, <floating>rho,
                                      <floating>(1 - rho), <floating>eps, <floating>weight_decay, False)
         else:
@@ -166,7 +181,7 @@ def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] sq
                                           <floating>(1 - rho), <floating>eps, <floating>weight_decay, False)
         if bad:
             pass
-        elif n_threads < 2 or n_chunks < 2:
+        elif _serial(n, n_threads):
             _rmsprop_chunk(&param[0], &grad[0], &square_avg[0], 0, n, <floating>lr, <floating>rho,
                            <floating>(1 - rho), <floating>eps, <floating>weight_decay, True)
         else:
@@ -196,7 +211,7 @@ def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_a
     cdef floating sqrt_bias2 = <floating>sqrt(1 - pow(beta2, <double>step))
     cdef bint bad = False
     with nogil:
-        if n_threads < 2 or n_chunks < 2:
+        if _serial(n, n_threads):
             bad = _adam_chunk(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], 0, n, step_size,
                                   <floating>beta1, <floating>(1 - beta1), <floating>beta2,
                                   <floating>(1 - beta2), sqrt_bias2, <floating>eps, <floating>weight_decay, False)
@@ -208,7 +223,7 @@ def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_a
                                        sqrt_bias2, <floating>eps, <floating>weight_decay, False)
         if bad:
             pass
-        elif n_threads < 2 or n_chunks < 2:
+        elif _serial(n, n_threads):
             _adam_chunk(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], 0, n, step_size,
                         <floating>beta1, <floating>(1 - beta1), <floating>beta2, <floating>(1 - beta2),
                         sqrt_bias2, <floating>eps, <floating>weight_decay, True)

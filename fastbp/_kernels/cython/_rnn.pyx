@@ -19,6 +19,8 @@ relaxation with its Almeida-Pineda adjoint, float32 and float64."""
 # derivative taken from the output (registry.RECURRENT_ACTIVATIONS).
 
 from cython.parallel cimport prange
+
+from fastbp._kernels.cython._threads cimport backing_off
 from cython cimport floating
 from libc.math cimport INFINITY, fabs
 from libc.stdlib cimport free, malloc
@@ -40,7 +42,7 @@ cdef void _act_rows(int act, const floating* src, floating* dst, Py_ssize_t m, P
                     Py_ssize_t ld, int n_threads) noexcept nogil:
     """dst[i, :] := act(src[i, :]) for m rows of n values, row stride ld.  dst may be src."""
     cdef Py_ssize_t i
-    if n_threads < 2 or m * n < PARALLEL_MIN_ELEMENTS:
+    if n_threads < 2 or m * n < PARALLEL_MIN_ELEMENTS or backing_off():
         for i in range(m):
             act_row(act, src + i * ld, dst + i * ld, n)
     else:
@@ -52,7 +54,7 @@ cdef void _grad_rows(int act, const floating* a, floating* g, Py_ssize_t m, Py_s
                      Py_ssize_t ld, int n_threads) noexcept nogil:
     """g[i, :] ⊙= act'(from a[i, :]) for m rows of n values, row stride ld (in place)."""
     cdef Py_ssize_t i
-    if n_threads < 2 or m * n < PARALLEL_MIN_ELEMENTS:
+    if n_threads < 2 or m * n < PARALLEL_MIN_ELEMENTS or backing_off():
         for i in range(m):
             act_grad_row(act, a + i * ld, a + i * ld, g + i * ld, g + i * ld, n)
     else:

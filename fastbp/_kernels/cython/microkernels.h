@@ -23,6 +23,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <time.h>
+
+/* Monotonic wall-clock time in seconds (the GEMM's busy-machine test). */
+static double fastbp_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 #define FASTBP_ISA_GENERIC 0
 #define FASTBP_ISA_AVX2 1
@@ -367,11 +376,132 @@ fastbp_ukr_d_avx2(ptrdiff_t kc, const double *ap, const double *bp, double *c,
 #undef STORE
     }
 }
+/* ------------------------------------------------------------ AVX2, unpacked */
+/* The AVX-512 unpacked path's twin for AVX2: tiles of 6 rows by 16 (or, for a
+ * last column block of at most 8, 8) columns, the packed 6x16 kernel's
+ * arithmetic (fma over p in order from 0, then alpha*acc [+ beta*C]), so the
+ * same bits; masks are lanes of -1 for _mm256_maskload_ps/maskstore_ps. */
+#define FASTBP_DIRECT2_TILE(NAME, NV)                                                       \
+FASTBP_TARGET_AVX2 static void                                                             \
+NAME(ptrdiff_t mr, ptrdiff_t k, const float *a, ptrdiff_t rs_a, ptrdiff_t cs_a,             \
+     const float *b, ptrdiff_t rs_b, __m256i m0, __m256i m1,                                \
+     float *c, ptrdiff_t ldc, float alpha, float beta)                                      \
+{                                                                                           \
+    const float *r[6];                                                                      \
+    int i;                                                                                  \
+    for (i = 0; i < 6; i++) r[i] = a + (i < mr ? i : 0) * rs_a;                             \
+    FASTBP_DIRECT2_DECL##NV                                                                 \
+    ptrdiff_t p;                                                                            \
+    for (p = 0; p < k; p++) {                                                               \
+        const ptrdiff_t o = p * cs_a;                                                       \
+        __m256 va;                                                                          \
+        FASTBP_DIRECT2_LOADB##NV                                                            \
+        FASTBP_ROWS6(FASTBP_DIRECT2_STEP##NV)                                               \
+        b += rs_b;                                                                          \
+    }                                                                                       \
+    __m256 valpha = _mm256_set1_ps(alpha), vbeta = _mm256_set1_ps(beta);                    \
+    FASTBP_ROWS6(FASTBP_DIRECT2_STORE##NV)                                                  \
+}
+#define FASTBP_DIRECT2_DECL1 __m256 FASTBP_ROWS6(FASTBP_DIRECT2_ZERO1) dummy1_ = _mm256_setzero_ps(); (void)dummy1_;
+#define FASTBP_DIRECT2_DECL2 __m256 FASTBP_ROWS6(FASTBP_DIRECT2_ZERO2) dummy2_ = _mm256_setzero_ps(); (void)dummy2_;
+#define FASTBP_DIRECT2_ZERO1(i) c##i##0 = _mm256_setzero_ps(),
+#define FASTBP_DIRECT2_ZERO2(i) c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps(),
+#define FASTBP_DIRECT2_LOADB1 __m256 b0 = _mm256_maskload_ps(b, m0);
+#define FASTBP_DIRECT2_LOADB2 __m256 b0 = _mm256_maskload_ps(b, m0), b1 = _mm256_maskload_ps(b + 8, m1);
+#define FASTBP_DIRECT2_STEP1(i) va = _mm256_set1_ps(r[i][o]); c##i##0 = _mm256_fmadd_ps(va, b0, c##i##0);
+#define FASTBP_DIRECT2_STEP2(i) va = _mm256_set1_ps(r[i][o]); c##i##0 = _mm256_fmadd_ps(va, b0, c##i##0); \
+    c##i##1 = _mm256_fmadd_ps(va, b1, c##i##1);
+#define FASTBP_DIRECT2_OUT(i, h, mask)                                                      \
+    if (beta == 0.0f)                                                                       \
+        _mm256_maskstore_ps(c + i * ldc + 8 * h, mask, _mm256_mul_ps(valpha, c##i##h));     \
+    else                                                                                    \
+        _mm256_maskstore_ps(c + i * ldc + 8 * h, mask, _mm256_fmadd_ps(                     \
+            vbeta, _mm256_maskload_ps(c + i * ldc + 8 * h, mask), _mm256_mul_ps(valpha, c##i##h)));
+#define FASTBP_DIRECT2_STORE1(i) if (i < mr) { FASTBP_DIRECT2_OUT(i, 0, m0) }
+#define FASTBP_DIRECT2_STORE2(i) if (i < mr) { FASTBP_DIRECT2_OUT(i, 0, m0) FASTBP_DIRECT2_OUT(i, 1, m1) }
+
+FASTBP_DIRECT2_TILE(fastbp_direct_tile8_s_avx2, 1)
+FASTBP_DIRECT2_TILE(fastbp_direct_tile16_s_avx2, 2)
+
+/* Lanes 0..w-1 set (w clamped to [0, 8]), as a maskload/maskstore mask. */
+FASTBP_TARGET_AVX2 static inline __m256i fastbp_lanes_avx2(ptrdiff_t w)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(w < 0 ? 0 : w > 8 ? 8 : w)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* fastbp_direct_s_avx512's contract, on 6 x 16 tiles. */
+FASTBP_TARGET_AVX2 static void
+fastbp_direct_s_avx2(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                     const float *a, ptrdiff_t rs_a, ptrdiff_t cs_a,
+                     const float *b, ptrdiff_t rs_b, float beta, float *c, ptrdiff_t ldc)
+{
+    ptrdiff_t i, j, w, mr;
+    for (j = 0; j < n; j += 16) {
+        w = n - j < 16 ? n - j : 16;
+        __m256i m0 = fastbp_lanes_avx2(w), m1 = fastbp_lanes_avx2(w - 8);
+        for (i = 0; i < m; i += 6) {
+            mr = m - i < 6 ? m - i : 6;
+            if (w <= 8)
+                fastbp_direct_tile8_s_avx2(mr, k, a + i * rs_a, rs_a, cs_a, b + j, rs_b, m0, m1,
+                                           c + i * ldc + j, ldc, alpha, beta);
+            else
+                fastbp_direct_tile16_s_avx2(mr, k, a + i * rs_a, rs_a, cs_a, b + j, rs_b, m0, m1,
+                                            c + i * ldc + j, ldc, alpha, beta);
+        }
+    }
+}
+
+/* ------------------------------------------------------------ AVX2 packing */
+/* fastbp_pack_transpose_s_avx512's contract for rows <= 8 and nw <= 8, with
+ * 8x8 register transposes (unpack 32-bit, shuffle 64-bit, 128-bit permutes). */
+FASTBP_TARGET_AVX2 static void
+fastbp_pack_transpose8_s_avx2(const float *src, ptrdiff_t rs, int rows, ptrdiff_t kc,
+                              float *dst, ptrdiff_t ld, int nw)
+{
+    const __m256i store = fastbp_lanes_avx2(nw);
+    __m256 r[8], t[8], u[8];
+    ptrdiff_t p;
+    int i, q;
+    for (p = 0; p < kc; p += 8) {
+        const int width = kc - p < 8 ? (int)(kc - p) : 8;
+        const __m256i load = fastbp_lanes_avx2(width);
+        for (i = 0; i < 8; i++)
+            r[i] = i < rows ? _mm256_maskload_ps(src + i * rs + p, load) : _mm256_setzero_ps();
+        for (i = 0; i < 8; i += 2) {
+            t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (i = 0; i < 8; i += 4) {  /* u[i + c]: columns c and c + 4 of rows i..i+3 */
+            u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+            u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+            u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+            u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+        }
+        for (i = 0; i < 4; i++) {
+            r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+            r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+        }
+        for (q = 0; q < width; q++)
+            _mm256_maskstore_ps(dst + (p + q) * ld, store, r[q]);
+    }
+}
+
+/* fastbp_pack_transpose_s_avx512's contract (rows, nw <= 16), in groups of 8 lanes. */
+FASTBP_TARGET_AVX2 static void
+fastbp_pack_transpose_s_avx2(const float *src, ptrdiff_t rs, int rows, ptrdiff_t kc,
+                             float *dst, ptrdiff_t ld, int nw)
+{
+    int g;
+    for (g = 0; g < nw; g += 8)
+        fastbp_pack_transpose8_s_avx2(src + g * rs, rs, rows - g < 0 ? 0 : rows - g > 8 ? 8 : rows - g,
+                                      kc, dst + g, ld, nw - g < 8 ? nw - g : 8);
+}
 #endif /* FASTBP_X86 */
 
 /* ------------------------------------------------------------ dispatch */
-/* The unpacked float32 product when isa has one (AVX-512): returns 1 when it
- * computed C, 0 when the caller must take the packed path. */
+/* The unpacked float32 product when isa has one (AVX-512, AVX2): returns 1 when
+ * it computed C, 0 when the caller must take the packed path. */
 static int fastbp_direct_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                            const float *a, ptrdiff_t rs_a, ptrdiff_t cs_a,
                            const float *b, ptrdiff_t rs_b, float beta, float *c, ptrdiff_t ldc)
@@ -379,6 +509,10 @@ static int fastbp_direct_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float
 #if FASTBP_X86
     if (isa == FASTBP_ISA_AVX512) {
         fastbp_direct_s_avx512(m, n, k, alpha, a, rs_a, cs_a, b, rs_b, beta, c, ldc);
+        return 1;
+    }
+    if (isa == FASTBP_ISA_AVX2) {
+        fastbp_direct_s_avx2(m, n, k, alpha, a, rs_a, cs_a, b, rs_b, beta, c, ldc);
         return 1;
     }
 #endif
@@ -421,14 +555,18 @@ static void fastbp_tile(int isa, int double_, int *mr, int *nr)
     *nr = double_ ? FASTBP_GENERIC_NR_D : FASTBP_GENERIC_NR_S;
 }
 
-/* The transposing copy when isa has one (AVX-512): returns 1 when it packed, 0
- * when the caller must run its scalar loop. */
+/* The transposing copy when isa has one (AVX-512, AVX2): returns 1 when it
+ * packed, 0 when the caller must run its scalar loop. */
 static int fastbp_pack_transpose_s(int isa, const float *src, ptrdiff_t rs, int rows, ptrdiff_t kc,
                                    float *dst, ptrdiff_t ld, int nw)
 {
 #if FASTBP_X86
     if (isa == FASTBP_ISA_AVX512) {
         fastbp_pack_transpose_s_avx512(src, rs, rows, kc, dst, ld, nw);
+        return 1;
+    }
+    if (isa == FASTBP_ISA_AVX2) {
+        fastbp_pack_transpose_s_avx2(src, rs, rows, kc, dst, ld, nw);
         return 1;
     }
 #endif

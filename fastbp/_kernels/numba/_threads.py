@@ -11,10 +11,13 @@ import warnings
 
 import llvmlite.binding as llvm
 import numba
+import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 from numba.np.ufunc import parallel as _parallel
+
+from ..blocking import BACKOFF_MAX_CALLS, BACKOFF_MIN_CALLS
 
 
 def _select_openmp():
@@ -72,6 +75,113 @@ def set_threads(typingctx, n_ty):
         return context.get_dummy_value()
 
     return types.void(n_ty), codegen
+
+
+@intrinsic
+def fetch_add(typingctx, counter_ty, increment_ty):
+    """counter[0] += increment atomically; returns the value before (an int64 array of one).
+
+    The task counter of dynamic scheduling: each thread takes the next task number.
+    """
+    if not (isinstance(counter_ty, types.Array) and counter_ty.dtype == types.int64
+            and isinstance(increment_ty, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        counter = context.make_array(signature.args[0])(context, builder, args[0])
+        increment = context.cast(builder, args[1], signature.args[1], types.int64)
+        return builder.atomic_rmw("add", counter.data, increment, "seq_cst")
+
+    return types.int64(counter_ty, increment_ty), codegen
+
+
+@intrinsic
+def cycle_counter(typingctx):
+    """The CPU's time-stamp counter (llvm.readcyclecounter): cycles at a constant rate."""
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
+                                            "llvm.readcyclecounter")
+        return builder.call(fn, [])
+
+    return types.int64(), codegen
+
+
+# Busy-machine back-off (blocking.BACKOFF_*), the Cython backend's rule: a parallel
+# GEMM that took longer than its work would have on one thread sends the next GEMMs
+# to one thread, and while that lasts every kernel runs on one thread. The state,
+# [GEMMs left on one thread, length of the next back-off], is one array per process;
+# compiled code reaches it by symbol name, resolved when the code is loaded, so code
+# from Numba's cache finds it in any process. A race between calling threads only
+# changes a count, never a result.
+BACKOFF = np.array([0, BACKOFF_MIN_CALLS], dtype=np.int64)
+_BACKOFF_SYMBOL = "fastbp_numba_backoff_state"
+llvm.add_symbol(_BACKOFF_SYMBOL, BACKOFF.ctypes.data)
+
+
+def _backoff_slot(builder, index):
+    module = builder.module
+    state = module.globals.get(_BACKOFF_SYMBOL)
+    if state is None:
+        state = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(64), 2), _BACKOFF_SYMBOL)
+        state.linkage = "external"
+    return builder.gep(state, [ir.Constant(ir.IntType(32), 0), index])
+
+
+@intrinsic
+def backoff_get(typingctx, index_ty):
+    """BACKOFF[index] (0: GEMMs left on one thread, 1: length of the next back-off)."""
+    if not isinstance(index_ty, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        index = context.cast(builder, args[0], signature.args[0], types.int64)
+        return builder.load(_backoff_slot(builder, index))
+
+    return types.int64(index_ty), codegen
+
+
+@intrinsic
+def backoff_set(typingctx, index_ty, value_ty):
+    """BACKOFF[index] := value."""
+    if not (isinstance(index_ty, types.Integer) and isinstance(value_ty, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        index = context.cast(builder, args[0], signature.args[0], types.int64)
+        value = context.cast(builder, args[1], signature.args[1], types.int64)
+        builder.store(value, _backoff_slot(builder, index))
+        return context.get_dummy_value()
+
+    return types.void(index_ty, value_ty), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def gemm_threads_now(n_threads):
+    """n_threads, or 1 while a back-off lasts; counts one GEMM call of the back-off."""
+    left = backoff_get(0)
+    if n_threads > 1 and left > 0:
+        backoff_set(0, left - 1)
+        return 1
+    return n_threads
+
+
+@numba.njit(cache=True, nogil=True)
+def backing_off():
+    """Whether a back-off lasts (the kernels then run on one thread)."""
+    return backoff_get(0) > 0
+
+
+@numba.njit(cache=True, nogil=True)
+def judge_parallel_call(wall, busiest_time, busiest_tasks, n_tasks):
+    """Back off when the call took longer than n_tasks x the busiest thread's mean task time
+    (any consistent clock): the other threads did not get a core in time."""
+    if busiest_tasks == 0:
+        return
+    if wall > busiest_time / busiest_tasks * n_tasks:
+        backoff_set(0, backoff_get(1))
+        backoff_set(1, min(2 * backoff_get(1), BACKOFF_MAX_CALLS))
+    else:
+        backoff_set(1, BACKOFF_MIN_CALLS)
 
 
 def _host_isa():

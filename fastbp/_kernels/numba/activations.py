@@ -22,12 +22,12 @@ from numba import prange
 
 from .. import registry as R
 from ._arrays import writable
-from ._threads import clamp_threads, set_threads
+from ._threads import BACKOFF, clamp_threads, set_threads
 from .packing import data_pointer
 
 # Element counts below which a kernel runs on one thread (a parallel region
 # costs ~1-2 µs with OpenMP; an element costs ~1 ns).
-PARALLEL_MIN_ELEMENTS = 1 << 15
+from ..blocking import PARALLEL_MIN_ELEMENTS  # noqa: E402  (the one table)
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -267,7 +267,7 @@ _activation_backward_serial = _make_activation_backward(False)
 def _activation_forward(act, z, a, n_threads):
     """The forward driver for this size: the parallel one (on n_threads, maybe 1) from
     PARALLEL_MIN_ELEMENTS values, else the serial one (no parallel region to enter)."""
-    if z.size >= PARALLEL_MIN_ELEMENTS:
+    if z.size >= PARALLEL_MIN_ELEMENTS and not BACKOFF[0]:
         _activation_forward_parallel(act, z, a, n_threads)
     else:
         _activation_forward_serial(act, z, a, 1)
@@ -275,7 +275,7 @@ def _activation_forward(act, z, a, n_threads):
 
 def _activation_backward(act, z, a, grad_a, grad_z, n_threads):
     """The backward driver for this size (as ``_activation_forward``)."""
-    if a.size >= PARALLEL_MIN_ELEMENTS:
+    if a.size >= PARALLEL_MIN_ELEMENTS and not BACKOFF[0]:
         _activation_backward_parallel(act, z, a, grad_a, grad_z, n_threads)
     else:
         _activation_backward_serial(act, z, a, grad_a, grad_z, 1)

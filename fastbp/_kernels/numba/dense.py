@@ -16,11 +16,11 @@ from numba import prange
 
 from .. import registry as R
 from ._arrays import writable
-from ._threads import clamp_threads, set_threads
+from ._threads import BACKOFF, clamp_threads, set_threads
 from .activations import _activation_backward, _activation_forward
 from .gemm import NO_ACTIVATION, gemm, run_driver
 
-PARALLEL_MIN_ELEMENTS = 1 << 15
+from ..blocking import PARALLEL_MIN_ELEMENTS  # noqa: E402  (the one table)
 COLUMN_BLOCK = 256  # columns of δ summed by one task
 
 
@@ -78,7 +78,7 @@ _column_sums_serial = _make_column_sums(False)
 
 def _column_sums(delta, db, accumulate, n_threads):
     """db := Σ_rows delta (+ db if accumulate), on threads from PARALLEL_MIN_ELEMENTS values."""
-    if delta.size >= PARALLEL_MIN_ELEMENTS:
+    if delta.size >= PARALLEL_MIN_ELEMENTS and not BACKOFF[0]:
         _column_sums_parallel(delta, db, accumulate, n_threads)
     else:
         _column_sums_serial(delta, db, accumulate, 1)

@@ -9,13 +9,15 @@ block sizes MR, NR, KC, MC, NC from the one table in ``blocking.py``:
     2nd loop (jr, NR)   micro-panels of packed B
     1st loop (ir, MR)   micro-panels of packed A -> micro-kernel on an MR x NR tile of C
 
-Threads: C is cut into one band per thread (rows, or columns when C has more
-column tiles than row tiles), aligned to the MR x NR tile grid, and each task
-runs the five loops on its band with its own packing buffers (a region of the
-one workspace, indexed by task). That is a single parallel region per call:
-~1-2 µs of OpenMP start-up, one barrier, and each core packs into its own L2;
-the price is packing the shared operand once per band, a fraction
-n_threads/n (or n_threads/m) of the work. The KC loop is never split.
+Threads (the Cython backend's partition, from the same functions of
+``blocking.py``): k is cut into near-equal KC slices (``kc_slices``), taken in
+waves; per wave the threads pack B for all its slices (one prange), then take
+tasks (``gemm_tasks``: row blocks, and column parts when rows are few,
+~TASKS_PER_THREAD per thread) from an atomic counter, each running its slices in increasing order
+with A packed into its thread's region. A thread that loses its core holds back
+one task, not its static share; two parallel regions per wave (usually per
+call). The thread count comes from the work (``gemm_threads``). The KC loop is
+never split.
 
 Epilogue: the micro-kernel applies alpha and beta on the registers (a later
 KC slice passes beta = 1; edge tiles go through a buffer, ``store_edge_tile``);
@@ -36,7 +38,8 @@ the compiled code and part of Numba's cache key.
 
 Determinism: every C element is summed over k in KC slices in increasing
 order, each slice in increasing k in one micro-kernel lane. Tasks only
-partition C, so nothing numeric depends on the thread count.
+partition C, so nothing numeric depends on the thread count or on which
+thread takes a task.
 """
 
 import threading
@@ -45,25 +48,30 @@ import numba
 import numpy as np
 from numba import prange, types
 
-from ..blocking import block_sizes
+from ..blocking import block_sizes, gemm_tasks, gemm_threads, kc_slices, wave_slices
 from .activations import activation_span
 from .microkernel import direct_kernel_simd, micro_kernel_loops, micro_kernel_simd
 from .packing import data_pointer, pack_a, pack_b_panel
 from .. import registry as R
 from ._arrays import writable
-from ._threads import ISA, VECTOR_LANES, clamp_threads, set_threads
+from ._threads import (ISA, VECTOR_LANES, clamp_threads, cycle_counter, fetch_add, gemm_threads_now,
+                       judge_parallel_call, set_threads)
 
-# Below this many flops (2mnk) the GEMM runs on one thread.
-PARALLEL_MIN_FLOPS = 1 << 22
 # Up to this many multiply-adds (mnk) the GEMM runs unpacked (``direct_kernel_simd``):
 # packing both operands costs as much as the arithmetic of a small product. Always
-# below PARALLEL_MIN_FLOPS, so the unpacked path is serial whatever n_threads.
+# below two threads' worth of blocking.GEMM_MADDS_PER_THREAD, so the unpacked path
+# is serial whatever n_threads.
 DIRECT_MAX_MADDS = 1 << 20
 # ``act`` value of a plain GEMM: write C only, no activation output.
 NO_ACTIVATION = -1
 _RELU, _IDENTITY = R.RELU, R.IDENTITY
 
 _jit = numba.njit(cache=True, nogil=True)
+# The table's decisions (blocking.py), callable from jitted code.
+gemm_threads_jitted = _jit(gemm_threads)
+_kc_slices = _jit(kc_slices)
+_gemm_tasks = _jit(gemm_tasks)
+_wave_slices = _jit(wave_slices)
 
 
 @_jit
@@ -149,6 +157,7 @@ def _make_driver(dtype, parallel):
         """
         m, k = a.shape
         n = b.shape[1]
+        kc_max = _kc_slices(k, KC)[1]
         item = a.itemsize
         rs_a, cs_a = a.strides[0] // item, a.strides[1] // item
         b_src, rs_b = b, b.strides[0] // item
@@ -166,8 +175,8 @@ def _make_driver(dtype, parallel):
             cols = min(NR, n - jc)
             for ic in range(0, m, MR):
                 rows = min(MR, m - ic)
-                for pc in range(0, k, KC):  # the packed path's KC slices; later ones accumulate
-                    kc = min(KC, k - pc)
+                for pc in range(0, k, kc_max):  # the packed path's KC slices; later ones accumulate
+                    kc = min(kc_max, k - pc)
                     beta_t = beta if pc == 0 else SCALAR(1.0)
                     if cols <= LANES:
                         direct_kernel_simd(MR, 1, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_src, pc * rs_b + jc,
@@ -178,6 +187,50 @@ def _make_driver(dtype, parallel):
         return work
 
     _direct = numba.njit(cache=True, nogil=True)(_direct)
+
+    @numba.njit(cache=True, nogil=True)
+    def _task(task, n_blocks, n_tiles, n_parts, n_panels, m, n, k, jc, nc, s0, s1, kc_max, slice_stride,
+              a, work, pa_off, zf, of, bias, act, alpha_t, beta, finish):
+        """One task of the 3rd loop over KC slices s0..s1-1 (B packed at work[0:], per slice
+        slice_stride apart): row block task // n_parts (whole MR tiles [blk*T/nb, (blk+1)*T/nb))
+        times column part task % n_parts (whole NR micro-panels). For each slice, in increasing
+        order, packs that block of A at work[pa_off:] and runs the 2nd and 1st loops on it."""
+        blk, part = task // n_parts, task % n_parts
+        i0 = (blk * n_tiles // n_blocks) * MR
+        i1 = min(((blk + 1) * n_tiles // n_blocks) * MR, m)
+        j0 = (part * n_panels // n_parts) * NR
+        j1 = min(((part + 1) * n_panels // n_parts) * NR, nc)
+        if i1 <= i0 or j1 <= j0:
+            return
+        ab_off = pa_off + (i1 - i0 + MR - 1) // MR * MR * kc_max
+        ab = work[ab_off:ab_off + MR * NR]
+        ab_scratch = work[ab_off + MR * NR:ab_off + 2 * MR * NR]
+        for s in range(s0, s1):  # 4th loop (pc, KC): every slice updates the same C
+            pc = s * kc_max
+            kc = min(kc_max, k - pc)
+            beta_t = beta if pc == 0 else SCALAR(1.0)  # later slices accumulate
+            last = pc + kc == k
+            pb_off = (s - s0) * slice_stride
+            pack_a(a, i0, i1 - i0, pc, kc, MR, work, pa_off)  # 3rd loop (ic, MC): one block
+            for jr in range(j0, j1, NR):  # 2nd loop (jr, NR)
+                cols = min(NR, nc - jr)
+                for ir in range(0, i1 - i0, MR):  # 1st loop (ir, MR)
+                    rows = min(MR, i1 - i0 - ir)
+                    c_off = (i0 + ir) * n + jc + jr
+                    full = rows == MR and cols == NR
+                    # A full tile is updated in place; an edge tile goes through ab.
+                    tile, tile_off, ldt = (zf, c_off, n) if full else (ab, 0, NR)
+                    tile_beta = beta_t if full else SCALAR(0.0)
+                    if SIMD:
+                        micro_kernel_simd(MR, NR, kc, work, pa_off + ir * kc, work, pb_off + jr * kc,
+                                          tile, tile_off, ldt, alpha_t, tile_beta)
+                    else:
+                        micro_kernel_loops(MR, NR, kc, work, pa_off + ir * kc, work, pb_off + jr * kc,
+                                           tile, tile_off, ldt, alpha_t, tile_beta, ab_scratch)
+                    if not full:
+                        store_edge_tile(ab, NR, rows, cols, zf, c_off, n, beta_t)
+                    if last and finish:
+                        finish_tile(rows, cols, zf, of, c_off, n, bias, jc + jr, act)
 
     def _gemm(a, b, z, out, bias, alpha, beta, act, n_threads, work):
         """z := alpha·a·b + beta·z + bias; out := act(z) unless act < 0.  Returns the workspace used.
@@ -190,7 +243,7 @@ def _make_driver(dtype, parallel):
         m, k = a.shape
         n = b.shape[1]
         if PARALLEL:
-            n_threads = n_threads if 2.0 * m * n * k >= PARALLEL_MIN_FLOPS else 1
+            n_threads = gemm_threads_now(n_threads)  # run_driver's choice, unless backing off
             set_threads(n_threads)
         else:
             n_threads = 1
@@ -205,63 +258,55 @@ def _make_driver(dtype, parallel):
                 finish_tile(m, n, zf, of, 0, n, bias, 0, act)
             return work
 
-        # One task per thread, each owning a band of C aligned to the MR x NR tile
-        # grid: rows when there are more row tiles than column tiles, else columns.
-        row_tiles = -(-m // MR)
-        col_tiles = -(-n // NR)
-        split_rows = row_tiles >= col_tiles
-        tiles = row_tiles if split_rows else col_tiles
-        n_tasks = min(n_threads, tiles)
-        band = -(-tiles // n_tasks) * (MR if split_rows else NR)
-        n_tasks = -(-(m if split_rows else n) // band)
-        band_cols = n if split_rows else band
+        n_slices, kc_max = _kc_slices(k, KC)
+        max_panels = -(-min(NC, n) // NR)
+        n_tiles = -(-m // MR)
+        n_blocks, n_parts = _gemm_tasks(n_tiles, max_panels, MR, NR, MC, n_threads)
+        n_items = n_blocks * n_parts
+        block_rows = -(-n_tiles // n_blocks) * MR
+        slice_stride = max_panels * NR * kc_max
+        wave_slices = _wave_slices(n_slices, slice_stride, n_threads)
+        b_size = wave_slices * slice_stride
+        region = block_rows * kc_max + 2 * MR * NR  # per thread: packed A block, edge tile, scratch
+        if work.shape[0] < b_size + n_threads * region:
+            work = np.empty(b_size + n_threads * region, dtype=z.dtype)
+        counter = np.zeros(1, dtype=np.int64)
+        stats = np.zeros(2 * n_threads)  # per task loop: cycles in tasks, tasks (the back-off's test)
+        wall = 0
+        all_tasks = 0
 
-        pb_size = KC * (-(-min(NC, band_cols) // NR) * NR)
-        pa_size = MC * KC
-        task_size = pb_size + pa_size + 2 * MR * NR  # packed B panel, packed A block, edge tile, scratch
-        if work.shape[0] < n_tasks * task_size:
-            work = np.empty(n_tasks * task_size, dtype=z.dtype)
-
-        for task in prange(n_tasks):
-            pb_off = task * task_size
-            pa_off = pb_off + pb_size
-            ab = work[pa_off + pa_size:pa_off + pa_size + MR * NR]
-            ab_scratch = work[pa_off + pa_size + MR * NR:pa_off + pa_size + 2 * MR * NR]
-            row_lo, row_hi, col_lo, col_hi = 0, m, 0, n
-            if split_rows:
-                row_lo, row_hi = task * band, min(m, (task + 1) * band)
-            else:
-                col_lo, col_hi = task * band, min(n, (task + 1) * band)
-            for jc in range(col_lo, col_hi, NC):  # 5th loop (jc, NC)
-                nc = min(NC, col_hi - jc)
-                for pc in range(0, k, KC):  # 4th loop (pc, KC)
-                    kc = min(KC, k - pc)
-                    beta_t = SCALAR(beta) if pc == 0 else SCALAR(1.0)  # later slices accumulate
-                    last = pc + kc == k
-                    for jr in range(0, nc, NR):
-                        pack_b_panel(b, pc, kc, jc + jr, min(NR, nc - jr), NR, work, pb_off + jr * kc)
-                    for ic in range(row_lo, row_hi, MC):  # 3rd loop (ic, MC)
-                        mc = min(MC, row_hi - ic)
-                        pack_a(a, ic, mc, pc, kc, MR, work, pa_off)
-                        for jr in range(0, nc, NR):  # 2nd loop (jr, NR)
-                            cols = min(NR, nc - jr)
-                            for ir in range(0, mc, MR):  # 1st loop (ir, MR)
-                                rows = min(MR, mc - ir)
-                                c_off = (ic + ir) * n + jc + jr
-                                full = rows == MR and cols == NR
-                                # A full tile is updated in place; an edge tile goes through ab.
-                                tile, tile_off, ldt = (zf, c_off, n) if full else (ab, 0, NR)
-                                tile_beta = beta_t if full else SCALAR(0.0)
-                                if SIMD:
-                                    micro_kernel_simd(MR, NR, kc, work, pa_off + ir * kc, work, pb_off + jr * kc,
-                                                      tile, tile_off, ldt, alpha_t, tile_beta)
-                                else:
-                                    micro_kernel_loops(MR, NR, kc, work, pa_off + ir * kc, work, pb_off + jr * kc,
-                                                       tile, tile_off, ldt, alpha_t, tile_beta, ab_scratch)
-                                if not full:
-                                    store_edge_tile(ab, NR, rows, cols, zf, c_off, n, beta_t)
-                                if last and finish:
-                                    finish_tile(rows, cols, zf, of, c_off, n, bias, jc + jr, act)
+        for jc in range(0, n, NC):  # 5th loop (jc, NC)
+            nc = min(NC, n - jc)
+            n_panels = -(-nc // NR)
+            for s0 in range(0, n_slices, wave_slices):  # waves of KC slices, in increasing k
+                s1 = min(s0 + wave_slices, n_slices)
+                for q in prange((s1 - s0) * n_panels):  # pack B for the wave
+                    s = s0 + q // n_panels
+                    pc = s * kc_max
+                    kc = min(kc_max, k - pc)
+                    jr = (q % n_panels) * NR
+                    pack_b_panel(b, pc, kc, jc + jr, min(NR, nc - jr), NR, work, (s - s0) * slice_stride + jr * kc)
+                counter[0] = 0
+                t_start = cycle_counter()
+                for t in prange(n_threads):  # tasks, from the counter
+                    while True:
+                        task = fetch_add(counter, 1)
+                        if task >= n_items:
+                            break
+                        t_task = cycle_counter()
+                        _task(task, n_blocks, n_tiles, n_parts, n_panels, m, n, k, jc, nc, s0, s1, kc_max,
+                              slice_stride, a, work, b_size + t * region, zf, of, bias, act, alpha_t,
+                              SCALAR(beta), finish)
+                        stats[2 * t] += cycle_counter() - t_task
+                        stats[2 * t + 1] += 1
+                wall += cycle_counter() - t_start
+                all_tasks += n_items
+        if PARALLEL and n_threads > 1:
+            busiest = 0
+            for t in range(n_threads):
+                if stats[2 * t + 1] > stats[2 * busiest + 1]:
+                    busiest = t
+            judge_parallel_call(wall, stats[2 * busiest], stats[2 * busiest + 1], all_tasks)
         return work
 
     nb_dtype = numba.from_dtype(np.dtype(dtype))
@@ -311,10 +356,11 @@ def run_driver(a, b, z, out, bias, alpha, beta, act, n_threads):
     if work is None:
         work = np.empty(0, dtype=key)
     m, k = a.shape
-    parallel = n_threads > 1 and 2.0 * m * b.shape[1] * k >= PARALLEL_MIN_FLOPS
+    n_threads = gemm_threads(m, b.shape[1], k, clamp_threads(n_threads))
+    parallel = n_threads > 1
     compiled = (_drivers if parallel else _serial_drivers).get(key) or driver(key, parallel)
     cache[key] = compiled(writable(a), writable(b), z, out, bias, float(alpha), float(beta), act,
-                          clamp_threads(n_threads) if parallel else 1, work)
+                          n_threads, work)
 
 
 def gemm(a, b, c, alpha, beta, n_threads):

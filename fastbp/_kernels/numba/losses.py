@@ -17,9 +17,9 @@ import numpy as np
 from numba import prange
 
 from ._arrays import writable
-from ._threads import clamp_threads, set_threads
+from ._threads import BACKOFF, clamp_threads, set_threads
 
-PARALLEL_MIN_ELEMENTS = 1 << 15
+from ..blocking import PARALLEL_MIN_ELEMENTS  # noqa: E402  (the one table)
 ROW_BLOCK = 64  # rows of softmax_cross_entropy_index per scratch buffer
 
 # error_model="numpy": a division by zero gives inf/nan instead of raising, so a loop
@@ -181,7 +181,7 @@ _binary_cross_entropy_parallel, _binary_cross_entropy_serial = _twins(_make_bina
 def _run(kernels, size, *args):
     """Run the (parallel, serial) pair ``kernels`` on args (the last is n_threads): the parallel
     one (on n_threads, maybe 1) from PARALLEL_MIN_ELEMENTS values, else the serial one."""
-    if size >= PARALLEL_MIN_ELEMENTS:
+    if size >= PARALLEL_MIN_ELEMENTS and not BACKOFF[0]:
         return kernels[0](*args[:-1], clamp_threads(args[-1]))
     return kernels[1](*args[:-1], 1)
 

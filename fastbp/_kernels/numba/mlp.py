@@ -25,7 +25,7 @@ from numba.extending import overload
 from .. import registry as R
 from ..reference import mlp_layout
 from ._arrays import writable
-from ._threads import clamp_threads
+from ._threads import backing_off, clamp_threads
 from .activations import PARALLEL_MIN_ELEMENTS as ACTIVATION_PARALLEL_MIN_ELEMENTS
 from .activations import (
     _activation_backward_parallel,
@@ -35,7 +35,7 @@ from .activations import (
 )
 from .dense import PARALLEL_MIN_ELEMENTS as COLUMN_SUMS_PARALLEL_MIN_ELEMENTS
 from .dense import _column_sums_parallel, _column_sums_serial
-from .gemm import NO_ACTIVATION, PARALLEL_MIN_FLOPS, driver
+from .gemm import NO_ACTIVATION, driver, gemm_threads_jitted
 from .losses import PARALLEL_MIN_ELEMENTS as LOSS_PARALLEL_MIN_ELEMENTS
 from .losses import (
     _binary_cross_entropy_parallel,
@@ -75,8 +75,9 @@ def _run_gemm_overload(a, b, z, out, bias, beta, act, n_threads, work):
 
     def impl(a, b, z, out, bias, beta, act, n_threads, work):
         m, k = a.shape
-        if n_threads > 1 and 2.0 * m * b.shape[1] * k >= PARALLEL_MIN_FLOPS:
-            return parallel_driver(a, b, z, out, bias, 1.0, beta, act, n_threads, work)
+        threads = gemm_threads_jitted(m, b.shape[1], k, n_threads)
+        if threads > 1:
+            return parallel_driver(a, b, z, out, bias, 1.0, beta, act, threads, work)
         return serial_driver(a, b, z, out, bias, 1.0, beta, act, 1, work)
 
     return impl
@@ -90,7 +91,7 @@ def _dense_forward(x, w, bias, act, z, a, z_is_a, n_threads, work):
     else:
         work = _run_gemm(x, w, z, a, bias, 0.0, act, n_threads, work)
     if act == _SOFTMAX:
-        if z.size >= ACTIVATION_PARALLEL_MIN_ELEMENTS:
+        if z.size >= ACTIVATION_PARALLEL_MIN_ELEMENTS and not backing_off():
             _activation_forward_parallel(act, z, a, n_threads)
         else:
             _activation_forward_serial(act, z, a, 1)
@@ -100,12 +101,12 @@ def _dense_forward(x, w, bias, act, z, a, z_is_a, n_threads, work):
 @_jit
 def _dense_backward(x, w, z, a, grad_a, act, grad_z, dw, db, dx, compute_dx, n_threads, work, no_bias):
     """dense.dense_backward (m, k, n >= 1, accumulate False).  Returns the GEMM workspace."""
-    if a.size >= ACTIVATION_PARALLEL_MIN_ELEMENTS:
+    if a.size >= ACTIVATION_PARALLEL_MIN_ELEMENTS and not backing_off():
         _activation_backward_parallel(act, z, a, grad_a, grad_z, n_threads)
     else:
         _activation_backward_serial(act, z, a, grad_a, grad_z, 1)
     work = _run_gemm(x.T, grad_z, dw, dw, no_bias, 0.0, NO_ACTIVATION, n_threads, work)
-    if grad_z.size >= COLUMN_SUMS_PARALLEL_MIN_ELEMENTS:
+    if grad_z.size >= COLUMN_SUMS_PARALLEL_MIN_ELEMENTS and not backing_off():
         _column_sums_parallel(grad_z, db, False, n_threads)
     else:
         _column_sums_serial(grad_z, db, False, 1)
@@ -117,7 +118,7 @@ def _dense_backward(x, w, z, a, grad_a, act, grad_z, dw, db, dx, compute_dx, n_t
 @_jit
 def _loss(loss, output, target, labels, grad, n_threads):
     """The loss kernel of id ``loss`` (losses._run's choice of twin); grad := d loss/d output."""
-    if grad.size >= LOSS_PARALLEL_MIN_ELEMENTS:
+    if grad.size >= LOSS_PARALLEL_MIN_ELEMENTS and not backing_off():
         if loss == _MSE:
             return _mse_parallel(output, target, grad, n_threads)
         if loss == _SOFTMAX_CE:

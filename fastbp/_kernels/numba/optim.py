@@ -20,12 +20,13 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..blocking import OPTIMIZER_PARALLEL_MIN_VALUES
 from ._arrays import writable
-from ._threads import clamp_threads, set_threads
+from ._threads import BACKOFF, clamp_threads, set_threads
 
-# Elements per task; with one thread or below two chunks a step runs on the
-# calling thread, in the serial twin of the kernel (_SGD, _RMSPROP, _ADAM:
-# (parallel, serial)).
+# Elements per task; with one thread or below blocking.OPTIMIZER_PARALLEL_MIN_VALUES
+# a step runs on the calling thread, in the serial twin of the kernel (_SGD,
+# _RMSPROP, _ADAM: (parallel, serial)).
 CHUNK = 1 << 14
 
 
@@ -45,7 +46,8 @@ def _twins(make):
 def _tasks(n, n_threads):
     """(number of chunks, threads to use) for a buffer of n values; one thread means the serial twin."""
     n_chunks = (n + CHUNK - 1) // CHUNK
-    return n_chunks, (clamp_threads(n_threads) if n_chunks >= 2 else 1)
+    parallel = n_chunks >= 2 and n >= OPTIMIZER_PARALLEL_MIN_VALUES and not BACKOFF[0]
+    return n_chunks, (clamp_threads(n_threads) if parallel else 1)
 
 
 # Pass 1's test: x - x is 0 for a finite x and NaN for NaN and ±inf, so a sum of

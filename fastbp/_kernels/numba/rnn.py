@@ -23,7 +23,7 @@ import numpy as np
 from numba import prange
 
 from ._arrays import writable
-from ._threads import clamp_threads, set_threads
+from ._threads import backing_off, clamp_threads, set_threads
 from .activations import activation_span, derivative_span
 from .gemm import gemm
 
@@ -45,7 +45,7 @@ def row_times_matrix(src, src_off, w, n, dst, dst_off):
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _rnn_forward(act, x_proj, wh, hs, n_threads):
     m, n_steps, n = x_proj.shape
-    set_threads(n_threads if 2 * m * n * n >= PARALLEL_MIN_FLOPS else 1)
+    set_threads(n_threads if 2 * m * n * n >= PARALLEL_MIN_FLOPS and not backing_off() else 1)
     xf = x_proj.reshape(m * n_steps * n)
     hf = hs.reshape(m * n_steps * n)
     wf = wh.reshape(n * n)
@@ -63,7 +63,7 @@ def _rnn_forward(act, x_proj, wh, hs, n_threads):
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _bptt_deltas(act, hs, wh_t, grad_hs, t0, delta, n_threads):
     m, n_steps, n = hs.shape
-    set_threads(n_threads if 2 * m * n * n >= PARALLEL_MIN_FLOPS else 1)
+    set_threads(n_threads if 2 * m * n * n >= PARALLEL_MIN_FLOPS and not backing_off() else 1)
     hf = hs.reshape(m * n_steps * n)
     gf = grad_hs.reshape(m * n_steps * n)
     df = delta.reshape(m * n_steps * n)
@@ -140,7 +140,7 @@ def _max_abs_diff(x, y):
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _fixed_point_forward(act, x_proj, wh, tol, max_iter, h, scratch, n_threads):
     m, n = x_proj.shape
-    set_threads(n_threads if 2 * m * n * n >= PARALLEL_MIN_FLOPS else 1)
+    set_threads(n_threads if 2 * m * n * n >= PARALLEL_MIN_FLOPS and not backing_off() else 1)
     xf = x_proj.reshape(m * n)
     hf = h.reshape(m * n)
     sf = scratch.reshape(m * n)
@@ -166,7 +166,7 @@ def _fixed_point_forward(act, x_proj, wh, tol, max_iter, h, scratch, n_threads):
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _fixed_point_adjoint(act, h, wh_t, grad_h, tol, max_iter, delta, scratch, n_threads):
     m, n = h.shape
-    set_threads(n_threads if 2 * m * n * n >= PARALLEL_MIN_FLOPS else 1)
+    set_threads(n_threads if 2 * m * n * n >= PARALLEL_MIN_FLOPS and not backing_off() else 1)
     hf = h.reshape(m * n)
     gf = grad_h.reshape(m * n)
     df = delta.reshape(m * n)

@@ -1,0 +1,56 @@
+# cython: language_level=3
+"""Busy-machine back-off of the Cython kernels (see _threads.pxd, blocking.py)."""
+# Process-wide state; a race between two calling threads only changes a count,
+# never a result.
+
+cdef Py_ssize_t BACKOFF_MIN_CALLS = 16
+cdef Py_ssize_t BACKOFF_MAX_CALLS = 1024
+cdef Py_ssize_t _serial_calls_left = 0  # GEMMs left to run on one thread
+cdef Py_ssize_t _backoff_calls = 16  # how many the next back-off sends there
+
+
+cdef Py_ssize_t gemm_threads_now(Py_ssize_t n_threads) noexcept nogil:
+    global _serial_calls_left
+    if n_threads > 1 and _serial_calls_left > 0:
+        _serial_calls_left -= 1
+        return 1
+    return n_threads
+
+
+cdef bint backing_off() noexcept nogil:
+    return _serial_calls_left > 0
+
+
+cdef void judge_parallel_call(double wall, double master_time, Py_ssize_t master_tasks,
+                              Py_ssize_t n_tasks) noexcept nogil:
+    """Back off when the call took longer than n_tasks x the busiest thread's mean task time
+    (the thread that had a core): the other threads did not get one in time, or spent it
+    waiting, as on a busy machine."""
+    global _serial_calls_left, _backoff_calls
+    if master_tasks == 0:
+        return
+    if wall > master_time / master_tasks * n_tasks:
+        _serial_calls_left = _backoff_calls
+        _backoff_calls = min(2 * _backoff_calls, BACKOFF_MAX_CALLS)
+    else:
+        _backoff_calls = BACKOFF_MIN_CALLS
+
+
+def _configure(Py_ssize_t backoff_min_calls, Py_ssize_t backoff_max_calls):
+    """Set blocking.BACKOFF_MIN_CALLS, BACKOFF_MAX_CALLS; ends any back-off."""
+    global BACKOFF_MIN_CALLS, BACKOFF_MAX_CALLS, _backoff_calls, _serial_calls_left
+    if min(backoff_min_calls, backoff_max_calls) < 1:
+        raise ValueError(f"back-off call counts must be positive, got {backoff_min_calls}, {backoff_max_calls}")
+    BACKOFF_MIN_CALLS = _backoff_calls = backoff_min_calls
+    BACKOFF_MAX_CALLS = backoff_max_calls
+    _serial_calls_left = 0
+
+
+def _state():
+    """(GEMMs left on one thread, length of the next back-off), for tests."""
+    return _serial_calls_left, _backoff_calls
+
+
+def _judge(double wall, double master_time, Py_ssize_t master_tasks, Py_ssize_t n_tasks):
+    """judge_parallel_call, for tests."""
+    judge_parallel_call(wall, master_time, master_tasks, n_tasks)
