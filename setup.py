@@ -20,7 +20,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 KERNEL_DIR = os.path.join("fastbp", "_kernels", "cython")
-MODULES = ("_activations", "_gemm", "_losses", "_dense", "_mlp", "_optim", "_rnn")
+MODULES = ("_activations", "_gemm", "_losses", "_dense", "_mlp", "_optim", "_rnn", "_gated")
 
 OPENMP_PROBE = textwrap.dedent(
     """
