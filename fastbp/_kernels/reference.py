@@ -438,10 +438,9 @@ def fixed_point_adjoint(h, wh, act, grad_h, tol, max_iter, delta, scratch, n_thr
 # x·w_ih + bias of all batch·T rows is one GEMM before the time loop, and
 # dx, dw_ih, dbias (and dw_hh) single GEMMs/sums over all rows after it; the
 # time loop does the recurrent product and one element-wise pass per step.
-# ``work`` is caller-provided scratch (length in LSTM_WORK / GRU_WORK, in
-# units of batch·hidden); kernels leave its content unspecified.
-LSTM_WORK = {"forward": 4, "backward": 7}  # work length = factor·batch·hidden
-GRU_WORK = {"forward": 3, "backward": 5}
+# ``work`` is caller-provided scratch (its length in GATED_WORK, in units of
+# batch·hidden); kernels leave its content unspecified.
+GATED_WORK = {("lstm", "forward"): 4, ("lstm", "backward"): 7, ("gru", "forward"): 3, ("gru", "backward"): 5}
 
 
 def _truncation_start(n_steps, truncate):

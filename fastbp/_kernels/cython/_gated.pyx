@@ -27,11 +27,18 @@ from libc.string cimport memcpy, memset
 from fastbp._kernels.cython._gemm cimport gemm_nogil
 from fastbp._kernels.cython._dense cimport dense_backward_nogil, dense_forward_nogil
 from fastbp._kernels.cython._activations cimport ACT_IDENTITY, ACT_SIGMOID, ACT_TANH, act_row
+from fastbp._kernels.reference import GATED_WORK
 
 # Below this many gate values per step, a row pass runs on the calling thread.
 cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 14
-# Work lengths, in units of batch·hidden (reference.LSTM_WORK / GRU_WORK).
-cdef Py_ssize_t LSTM_FORWARD_WORK = 4, LSTM_BACKWARD_WORK = 7, GRU_FORWARD_WORK = 3, GRU_BACKWARD_WORK = 5
+
+
+def _check_work(str kernel, Py_ssize_t size, Py_ssize_t m, Py_ssize_t n):
+    """work must hold GATED_WORK[kernel]·batch·hidden values (the one table, in reference.py)."""
+    kind, direction = kernel.split("_")
+    need = GATED_WORK[kind, direction] * m * n
+    if size < need:
+        raise ValueError(f"{kernel}: work needs {need} values, got {size}")
 
 
 def _check(str kernel, str name, tuple shape, tuple expected):
@@ -182,6 +189,7 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const
     _check("lstm_forward", "gates", tuple(gates.shape)[:3], (m, n_steps, 4 * n))
     if m == 0 or n_steps == 0 or n == 0 or k == 0:
         raise ValueError("lstm_forward: batch, time, n_in and hidden must be >= 1")
+    _check_work("lstm_forward", work.shape[0], m, n)
     cdef Py_ssize_t ldh = n_steps * n, ldg = n_steps * 4 * n
     cdef floating* pg = &gates[0, 0, 0]
     cdef floating* ph = &hs[0, 0, 0]
@@ -230,8 +238,7 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, cons
     _check("lstm_backward", "dbias", tuple(dbias.shape)[:1], (4 * n,))
     if m == 0 or n_steps == 0 or n == 0 or k == 0:
         raise ValueError("lstm_backward: batch, time, n_in and hidden must be >= 1")
-    if work.shape[0] < LSTM_BACKWARD_WORK * m * n:
-        raise ValueError(f"lstm_backward: work needs {LSTM_BACKWARD_WORK * m * n} values, got {work.shape[0]}")
+    _check_work("lstm_backward", work.shape[0], m, n)
     if not 1 <= truncate <= n_steps:
         raise ValueError(f"lstm_backward: truncate must lie in [1, {n_steps}], got {truncate}")
     cdef Py_ssize_t ldh = n_steps * n, ldg = n_steps * 4 * n, t0 = n_steps - truncate
@@ -391,8 +398,7 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const 
     _check("gru_forward", "gates", tuple(gates.shape)[:3], (m, n_steps, 3 * n))
     if m == 0 or n_steps == 0 or n == 0 or k == 0:
         raise ValueError("gru_forward: batch, time, n_in and hidden must be >= 1")
-    if work.shape[0] < GRU_FORWARD_WORK * m * n:
-        raise ValueError(f"gru_forward: work needs {GRU_FORWARD_WORK * m * n} values, got {work.shape[0]}")
+    _check_work("gru_forward", work.shape[0], m, n)
     cdef Py_ssize_t ldh = n_steps * n
     cdef floating* pg = &gates[0, 0, 0]
     cdef floating* ph = &hs[0, 0, 0]
@@ -440,8 +446,7 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const
     _check("gru_backward", "dbias_hn", tuple(dbias_hn.shape)[:1], (n,))
     if m == 0 or n_steps == 0 or n == 0 or k == 0:
         raise ValueError("gru_backward: batch, time, n_in and hidden must be >= 1")
-    if work.shape[0] < GRU_BACKWARD_WORK * m * n:
-        raise ValueError(f"gru_backward: work needs {GRU_BACKWARD_WORK * m * n} values, got {work.shape[0]}")
+    _check_work("gru_backward", work.shape[0], m, n)
     if not 1 <= truncate <= n_steps:
         raise ValueError(f"gru_backward: truncate must lie in [1, {n_steps}], got {truncate}")
     cdef Py_ssize_t ldh = n_steps * n, ldg = n_steps * 3 * n, t0 = n_steps - truncate, b, j
