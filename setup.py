@@ -90,7 +90,7 @@ def _extensions():
             f"fastbp._kernels.cython.{name}",
             [os.path.join(KERNEL_DIR, f"{name}.pyx")],
             include_dirs=[KERNEL_DIR],
-            depends=[os.path.join(KERNEL_DIR, header) for header in ("microkernels.h", "optimizer_steps.h")],
+            depends=[os.path.join(KERNEL_DIR, header) for header in ("microkernels.h", "optimizer_steps.h", "gated_rows.h")],
         )
         for name in MODULES
     ]

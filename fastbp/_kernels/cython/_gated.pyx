@@ -9,7 +9,7 @@ float32 and float64 (PyTorch's equations and gate order; see reference.py)."""
 # while the tile is in cache (rows in parallel; a row's result does not depend
 # on the thread that computes it). Backward runs the same loop in reverse and
 # keeps per step only the element-wise gate gradients; dx, dw_ih and dbias are
-# then one dense_backward_nogil over the batch·T rows, dw_hh one GEMM over the
+# then two GEMMs and a column sum over the batch·T rows, dw_hh one GEMM over the
 # flat arrays shifted by one row: row r of the gate gradients pairs with row
 # r-1 of hs, except the first step of each sequence, which pairs with h0 (one
 # small GEMM h0ᵀ·dgates_0 first; those rows are zeroed for the big GEMM and
@@ -25,9 +25,25 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from fastbp._kernels.cython._gemm cimport gemm_nogil
-from fastbp._kernels.cython._dense cimport dense_backward_nogil, dense_forward_nogil
-from fastbp._kernels.cython._activations cimport ACT_IDENTITY, ACT_SIGMOID, ACT_TANH, act_row
+from fastbp._kernels.cython._dense cimport dense_forward_nogil
+from fastbp._kernels.cython._activations cimport ACT_IDENTITY, ACT_SIGMOID, ACT_TANH, _tanh_rational, act_row
 from fastbp._kernels.reference import GATED_WORK
+
+cdef extern from "gated_rows.h" nogil:
+    void fastbp_lstm_grad_row_s(const float* gate, const float* c_prev, const float* tanh_c, const float* dh,
+                                float* dc, float* dgate, Py_ssize_t n)
+    void fastbp_lstm_grad_row_d(const double* gate, const double* c_prev, const double* tanh_c,
+                                const double* dh, double* dc, double* dgate, Py_ssize_t n)
+    void fastbp_gru_grad_row_s(const float* gate, const float* hn, const float* h_prev, const float* grad,
+                               const float* carry, float* direct, int has_carry, float* dgate, float* dghh,
+                               Py_ssize_t n)
+    void fastbp_column_sums_block_s(const float* g, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
+                                    Py_ssize_t j0, float* out)
+    void fastbp_column_sums_block_d(const double* g, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
+                                    Py_ssize_t j0, double* out)
+    void fastbp_gru_grad_row_d(const double* gate, const double* hn, const double* h_prev, const double* grad,
+                               const double* carry, double* direct, int has_carry, double* dgate, double* dghh,
+                               Py_ssize_t n)
 
 # Below this many gate values per step, a row pass runs on the calling thread.
 cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 14
@@ -97,15 +113,27 @@ cdef int _previous_states_product(Py_ssize_t m, Py_ssize_t n_steps, Py_ssize_t n
     return status
 
 
+cdef inline void _sigmoid_gates(floating* z, Py_ssize_t n) noexcept nogil:
+    """z := σ(z) in place. float32: σ(z) = (1 + tanh(z/2))/2 through the branch-free rational
+    tanh, so the loop vectorises (|error| < 2e-7, where an expf call per element cost more
+    than the step's GEMM); float64: act_row's exact two-branch sigmoid."""
+    cdef Py_ssize_t j
+    if floating is float:
+        for j in range(n):
+            z[j] = <float>0.5 + <float>0.5 * _tanh_rational(<float>0.5 * z[j])
+    else:
+        act_row(ACT_SIGMOID, z, z, n)
+
+
 # ---------------------------------------------------------------- LSTM
 cdef void _lstm_cell_row(floating* z, const floating* c_prev, floating* c, floating* h,
                          Py_ssize_t n) noexcept nogil:
     """One row of one step: gates z = (i, f, g, o) pre-activations, activated in place;
     c := f⊙c_prev + i⊙g; h := o⊙tanh(c)."""
     cdef Py_ssize_t j
-    act_row(ACT_SIGMOID, z, z, 2 * n)  # i, f
+    _sigmoid_gates(z, 2 * n)  # i, f
     act_row(ACT_TANH, z + 2 * n, z + 2 * n, n)  # g
-    act_row(ACT_SIGMOID, z + 3 * n, z + 3 * n, n)  # o
+    _sigmoid_gates(z + 3 * n, n)  # o
     for j in range(n):
         c[j] = z[n + j] * c_prev[j] + z[j] * z[2 * n + j]
     act_row(ACT_TANH, c, h, n)
@@ -133,22 +161,12 @@ cdef void _lstm_grad_row(const floating* gate, const floating* c_prev, const flo
                          const floating* dh, floating* dc, floating* tanh_c, floating* dgate,
                          Py_ssize_t n) noexcept nogil:
     """One row of one backward step: dgate := the gate pre-activation gradients;
-    dc (IN the carry dc_{t+1}⊙f_{t+1}, OUT dc_t⊙f_t); tanh_c: scratch (n,)."""
-    cdef Py_ssize_t j
-    cdef floating i, f, g, o, tc, dcj
+    dc (IN the carry dc_{t+1}⊙f_{t+1}, OUT dc_t⊙f_t); tanh_c: scratch (n,). See gated_rows.h."""
     act_row(ACT_TANH, c, tanh_c, n)
-    for j in range(n):
-        i = gate[j]
-        f = gate[n + j]
-        g = gate[2 * n + j]
-        o = gate[3 * n + j]
-        tc = tanh_c[j]
-        dcj = dc[j] + dh[j] * o * (1 - tc * tc)
-        dgate[j] = dcj * g * (i * (1 - i))
-        dgate[n + j] = dcj * c_prev[j] * (f * (1 - f))
-        dgate[2 * n + j] = dcj * i * (1 - g * g)
-        dgate[3 * n + j] = dh[j] * tc * (o * (1 - o))
-        dc[j] = dcj * f
+    if floating is float:
+        fastbp_lstm_grad_row_s(gate, c_prev, tanh_c, dh, dc, dgate, n)
+    else:
+        fastbp_lstm_grad_row_d(gate, c_prev, tanh_c, dh, dc, dgate, n)
 
 
 cdef void _lstm_grads(const floating* gates, const floating* c0, const floating* cs, const floating* dh,
@@ -270,9 +288,8 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, cons
                 memset(&dh0[0, 0], 0, m * n * sizeof(floating))
                 memset(&dc0[0, 0], 0, m * n * sizeof(floating))
         if status == 0:  # dx, dw_ih, dbias over the batch·T rows
-            status = dense_backward_nogil(m * n_steps, 4 * n, k, &x[0, 0, 0], k, 1, &w_ih[0, 0], 4 * n, 1,
-                                          pd, pd, pd, ACT_IDENTITY, pd, &dw_ih[0, 0], &dbias[0], &dx[0, 0, 0],
-                                          False, n_threads)
+            status = _input_side_backward(m * n_steps, 4 * n, k, &x[0, 0, 0], &w_ih[0, 0], pd, &dx[0, 0, 0],
+                                          &dw_ih[0, 0], &dbias[0], n_threads)
         if status == 0:
             status = _previous_states_product(m, n_steps, n, 4 * n, &h0[0, 0], &hs[0, 0, 0], pd, saved,
                                               t0 == 0, &dw_hh[0, 0], n_threads)
@@ -289,7 +306,7 @@ cdef void _gru_cell_row(floating* gate, const floating* rec, const floating* bia
     cdef floating z
     for j in range(2 * n):
         gate[j] = gate[j] + rec[j]
-    act_row(ACT_SIGMOID, gate, gate, 2 * n)  # r, z
+    _sigmoid_gates(gate, 2 * n)  # r, z
     for j in range(n):
         hn[j] = rec[2 * n + j] + bias_hn[j]
         gate[2 * n + j] = gate[2 * n + j] + gate[j] * hn[j]
@@ -316,28 +333,15 @@ cdef void _gru_cells(floating* gates, const floating* rec, const floating* bias_
                           hn + b * ldh + t * n, hs + b * ldh + t * n, n)
 
 
-cdef void _gru_grad_row(const floating* gate, const floating* hn, const floating* h_prev,
-                        const floating* grad, const floating* carry, floating* direct, bint has_carry,
-                        floating* dgate, floating* dghh, Py_ssize_t n) noexcept nogil:
-    """One row of one backward step: dh = grad + carry + direct (the last two from step t+1);
-    dgate := (dar, daz, dan), dghh := (dar, daz, dan⊙r); direct := dh⊙z for step t-1."""
-    cdef Py_ssize_t j
-    cdef floating r, z, c, dh, dan, dar, daz
-    for j in range(n):
-        r = gate[j]
-        z = gate[n + j]
-        c = gate[2 * n + j]
-        dh = grad[j] + (carry[j] + direct[j]) if has_carry else grad[j]
-        dan = dh * (1 - z) * (1 - c * c)
-        dar = dan * hn[j] * (r * (1 - r))
-        daz = dh * (h_prev[j] - c) * (z * (1 - z))
-        dgate[j] = dar
-        dgate[n + j] = daz
-        dgate[2 * n + j] = dan
-        dghh[j] = dar
-        dghh[n + j] = daz
-        dghh[2 * n + j] = dan * r
-        direct[j] = dh * z
+cdef inline void _gru_grad_row(const floating* gate, const floating* hn, const floating* h_prev,
+                               const floating* grad, const floating* carry, floating* direct, bint has_carry,
+                               floating* dgate, floating* dghh, Py_ssize_t n) noexcept nogil:
+    """One row of one backward step (gated_rows.h): dh = grad + carry + direct (the last two from
+    step t+1); dgate := (dar, daz, dan), dghh := (dar, daz, dan⊙r); direct := dh⊙z for step t-1."""
+    if floating is float:
+        fastbp_gru_grad_row_s(gate, hn, h_prev, grad, carry, direct, has_carry, dgate, dghh, n)
+    else:
+        fastbp_gru_grad_row_d(gate, hn, h_prev, grad, carry, direct, has_carry, dgate, dghh, n)
 
 
 cdef void _gru_grads(const floating* gates, const floating* hn, const floating* h0, const floating* hs,
@@ -361,20 +365,41 @@ cdef void _gru_grads(const floating* gates, const floating* hn, const floating* 
                           dghh + b * ldg + t * 3 * n, n)
 
 
-cdef void _strided_column_sums(const floating* g, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
-                               floating* out) noexcept nogil:
-    """out[j] := Σ_i g[i·ld + j], each column summed in row order in double."""
-    cdef double acc[128]
-    cdef Py_ssize_t i, j, j0, width
-    for j0 in range(0, cols, 128):
-        width = min(<Py_ssize_t>128, cols - j0)
-        for j in range(width):
-            acc[j] = 0.0
-        for i in range(rows):
-            for j in range(width):
-                acc[j] += g[i * ld + j0 + j]
-        for j in range(width):
-            out[j0 + j] = <floating>acc[j]
+cdef void _column_sums(const floating* g, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
+                       floating* out, int n_threads) noexcept nogil:
+    """out[j] := Σ_i g[i·ld + j], each column summed in row order in double (gated_rows.h),
+    blocks of 64 columns split between threads."""
+    cdef Py_ssize_t block, n_blocks = (cols + 63) // 64
+    cdef int threads = n_threads if n_blocks > 1 and rows * cols >= PARALLEL_MIN_ELEMENTS else 1
+    if threads < 2:
+        for block in range(n_blocks):
+            _column_sums_block(g, rows, cols, ld, block * 64, out)
+    else:
+        for block in prange(n_blocks, schedule="static", num_threads=threads):
+            _column_sums_block(g, rows, cols, ld, block * 64, out)
+
+
+cdef inline void _column_sums_block(const floating* g, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
+                                    Py_ssize_t j0, floating* out) noexcept nogil:
+    if floating is float:
+        fastbp_column_sums_block_s(g, rows, cols, ld, j0, out)
+    else:
+        fastbp_column_sums_block_d(g, rows, cols, ld, j0, out)
+
+
+cdef int _input_side_backward(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t k, const floating* x,
+                              const floating* w_ih, const floating* dgates, floating* dx, floating* dw_ih,
+                              floating* dbias, int n_threads) noexcept nogil:
+    """Over all batch·T rows: dx := dgates·w_ihᵀ; dw_ih := xᵀ·dgates; dbias := Σ_rows dgates.
+    IN x (rows, k), w_ih (k, width), dgates (rows, width). Returns 0 or -1."""
+    cdef int status
+    status = gemm_nogil(rows, k, width, <floating>1, dgates, width, 1, w_ih, 1, width,
+                        <floating>0, dx, k, NULL, -1, NULL, 0, n_threads)
+    if status == 0:
+        status = gemm_nogil(k, width, rows, <floating>1, x, 1, k, dgates, width, 1,
+                            <floating>0, dw_ih, width, NULL, -1, NULL, 0, n_threads)
+    _column_sums(dgates, rows, width, width, dbias, n_threads)
+    return status
 
 
 def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
@@ -478,11 +503,10 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const
             else:
                 memset(&dh0[0, 0], 0, m * n * sizeof(floating))
         if status == 0:  # dx, dw_ih, dbias over the batch·T rows
-            status = dense_backward_nogil(m * n_steps, 3 * n, k, &x[0, 0, 0], k, 1, &w_ih[0, 0], 3 * n, 1,
-                                          pd, pd, pd, ACT_IDENTITY, pd, &dw_ih[0, 0], &dbias[0], &dx[0, 0, 0],
-                                          False, n_threads)
+            status = _input_side_backward(m * n_steps, 3 * n, k, &x[0, 0, 0], &w_ih[0, 0], pd, &dx[0, 0, 0],
+                                          &dw_ih[0, 0], &dbias[0], n_threads)
         if status == 0:
-            _strided_column_sums(pdh + 2 * n, m * n_steps, n, 3 * n, &dbias_hn[0])
+            _column_sums(pdh + 2 * n, m * n_steps, n, 3 * n, &dbias_hn[0], n_threads)
             status = _previous_states_product(m, n_steps, n, 3 * n, &h0[0, 0], &hs[0, 0, 0], pdh, saved,
                                               t0 == 0, &dw_hh[0, 0], n_threads)
     if status != 0:
