@@ -22,23 +22,84 @@ vectorisation); sequences batch-major, so step t's rows are a strided view.
 ``work`` is caller-provided scratch: nothing is allocated in the time loop.
 """
 
+import math
+
 import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from .. import registry as R
 from ._arrays import writable
 from ._threads import clamp_threads, set_threads
-from .activations import activation_span
 from .gemm import NO_ACTIVATION, no_bias
 from .mlp import _dense_backward, _dense_forward, _run_gemm, _workspaces
 from .packing import data_pointer
 
 PARALLEL_MIN_ELEMENTS = 1 << 14  # gate values per step: below this a row pass runs on one thread
-_SIGMOID, _TANH, _IDENTITY = R.SIGMOID, R.TANH, R.IDENTITY
+_IDENTITY = R.IDENTITY
 
-_jit = numba.njit(cache=True, nogil=True)
-_jit_parallel = numba.njit(cache=True, nogil=True, parallel=True)
+# error_model="numpy": no exception branch for a division, so the row loops vectorise.
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+_jit_parallel = numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+
+
+# ---------------------------------------------------------------- gate nonlinearities
+# float32: tanh as the rational function of the Cython backend's _tanh_rational (Eigen's
+# minimax fit, |error| < 3.5e-7) and σ(z) = (1 + tanh(z/2))/2: branch-free, so the row loops
+# vectorise (Numba has no vector exp/tanh here: a libm call per element cost more than the
+# step's GEMM). float64: math.tanh and the exact two-branch sigmoid.
+_F = np.float32
+_CLAMP, _TINY, _HALF = _F(7.90531110763549805), _F(0.0004), _F(0.5)
+_P = tuple(_F(c) for c in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                           5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                           4.89352455891786e-03))
+_Q = tuple(_F(c) for c in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                           4.89352518554385e-03))
+_P0, _P1, _P2, _P3, _P4, _P5, _P6 = _P
+_Q0, _Q1, _Q2, _Q3 = _Q
+
+
+def gate_tanh(x):
+    """tanh(x) for a gate (see above)."""
+
+
+def gate_sigmoid(x):
+    """σ(x) for a gate (see above)."""
+
+
+@overload(gate_tanh, inline="always")
+def _gate_tanh(x):
+    if x == types.float32:
+        def impl(x):
+            v = -_CLAMP if x < -_CLAMP else x
+            v = _CLAMP if v > _CLAMP else v
+            x2 = v * v
+            p = x2 * _P0 + _P1
+            p = x2 * p + _P2
+            p = x2 * p + _P3
+            p = x2 * p + _P4
+            p = x2 * p + _P5
+            p = x2 * p + _P6
+            p = v * p
+            q = x2 * _Q0 + _Q1
+            q = x2 * q + _Q2
+            q = x2 * q + _Q3
+            r = p / q
+            return x if abs(x) < _TINY else r
+        return impl
+    return lambda x: math.tanh(x)
+
+
+@overload(gate_sigmoid, inline="always")
+def _gate_sigmoid(x):
+    if x == types.float32:
+        return lambda x: _HALF + _HALF * gate_tanh(_HALF * x)
+
+    def impl(x):
+        e = math.exp(-abs(x))
+        return 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
+    return impl
 
 
 @_jit
@@ -79,18 +140,18 @@ def _previous_states_product(h0, hs, grads, saved, first_step_live, dw, n_thread
 def _lstm_cell_row(gf, g, rec, r, c_prev, p, cf, c, hf, h, n):
     """One row of one step: gates gf[g:+4n] += rec[r:+4n], activated (i, f, g, o) in place;
     c := f⊙c_prev + i⊙g; h := o⊙tanh(c)."""
-    gp, rp, pp, cp = data_pointer(gf), data_pointer(rec), data_pointer(c_prev), data_pointer(cf)
-    for j in range(4 * n):
-        gp[g + j] = gp[g + j] + rp[r + j]
-    activation_span(_SIGMOID, gf, g, gf, g, 2 * n)  # i, f
-    activation_span(_TANH, gf, g + 2 * n, gf, g + 2 * n, n)  # g
-    activation_span(_SIGMOID, gf, g + 3 * n, gf, g + 3 * n, n)  # o
+    gp, rp, pp, cp, hp = data_pointer(gf), data_pointer(rec), data_pointer(c_prev), data_pointer(cf), \
+        data_pointer(hf)
+    for j in range(2 * n):  # i, f
+        gp[g + j] = gate_sigmoid(gp[g + j] + rp[r + j])
+    for j in range(2 * n, 3 * n):  # g
+        gp[g + j] = gate_tanh(gp[g + j] + rp[r + j])
+    for j in range(3 * n, 4 * n):  # o
+        gp[g + j] = gate_sigmoid(gp[g + j] + rp[r + j])
     for j in range(n):
-        cp[c + j] = gp[g + n + j] * pp[p + j] + gp[g + j] * gp[g + 2 * n + j]
-    activation_span(_TANH, cf, c, hf, h, n)
-    hp = data_pointer(hf)
-    for j in range(n):
-        hp[h + j] = gp[g + 3 * n + j] * hp[h + j]
+        cj = gp[g + n + j] * pp[p + j] + gp[g + j] * gp[g + 2 * n + j]
+        cp[c + j] = cj
+        hp[h + j] = gp[g + 3 * n + j] * gate_tanh(cj)
 
 
 @_jit_parallel
@@ -129,13 +190,15 @@ def _lstm_grad_row(gf, g, c_prev, p, cf, c, gradf, dh, dhp, dc, tanh_c, has_carr
     dgf[g:+4n] := the gate pre-activation gradients; dc: IN dc_{t+1}⊙f_{t+1}, OUT dc_t⊙f_t."""
     gp, pp, gr = data_pointer(gf), data_pointer(c_prev), data_pointer(gradf)
     hp, cp, tp, dp = data_pointer(dhp), data_pointer(dc), data_pointer(tanh_c), data_pointer(dgf)
+    sp = data_pointer(cf)
     if has_carry:
         for j in range(n):
             hp[dh + j] = gr[c + j] + hp[dh + j]
     else:
         for j in range(n):
             hp[dh + j] = gr[c + j]
-    activation_span(_TANH, cf, c, tanh_c, dh, n)
+    for j in range(n):
+        tp[dh + j] = gate_tanh(sp[c + j])
     for j in range(n):
         i = gp[g + j]
         f = gp[g + n + j]
@@ -201,17 +264,15 @@ def _gru_cell_row(gf, g, rec, r, bias_hn, h_prev, p, hnf, hf, h, n):
     hn := rec_n + bias_hn; h := (1-z)⊙n + z⊙h_prev."""
     gp, rp, bp, pp = data_pointer(gf), data_pointer(rec), data_pointer(bias_hn), data_pointer(h_prev)
     hn_out, hp = data_pointer(hnf), data_pointer(hf)
-    for j in range(2 * n):
-        gp[g + j] = gp[g + j] + rp[r + j]
-    activation_span(_SIGMOID, gf, g, gf, g, 2 * n)  # r, z
+    for j in range(2 * n):  # r, z
+        gp[g + j] = gate_sigmoid(gp[g + j] + rp[r + j])
     for j in range(n):
         v = rp[r + 2 * n + j] + bp[j]
         hn_out[h + j] = v
-        gp[g + 2 * n + j] = gp[g + 2 * n + j] + gp[g + j] * v
-    activation_span(_TANH, gf, g + 2 * n, gf, g + 2 * n, n)
-    for j in range(n):
+        cand = gate_tanh(gp[g + 2 * n + j] + gp[g + j] * v)
+        gp[g + 2 * n + j] = cand
         z = gp[g + n + j]
-        hp[h + j] = (1 - z) * gp[g + 2 * n + j] + z * pp[p + j]
+        hp[h + j] = (1 - z) * cand + z * pp[p + j]
 
 
 @_jit_parallel
