@@ -40,8 +40,7 @@ cdef inline floating _log1p(floating x) noexcept nogil:
         return log1p(x)
 
 
-# _tanh_rational (float32 tanh, branch-free) is defined in _activations.pxd: the gated
-# recurrent kernels (_gated.pyx) inline it too.
+# _tanh_rational (float32 tanh, branch-free): tanh_rational.h, declared in _activations.pxd.
 
 
 cdef inline floating _tanh(floating x) noexcept nogil:

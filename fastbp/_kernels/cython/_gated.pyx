@@ -26,13 +26,19 @@ from libc.string cimport memcpy, memset
 
 from fastbp._kernels.cython._gemm cimport gemm_nogil
 from fastbp._kernels.cython._dense cimport dense_forward_nogil
-from fastbp._kernels.cython._activations cimport ACT_IDENTITY, ACT_SIGMOID, ACT_TANH, _tanh_rational, act_row
+from fastbp._kernels.cython._activations cimport ACT_IDENTITY
 from fastbp._kernels.reference import GATED_WORK
 
 cdef extern from "gated_rows.h" nogil:
-    void fastbp_lstm_grad_row_s(const float* gate, const float* c_prev, const float* tanh_c, const float* dh,
+    void fastbp_lstm_cell_row_s(float* z, const float* c_prev, float* c, float* h, Py_ssize_t n)
+    void fastbp_lstm_cell_row_d(double* z, const double* c_prev, double* c, double* h, Py_ssize_t n)
+    void fastbp_gru_cell_row_s(float* gate, const float* rec, const float* bias_hn, const float* h_prev,
+                               float* hn, float* h, Py_ssize_t n)
+    void fastbp_gru_cell_row_d(double* gate, const double* rec, const double* bias_hn, const double* h_prev,
+                               double* hn, double* h, Py_ssize_t n)
+    void fastbp_lstm_grad_row_s(const float* gate, const float* c_prev, const float* c, const float* dh,
                                 float* dc, float* dgate, Py_ssize_t n)
-    void fastbp_lstm_grad_row_d(const double* gate, const double* c_prev, const double* tanh_c,
+    void fastbp_lstm_grad_row_d(const double* gate, const double* c_prev, const double* c,
                                 const double* dh, double* dc, double* dgate, Py_ssize_t n)
     void fastbp_gru_grad_row_s(const float* gate, const float* hn, const float* h_prev, const float* grad,
                                const float* carry, float* direct, int has_carry, float* dgate, float* dghh,
@@ -113,32 +119,15 @@ cdef int _previous_states_product(Py_ssize_t m, Py_ssize_t n_steps, Py_ssize_t n
     return status
 
 
-cdef inline void _sigmoid_gates(floating* z, Py_ssize_t n) noexcept nogil:
-    """z := σ(z) in place. float32: σ(z) = (1 + tanh(z/2))/2 through the branch-free rational
-    tanh, so the loop vectorises (|error| < 2e-7, where an expf call per element cost more
-    than the step's GEMM); float64: act_row's exact two-branch sigmoid."""
-    cdef Py_ssize_t j
-    if floating is float:
-        for j in range(n):
-            z[j] = <float>0.5 + <float>0.5 * _tanh_rational(<float>0.5 * z[j])
-    else:
-        act_row(ACT_SIGMOID, z, z, n)
-
-
 # ---------------------------------------------------------------- LSTM
-cdef void _lstm_cell_row(floating* z, const floating* c_prev, floating* c, floating* h,
-                         Py_ssize_t n) noexcept nogil:
-    """One row of one step: gates z = (i, f, g, o) pre-activations, activated in place;
-    c := f⊙c_prev + i⊙g; h := o⊙tanh(c)."""
-    cdef Py_ssize_t j
-    _sigmoid_gates(z, 2 * n)  # i, f
-    act_row(ACT_TANH, z + 2 * n, z + 2 * n, n)  # g
-    _sigmoid_gates(z + 3 * n, n)  # o
-    for j in range(n):
-        c[j] = z[n + j] * c_prev[j] + z[j] * z[2 * n + j]
-    act_row(ACT_TANH, c, h, n)
-    for j in range(n):
-        h[j] = z[3 * n + j] * h[j]
+cdef inline void _lstm_cell_row(floating* z, const floating* c_prev, floating* c, floating* h,
+                                Py_ssize_t n) noexcept nogil:
+    """One row of one step (gated_rows.h): gates z = (i, f, g, o) pre-activations, activated
+    in place; c := f⊙c_prev + i⊙g; h := o⊙tanh(c)."""
+    if floating is float:
+        fastbp_lstm_cell_row_s(z, c_prev, c, h, n)
+    else:
+        fastbp_lstm_cell_row_d(z, c_prev, c, h, n)
 
 
 cdef void _lstm_cells(floating* gates, const floating* c0, floating* cs, floating* hs, Py_ssize_t m,
@@ -157,33 +146,29 @@ cdef void _lstm_cells(floating* gates, const floating* c0, floating* cs, floatin
                            cs + b * ldh + t * n, hs + b * ldh + t * n, n)
 
 
-cdef void _lstm_grad_row(const floating* gate, const floating* c_prev, const floating* c,
-                         const floating* dh, floating* dc, floating* tanh_c, floating* dgate,
-                         Py_ssize_t n) noexcept nogil:
-    """One row of one backward step: dgate := the gate pre-activation gradients;
-    dc (IN the carry dc_{t+1}⊙f_{t+1}, OUT dc_t⊙f_t); tanh_c: scratch (n,). See gated_rows.h."""
-    act_row(ACT_TANH, c, tanh_c, n)
+cdef inline void _lstm_grad_row(const floating* gate, const floating* c_prev, const floating* c,
+                                const floating* dh, floating* dc, floating* dgate, Py_ssize_t n) noexcept nogil:
+    """One row of one backward step (gated_rows.h): dgate := the gate pre-activation gradients;
+    dc (IN the carry dc_{t+1}⊙f_{t+1}, OUT dc_t⊙f_t)."""
     if floating is float:
-        fastbp_lstm_grad_row_s(gate, c_prev, tanh_c, dh, dc, dgate, n)
+        fastbp_lstm_grad_row_s(gate, c_prev, c, dh, dc, dgate, n)
     else:
-        fastbp_lstm_grad_row_d(gate, c_prev, tanh_c, dh, dc, dgate, n)
+        fastbp_lstm_grad_row_d(gate, c_prev, c, dh, dc, dgate, n)
 
 
 cdef void _lstm_grads(const floating* gates, const floating* c0, const floating* cs, const floating* dh,
-                      floating* dc, floating* tanh_c, floating* dgates, Py_ssize_t m, Py_ssize_t n_steps,
+                      floating* dc, floating* dgates, Py_ssize_t m, Py_ssize_t n_steps,
                       Py_ssize_t n, Py_ssize_t t, int n_threads) noexcept nogil:
     cdef Py_ssize_t b, ldg = n_steps * 4 * n, ldh = n_steps * n
     cdef int threads = _row_threads(m * 4 * n, n_threads)
     if threads < 2:
         for b in range(m):
             _lstm_grad_row(gates + b * ldg + t * 4 * n, c0 + b * n if t == 0 else cs + b * ldh + (t - 1) * n,
-                           cs + b * ldh + t * n, dh + b * n, dc + b * n, tanh_c + b * n,
-                           dgates + b * ldg + t * 4 * n, n)
+                           cs + b * ldh + t * n, dh + b * n, dc + b * n, dgates + b * ldg + t * 4 * n, n)
     else:
         for b in prange(m, schedule="static", num_threads=threads):
             _lstm_grad_row(gates + b * ldg + t * 4 * n, c0 + b * n if t == 0 else cs + b * ldh + (t - 1) * n,
-                           cs + b * ldh + t * n, dh + b * n, dc + b * n, tanh_c + b * n,
-                           dgates + b * ldg + t * 4 * n, n)
+                           cs + b * ldh + t * n, dh + b * n, dc + b * n, dgates + b * ldg + t * 4 * n, n)
 
 
 def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
@@ -263,8 +248,7 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, cons
     cdef floating* pd = &dgates[0, 0, 0]
     cdef floating* dh = &work[0]
     cdef floating* dc = dh + m * n
-    cdef floating* tanh_c = dc + m * n
-    cdef floating* saved = tanh_c + m * n
+    cdef floating* saved = dc + 2 * m * n  # work: dh, dc, (unused here: numba's tanh(c)), saved rows
     cdef int status = 0
     with nogil:
         _zero_steps(pd, m, t0, ldg, 4 * n)
@@ -276,7 +260,7 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, cons
             if t < n_steps - 1:
                 status = gemm_nogil(m, n, 4 * n, <floating>1, pd + (t + 1) * 4 * n, ldg, 1, &w_hh[0, 0], 1, 4 * n,
                                     <floating>1, dh, n, NULL, -1, NULL, 0, n_threads)
-            _lstm_grads(&gates[0, 0, 0], &c0[0, 0], &cs[0, 0, 0], dh, dc, tanh_c, pd, m, n_steps, n, t,
+            _lstm_grads(&gates[0, 0, 0], &c0[0, 0], &cs[0, 0, 0], dh, dc, pd, m, n_steps, n, t,
                         n_threads)
             t -= 1
         if status == 0:
@@ -298,22 +282,14 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, cons
 
 
 # ---------------------------------------------------------------- GRU
-cdef void _gru_cell_row(floating* gate, const floating* rec, const floating* bias_hn,
-                        const floating* h_prev, floating* hn, floating* h, Py_ssize_t n) noexcept nogil:
-    """One row of one step: gate (xr, xz, xn) input projections, rec = h_prev·w_hh;
+cdef inline void _gru_cell_row(floating* gate, const floating* rec, const floating* bias_hn,
+                               const floating* h_prev, floating* hn, floating* h, Py_ssize_t n) noexcept nogil:
+    """One row of one step (gated_rows.h): gate (xr, xz, xn) input projections, rec = h_prev·w_hh;
     gate := (r, z, n) activated; hn := rec_n + bias_hn; h := (1-z)⊙n + z⊙h_prev."""
-    cdef Py_ssize_t j
-    cdef floating z
-    for j in range(2 * n):
-        gate[j] = gate[j] + rec[j]
-    _sigmoid_gates(gate, 2 * n)  # r, z
-    for j in range(n):
-        hn[j] = rec[2 * n + j] + bias_hn[j]
-        gate[2 * n + j] = gate[2 * n + j] + gate[j] * hn[j]
-    act_row(ACT_TANH, gate + 2 * n, gate + 2 * n, n)
-    for j in range(n):
-        z = gate[n + j]
-        h[j] = (1 - z) * gate[2 * n + j] + z * h_prev[j]
+    if floating is float:
+        fastbp_gru_cell_row_s(gate, rec, bias_hn, h_prev, hn, h, n)
+    else:
+        fastbp_gru_cell_row_d(gate, rec, bias_hn, h_prev, hn, h, n)
 
 
 cdef void _gru_cells(floating* gates, const floating* rec, const floating* bias_hn, const floating* h0,
