@@ -68,7 +68,7 @@ def gate_sigmoid(x):
     """σ(x) for a gate (see above)."""
 
 
-@overload(gate_tanh, inline="always")
+@overload(gate_tanh)
 def _gate_tanh(x):
     if x == types.float32:
         def impl(x):
@@ -91,7 +91,7 @@ def _gate_tanh(x):
     return lambda x: math.tanh(x)
 
 
-@overload(gate_sigmoid, inline="always")
+@overload(gate_sigmoid)
 def _gate_sigmoid(x):
     if x == types.float32:
         return lambda x: _HALF + _HALF * gate_tanh(_HALF * x)
