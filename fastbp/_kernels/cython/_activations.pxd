@@ -34,3 +34,7 @@ cdef void activation_forward_nogil(int act, const floating* z, floating* a,
 cdef void activation_backward_nogil(int act, const floating* z, const floating* a,
                                     const floating* g, floating* gz,
                                     Py_ssize_t m, Py_ssize_t n, int n_threads) noexcept nogil
+
+# float32 tanh, branch-free (tanh_rational.h: the one definition, also inlined by gated_rows.h).
+cdef extern from "tanh_rational.h" nogil:
+    float _tanh_rational "fastbp_tanh_rational"(float x)

@@ -5,7 +5,7 @@ and nothing else: every kernel compiles, or loads from Numba's on-disk cache,
 on its first call. Modules: ``microkernel`` (LLVM-IR register tile),
 ``packing``, ``gemm`` (the five loops and the fused epilogue), ``activations``,
 ``dense``, ``losses``, ``mlp`` (a whole dense stack's step), ``optim``,
-``rnn``,
+``rnn``, ``gated`` (LSTM, GRU),
 ``conv`` (convolution on the GEMM driver), ``pool``.
 """
 
@@ -27,6 +27,7 @@ from .pool import (
 )
 from .optim import adam_step, all_finite, rmsprop_step, sgd_step
 from .rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_forward
+from .gated import gru_backward, gru_forward, lstm_backward, lstm_forward
 
 NAME = "numba"
 

@@ -1,14 +1,18 @@
 """Recurrent kernels: the RNN time loop (forward and BPTT) and the fixed-point
 relaxation with its Almeida-Pineda adjoint.
 
-Design: each time loop (or relaxation loop) runs inside ONE jitted function;
-each step is a ``prange`` over the rows of the batch, a row being one task:
-``row_times_matrix`` accumulates src_row·W into the destination row in the
-axpy order (k outer, the contiguous j inner, which LLVM vectorises), then the
-activation (or its derivative) is applied to the row while it is in L1. A
-row's result does not depend on which thread computes it, so nothing depends
-on the thread count. δ_{t+1}·Whᵀ reads a transposed copy of Wh (made once per
-call) so the inner loop stays contiguous. dWh = Σ_t h_{t-1}ᵀ·δ_t is one call of
+Design: each time loop (or relaxation loop) runs inside ONE jitted function.
+An RNN step is one call of the GEMM driver for the recurrent product (h_{t-1}·Wh,
+or δ_{t+1}·Whᵀ from a transposed copy of Wh made once per call; the same
+serial/parallel twin and threshold as ``gemm.run_driver``, through
+``mlp._run_gemm``) into a (batch, hidden) buffer, then a ``prange`` over the
+rows of the batch adds it and applies the activation (or its derivative)
+while the row is in L1. A fixed-point sweep is a ``prange`` over rows, a row
+being one task: ``row_times_matrix`` accumulates src_row·W into the
+destination row in the axpy order (k outer, the contiguous j inner, which
+LLVM vectorises). A row's result does not depend on which thread computes
+it and the GEMM only partitions its output, so nothing depends on the thread
+count. dWh = Σ_t h_{t-1}ᵀ·δ_t is one call of
 the GEMM after the loop, over the batch*T - 1 rows of the flat arrays shifted
 by one row, with δ_{b,0} (b >= 1) zeroed meanwhile (those rows pair δ with the
 last state of the previous sequence); the GEMM sums in a fixed order.
@@ -25,9 +29,11 @@ from numba import prange
 from ._arrays import writable
 from ._threads import backing_off, clamp_threads, set_threads
 from .activations import activation_span, derivative_span
-from .gemm import gemm
+from .gemm import NO_ACTIVATION, gemm, no_bias
+from .mlp import _run_gemm, _workspaces
 
-PARALLEL_MIN_FLOPS = 1 << 16  # per step: below this, a step runs on one thread
+PARALLEL_MIN_FLOPS = 1 << 16  # per step: below this, a fixed-point sweep runs on one thread
+PARALLEL_MIN_ELEMENTS = 1 << 14  # states per step: below this, an RNN step's row pass runs on one thread
 
 _jit = numba.njit(cache=True, nogil=True)
 
@@ -43,45 +49,63 @@ def row_times_matrix(src, src_off, w, n, dst, dst_off):
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _rnn_forward(act, x_proj, wh, hs, n_threads):
+def _rnn_forward(act, x_proj, wh, hs, n_threads, gemm_work, bias0):
     m, n_steps, n = x_proj.shape
-    set_threads(n_threads if 2 * m * n * n >= PARALLEL_MIN_FLOPS and not backing_off() else 1)
+    threads = n_threads if m * n >= PARALLEL_MIN_ELEMENTS and not backing_off() else 1
     xf = x_proj.reshape(m * n_steps * n)
     hf = hs.reshape(m * n_steps * n)
-    wf = wh.reshape(n * n)
+    rec = np.empty((m, n), dtype=hs.dtype)  # h_{t-1}·wh, once per call
+    rf = rec.reshape(m * n)
     ld = n_steps * n
     for t in range(n_steps):
+        if t > 0:
+            gemm_work = _run_gemm(hs[:, t - 1], wh, rec, rec, bias0, 0.0, NO_ACTIVATION, n_threads, gemm_work)
+        set_threads(threads)
         for i in prange(m):
             off = i * ld + t * n
-            for j in range(n):
-                hf[off + j] = xf[off + j]
             if t > 0:
-                row_times_matrix(hf, off - n, wf, n, hf, off)
-            activation_span(act, hf, off, hf, off, n)
+                for j in range(n):
+                    hf[off + j] = xf[off + j] + rf[i * n + j]
+                activation_span(act, hf, off, hf, off, n)
+            else:
+                activation_span(act, xf, off, hf, off, n)
+    return gemm_work
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _bptt_deltas(act, hs, wh_t, grad_hs, t0, delta, n_threads):
+def _bptt_deltas(act, hs, wh_t, grad_hs, t0, delta, n_threads, gemm_work, bias0):
     m, n_steps, n = hs.shape
-    set_threads(n_threads if 2 * m * n * n >= PARALLEL_MIN_FLOPS and not backing_off() else 1)
+    threads = n_threads if m * n >= PARALLEL_MIN_ELEMENTS and not backing_off() else 1
     hf = hs.reshape(m * n_steps * n)
     gf = grad_hs.reshape(m * n_steps * n)
     df = delta.reshape(m * n_steps * n)
-    wf = wh_t.reshape(n * n)
+    rec = np.empty((m, n), dtype=hs.dtype)  # δ_{t+1}·whᵀ, once per call
+    rf = rec.reshape(m * n)
     ld = n_steps * n
     for t in range(n_steps - 1, t0 - 1, -1):
+        if t < n_steps - 1:
+            gemm_work = _run_gemm(delta[:, t + 1], wh_t, rec, rec, bias0, 0.0, NO_ACTIVATION, n_threads, gemm_work)
+        set_threads(threads)
         for i in prange(m):
             off = i * ld + t * n
-            for j in range(n):
-                df[off + j] = gf[off + j]
             if t < n_steps - 1:
-                row_times_matrix(df, off + n, wf, n, df, off)
+                for j in range(n):
+                    df[off + j] = gf[off + j] + rf[i * n + j]
+            else:
+                for j in range(n):
+                    df[off + j] = gf[off + j]
             derivative_span(act, hf, hf, df, df, off, n)
     for i in range(m):
         for t in range(t0):
             off = i * ld + t * n
             for j in range(n):
                 df[off + j] = 0.0
+    return gemm_work
+
+
+def _gemm_workspace(dtype):
+    work = _workspaces.__dict__.get(dtype)
+    return np.empty(0, dtype) if work is None else work
 
 
 def rnn_forward(x_proj, wh, act, hs, n_threads):
@@ -90,7 +114,9 @@ def rnn_forward(x_proj, wh, act, hs, n_threads):
     IN x_proj (batch, T, hidden), wh (hidden, hidden); OUT hs (batch, T, hidden), may be x_proj.
     """
     if hs.size:
-        _rnn_forward(act, writable(x_proj), writable(wh), hs, clamp_threads(n_threads))
+        dtype = hs.dtype
+        _workspaces.__dict__[dtype] = _rnn_forward(act, writable(x_proj), writable(wh), hs, clamp_threads(n_threads),
+                                                   _gemm_workspace(dtype), no_bias(dtype))
 
 
 def rnn_backward(hs, wh, act, grad_hs, truncate, delta, dwh, n_threads):
@@ -106,13 +132,15 @@ def rnn_backward(hs, wh, act, grad_hs, truncate, delta, dwh, n_threads):
         return
     if m == 0 or n_steps == 0 or n_steps == 1:
         if m and n_steps:
-            _bptt_deltas(act, writable(hs), np.ascontiguousarray(wh.T), writable(grad_hs), 0, delta,
-                         clamp_threads(n_threads))
+            _workspaces.__dict__[hs.dtype] = _bptt_deltas(
+                act, writable(hs), np.ascontiguousarray(wh.T), writable(grad_hs), 0, delta, clamp_threads(n_threads),
+                _gemm_workspace(hs.dtype), no_bias(hs.dtype))
         dwh.fill(0)
         return
     n_threads = clamp_threads(n_threads)
     t0 = n_steps - truncate
-    _bptt_deltas(act, writable(hs), np.ascontiguousarray(wh.T), writable(grad_hs), t0, delta, n_threads)
+    _workspaces.__dict__[hs.dtype] = _bptt_deltas(act, writable(hs), np.ascontiguousarray(wh.T), writable(grad_hs),
+                                                  t0, delta, n_threads, _gemm_workspace(hs.dtype), no_bias(hs.dtype))
     flat_h = writable(hs).reshape(m * n_steps, n)
     flat_d = delta.reshape(m * n_steps, n)
     saved = None
