@@ -1,1 +1,1 @@
-"""Benchmarks that compare fastbp with its CPU peers (``python -m fastbp.bench peers``)."""
+"""Benchmarks: fastbp against its CPU peers (``python -m fastbp.bench peers``, ``rnn``) and start-up time (``start``)."""

@@ -1,4 +1,9 @@
-from .peers import main
+import sys
+
+from . import peers, start
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["start"]:
+        start.main(sys.argv[2:])
+    else:
+        peers.main()

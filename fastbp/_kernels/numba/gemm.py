@@ -32,7 +32,11 @@ by the packing routines; C (z) and the activation output are C-contiguous and
 read as flat arrays. Each driver is compiled once per dtype with an explicit
 layout-'A' signature, so C-, F- and strided operands share one compilation.
 The block sizes are closure constants of the driver, so they are baked into
-the compiled code and part of Numba's cache key.
+the compiled code and part of Numba's cache key. That key hashes the pickled
+closure, so the closure holds plain values only: a captured dispatcher pickles
+with a per-process uuid, which made every process miss the cache and compile
+the driver again (~10 s). Jitted helpers are module globals; ``direct_gemm``
+gets the block sizes as literal arguments.
 
 Determinism: every C element is summed over k in KC slices in increasing
 order, each slice in increasing k in one micro-kernel lane. Tasks only
@@ -126,6 +130,50 @@ def finish_tile(rows, cols, z, out, c_off, ldc, bias, col0, act):
             activation_span(act, z, c, out, c, cols)
 
 
+@_jit
+def direct_gemm(MR, NV, LANES, KC, a, b, zf, alpha, beta, one, work):
+    """zf := alpha·a·b + beta·zf unpacked (zf flat m*n, not read when beta == 0).  Returns the workspace.
+
+    MR, NV (vectors of LANES per tile row), KC: the driver's block sizes, passed
+    as compile-time constants (the driver's closure constants arrive as literals,
+    so each driver compiles its own specialization); ``one`` is 1 in zf's dtype.
+
+    A is read in place; B too when its columns are contiguous, else it is first
+    copied row-major into work (δ·Wᵀ: B = Wᵀ). The tiles and the KC slices are the
+    packed path's, each element summed in the same order: the same bits.
+    """
+    NR = NV * LANES
+    m, k = a.shape
+    n = b.shape[1]
+    item = a.itemsize
+    rs_a, cs_a = a.strides[0] // item, a.strides[1] // item
+    b_src, rs_b = b, b.strides[0] // item
+    if b.strides[1] != item:
+        if work.shape[0] < k * n:
+            work = np.empty(k * n, dtype=work.dtype)
+        src = data_pointer(b)
+        dst = data_pointer(work)
+        b_rs, b_cs = b.strides[0] // item, b.strides[1] // item
+        for j in range(n):  # along B's columns: contiguous reads when B is a transpose
+            for p in range(k):
+                dst[p * n + j] = src[p * b_rs + j * b_cs]
+        b_src, rs_b = work[:k * n].reshape(k, n), n
+    for jc in range(0, n, NR):
+        cols = min(NR, n - jc)
+        for ic in range(0, m, MR):
+            rows = min(MR, m - ic)
+            for pc in range(0, k, KC):  # the packed path's KC slices; later ones accumulate
+                kc = min(KC, k - pc)
+                beta_t = beta if pc == 0 else one
+                if cols <= LANES:
+                    direct_kernel_simd(MR, 1, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_src, pc * rs_b + jc,
+                                       rs_b, rows, cols, zf, ic * n + jc, n, alpha, beta_t)
+                else:
+                    direct_kernel_simd(MR, NV, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_src,
+                                       pc * rs_b + jc, rs_b, rows, cols, zf, ic * n + jc, n, alpha, beta_t)
+    return work
+
+
 def _make_driver(dtype, parallel):
     """Compile-on-first-use GEMM driver for ``dtype`` with the block sizes of this ISA.
 
@@ -139,45 +187,6 @@ def _make_driver(dtype, parallel):
     SCALAR = np.float32 if dtype == "float32" else np.float64
     LANES = VECTOR_LANES[dtype]
     NV = NR // LANES  # vectors per tile row
-
-    def _direct(a, b, zf, alpha, beta, work):
-        """zf := alpha·a·b + beta·zf unpacked (zf flat m*n, not read when beta == 0).  Returns the workspace.
-
-        A is read in place; B too when its columns are contiguous, else it is first
-        copied row-major into work (δ·Wᵀ: B = Wᵀ). The tiles and the KC slices are the
-        packed path's, each element summed in the same order: the same bits.
-        """
-        m, k = a.shape
-        n = b.shape[1]
-        item = a.itemsize
-        rs_a, cs_a = a.strides[0] // item, a.strides[1] // item
-        b_src, rs_b = b, b.strides[0] // item
-        if b.strides[1] != item:
-            if work.shape[0] < k * n:
-                work = np.empty(k * n, dtype=work.dtype)
-            src = data_pointer(b)
-            dst = data_pointer(work)
-            b_rs, b_cs = b.strides[0] // item, b.strides[1] // item
-            for j in range(n):  # along B's columns: contiguous reads when B is a transpose
-                for p in range(k):
-                    dst[p * n + j] = src[p * b_rs + j * b_cs]
-            b_src, rs_b = work[:k * n].reshape(k, n), n
-        for jc in range(0, n, NR):
-            cols = min(NR, n - jc)
-            for ic in range(0, m, MR):
-                rows = min(MR, m - ic)
-                for pc in range(0, k, KC):  # the packed path's KC slices; later ones accumulate
-                    kc = min(KC, k - pc)
-                    beta_t = beta if pc == 0 else SCALAR(1.0)
-                    if cols <= LANES:
-                        direct_kernel_simd(MR, 1, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_src, pc * rs_b + jc,
-                                           rs_b, rows, cols, zf, ic * n + jc, n, alpha, beta_t)
-                    else:
-                        direct_kernel_simd(MR, NV, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_src,
-                                           pc * rs_b + jc, rs_b, rows, cols, zf, ic * n + jc, n, alpha, beta_t)
-        return work
-
-    _direct = numba.njit(cache=True, nogil=True)(_direct)
 
     def _gemm(a, b, z, out, bias, alpha, beta, act, n_threads, work):
         """z := alpha·a·b + beta·z + bias; out := act(z) unless act < 0.  Returns the workspace used.
@@ -200,7 +209,7 @@ def _make_driver(dtype, parallel):
         finish = bias.shape[0] > 0 or act >= 0
 
         if SIMD and m * n * k <= DIRECT_MAX_MADDS:
-            work = _direct(a, b, zf, alpha_t, SCALAR(beta), work)
+            work = direct_gemm(MR, NV, LANES, KC, a, b, zf, alpha_t, SCALAR(beta), SCALAR(1.0), work)
             if finish:
                 finish_tile(m, n, zf, of, 0, n, bias, 0, act)
             return work
