@@ -1,1 +1,2 @@
-"""Benchmarks: fastbp against its CPU peers (``python -m fastbp.bench peers``, ``rnn``) and start-up time (``start``)."""
+"""Benchmarks: fastbp against its CPU peers (``python -m fastbp.bench peers``, ``rnn``)
+and its start-up time (``python -m fastbp.bench start``)."""
