@@ -1,7 +1,7 @@
 """Instructions per call of the key kernels (valgrind's callgrind): deterministic, lower is better.
 
 The companion of the timings for tracking regressions on a noisy machine: the
-count of one kernel call on one thread repeats to the instruction, so
+count of one kernel call on one thread repeats within ~0.01 %, so
 ``asv continuous --factor 1.05 --bench Instructions`` flags a 5 % change that the
 timings cannot tell from noise. See ``callgrind.py`` for how the count is taken.
 Cython backend only: Numba's import and cache loading under valgrind take over

@@ -1,7 +1,7 @@
 """Instruction counts of kernel calls under valgrind's callgrind (a helper, not a benchmark).
 
 Timings on a shared 2-core machine move by 10-50 % from run to run; the number
-of instructions a kernel call executes on one thread does not. A child
+of instructions a kernel call executes on one thread moves by < 0.01 %. A child
 interpreter runs under ``valgrind --tool=callgrind`` with collection off; each
 case warms up (JIT compilation, buffers), then calls its kernel ``N_CALLS`` times
 inside ``operator.call(...)``. ``--toggle-collect=_operator_call`` counts only
