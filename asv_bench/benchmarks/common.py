@@ -3,6 +3,14 @@
 Every benchmark is parametrised by backend, dtype and thread count (1 and all
 usable cores). Data is made with fixed seeds and filled (never ``np.empty``),
 and ``setup`` runs the kernel once so JIT compilation is not timed.
+
+Sampling is sized for a shared 2-core machine, where one sample is noise: each
+benchmark runs ``rounds`` times, each round in a fresh process, taking 5-10
+samples after a warm-up, so asv compares ~20-40 samples per commit with its
+statistical test rather than two numbers. Compare commits with
+``asv continuous --interleave-rounds`` so that the rounds of the two commits
+alternate and a slow spell of the machine hits both (README: Benchmarks).
+``--quick`` (CI's smoke run) still takes one sample of each.
 """
 
 import os
@@ -30,6 +38,9 @@ class KernelBenchmark:
     params = [BACKENDS, DTYPES, THREADS]
     param_names = ["backend", "dtype", "threads"]
     timeout = 120
+    rounds = 4
+    repeat = (5, 10, 5.0)  # (min, max samples per round, stop adding samples after this many seconds)
+    warmup_time = 0.2  # seconds run before sampling: caches, OpenMP pool, CPU clock
 
     def configure(self, backend, dtype, threads):
         fastbp.set_backend(backend)

@@ -1,1 +1,2 @@
-"""Benchmarks that compare fastbp with its CPU peers (``python -m fastbp.bench peers``)."""
+"""Benchmarks: fastbp against its CPU peers (``python -m fastbp.bench peers``, ``rnn``)
+and its start-up time (``python -m fastbp.bench start``)."""

@@ -1,7 +1,12 @@
 """Train the same MLP with the same data and the same SGD step on fastbp and its CPU peers.
 
-Usage: ``python -m fastbp.bench peers [--networks 784-256-128-10:128 ...] [--threads N]``;
+Usage: ``python -m fastbp.bench peers [--networks 784-256-128-10:128 ...] [--threads N] [--pipeline | --busy]``;
 ``python -m fastbp.bench rnn [--threads N]`` for the recurrent comparison (see ``run_rnn``).
+
+``--pipeline`` runs a NumPy matmul between training steps, ``--busy`` keeps one
+core busy with another process (see ``situations``); both print each system's
+rate in that situation and its ratio to the quiet, alone figure of the same run.
+The header names the CPU and the ISA each fastbp backend runs.
 
 Every system trains float32 relu MLPs with a softmax cross-entropy output by
 plain mini-batch SGD (lr 0.01, no momentum, no weight decay) for one epoch over
@@ -16,11 +21,15 @@ baseline of every peer but JAX) runs a slower kernel.
 """
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import time
 
 import numpy as np
+
+from . import situations
+from .machine import describe
 
 LR = 0.01
 DEFAULT_NETWORKS = ["784-256-128-10:128", "784-256-128-10:32", "64-32-10:32", "784-1024-1024-10:256"]
@@ -48,7 +57,8 @@ def init_weights(sizes, seed=0):
 
 # ------------------------------------------------------------------ systems
 # Each returns a function that trains one epoch over (X, y) in batches.
-def numpy_by_hand(sizes, batch, threads):
+# ``between_steps``: None, or a callable run after every update (the --pipeline situation).
+def numpy_by_hand(sizes, batch, threads, between_steps=None):
     params = init_weights(sizes)
 
     def epoch(X, y):
@@ -69,11 +79,13 @@ def numpy_by_hand(sizes, batch, threads):
                     delta = (delta @ W.T) * (acts[i] > 0)
                 W -= LR * dW
                 b -= LR * db
+            if between_steps is not None:
+                between_steps()
 
     return epoch
 
 
-def torch_eager(sizes, batch, threads):
+def torch_eager(sizes, batch, threads, between_steps=None):
     import torch
 
     torch.set_num_threads(threads)
@@ -94,11 +106,13 @@ def torch_eager(sizes, batch, threads):
             opt.zero_grad(set_to_none=True)
             loss_fn(model(Xt[start:start + batch]), yt[start:start + batch]).backward()
             opt.step()
+            if between_steps is not None:
+                between_steps()
 
     return epoch
 
 
-def jax_jit(sizes, batch, threads):
+def jax_jit(sizes, batch, threads, between_steps=None):
     import jax
     import jax.numpy as jnp
 
@@ -122,13 +136,16 @@ def jax_jit(sizes, batch, threads):
         p = state["params"]
         for start in range(0, len(X) - batch + 1, batch):  # full batches only: one compiled shape
             p = step(p, X[start:start + batch], y[start:start + batch])
+            if between_steps is not None:
+                jax.block_until_ready(p)  # the step is done before the pipeline's next NumPy call
+                between_steps()
         jax.block_until_ready(p)
         state["params"] = p
 
     return epoch
 
 
-def sklearn_mlp(sizes, batch, threads):
+def sklearn_mlp(sizes, batch, threads, between_steps=None):
     from sklearn.neural_network import MLPClassifier
 
     model = MLPClassifier(hidden_layer_sizes=tuple(sizes[1:-1]), solver="sgd", learning_rate_init=LR,
@@ -136,13 +153,18 @@ def sklearn_mlp(sizes, batch, threads):
     classes = np.arange(sizes[-1])
 
     def epoch(X, y):
-        model.partial_fit(X, y, classes=classes)
+        if between_steps is None:
+            model.partial_fit(X, y, classes=classes)
+            return
+        for start in range(0, len(X), batch):  # one partial_fit per batch: a hook between steps
+            model.partial_fit(X[start:start + batch], y[start:start + batch], classes=classes)
+            between_steps()
 
     return epoch
 
 
 def fastbp_backend(name):
-    def build(sizes, batch, threads):
+    def build(sizes, batch, threads, between_steps=None):
         import fastbp as fb
 
         fb.set_backend(name)
@@ -154,6 +176,8 @@ def fastbp_backend(name):
             layer.W[...] = W
             layer.b[...] = b
         opt = fb.SGD(net, lr=LR)
+        if between_steps is not None:
+            situations.after_each_step(opt, between_steps)  # fit steps the optimizer once per batch
 
         def epoch(X, y):
             net.fit(X, y, optimizer=opt, epochs=1, batch_size=batch, shuffle=False, verbose=0)
@@ -282,11 +306,22 @@ def blas_threads(n):
     return threadpool_limits(limits=n, user_api="blas")
 
 
-def samples_per_second(build, sizes, batch, threads, n_samples, repeats):
+def samples_per_second(build, sizes, batch, threads, n_samples, repeats, situation="alone"):
+    """Samples/s of the best of ``repeats`` epochs; with --pipeline, the matmuls' own time left out."""
     X, y = make_data(sizes, n_samples)
-    epoch = build(sizes, batch, threads)
+    if situation == "pipeline":
+        hook = situations.BetweenSteps()
+    elif situation == "stepwise":  # the pipeline's alone figure: the same per-step loop, nothing in between
+        hook = situations.BetweenSteps(size=0)
+    else:
+        hook = None
+    epoch = build(sizes, batch, threads, hook)
     epoch(X, y)  # warm-up: JIT compilation, buffer allocation
-    best = min(_timed(epoch, X, y) for _ in range(repeats))
+    best = float("inf")
+    for _ in range(repeats):
+        hook_before = hook.seconds if hook else 0.0
+        seconds = _timed(epoch, X, y)
+        best = min(best, seconds - ((hook.seconds - hook_before) if hook else 0.0))
     return n_samples / best
 
 
@@ -296,33 +331,40 @@ def _timed(epoch, X, y):
     return time.perf_counter() - start
 
 
-def _measure_in_child(name, spec, threads, n_samples, repeats):
+def _measure_in_child(name, spec, threads, n_samples, repeats, situation):
     """samples/s of system ``name`` on network ``spec``; runs in a fresh interpreter."""
     blas_threads(threads)
     sizes, batch = parse_network(spec)
-    return samples_per_second(SYSTEMS[name], sizes, batch, threads, n_samples, repeats)
+    return samples_per_second(SYSTEMS[name], sizes, batch, threads, n_samples, repeats, situation)
 
 
-def measure_isolated(name, spec, threads, n_samples, repeats):
+def measure_isolated(name, spec, threads, n_samples, repeats, situation="alone"):
     """``_measure_in_child`` in a spawned process of its own.
 
     Each system runs alone: no thread pool of another library (torch's OpenMP,
     XLA's, OpenBLAS's) is left spinning on the cores it needs, and no import
     or JIT state of one system leaks into the next. Raises ImportError when the
-    system is not installed.
+    system is not installed. ``situation="busy"`` keeps a core busy while it runs.
     """
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_measure_in_child, (name, spec, threads, n_samples, repeats))
+    busy = situations.busy_core() if situation == "busy" else contextlib.nullcontext()
+    with multiprocessing.get_context("spawn").Pool(1) as pool, busy:
+        return pool.apply(_measure_in_child, (name, spec, threads, n_samples, repeats, situation))
 
 
-def run(networks, threads, repeats, budget_flops, systems, rounds=2):
-    """Measure every system on every network, ``rounds`` times in rotating order; keep each best."""
+def run(networks, threads, repeats, budget_flops, systems, rounds=2, situation="alone"):
+    """Measure every system on every network, ``rounds`` times in rotating order; keep each best.
+
+    In a situation other than "alone", each system is measured alone and in the
+    situation, one after the other, and the row shows the situation's rate and
+    its ratio to the alone one.
+    """
     rows = []
     for spec in networks:
         sizes, batch = parse_network(spec)
         flops_per_sample = 6 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
         n_samples = int(np.clip(budget_flops / flops_per_sample, 4 * batch, 200_000)) // batch * batch
         row = {"network": spec, "samples": n_samples, **{name: None for name in systems}}
+        alone = {name: None for name in systems}
         missing = set()
         for r in range(rounds):
             shift = r % len(systems)
@@ -330,15 +372,32 @@ def run(networks, threads, repeats, budget_flops, systems, rounds=2):
                 if name in missing:
                     continue
                 try:
-                    rate = measure_isolated(name, spec, threads, n_samples, repeats)
+                    rate = measure_isolated(name, spec, threads, n_samples, repeats, situation)
+                    if situation != "alone":
+                        quiet = "stepwise" if situation == "pipeline" else "alone"
+                        alone[name] = max(measure_isolated(name, spec, threads, n_samples, repeats, quiet),
+                                          alone[name] or 0.0)
                 except ImportError as exc:
                     missing.add(name)
                     print(f"  skipping {name}: {exc}")
                     continue
                 row[name] = max(rate, row[name] or 0.0)
         rows.append(row)
-        print_row(row, systems)
+        if situation == "alone":
+            print_row(row, systems)
+        else:
+            row["alone"] = alone
+            print_situation_row(row, systems)
     return rows
+
+
+def print_situation_row(row, systems):
+    """The situation's samples/s of each system and, in brackets, its ratio to the alone figure."""
+    cells = [f"{row['network']:>22}"]
+    for s in systems:
+        rate, alone = row[s], row["alone"][s]
+        cells.append(f"{rate / 1e3:9.1f}k ({rate / alone:4.2f}x)" if rate and alone else f"{'-':>18}")
+    print(" ".join(cells), flush=True)
 
 
 def print_row(row, systems):
@@ -367,7 +426,13 @@ def main(argv=None):
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--rounds", type=int, default=2,
                         help="peers: measurements of each system, each in a fresh process, in rotating order")
+    situation = parser.add_mutually_exclusive_group()
+    situation.add_argument("--pipeline", action="store_const", const="pipeline", dest="situation",
+                           help="peers: a NumPy matmul between training steps (ratio to alone printed)")
+    situation.add_argument("--busy", action="store_const", const="busy", dest="situation",
+                           help="peers: one CPU-bound process on one core while measuring (ratio to alone)")
     args = parser.parse_args(argv)
+    print(describe())
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
             print(f"warning: {var}={os.environ[var]} is set; NumPy's BLAS may run a slower kernel")
@@ -381,9 +446,18 @@ def main(argv=None):
         return
     systems = args.systems
     fastbp_cols = [s for s in systems if s.startswith("fastbp")]
-    print(f"samples/s, float32, SGD lr={LR}, {args.threads} threads; ratio = fastbp / best peer")
-    print(" ".join([f"{'network:batch':>22}"] + [f"{s[:10]:>10}" for s in systems] + [f"{s[7:12]:>6}" for s in fastbp_cols]))
-    run(args.networks, args.threads, args.repeats, args.gflop * 1e9, systems, args.rounds)
+    situation = args.situation or "alone"
+    if situation == "alone":
+        print(f"samples/s, float32, SGD lr={LR}, {args.threads} threads; ratio = fastbp / best peer")
+        print(" ".join([f"{'network:batch':>22}"] + [f"{s[:10]:>10}" for s in systems]
+                       + [f"{s[7:12]:>6}" for s in fastbp_cols]))
+    else:
+        what = {"pipeline": f"a {situations.MATMUL_SIZE}x{situations.MATMUL_SIZE} NumPy matmul between steps "
+                            "(its own time left out)",
+                "busy": "one CPU-bound process on one core"}[situation]
+        print(f"samples/s, float32, SGD lr={LR}, {args.threads} threads, {what}; (ratio to the same system alone)")
+        print(" ".join([f"{'network:batch':>22}"] + [f"{s[:18]:>18}" for s in systems]))
+    run(args.networks, args.threads, args.repeats, args.gflop * 1e9, systems, args.rounds, situation)
 
 
 if __name__ == "__main__":

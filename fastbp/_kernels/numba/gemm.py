@@ -34,7 +34,11 @@ by the packing routines; C (z) and the activation output are C-contiguous and
 read as flat arrays. Each driver is compiled once per dtype with an explicit
 layout-'A' signature, so C-, F- and strided operands share one compilation.
 The block sizes are closure constants of the driver, so they are baked into
-the compiled code and part of Numba's cache key.
+the compiled code and part of Numba's cache key. That key hashes the pickled
+closure, so the closure holds plain values only: a captured dispatcher pickles
+with a per-process uuid, which made every process miss the cache and compile
+the driver again (~10 s). Jitted helpers are module globals; ``direct_gemm``
+gets the block sizes as literal arguments.
 
 Determinism: every C element is summed over k in KC slices in increasing
 order, each slice in increasing k in one micro-kernel lane. Tasks only
@@ -134,6 +138,99 @@ def finish_tile(rows, cols, z, out, c_off, ldc, bias, col0, act):
             activation_span(act, z, c, out, c, cols)
 
 
+@_jit
+def direct_gemm(MR, NV, LANES, KC, a, b, zf, alpha, beta, one, work):
+    """zf := alpha·a·b + beta·zf unpacked (zf flat m*n, not read when beta == 0).  Returns the workspace.
+
+    A is read in place; B too when its columns are contiguous, else it is first
+    copied row-major into work (δ·Wᵀ: B = Wᵀ). The tiles and the KC slices are the
+    packed path's, each element summed in the same order: the same bits.
+
+    MR, NV (vectors of LANES per tile row), KC: the driver's block sizes, passed
+    as compile-time constants (the driver's closure constants arrive as literals,
+    so each driver compiles its own specialization); ``one`` is 1 in zf's dtype.
+    """
+    NR = NV * LANES
+    m, k = a.shape
+    n = b.shape[1]
+    kc_max = _kc_slices(k, KC)[1]
+    item = a.itemsize
+    rs_a, cs_a = a.strides[0] // item, a.strides[1] // item
+    b_src, rs_b = b, b.strides[0] // item
+    if b.strides[1] != item:
+        if work.shape[0] < k * n:
+            work = np.empty(k * n, dtype=work.dtype)
+        src = data_pointer(b)
+        dst = data_pointer(work)
+        b_rs, b_cs = b.strides[0] // item, b.strides[1] // item
+        for j in range(n):  # along B's columns: contiguous reads when B is a transpose
+            for p in range(k):
+                dst[p * n + j] = src[p * b_rs + j * b_cs]
+        b_src, rs_b = work[:k * n].reshape(k, n), n
+    for jc in range(0, n, NR):
+        cols = min(NR, n - jc)
+        for ic in range(0, m, MR):
+            rows = min(MR, m - ic)
+            for pc in range(0, k, kc_max):  # the packed path's KC slices; later ones accumulate
+                kc = min(kc_max, k - pc)
+                beta_t = beta if pc == 0 else one
+                if cols <= LANES:
+                    direct_kernel_simd(MR, 1, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_src, pc * rs_b + jc,
+                                       rs_b, rows, cols, zf, ic * n + jc, n, alpha, beta_t)
+                else:
+                    direct_kernel_simd(MR, NV, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_src,
+                                       pc * rs_b + jc, rs_b, rows, cols, zf, ic * n + jc, n, alpha, beta_t)
+    return work
+
+
+@_jit
+def gemm_task(MR, NR, SIMD, one, task, n_blocks, n_tiles, n_parts, n_panels, m, n, k, jc, nc, s0, s1, kc_max,
+              slice_stride, a, work, pa_off, zf, of, bias, act, alpha_t, beta, finish):
+    """One task of the 3rd loop over KC slices s0..s1-1 (B packed at work[0:], per slice
+    slice_stride apart): row block task // n_parts (whole MR tiles [blk*T/nb, (blk+1)*T/nb))
+    times column part task % n_parts (whole NR micro-panels). For each slice, in increasing
+    order, packs that block of A at work[pa_off:] and runs the 2nd and 1st loops on it.
+
+    MR, NR, SIMD: the driver's tile and instruction set, compile-time constants as for
+    direct_gemm; ``one`` is 1 in zf's dtype."""
+    blk, part = task // n_parts, task % n_parts
+    i0 = (blk * n_tiles // n_blocks) * MR
+    i1 = min(((blk + 1) * n_tiles // n_blocks) * MR, m)
+    j0 = (part * n_panels // n_parts) * NR
+    j1 = min(((part + 1) * n_panels // n_parts) * NR, nc)
+    if i1 <= i0 or j1 <= j0:
+        return
+    ab_off = pa_off + (i1 - i0 + MR - 1) // MR * MR * kc_max
+    ab = work[ab_off:ab_off + MR * NR]
+    ab_scratch = work[ab_off + MR * NR:ab_off + 2 * MR * NR]
+    for s in range(s0, s1):  # 4th loop (pc, KC): every slice updates the same C
+        pc = s * kc_max
+        kc = min(kc_max, k - pc)
+        beta_t = beta if pc == 0 else one  # later slices accumulate
+        last = pc + kc == k
+        pb_off = (s - s0) * slice_stride
+        pack_a(a, i0, i1 - i0, pc, kc, MR, work, pa_off)  # 3rd loop (ic, MC): one block
+        for jr in range(j0, j1, NR):  # 2nd loop (jr, NR)
+            cols = min(NR, nc - jr)
+            for ir in range(0, i1 - i0, MR):  # 1st loop (ir, MR)
+                rows = min(MR, i1 - i0 - ir)
+                c_off = (i0 + ir) * n + jc + jr
+                full = rows == MR and cols == NR
+                # A full tile is updated in place; an edge tile goes through ab.
+                tile, tile_off, ldt = (zf, c_off, n) if full else (ab, 0, NR)
+                tile_beta = beta_t if full else one - one
+                if SIMD:
+                    micro_kernel_simd(MR, NR, kc, work, pa_off + ir * kc, work, pb_off + jr * kc,
+                                      tile, tile_off, ldt, alpha_t, tile_beta)
+                else:
+                    micro_kernel_loops(MR, NR, kc, work, pa_off + ir * kc, work, pb_off + jr * kc,
+                                       tile, tile_off, ldt, alpha_t, tile_beta, ab_scratch)
+                if not full:
+                    store_edge_tile(ab, NR, rows, cols, zf, c_off, n, beta_t)
+                if last and finish:
+                    finish_tile(rows, cols, zf, of, c_off, n, bias, jc + jr, act)
+
+
 def _make_driver(dtype, parallel):
     """Compile-on-first-use GEMM driver for ``dtype`` with the block sizes of this ISA.
 
@@ -147,90 +244,6 @@ def _make_driver(dtype, parallel):
     SCALAR = np.float32 if dtype == "float32" else np.float64
     LANES = VECTOR_LANES[dtype]
     NV = NR // LANES  # vectors per tile row
-
-    def _direct(a, b, zf, alpha, beta, work):
-        """zf := alpha·a·b + beta·zf unpacked (zf flat m*n, not read when beta == 0).  Returns the workspace.
-
-        A is read in place; B too when its columns are contiguous, else it is first
-        copied row-major into work (δ·Wᵀ: B = Wᵀ). The tiles and the KC slices are the
-        packed path's, each element summed in the same order: the same bits.
-        """
-        m, k = a.shape
-        n = b.shape[1]
-        kc_max = _kc_slices(k, KC)[1]
-        item = a.itemsize
-        rs_a, cs_a = a.strides[0] // item, a.strides[1] // item
-        b_src, rs_b = b, b.strides[0] // item
-        if b.strides[1] != item:
-            if work.shape[0] < k * n:
-                work = np.empty(k * n, dtype=work.dtype)
-            src = data_pointer(b)
-            dst = data_pointer(work)
-            b_rs, b_cs = b.strides[0] // item, b.strides[1] // item
-            for j in range(n):  # along B's columns: contiguous reads when B is a transpose
-                for p in range(k):
-                    dst[p * n + j] = src[p * b_rs + j * b_cs]
-            b_src, rs_b = work[:k * n].reshape(k, n), n
-        for jc in range(0, n, NR):
-            cols = min(NR, n - jc)
-            for ic in range(0, m, MR):
-                rows = min(MR, m - ic)
-                for pc in range(0, k, kc_max):  # the packed path's KC slices; later ones accumulate
-                    kc = min(kc_max, k - pc)
-                    beta_t = beta if pc == 0 else SCALAR(1.0)
-                    if cols <= LANES:
-                        direct_kernel_simd(MR, 1, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_src, pc * rs_b + jc,
-                                           rs_b, rows, cols, zf, ic * n + jc, n, alpha, beta_t)
-                    else:
-                        direct_kernel_simd(MR, NV, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_src,
-                                           pc * rs_b + jc, rs_b, rows, cols, zf, ic * n + jc, n, alpha, beta_t)
-        return work
-
-    _direct = numba.njit(cache=True, nogil=True)(_direct)
-
-    @numba.njit(cache=True, nogil=True)
-    def _task(task, n_blocks, n_tiles, n_parts, n_panels, m, n, k, jc, nc, s0, s1, kc_max, slice_stride,
-              a, work, pa_off, zf, of, bias, act, alpha_t, beta, finish):
-        """One task of the 3rd loop over KC slices s0..s1-1 (B packed at work[0:], per slice
-        slice_stride apart): row block task // n_parts (whole MR tiles [blk*T/nb, (blk+1)*T/nb))
-        times column part task % n_parts (whole NR micro-panels). For each slice, in increasing
-        order, packs that block of A at work[pa_off:] and runs the 2nd and 1st loops on it."""
-        blk, part = task // n_parts, task % n_parts
-        i0 = (blk * n_tiles // n_blocks) * MR
-        i1 = min(((blk + 1) * n_tiles // n_blocks) * MR, m)
-        j0 = (part * n_panels // n_parts) * NR
-        j1 = min(((part + 1) * n_panels // n_parts) * NR, nc)
-        if i1 <= i0 or j1 <= j0:
-            return
-        ab_off = pa_off + (i1 - i0 + MR - 1) // MR * MR * kc_max
-        ab = work[ab_off:ab_off + MR * NR]
-        ab_scratch = work[ab_off + MR * NR:ab_off + 2 * MR * NR]
-        for s in range(s0, s1):  # 4th loop (pc, KC): every slice updates the same C
-            pc = s * kc_max
-            kc = min(kc_max, k - pc)
-            beta_t = beta if pc == 0 else SCALAR(1.0)  # later slices accumulate
-            last = pc + kc == k
-            pb_off = (s - s0) * slice_stride
-            pack_a(a, i0, i1 - i0, pc, kc, MR, work, pa_off)  # 3rd loop (ic, MC): one block
-            for jr in range(j0, j1, NR):  # 2nd loop (jr, NR)
-                cols = min(NR, nc - jr)
-                for ir in range(0, i1 - i0, MR):  # 1st loop (ir, MR)
-                    rows = min(MR, i1 - i0 - ir)
-                    c_off = (i0 + ir) * n + jc + jr
-                    full = rows == MR and cols == NR
-                    # A full tile is updated in place; an edge tile goes through ab.
-                    tile, tile_off, ldt = (zf, c_off, n) if full else (ab, 0, NR)
-                    tile_beta = beta_t if full else SCALAR(0.0)
-                    if SIMD:
-                        micro_kernel_simd(MR, NR, kc, work, pa_off + ir * kc, work, pb_off + jr * kc,
-                                          tile, tile_off, ldt, alpha_t, tile_beta)
-                    else:
-                        micro_kernel_loops(MR, NR, kc, work, pa_off + ir * kc, work, pb_off + jr * kc,
-                                           tile, tile_off, ldt, alpha_t, tile_beta, ab_scratch)
-                    if not full:
-                        store_edge_tile(ab, NR, rows, cols, zf, c_off, n, beta_t)
-                    if last and finish:
-                        finish_tile(rows, cols, zf, of, c_off, n, bias, jc + jr, act)
 
     def _gemm(a, b, z, out, bias, alpha, beta, act, n_threads, work):
         """z := alpha·a·b + beta·z + bias; out := act(z) unless act < 0.  Returns the workspace used.
@@ -253,7 +266,7 @@ def _make_driver(dtype, parallel):
         finish = bias.shape[0] > 0 or act >= 0
 
         if SIMD and m * n * k <= DIRECT_MAX_MADDS:
-            work = _direct(a, b, zf, alpha_t, SCALAR(beta), work)
+            work = direct_gemm(MR, NV, LANES, KC, a, b, zf, alpha_t, SCALAR(beta), SCALAR(1.0), work)
             if finish:
                 finish_tile(m, n, zf, of, 0, n, bias, 0, act)
             return work
@@ -294,9 +307,9 @@ def _make_driver(dtype, parallel):
                         if task >= n_items:
                             break
                         t_task = cycle_counter()
-                        _task(task, n_blocks, n_tiles, n_parts, n_panels, m, n, k, jc, nc, s0, s1, kc_max,
-                              slice_stride, a, work, b_size + t * region, zf, of, bias, act, alpha_t,
-                              SCALAR(beta), finish)
+                        gemm_task(MR, NR, SIMD, SCALAR(1.0), task, n_blocks, n_tiles, n_parts, n_panels, m, n, k,
+                                  jc, nc, s0, s1, kc_max, slice_stride, a, work, b_size + t * region, zf, of, bias,
+                                  act, alpha_t, SCALAR(beta), finish)
                         stats[2 * t] += cycle_counter() - t_task
                         stats[2 * t + 1] += 1
                 wall += cycle_counter() - t_start
