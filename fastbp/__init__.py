@@ -22,9 +22,9 @@ from .callbacks import EarlyStopping, ModelCheckpoint
 from .checkpoint import Checkpoint, load_checkpoint
 from .onnx_export import export_onnx  # imports onnx only when called
 from .gradcheck import gradcheck
-from .layers import Dense
+from .layers import Dense, Layer, register_layer
 from .network import Network
-from .recurrent import RNN, ConvergenceError, FixedPoint
+from .layers.recurrent import RNN, ConvergenceError, FixedPoint
 from .optim import SGD, Adam, RMSprop
 from .serialization import load, save
 
@@ -43,6 +43,8 @@ __all__ = [
     "set_num_threads",
     "Network",
     "Dense",
+    "Layer",
+    "register_layer",
     "RNN",
     "FixedPoint",
     "ConvergenceError",

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from . import _backend
 from . import _validation as V
+from . import losses as _losses
 from ._kernels import registry as R
 from ._kernels.reference import mlp_layout
 from ._kernels.registry import ACTIVATIONS, LOSSES  # noqa: F401  (re-exported)
@@ -46,10 +47,6 @@ MAX_INT64 = 2**63 - 1  # widths and step counts reach the kernels as int64
 
 # The kernels take ndarrays only (no lists: a conversion would hide a copy), float32 or float64.
 FloatArray = NDArray[np.floating]
-
-
-def _kernels():
-    return _backend.backend_module(), _backend.get_num_threads()
 
 
 def _readable(x, out):
@@ -101,8 +98,8 @@ def gemm(a: FloatArray, b: FloatArray, out: Optional[FloatArray] = None, trans_a
         else:
             out *= beta
         return out
-    kernels, n_threads = _kernels()
-    kernels.gemm(_readable(op_a, out), _readable(op_b, out), out, alpha, beta, n_threads)
+    backend, n_threads = _backend.runtime()
+    backend.gemm(_readable(op_a, out), _readable(op_b, out), out, alpha, beta, n_threads)
     return out
 
 
@@ -127,8 +124,8 @@ def activation(name: str, z: FloatArray, out: Optional[FloatArray] = None) -> Fl
     z = V.contiguous_input("z", z, 2)
     out = V.output_array("out", out, z.shape, z.dtype, inputs={"z": z}, may_alias=("z",))
     if z.size:
-        kernels, n_threads = _kernels()
-        kernels.activation_forward(act, z, out, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.activation_forward(act, z, out, n_threads)
     return out
 
 
@@ -174,8 +171,8 @@ def activation_grad(name: str, grad_output: FloatArray, output: FloatArray,
     inputs = {"grad_output": grad_output, "output": output, "preactivation": None if z is output else z}
     out = V.output_array("out", out, grad_output.shape, grad_output.dtype, inputs=inputs, may_alias=("grad_output",))
     if out.size:
-        kernels, n_threads = _kernels()
-        kernels.activation_backward(act, z, output, grad_output, out, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.activation_backward(act, z, output, grad_output, out, n_threads)
     return out
 
 
@@ -218,8 +215,8 @@ def dense_forward(x: FloatArray, w: FloatArray, b: FloatArray, activation: str =
     z = V.output_array("preactivation_out", preactivation_out, shape, x.dtype, inputs=dict(inputs, out=out)) \
         if preactivation_out is not None else out
     if out.size:
-        kernels, n_threads = _kernels()
-        kernels.dense_forward(x, w, b, act, z, out, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.dense_forward(x, w, b, act, z, out, n_threads)
     return out
 
 
@@ -284,8 +281,8 @@ def dense_backward(x: FloatArray, w: FloatArray, output: FloatArray, grad_output
             dw.fill(0)
             db.fill(0)
         return dw, db, dx
-    kernels, n_threads = _kernels()
-    kernels.dense_backward(x, w, z, output, grad_output, act, delta, dw, db,
+    backend, n_threads = _backend.runtime()
+    backend.dense_backward(x, w, z, output, grad_output, act, delta, dw, db,
                            dx if compute_dx else delta, bool(compute_dx), bool(accumulate), n_threads)
     return dw, db, dx
 
@@ -347,8 +344,8 @@ def loss_and_grad(name: str, output: FloatArray, target: np.ndarray,
                           inputs={"output": output, "target": target})
     if output.size == 0:
         raise ValueError(f"output must not be empty, got shape {output.shape}")
-    kernels, n_threads = _kernels()
-    value = getattr(kernels, kernel)(output, target, grad, n_threads)
+    backend, n_threads = _backend.runtime()
+    value = _losses.loss_kernel(backend, kernel)(output, target, grad, n_threads)
     return _loss_value(value), grad
 
 
@@ -431,8 +428,8 @@ def mlp_loss_and_grad(x: FloatArray, target: np.ndarray, loss: str, widths: Sequ
     inputs["deltas_out"] = deltas
     preacts = V.output_array("preactivations_out", preactivations_out, (n_preactivations,), x.dtype,
                              inputs=inputs)
-    kernels, n_threads = _kernels()
-    value = kernels.mlp_loss_and_grad(x, target, R.LOSS_KERNEL_ID[kernel], widths, act_ids, params, grads,
+    backend, n_threads = _backend.runtime()
+    value = backend.mlp_loss_and_grad(x, target, R.LOSS_KERNEL_ID[kernel], widths, act_ids, params, grads,
                                       outputs, preacts, deltas, n_threads)
     return _loss_value(value), grads
 
@@ -478,8 +475,8 @@ def sgd_step(param: FloatArray, grad: FloatArray, velocity: Optional[FloatArray]
     momentum = V.scalar("momentum", momentum)
     state = {"velocity": velocity} if momentum or velocity is not None else {}
     param, grad = _optimizer_buffers(param, grad, **state)
-    kernels, n_threads = _kernels()
-    return bool(kernels.sgd_step(param, grad, velocity, V.scalar("lr", lr), momentum,
+    backend, n_threads = _backend.runtime()
+    return bool(backend.sgd_step(param, grad, velocity, V.scalar("lr", lr), momentum,
                                  bool(nesterov), V.scalar("weight_decay", weight_decay), n_threads))
 
 
@@ -491,8 +488,8 @@ def rmsprop_step(param: FloatArray, grad: FloatArray, square_avg: FloatArray, lr
     param -= lr·g / (√square_avg + eps)``. Returns whether the step was applied (see ``sgd_step``).
     """
     param, grad = _optimizer_buffers(param, grad, square_avg=square_avg)
-    kernels, n_threads = _kernels()
-    return bool(kernels.rmsprop_step(param, grad, square_avg, V.scalar("lr", lr), V.unit_interval("rho", rho),
+    backend, n_threads = _backend.runtime()
+    return bool(backend.rmsprop_step(param, grad, square_avg, V.scalar("lr", lr), V.unit_interval("rho", rho),
                                      V.scalar("eps", eps), V.scalar("weight_decay", weight_decay), n_threads))
 
 
@@ -511,8 +508,8 @@ def adam_step(param: FloatArray, grad: FloatArray, exp_avg: FloatArray, exp_avg_
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 1 <= step <= MAX_INT64:
         raise ValueError(f"step must be an integer in [1, 2**63 - 1], got {step!r}")
     beta1, beta2 = V.unit_interval("beta1", beta1), V.unit_interval("beta2", beta2)
-    kernels, n_threads = _kernels()
-    return bool(kernels.adam_step(param, grad, exp_avg, exp_avg_sq, V.scalar("lr", lr), beta1,
+    backend, n_threads = _backend.runtime()
+    return bool(backend.adam_step(param, grad, exp_avg, exp_avg_sq, V.scalar("lr", lr), beta1,
                                   beta2, V.scalar("eps", eps),
                                   V.scalar("weight_decay", weight_decay), int(step), n_threads))
 
@@ -564,8 +561,8 @@ def rnn_forward(x_proj: FloatArray, wh: FloatArray, activation: str = "tanh",
     out = V.output_array("out", out, x_proj.shape, x_proj.dtype, inputs={"x_proj": x_proj, "wh": wh},
                          may_alias=("x_proj",))
     if out.size:
-        kernels, n_threads = _kernels()
-        kernels.rnn_forward(x_proj, wh, act, out, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.rnn_forward(x_proj, wh, act, out, n_threads)
     return out
 
 
@@ -614,8 +611,8 @@ def rnn_backward(hs: FloatArray, wh: FloatArray, grad_hs: FloatArray, activation
                            inputs={"hs": hs, "wh": wh, "grad_hs": grad_hs}, may_alias=("grad_hs",))
     dwh = V.output_array("dwh_out", dwh_out, (n, n), hs.dtype,
                          inputs={"hs": hs, "wh": wh, "grad_hs": grad_hs, "delta_out": delta})
-    kernels, n_threads = _kernels()
-    kernels.rnn_backward(hs, wh, act, grad_hs, truncate, delta, dwh, n_threads)
+    backend, n_threads = _backend.runtime()
+    backend.rnn_backward(hs, wh, act, grad_hs, truncate, delta, dwh, n_threads)
     return delta, dwh
 
 
@@ -663,8 +660,8 @@ def fixed_point_forward(x_proj: FloatArray, wh: FloatArray, activation: str = "t
     inputs = {"x_proj": x_proj, "wh": wh}
     h = V.output_array("out", out, x_proj.shape, x_proj.dtype, inputs=inputs)
     scratch = V.output_array("scratch", scratch, x_proj.shape, x_proj.dtype, inputs=dict(inputs, out=h))
-    kernels, n_threads = _kernels()
-    it, residual = kernels.fixed_point_forward(x_proj, wh, act, tol, max_iter, h, scratch, n_threads)
+    backend, n_threads = _backend.runtime()
+    it, residual = backend.fixed_point_forward(x_proj, wh, act, tol, max_iter, h, scratch, n_threads)
     if not residual <= tol:
         raise ConvergenceError(f"fixed_point_forward did not converge: max|Δh| = {residual:.3g} > tol = {tol:g} "
                                f"after {it} iterations")
@@ -708,8 +705,8 @@ def fixed_point_adjoint(h: FloatArray, wh: FloatArray, grad_h: FloatArray, activ
     inputs = {"h": h, "wh": wh, "grad_h": grad_h}
     delta = V.output_array("out", out, h.shape, h.dtype, inputs=inputs)
     scratch = V.output_array("scratch", scratch, (2,) + h.shape, h.dtype, inputs=dict(inputs, out=delta))
-    kernels, n_threads = _kernels()
-    it, residual = kernels.fixed_point_adjoint(h, wh, act, grad_h, tol, max_iter, delta, scratch, n_threads)
+    backend, n_threads = _backend.runtime()
+    it, residual = backend.fixed_point_adjoint(h, wh, act, grad_h, tol, max_iter, delta, scratch, n_threads)
     if not residual <= tol:
         raise ConvergenceError(f"fixed_point_adjoint did not converge: max|Δv| = {residual:.3g} > tol = {tol:g} "
                                f"after {it} iterations")

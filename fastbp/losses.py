@@ -34,6 +34,11 @@ PREDICT_ACTIVATION = {
 _SQUASHING = frozenset({"softmax", "sigmoid"})
 
 
+def loss_kernel(backend, kernel):
+    """The loss kernel named ``kernel`` (``registry.LOSS_KERNELS``) of ``backend``: the one dispatch by name."""
+    return getattr(backend, kernel)
+
+
 def check_loss(name):
     """Return ``name`` if it is a known loss, else raise ValueError listing the known ones."""
     return R.check_loss(name)

@@ -51,7 +51,7 @@ import numpy as np
 from . import losses as _losses
 from ._kernels import registry as R
 from .layers import Dense
-from .recurrent import RNN, FixedPoint
+from .layers.recurrent import RNN, FixedPoint
 
 __all__ = ["export_onnx", "OPSET", "LAYER_EXPORTERS", "ACTIVATION_EXPORTERS"]
 
