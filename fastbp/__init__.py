@@ -22,7 +22,7 @@ from .callbacks import EarlyStopping, ModelCheckpoint
 from .checkpoint import Checkpoint, load_checkpoint
 from .onnx_export import export_onnx  # imports onnx only when called
 from .gradcheck import gradcheck
-from .layers import Dense, Layer, register_layer
+from .layers import Dense, Flatten, Layer, register_layer
 from .network import Network
 from .layers.recurrent import RNN, ConvergenceError, FixedPoint
 from .optim import SGD, Adam, RMSprop
@@ -43,6 +43,7 @@ __all__ = [
     "set_num_threads",
     "Network",
     "Dense",
+    "Flatten",
     "Layer",
     "register_layer",
     "RNN",

@@ -50,7 +50,7 @@ import numpy as np
 
 from . import losses as _losses
 from ._kernels import registry as R
-from .layers import Dense
+from .layers import Dense, Flatten
 from .layers.recurrent import RNN, FixedPoint
 
 __all__ = ["export_onnx", "OPSET", "LAYER_EXPORTERS", "ACTIVATION_EXPORTERS"]
@@ -197,8 +197,26 @@ def _export_fixed_point(g, layer, x):
     return g.node("Loop", [max_iter, start, h0], "fixed_point", body=graph)
 
 
+def _export_flatten(g, layer, x):
+    return g.node("Flatten", [x], "flatten", axis=1)  # C order over (height, width, channels), as Flatten
+
+
+def _input_dims(network):
+    """The symbolic and fixed sizes of the model's input, by the first layer's input rank."""
+    rank = network.layers[0].input_rank
+    if network.sequence_input:
+        return ["batch", "steps", network.n_inputs]
+    if rank == 4:
+        return ["batch", "height", "width", network.n_inputs]
+    if rank == 2:
+        return ["batch", network.n_inputs]
+    raise TypeError(f"the first layer {network.layers[0]!r} takes input of any rank; export a network whose "
+                    f"first layer fixes it (Dense, Conv2D, ...)")
+
+
 LAYER_EXPORTERS = {
     Dense: _export_dense,
+    Flatten: _export_flatten,
     RNN: _export_rnn,
     FixedPoint: _export_fixed_point,
 }
@@ -246,16 +264,16 @@ def export_onnx(network, path=None, *, input_name="X", output_name="Y", opset=OP
                             f"{', '.join(t.__name__ for t in LAYER_EXPORTERS)}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < OPSET:
         raise ValueError(f"opset must be an integer >= {OPSET}, got {opset!r}")
+    input_dims = _input_dims(network)
     g = _Graph(network.dtype)
     x = input_name
     for layer in network.layers:
         x = LAYER_EXPORTERS[type(layer)](g, layer, x)
     y = _activation(g, _losses.PREDICT_ACTIVATION[network.loss], x)
     g.nodes.append(helper.make_node("Identity", [y], [output_name], name="output"))
-    steps = ["batch", "steps"] if network.sequence_input else ["batch"]
-    out_steps = steps if network.sequence_output else ["batch"]
+    out_steps = ["batch", "steps"] if network.sequence_output else ["batch"]
     graph = helper.make_graph(g.nodes, "fastbp_network",
-                              [g.value_info(input_name, steps + [network.n_inputs])],
+                              [g.value_info(input_name, input_dims)],
                               [g.value_info(output_name, out_steps + [network.n_outputs])],
                               initializer=g.initializers)
     opsets = [helper.make_opsetid("", opset)]
