@@ -307,6 +307,7 @@ def _loss_target(name, target, shape, dtype):
         raise TypeError(f"target must be numeric, got dtype {target.dtype}")
     if target.shape != tuple(shape):
         raise ValueError(f"target must have the shape of output {tuple(shape)}, got {target.shape}")
+    _losses.check_target_rows(name, target, "target")
     return np.ascontiguousarray(target, dtype=dtype), name
 
 
