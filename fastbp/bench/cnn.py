@@ -76,25 +76,33 @@ def _feature_map(name):
 
 
 # ------------------------------------------------------------------ systems
+def fastbp_network(name):
+    """The fastbp Network of ``name`` with the shared initial weights."""
+    import fastbp as fb
+
+    layers = []
+    for kind, *args in NETWORKS[name]["layers"]:
+        if kind == "conv":
+            layers.append(fb.Conv2D(args[0], args[1], args[2], padding=args[3], activation="relu"))
+        elif kind == "pool":
+            layers.append(fb.MaxPool2D(args[0]))
+        elif kind == "flatten":
+            layers.append(fb.Flatten())
+        else:
+            layers.append(fb.Dense(args[0], args[1], activation="relu" if args[2] else None))
+    net = fb.Network(layers, loss="softmax_cross_entropy", dtype=np.float32, seed=0)
+    for layer, (W, b) in zip([layer for layer in net.layers if layer.n_params], init_weights(name)):
+        layer.W, layer.b = W, b
+    return net
+
+
 def fastbp_cnn(backend):
     def build(name, threads):
         import fastbp as fb
 
         fb.set_backend(backend)
         fb.set_num_threads(threads)
-        layers = []
-        for kind, *args in NETWORKS[name]["layers"]:
-            if kind == "conv":
-                layers.append(fb.Conv2D(args[0], args[1], args[2], padding=args[3], activation="relu"))
-            elif kind == "pool":
-                layers.append(fb.MaxPool2D(args[0]))
-            elif kind == "flatten":
-                layers.append(fb.Flatten())
-            else:
-                layers.append(fb.Dense(args[0], args[1], activation="relu" if args[2] else None))
-        net = fb.Network(layers, loss="softmax_cross_entropy", dtype=np.float32, seed=0)
-        for layer, (W, b) in zip([layer for layer in net.layers if layer.n_params], init_weights(name)):
-            layer.W, layer.b = W, b
+        net = fastbp_network(name)
         opt = fb.SGD(net, lr=LR)
 
         def epoch(X, y):
@@ -105,10 +113,10 @@ def fastbp_cnn(backend):
     return build
 
 
-def torch_eager(name, threads):
+def torch_network(name):
+    """The torch model of ``name`` (channels-first) with the shared initial weights, permuted."""
     import torch
 
-    torch.set_num_threads(threads)
     nn = torch.nn
     modules, weights = [], iter(init_weights(name))
     h, w, c = _feature_map(name)
@@ -135,7 +143,15 @@ def torch_eager(name, threads):
                 linear.weight.copy_(torch.from_numpy(W.T.copy()))
                 linear.bias.copy_(torch.from_numpy(b))
             modules += [linear, nn.ReLU()] if args[2] else [linear]
-    model = nn.Sequential(*modules)
+    return nn.Sequential(*modules)
+
+
+def torch_eager(name, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    nn = torch.nn
+    model = torch_network(name)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     loss_fn = nn.CrossEntropyLoss()
 
