@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _backend
+from . import _geometry as G
 from . import _validation as V
 from . import losses as _losses
 from ._kernels import registry as R
@@ -38,16 +39,19 @@ __all__ = [
     "rnn_backward",
     "fixed_point_forward",
     "fixed_point_adjoint",
+    "conv2d_forward",
+    "conv2d_backward",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
+    "global_avg_pool2d_forward",
+    "global_avg_pool2d_backward",
     "ConvergenceError",
 ]
 
 
 MAX_INT64 = 2**63 - 1  # widths and step counts reach the kernels as int64
-
-
-def _kernels():
-    """(backend module, thread count): ``_backend.runtime()``, under the name code written before it calls."""
-    return _backend.runtime()
 
 
 # The kernels take ndarrays only (no lists: a conversion would hide a copy), float32 or float64.
@@ -717,3 +721,317 @@ def fixed_point_adjoint(h: FloatArray, wh: FloatArray, grad_h: FloatArray, activ
         raise ConvergenceError(f"fixed_point_adjoint did not converge: max|Δv| = {residual:.3g} > tol = {tol:g} "
                                f"after {it} iterations")
     return delta, it
+
+
+# ---------------------------------------------------------------- convolution and pooling
+# Images are channels-last, (n_samples, height, width, channels); convolution
+# weights are (kernel_h, kernel_w, in_channels, out_channels). Geometry
+# arguments (stride, padding, dilation, pool_size) are turned into the kernels'
+# integer tuples, and impossible ones rejected, by fastbp._geometry.
+def _image(name, x, dtype=None):
+    """A checked, C-contiguous (n_samples, height, width, channels) float array with pixels and channels."""
+    if isinstance(x, np.ndarray) and x.ndim != 4:
+        raise ValueError(f"{name} must be 4-D (n_samples, height, width, channels), got shape {x.shape}")
+    x = V.contiguous_input(name, x, 4, dtype)
+    if min(x.shape[1:]) < 1:
+        raise ValueError(f"{name} must have at least one pixel and one channel, got shape {x.shape} "
+                         "(n_samples, height, width, channels)")
+    return x
+
+
+def _conv_weights(x, w):
+    if isinstance(w, np.ndarray) and w.ndim != 4:
+        raise ValueError(f"w must be 4-D (kernel_h, kernel_w, in_channels, out_channels), got shape {w.shape}")
+    w = V.contiguous_input("w", w, 4, x.dtype)
+    if w.shape[2] != x.shape[3] or min(w.shape) < 1:
+        raise ValueError(
+            f"w has shape {w.shape} (kernel_h, kernel_w, in_channels, out_channels) but x has shape {x.shape} "
+            f"with {x.shape[3]} channels; expected w of shape (kh, kw, {x.shape[3]}, out_channels), all positive")
+    return w
+
+
+def _conv_operands(x, w, b):
+    x = _image("x", x)
+    w = _conv_weights(x, w)
+    b = V.contiguous_input("b", b, 1, x.dtype)
+    if b.shape != (w.shape[3],):
+        raise ValueError(f"b must have shape ({w.shape[3]},) to match w of shape {w.shape}, got {b.shape}")
+    return x, w, b
+
+
+def conv2d_forward(x, w, b, stride=1, padding="valid", dilation=1, activation="identity", out=None,
+                   preactivation_out=None):
+    """Fused 2-D convolution ``a = act(conv(x, w) + b)`` over channels-last images.
+
+    ``z[n, i, j, f] = Σ_{p, q, c} x[n, i·sh - top + p·dh, j·sw - left + q·dw, c]·w[p, q, c, f] + b[f]``,
+    pixels outside ``x`` being zeros: torch.nn.functional.conv2d (a cross-correlation)
+    with the image and weight axes permuted. Computed as one GEMM over output
+    pixels with the bias and activation applied to each output tile.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, height, width, in_channels), float32 or float64
+    w : ndarray of shape (kernel_h, kernel_w, in_channels, out_channels), same dtype
+    b : ndarray of shape (out_channels,)
+    stride, dilation : int or (int, int), positive
+    padding : "valid", "same", int, (pad_h, pad_w) or (top, bottom, left, right)
+        "same" gives ceil(size / stride) outputs per axis (for stride 1 torch's
+        padding="same"), the odd pixel at the bottom/right.
+    activation : str, one of ``ACTIVATIONS`` (softmax is over the channels of each pixel)
+    out : C-contiguous ndarray of shape (n_samples, out_h, out_w, out_channels), optional
+    preactivation_out : C-contiguous ndarray like ``out``, optional
+        Receives z = conv(x, w) + b, which backward needs for gelu.
+
+    Returns
+    -------
+    out : ndarray of shape (n_samples, out_h, out_w, out_channels)
+    """
+    act = _activation_id(activation)
+    x, w, b = _conv_operands(x, w, b)
+    shape, geometry = G.conv2d(x.shape, w.shape, stride, padding, dilation)
+    inputs = {"x": x, "w": w, "b": b}
+    out = V.output_array("out", out, shape, x.dtype, inputs=inputs)
+    z = V.output_array("preactivation_out", preactivation_out, shape, x.dtype, inputs=dict(inputs, out=out)) \
+        if preactivation_out is not None else out
+    if out.size:
+        backend, n_threads = _backend.runtime()
+        backend.conv2d_forward(x, w, b, geometry, act, z, out, n_threads)
+    return out
+
+
+def conv2d_backward(x, w, output, grad_output, stride=1, padding="valid", dilation=1, activation="identity",
+                    preactivation=None, *, grad_preactivation_out=None, dw_out=None, db_out=None, dx_out=None,
+                    compute_dx=True, accumulate=False):
+    """Backward pass of ``a = act(conv(x, w) + b)``.
+
+    Computes ``δ = grad_output ⊙ act'(z)``, ``dw = colsᵀ·δ`` (cols: each output
+    pixel's receptive field), ``db = Σ_pixels δ`` and ``dx``, the transposed
+    convolution of δ with w; with ``accumulate`` dw and db are added to
+    ``dw_out`` and ``db_out``. Bitwise the same for any thread count.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, height, width, in_channels): the layer's input
+    w : ndarray of shape (kernel_h, kernel_w, in_channels, out_channels)
+    output : ndarray of shape (n_samples, out_h, out_w, out_channels): a, from the forward pass
+    grad_output : ndarray like ``output``: d loss / d a
+    stride, padding, dilation, activation : as in ``conv2d_forward``
+    preactivation : ndarray like ``output``, optional: z, needed for gelu
+    grad_preactivation_out : C-contiguous ndarray like ``output``, optional; may be ``grad_output``
+    dw_out, db_out, dx_out : C-contiguous ndarrays shaped like w, (out_channels,) and x, optional
+    compute_dx : bool
+        False skips dx (a first layer needs none) and returns None for it.
+    accumulate : bool
+        Add to ``dw_out``/``db_out``, which must then be given.
+
+    Returns
+    -------
+    dw, db, dx : ndarrays (dx is None when ``compute_dx`` is False)
+    """
+    act = _activation_id(activation)
+    x = _image("x", x)
+    w = _conv_weights(x, w)
+    shape, geometry = G.conv2d(x.shape, w.shape, stride, padding, dilation)
+    output = V.contiguous_input("output", output, 4, x.dtype)
+    grad_output = V.contiguous_input("grad_output", grad_output, 4, x.dtype)
+    for name, arr in (("output", output), ("grad_output", grad_output)):
+        if arr.shape != shape:
+            raise ValueError(f"{name} must have shape {shape} to match x {x.shape}, w {w.shape} and the "
+                             f"stride, padding and dilation, got {arr.shape}")
+    if preactivation is None:
+        if activation in R.NEEDS_PREACTIVATION:
+            raise ValueError(f"the derivative of {activation!r} needs the preactivation z, got None")
+        z = output
+    else:
+        z = V.contiguous_input("preactivation", preactivation, 4, x.dtype)
+        if z.shape != shape:
+            raise ValueError(f"preactivation must have shape {shape}, got {z.shape}")
+    if accumulate and (dw_out is None or db_out is None):
+        raise ValueError("accumulate=True needs dw_out and db_out to add into")
+    inputs = {"x": x, "w": w, "output": output, "preactivation": z, "grad_output": grad_output}
+    delta = V.output_array("grad_preactivation_out", grad_preactivation_out, shape, x.dtype, inputs=inputs,
+                    may_alias=("grad_output",))
+    inputs["grad_preactivation_out"] = delta
+    dw = V.output_array("dw_out", dw_out, w.shape, x.dtype, inputs=inputs)
+    db = V.output_array("db_out", db_out, (w.shape[3],), x.dtype, inputs=dict(inputs, dw_out=dw))
+    dx = V.output_array("dx_out", dx_out, x.shape, x.dtype, inputs=dict(inputs, dw_out=dw, db_out=db)) \
+        if compute_dx else None
+    if x.shape[0] == 0:
+        if not accumulate:
+            dw.fill(0)
+            db.fill(0)
+        return dw, db, dx
+    backend, n_threads = _backend.runtime()
+    backend.conv2d_backward(x, w, z, output, grad_output, act, geometry, delta, dw, db, dx,
+                            bool(compute_dx), bool(accumulate), n_threads)
+    return dw, db, dx
+
+
+def _input_shape(input_shape, grad_output):
+    """``input_shape`` as a 4-tuple (n, h, w, c) agreeing with grad_output's batch and channels."""
+    try:
+        shape = tuple(int(v) for v in input_shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"input_shape must be a tuple of 4 ints, got {input_shape!r}") from None
+    if len(shape) != 4 or min(shape[1:]) < 1 or shape[0] < 0:
+        raise ValueError(f"input_shape must be (n_samples, height, width, channels) with positive sizes, "
+                         f"got {input_shape!r}")
+    if (shape[0], shape[3]) != (grad_output.shape[0], grad_output.shape[-1]):
+        raise ValueError(f"input_shape {shape} and grad_output {grad_output.shape} differ in batch or channels")
+    return shape
+
+
+def max_pool2d_forward(x, pool_size, stride=None, padding=0, out=None, argmax_out=None):
+    """2-D max pooling over channels-last images, with the arg-max for backward.
+
+    As torch.nn.functional.max_pool2d (padding is -inf, ties go to the first
+    maximum in row-major scan order, a NaN propagates); ``argmax`` holds
+    torch's ``return_indices``: row·width + column of the chosen pixel of x.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, height, width, channels), float32 or float64
+    pool_size : int or (int, int)
+    stride : int or (int, int), optional; default ``pool_size``
+    padding : int, (pad_h, pad_w), (top, bottom, left, right), "valid" or "same";
+        each smaller than the pool size along its axis
+    out : C-contiguous ndarray of shape (n_samples, out_h, out_w, channels), optional
+    argmax_out : C-contiguous int64 ndarray like ``out``, optional
+
+    Returns
+    -------
+    out : ndarray of shape (n_samples, out_h, out_w, channels)
+    argmax : int64 ndarray of the same shape
+    """
+    x = _image("x", x)
+    shape, geometry = G.pool2d("max_pool2d", x.shape, pool_size, stride, padding)
+    out = V.output_array("out", out, shape, x.dtype, inputs={"x": x})
+    argmax = V.output_array("argmax_out", argmax_out, shape, np.dtype(np.int64), inputs={"x": x, "out": out})
+    if out.size:
+        backend, n_threads = _backend.runtime()
+        backend.max_pool2d_forward(x, geometry, out, argmax, n_threads)
+    return out, argmax
+
+
+def max_pool2d_backward(grad_output, argmax, input_shape, dx_out=None):
+    """Gradient of max pooling: each grad_output value goes to its arg-max pixel.
+
+    Parameters
+    ----------
+    grad_output : ndarray of shape (n_samples, out_h, out_w, channels)
+    argmax : int64 ndarray of the same shape, from ``max_pool2d_forward``
+    input_shape : (n_samples, height, width, channels) of the forward's x
+    dx_out : C-contiguous ndarray of shape ``input_shape``, optional
+
+    Returns
+    -------
+    dx : ndarray of shape ``input_shape``
+    """
+    grad_output = _image("grad_output", grad_output)
+    shape = _input_shape(input_shape, grad_output)
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int64 or argmax.shape != grad_output.shape:
+        raise ValueError(f"argmax must be an int64 ndarray of shape {grad_output.shape}, got "
+                         f"{getattr(argmax, 'dtype', type(argmax).__name__)} {np.shape(argmax)}")
+    argmax = np.ascontiguousarray(argmax)
+    if argmax.size and (argmax.min() < 0 or argmax.max() >= shape[1] * shape[2]):
+        raise ValueError(f"argmax values must lie in [0, {shape[1] * shape[2]}) for input_shape {shape}, "
+                         f"got [{argmax.min()}, {argmax.max()}]")
+    dx = V.output_array("dx_out", dx_out, shape, grad_output.dtype, inputs={"grad_output": grad_output, "argmax": argmax})
+    if dx.size:
+        backend, n_threads = _backend.runtime()
+        backend.max_pool2d_backward(grad_output, argmax, dx, n_threads)
+    return dx
+
+
+def avg_pool2d_forward(x, pool_size, stride=None, padding=0, count_include_pad=True, out=None):
+    """2-D average pooling over channels-last images (torch.nn.functional.avg_pool2d).
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, height, width, channels), float32 or float64
+    pool_size, stride, padding : as in ``max_pool2d_forward``
+    count_include_pad : bool
+        Divide by the whole window (padding counted as zeros, torch's default)
+        rather than by the pixels of x in it.
+    out : C-contiguous ndarray of shape (n_samples, out_h, out_w, channels), optional
+
+    Returns
+    -------
+    out : ndarray of shape (n_samples, out_h, out_w, channels)
+    """
+    x = _image("x", x)
+    shape, geometry = G.pool2d("avg_pool2d", x.shape, pool_size, stride, padding)
+    out = V.output_array("out", out, shape, x.dtype, inputs={"x": x})
+    if out.size:
+        backend, n_threads = _backend.runtime()
+        backend.avg_pool2d_forward(x, geometry, bool(count_include_pad), out, n_threads)
+    return out
+
+
+def avg_pool2d_backward(grad_output, input_shape, pool_size, stride=None, padding=0, count_include_pad=True,
+                        dx_out=None):
+    """Gradient of average pooling: each grad_output value spread over its window, divided as forward.
+
+    Parameters
+    ----------
+    grad_output : ndarray of shape (n_samples, out_h, out_w, channels)
+    input_shape : (n_samples, height, width, channels) of the forward's x
+    pool_size, stride, padding, count_include_pad : as in ``avg_pool2d_forward``
+    dx_out : C-contiguous ndarray of shape ``input_shape``, optional
+
+    Returns
+    -------
+    dx : ndarray of shape ``input_shape``
+    """
+    grad_output = _image("grad_output", grad_output)
+    shape = _input_shape(input_shape, grad_output)
+    expected, geometry = G.pool2d("avg_pool2d", shape, pool_size, stride, padding)
+    if grad_output.shape != expected:
+        raise ValueError(f"grad_output must have shape {expected} for input_shape {shape}, got {grad_output.shape}")
+    dx = V.output_array("dx_out", dx_out, shape, grad_output.dtype, inputs={"grad_output": grad_output})
+    if dx.size:
+        backend, n_threads = _backend.runtime()
+        backend.avg_pool2d_backward(grad_output, geometry, bool(count_include_pad), dx, n_threads)
+    return dx
+
+
+def global_avg_pool2d_forward(x, out=None):
+    """Mean over the pixels of each channel: (n_samples, height, width, channels) -> (n_samples, channels).
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, height, width, channels), float32 or float64
+    out : C-contiguous ndarray of shape (n_samples, channels), optional
+
+    Returns
+    -------
+    out : ndarray of shape (n_samples, channels)
+    """
+    x = _image("x", x)
+    out = V.output_array("out", out, (x.shape[0], x.shape[3]), x.dtype, inputs={"x": x})
+    if out.size:
+        backend, n_threads = _backend.runtime()
+        backend.global_avg_pool2d_forward(x, out, n_threads)
+    return out
+
+
+def global_avg_pool2d_backward(grad_output, input_shape, dx_out=None):
+    """Gradient of global average pooling: dx[n, :, :, c] = grad_output[n, c] / (height·width).
+
+    Parameters
+    ----------
+    grad_output : ndarray of shape (n_samples, channels)
+    input_shape : (n_samples, height, width, channels) of the forward's x
+    dx_out : C-contiguous ndarray of shape ``input_shape``, optional
+
+    Returns
+    -------
+    dx : ndarray of shape ``input_shape``
+    """
+    grad_output = V.contiguous_input("grad_output", grad_output, 2)
+    shape = _input_shape(input_shape, grad_output)
+    dx = V.output_array("dx_out", dx_out, shape, grad_output.dtype, inputs={"grad_output": grad_output})
+    if dx.size:
+        backend, n_threads = _backend.runtime()
+        backend.global_avg_pool2d_backward(grad_output, dx, n_threads)
+    return dx

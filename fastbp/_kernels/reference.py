@@ -43,6 +43,14 @@ KERNELS = (
     "rnn_backward",
     "fixed_point_forward",
     "fixed_point_adjoint",
+    "conv2d_forward",
+    "conv2d_backward",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
+    "global_avg_pool2d_forward",
+    "global_avg_pool2d_backward",
 )
 
 
@@ -425,3 +433,178 @@ def fixed_point_adjoint(h, wh, act, grad_h, tol, max_iter, delta, scratch, n_thr
             break
     delta[...] = v * d
     return it, residual
+
+
+# ---------------------------------------------------------------- convolution and pooling
+# Layout: images are channels-last, (n, height, width, channels), C-contiguous;
+# convolution weights are (kh, kw, c_in, c_out), so that w.reshape(kh*kw*c_in,
+# c_out) is the GEMM's B and a row of the image-to-column matrix holds one
+# output pixel's receptive field in (kh, kw, c_in) order. ``geometry`` is
+# (stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w) for a
+# convolution and (pool_h, pool_w, stride_h, stride_w, pad_top, pad_left) for a
+# pooling; the bottom and right padding follow from the output's shape, which
+# the caller (fastbp.kernels) computes: out = (in + pads - dilation*(k-1) - 1)
+# // stride + 1. Padded pixels are zeros for a convolution and an average,
+# -inf for a max.
+def _windows(x, kh, kw, geometry, out_h, out_w, fill=0.0):
+    """cols (n, out_h, out_w, kh, kw, c): each output pixel's receptive field, padding filled with ``fill``."""
+    sh, sw, pt, pl, dh, dw = geometry
+    n, h, w, c = x.shape
+    rows = (out_h - 1) * sh + (kh - 1) * dh + 1  # padded extent the windows reach
+    cols_ = (out_w - 1) * sw + (kw - 1) * dw + 1
+    xp = np.full((n, max(rows, pt + h), max(cols_, pl + w), c), fill, x.dtype)
+    xp[:, pt:pt + h, pl:pl + w] = x
+    out = np.empty((n, out_h, out_w, kh, kw, c), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, :, i, j] = xp[:, i * dh:i * dh + (out_h - 1) * sh + 1:sh, j * dw:j * dw + (out_w - 1) * sw + 1:sw]
+    return out
+
+
+def _scatter_windows(cols, x_shape, geometry):
+    """The adjoint of _windows (col2im): dx (x_shape) := Σ of each window's values at its pixels."""
+    sh, sw, pt, pl, dh, dw = geometry
+    n, out_h, out_w, kh, kw, c = cols.shape
+    h, w = x_shape[1], x_shape[2]
+    rows = (out_h - 1) * sh + (kh - 1) * dh + 1
+    cols_ = (out_w - 1) * sw + (kw - 1) * dw + 1
+    dxp = np.zeros((n, max(rows, pt + h), max(cols_, pl + w), c), cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, i * dh:i * dh + (out_h - 1) * sh + 1:sh, j * dw:j * dw + (out_w - 1) * sw + 1:sw] += cols[:, :, :, i, j]
+    return dxp[:, pt:pt + h, pl:pl + w]
+
+
+def conv2d_forward(x, w, bias, geometry, act, z, a, n_threads):
+    """z := conv(x, w) + bias; a := act(z) (softmax over the channels of each pixel).
+
+    z[n, i, j, f] = Σ_{p, q, c} x[n, i·sh - pt + p·dh, j·sw - pl + q·dw, c]·w[p, q, c, f] + bias[f]
+    (pixels outside x are zeros). IN x (n, h, w, c_in), w (kh, kw, c_in, c_out),
+    bias (c_out,); OUT z, a (n, out_h, out_w, c_out), may be the same array.
+    """
+    kh, kw, c_in, c_out = w.shape
+    n, out_h, out_w, _ = z.shape
+    cols = _windows(x, kh, kw, geometry, out_h, out_w).reshape(n * out_h * out_w, kh * kw * c_in)
+    pre = cols @ w.reshape(-1, c_out) + bias
+    z[...] = pre.reshape(z.shape)
+    a[...] = _activation(act, pre).reshape(a.shape)
+
+
+def conv2d_backward(x, w, z, a, grad_a, act, geometry, grad_z, dw, db, dx, compute_dx, accumulate, n_threads):
+    """Backward pass of conv2d_forward, as dense_backward with x's windows as the rows.
+
+    grad_z := grad_a ⊙ act'(z) (may alias grad_a); dw := colsᵀ·grad_z (+ dw if
+    accumulate); db := Σ_pixels grad_z (+ db); dx := col2im(grad_z·wᵀ) when
+    compute_dx (untouched otherwise). IN x (n, h, w, c_in), w (kh, kw, c_in, c_out),
+    z, a, grad_a (n, out_h, out_w, c_out); OUT grad_z like z, dw like w, db (c_out,), dx like x.
+    """
+    kh, kw, c_in, c_out = w.shape
+    n, out_h, out_w, _ = z.shape
+    m = n * out_h * out_w
+    activation_backward(act, z.reshape(m, c_out), a.reshape(m, c_out), grad_a.reshape(m, c_out),
+                        grad_z.reshape(m, c_out), n_threads)
+    g = grad_z.reshape(m, c_out)
+    cols = _windows(x, kh, kw, geometry, out_h, out_w).reshape(m, kh * kw * c_in)
+    dw[...] = (cols.T @ g).reshape(w.shape) + (dw if accumulate else 0)
+    db[...] = g.sum(axis=0) + (db if accumulate else 0)
+    if compute_dx:
+        dcols = (g @ w.reshape(-1, c_out).T).reshape(n, out_h, out_w, kh, kw, c_in)
+        dx[...] = _scatter_windows(dcols, x.shape, geometry)
+
+
+def _pool_windows(x, geometry, out_h, out_w, fill):
+    ph, pw, sh, sw, pt, pl = geometry
+    return _windows(x, ph, pw, (sh, sw, pt, pl, 1, 1), out_h, out_w, fill)
+
+
+def max_pool2d_forward(x, geometry, out, argmax, n_threads):
+    """out := the max of each window (padding is -inf); argmax := where it is, as row·width + column of x.
+
+    Ties and NaN as torch.nn.functional.max_pool2d: the first maximum in row-major
+    scan order wins, a NaN wins over any number (the last NaN of the window).
+    IN x (n, h, w, c); OUT out, argmax (int64) (n, out_h, out_w, c).
+    """
+    ph, pw, sh, sw, pt, pl = geometry
+    n, out_h, out_w, c = out.shape
+    width = x.shape[2]
+    win = _pool_windows(x, geometry, out_h, out_w, -np.inf).reshape(n, out_h, out_w, ph * pw, c)
+    # Flat index in x of each window position (padding positions get -1, never chosen:
+    # every window holds a pixel of x, and -inf never beats one).
+    rows = np.arange(out_h)[:, None] * sh - pt + np.arange(ph)[None, :]
+    cols_ = np.arange(out_w)[:, None] * sw - pl + np.arange(pw)[None, :]
+    inside = ((rows >= 0) & (rows < x.shape[1]))[:, None, :, None] & ((cols_ >= 0) & (cols_ < width))[None, :, None, :]
+    flat = np.where(inside, rows[:, None, :, None] * width + cols_[None, :, None, :], -1).reshape(out_h, out_w, ph * pw)
+    best_val = np.full((n, out_h, out_w, c), -np.inf, x.dtype)
+    # Initial position: the window's first pixel of x (torch starts there too).
+    first = np.argmax(flat >= 0, axis=2)
+    best_idx = np.broadcast_to(np.take_along_axis(flat, first[..., None], 2)[None], (n, out_h, out_w, 1))
+    best_idx = np.repeat(best_idx, c, axis=3).astype(np.int64)
+    for t in range(ph * pw):
+        v = win[:, :, :, t]
+        take = (v > best_val) | np.isnan(v)
+        best_val = np.where(take, v, best_val)
+        best_idx = np.where(take, flat[None, :, :, t, None], best_idx)
+    out[...] = best_val
+    argmax[...] = best_idx
+
+
+def max_pool2d_backward(grad_out, argmax, dx, n_threads):
+    """dx := 0; dx[n, argmax[n, i, j, c], c] += grad_out[n, i, j, c] (over i, j in row-major order).
+
+    IN grad_out, argmax (n, out_h, out_w, c); OUT dx (n, h, w, c).
+    """
+    n, h, w, c = dx.shape
+    flat = np.zeros((n, h * w, c), dx.dtype)
+    m = argmax.shape[1] * argmax.shape[2]
+    idx = argmax.reshape(n, m, c)
+    g = grad_out.reshape(n, m, c)
+    for b in range(n):
+        for ch in range(c):
+            np.add.at(flat[b, :, ch], idx[b, :, ch], g[b, :, ch])
+    dx[...] = flat.reshape(dx.shape)
+
+
+def _avg_divisors(x_shape, geometry, out_h, out_w, count_include_pad):
+    """(out_h, out_w) divisors: ph·pw, or the number of pixels of x in the window."""
+    ph, pw, sh, sw, pt, pl = geometry
+    if count_include_pad:
+        return np.full((out_h, out_w), ph * pw, np.int64)
+    rows = np.arange(out_h) * sh - pt
+    cols_ = np.arange(out_w) * sw - pl
+    nr = np.minimum(rows + ph, x_shape[1]) - np.maximum(rows, 0)
+    nc = np.minimum(cols_ + pw, x_shape[2]) - np.maximum(cols_, 0)
+    return nr[:, None] * nc[None, :]
+
+
+def avg_pool2d_forward(x, geometry, count_include_pad, out, n_threads):
+    """out := the mean of each window, padding counted as zeros when count_include_pad (torch's default).
+
+    IN x (n, h, w, c); OUT out (n, out_h, out_w, c).
+    """
+    ph, pw = geometry[:2]
+    n, out_h, out_w, c = out.shape
+    win = _pool_windows(x, geometry, out_h, out_w, 0.0)
+    div = _avg_divisors(x.shape, geometry, out_h, out_w, count_include_pad)
+    out[...] = win.sum(axis=(3, 4)) / div[None, :, :, None].astype(x.dtype)
+
+
+def avg_pool2d_backward(grad_out, geometry, count_include_pad, dx, n_threads):
+    """dx := the adjoint of avg_pool2d_forward applied to grad_out.  IN grad_out (n, out_h, out_w, c); OUT dx (n, h, w, c)."""
+    ph, pw, sh, sw, pt, pl = geometry
+    n, out_h, out_w, c = grad_out.shape
+    div = _avg_divisors(dx.shape, geometry, out_h, out_w, count_include_pad)
+    g = grad_out / div[None, :, :, None].astype(dx.dtype)
+    cols = np.broadcast_to(g[:, :, :, None, None, :], (n, out_h, out_w, ph, pw, c))
+    dx[...] = _scatter_windows(np.ascontiguousarray(cols), dx.shape, (sh, sw, pt, pl, 1, 1))
+
+
+def global_avg_pool2d_forward(x, out, n_threads):
+    """out[n, c] := mean over the pixels of x[n, :, :, c].  IN x (n, h, w, c); OUT out (n, c)."""
+    n, h, w, c = x.shape
+    out[...] = x.reshape(n, h * w, c).sum(axis=1) / x.dtype.type(h * w)
+
+
+def global_avg_pool2d_backward(grad_out, dx, n_threads):
+    """dx[n, :, :, c] := grad_out[n, c] / (h·w).  IN grad_out (n, c); OUT dx (n, h, w, c)."""
+    n, h, w, c = dx.shape
+    dx[...] = (grad_out / dx.dtype.type(h * w))[:, None, None, :]

@@ -6,9 +6,12 @@ layers only through that protocol: adding a layer type is one module here
 """
 
 from .base import LAYER_TYPES, Gradient, Layer, LayerWorkspace, Parameter, layer_from_config, register_layer
+from .conv import Conv2D
 from .dense import Dense
 from .flatten import Flatten
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .recurrent import RNN, ConvergenceError, FixedPoint
 
 __all__ = ["Layer", "LayerWorkspace", "Parameter", "Gradient", "register_layer", "layer_from_config",
-           "LAYER_TYPES", "Dense", "Flatten", "RNN", "FixedPoint", "ConvergenceError"]
+           "LAYER_TYPES", "Dense", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Flatten", "RNN",
+           "FixedPoint", "ConvergenceError"]

@@ -25,6 +25,7 @@ OPENMP = _gemm._openmp()
 NAME = "cython"
 
 from ._activations import activation_backward, activation_forward  # noqa: E402
+from ._conv import conv2d_backward, conv2d_forward  # noqa: E402
 from ._dense import dense_backward, dense_forward  # noqa: E402
 from ._gemm import gemm  # noqa: E402
 from ._mlp import mlp_loss_and_grad  # noqa: E402
@@ -35,6 +36,14 @@ from ._losses import (  # noqa: E402
     softmax_cross_entropy_index,
 )
 from ._optim import adam_step, all_finite, rmsprop_step, sgd_step  # noqa: E402
+from ._pool import (  # noqa: E402
+    avg_pool2d_backward,
+    avg_pool2d_forward,
+    global_avg_pool2d_backward,
+    global_avg_pool2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+)
 from ._rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_forward  # noqa: E402
 
 if _registry.SOFTMAX != 10 or len(_registry.ACTIVATIONS) != 11:  # ids compiled into _activations.pxd

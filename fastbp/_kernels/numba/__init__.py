@@ -5,16 +5,26 @@ and nothing else: every kernel compiles, or loads from Numba's on-disk cache,
 on its first call. Modules: ``microkernel`` (LLVM-IR register tile),
 ``packing``, ``gemm`` (the five loops and the fused epilogue), ``activations``,
 ``dense``, ``losses``, ``mlp`` (a whole dense stack's step), ``optim``,
-``rnn``.
+``rnn``,
+``conv`` (convolution on the GEMM driver), ``pool``.
 """
 
 from ..reference import KERNELS
 from ._threads import ISA
 from .activations import activation_backward, activation_forward
+from .conv import conv2d_backward, conv2d_forward
 from .dense import dense_backward, dense_forward
 from .gemm import gemm
 from .losses import binary_cross_entropy, mse, softmax_cross_entropy, softmax_cross_entropy_index
 from .mlp import mlp_loss_and_grad
+from .pool import (
+    avg_pool2d_backward,
+    avg_pool2d_forward,
+    global_avg_pool2d_backward,
+    global_avg_pool2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+)
 from .optim import adam_step, all_finite, rmsprop_step, sgd_step
 from .rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_forward
 

@@ -1,0 +1,336 @@
+"""2-D convolution, channels-last, forward and backward, on the GEMM driver.
+
+Design: a convolution is a GEMM over output pixels. With images (n, h, w, c_in)
+and weights (kh, kw, c_in, c_out), row r of the image-to-column matrix ``cols``
+(n·out_h·out_w, K = kh·kw·c_in) is output pixel r's receptive field in
+(kh, kw, c_in) order, so z = cols·W + b with W = w.reshape(K, c_out). The whole
+cols matrix is never built: rows are gathered a block at a time (CHUNK_VALUES
+values, a multiple of ROW_ALIGN rows) into a buffer kept per calling thread,
+and the GEMM driver (with its bias + activation epilogue on each tile) runs on
+each block: with at least BLOCKS_PER_THREAD blocks per thread, each thread
+takes whole blocks (``_blocks_parallel``: gather and the serial driver on its
+own core, one parallel region per call); otherwise each block's gather
+(``_im2col``, row-parallel) and GEMM (``gemm.run_driver``) use all the threads.
+A 1x1 kernel with stride 1 and no padding skips the gather.
+
+Backward: δ = grad_a ⊙ act'(z) (activation kernel); db = column sums of δ
+(``dense._column_sums``: rows in order); per block, in order: cols :=
+im2col(x); dW (+)= colsᵀ·δ[block] (the first block overwrites unless
+accumulating). dx, for stride 1 and at least GATHER_MIN_CHANNELS input
+channels, is itself a convolution (a gather, through the forward's code): δ
+with the kernel flipped and its channel axes swapped, padded by the kernel's
+span less the forward's padding. Otherwise, per block: dcols := δ[block]·Wᵀ into
+the buffer; dx += col2im(dcols) (``_col2im``: one image per task, rows in order).
+
+Determinism: block boundaries depend on K and the dtype only, dW sums the blocks
+in order and the GEMM inside a block does not depend on the thread count, and
+every dx value is a GEMM's (gathered) or gets its terms in row order (col2im):
+bitwise the same for any n_threads.
+This is the "blocked im2col + GEMM" form; the gather is not fused into the
+GEMM's packing of A.
+"""
+
+import threading
+
+import numba
+import numpy as np
+from numba import prange
+
+from .. import registry as R
+from ._arrays import writable
+from ..blocking import block_sizes
+from ._threads import ISA, MAX_THREADS, clamp_threads, set_threads
+from .activations import _activation_backward, _activation_forward
+from .dense import _column_sums
+from .gemm import NO_ACTIVATION, driver, gemm, no_bias, run_driver
+
+CHUNK_VALUES = 1 << 17  # values of one block of cols (512 KiB in float32)
+ROW_ALIGN = 48  # block rows are a multiple of every ISA's MR
+PARALLEL_MIN_VALUES = 1 << 15  # gathers and scatters of fewer values run serially
+# Forward blocks are shared out among the threads (each gathers and multiplies its
+# own with the serial GEMM driver, one parallel region per call) from this many
+# blocks per thread; fewer run one at a time, each block's GEMM on all the threads.
+BLOCKS_PER_THREAD = 2
+
+
+def _block_rows(k, m):
+    return min(max((CHUNK_VALUES // k) // ROW_ALIGN * ROW_ALIGN, ROW_ALIGN), m)
+
+
+def _pointwise(kh, kw, geometry, x_shape, z_shape):
+    """True when cols is x itself: a 1x1 kernel, stride 1, no padding."""
+    sh, sw, pt, pl, _, _ = geometry
+    return (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0
+            and z_shape[1] == x_shape[1] and z_shape[2] == x_shape[2])
+
+
+_buffers = threading.local()
+
+
+def _workspace(size, dtype, role="cols"):
+    """A flat buffer of at least ``size`` values of ``dtype`` for ``role``, kept per calling thread."""
+    cache = _buffers.__dict__
+    buf = cache.get((role, dtype))
+    if buf is None or buf.shape[0] < size:
+        buf = cache[(role, dtype)] = np.empty(size, dtype)
+    return buf
+
+
+def _make_im2col(PARALLEL):
+    def _im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, n_threads):
+        """cols[i] := the receptive field of output pixel r0 + i in (kh, kw, c) order, zeros outside x.
+
+        IN x (n, h, w, c) C-contiguous; OUT cols (rows, kh·kw·c). A kernel row that lies
+        inside x (dilation 1) is one contiguous copy of kw·c values.
+        """
+        if PARALLEL:
+            set_threads(n_threads)
+        sh, sw, pt, pl, dh, dw = geometry
+        h, w, c = x.shape[1], x.shape[2], x.shape[3]
+        xf = x.reshape(x.size)
+        pix = out_h * out_w
+        span = kw * c
+        for i in prange(cols.shape[0]):
+            r = r0 + i
+            img = r // pix
+            oh = (r % pix) // out_w
+            ow = r % out_w
+            row = cols[i]
+            iw0 = ow * sw - pl
+            contiguous = dw == 1 and iw0 >= 0 and iw0 + kw <= w
+            for p in range(kh):
+                ih = oh * sh - pt + p * dh
+                base = p * span
+                if ih < 0 or ih >= h:
+                    for t in range(span):
+                        row[base + t] = 0.0
+                elif contiguous:
+                    src = ((img * h + ih) * w + iw0) * c
+                    for t in range(span):
+                        row[base + t] = xf[src + t]
+                else:
+                    for q in range(kw):
+                        iw = iw0 + q * dw
+                        at = base + q * c
+                        if iw < 0 or iw >= w:
+                            for ch in range(c):
+                                row[at + ch] = 0.0
+                        else:
+                            src = ((img * h + ih) * w + iw) * c
+                            for ch in range(c):
+                                row[at + ch] = xf[src + ch]
+
+    return numba.njit(cache=True, nogil=True, parallel=PARALLEL)(_im2col)
+
+
+def _make_col2im(PARALLEL):
+    def _col2im(dcols, kh, kw, geometry, out_h, out_w, r0, dx, n_threads):
+        """dx += col2im(dcols) for output pixels r0 .. r0 + rows - 1; one image per task, rows in order.
+
+        IN dcols (rows, kh·kw·c); IN/OUT dx (n, h, w, c).
+        """
+        if PARALLEL:
+            set_threads(n_threads)
+        sh, sw, pt, pl, dh, dw = geometry
+        h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
+        pix = out_h * out_w
+        rows = dcols.shape[0]
+        img0 = r0 // pix
+        img1 = (r0 + rows - 1) // pix + 1
+        for img in prange(img0, img1):
+            for r in range(max(r0, img * pix), min(r0 + rows, (img + 1) * pix)):
+                oh = (r % pix) // out_w
+                ow = r % out_w
+                row = dcols[r - r0]
+                for p in range(kh):
+                    ih = oh * sh - pt + p * dh
+                    if ih < 0 or ih >= h:
+                        continue
+                    for q in range(kw):
+                        iw = ow * sw - pl + q * dw
+                        if iw < 0 or iw >= w:
+                            continue
+                        dst = dx[img, ih, iw]
+                        base = (p * kw + q) * c
+                        for ch in range(c):
+                            dst[ch] += row[base + ch]
+
+    return numba.njit(cache=True, nogil=True, parallel=PARALLEL)(_col2im)
+
+
+_im2col_parallel, _im2col_serial = _make_im2col(True), _make_im2col(False)
+_col2im_parallel, _col2im_serial = _make_col2im(True), _make_col2im(False)
+
+
+def _im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, n_threads):
+    if n_threads > 1 and cols.size >= PARALLEL_MIN_VALUES:
+        _im2col_parallel(x, kh, kw, geometry, out_h, out_w, r0, cols, n_threads)
+    else:
+        _im2col_serial(x, kh, kw, geometry, out_h, out_w, r0, cols, 1)
+
+
+def _col2im(dcols, kh, kw, geometry, out_h, out_w, r0, dx, n_threads):
+    if n_threads > 1 and dcols.size >= PARALLEL_MIN_VALUES:
+        _col2im_parallel(dcols, kh, kw, geometry, out_h, out_w, r0, dx, n_threads)
+    else:
+        _col2im_serial(dcols, kh, kw, geometry, out_h, out_w, r0, dx, 1)
+
+
+def _geometry(geometry):
+    return tuple(int(v) for v in geometry)
+
+
+# dx is gathered (a convolution of δ with the flipped kernel) from this many input
+# channels, as in the Cython backend: the GEMM's n is c_in, and a narrower one
+# runs slower than col2im's scatter.
+GATHER_MIN_CHANNELS = 16
+
+
+def _make_blocks_parallel(dtype):
+    """The block-parallel forward for ``dtype``: the serial GEMM driver called per block from a prange."""
+    gemm_serial = driver(np.dtype(dtype), parallel=False)
+    im2col = _im2col_serial
+
+    def _blocks_parallel(x, kh, kw, weights, geometry, out_h, out_w, bias, act, zf, out, rows,
+                         cols_all, work_all, n_threads):
+        """zf := cols(x)·weights (+ bias), out := act(zf), one row block per task.
+
+        cols_all, work_all: MAX_THREADS equal slots, one per thread (gathered block, GEMM packing).
+        """
+        set_threads(n_threads)
+        m, k = zf.shape[0], weights.shape[0]
+        cols_slot = cols_all.shape[0] // MAX_THREADS
+        work_slot = work_all.shape[0] // MAX_THREADS
+        for s in prange(-(-m // rows)):
+            t = numba.get_thread_id()
+            r0 = s * rows
+            rr = min(rows, m - r0)
+            cols = cols_all[t * cols_slot:t * cols_slot + rr * k].reshape(rr, k)
+            im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, 1)
+            gemm_serial(cols, weights, zf[r0:r0 + rr], out[r0:r0 + rr], bias, 1.0, 0.0, act, 1,
+                        work_all[t * work_slot:(t + 1) * work_slot])
+
+    return numba.njit(nogil=True, parallel=True)(_blocks_parallel)
+
+
+_blocks_parallel = {}
+
+
+def _gemm_work_size(dtype, n):
+    """Values of the GEMM driver's workspace for one task with n columns (see gemm._gemm)."""
+    MR, NR, KC, MC, NC = block_sizes(ISA, np.dtype(dtype).name)
+    return KC * (-(-min(NC, n) // NR) * NR) + MC * KC + 2 * MR * NR
+
+
+def _conv_gemm(x, kh, kw, weights, geometry, out_h, out_w, bias, epilogue_act, zf, out, n_threads):
+    """zf := cols(x)·weights (+ bias); out := act(zf) per tile, block by block through the workspace.
+
+    IN x (n, h, w, c), weights (kh·kw·c, f); OUT zf, out (n·out_h·out_w, f), may be the same.
+    """
+    m, k = zf.shape[0], weights.shape[0]
+    if _pointwise(kh, kw, geometry, x.shape, (x.shape[0], out_h, out_w)):
+        run_driver(x.reshape(m, k), weights, zf, out, bias, 1.0, 0.0, epilogue_act, n_threads)
+        return
+    rows = _block_rows(k, m)
+    if n_threads > 1 and -(-m // rows) >= BLOCKS_PER_THREAD * n_threads:
+        compiled = _blocks_parallel.get(x.dtype)
+        if compiled is None:
+            compiled = _blocks_parallel[x.dtype] = _make_blocks_parallel(x.dtype)
+        cols_all = _workspace(MAX_THREADS * rows * k, x.dtype, "blocks")
+        work_all = _workspace(MAX_THREADS * _gemm_work_size(x.dtype, zf.shape[1]), x.dtype, "gemm")
+        compiled(x, kh, kw, weights, geometry, out_h, out_w, bias, epilogue_act, zf, out, rows,
+                 cols_all, work_all, n_threads)
+        return
+    buf = _workspace(rows * k, x.dtype)
+    for r0 in range(0, m, rows):
+        rr = min(rows, m - r0)
+        cols = buf[:rr * k].reshape(rr, k)
+        _im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, n_threads)
+        run_driver(cols, weights, zf[r0:r0 + rr], out[r0:r0 + rr], bias, 1.0, 0.0, epilogue_act, n_threads)
+
+
+def conv2d_forward(x, w, bias, geometry, act, z, a, n_threads):
+    """z := conv(x, w) + bias; a := act(z).
+
+    IN x (n, h, w, c_in), w (kh, kw, c_in, c_out), bias (c_out,);
+    OUT z, a (n, out_h, out_w, c_out), may be the same array.
+    """
+    n_threads = clamp_threads(n_threads)
+    x, w, bias = writable(x), writable(w), writable(bias)
+    geometry = _geometry(geometry)
+    kh, kw, c, f = w.shape
+    n, out_h, out_w, _ = z.shape
+    m = n * out_h * out_w
+    zf, af = z.reshape(m, f), a.reshape(m, f)
+    if act == R.SOFTMAX or (act == R.IDENTITY and a is z):
+        epilogue_act, out = NO_ACTIVATION, zf
+    else:
+        epilogue_act, out = act, af
+    _conv_gemm(x, kh, kw, w.reshape(kh * kw * c, f), geometry, out_h, out_w, bias, epilogue_act, zf, out, n_threads)
+    if act == R.SOFTMAX:
+        _activation_forward(act, zf, af, n_threads)
+
+
+_flipped = threading.local()
+
+
+def _gather_dx(delta4, w, geometry, dx, n_threads):
+    """dx := δ convolved (stride 1) with w flipped and its channel axes swapped, padded by the
+    kernel's span less the forward's padding: the transposed convolution as a gather."""
+    sh, sw, pt, pl, dh, dw = geometry
+    kh, kw, c, f = w.shape
+    cache = _flipped.__dict__
+    buf = cache.get(w.dtype)
+    if buf is None or buf.shape[0] < w.size:
+        buf = cache[w.dtype] = np.empty(w.size, w.dtype)
+    flipped = buf[:w.size].reshape(kh, kw, f, c)
+    flipped[...] = w[::-1, ::-1].transpose(0, 1, 3, 2)
+    n, h, wd, _ = dx.shape
+    transposed = (1, 1, dh * (kh - 1) - pt, dw * (kw - 1) - pl, dh, dw)
+    dxf = dx.reshape(n * h * wd, c)
+    _conv_gemm(delta4, kh, kw, flipped.reshape(kh * kw * f, c), transposed, h, wd, no_bias(dx.dtype),
+               NO_ACTIVATION, dxf, dxf, n_threads)
+
+
+def conv2d_backward(x, w, z, a, grad_a, act, geometry, grad_z, dw, db, dx, compute_dx, accumulate, n_threads):
+    """grad_z := grad_a ⊙ act'(z); dw (+)= colsᵀ·grad_z; db (+)= Σ_pixels grad_z; dx := col2im(grad_z·wᵀ).
+
+    IN x (n, h, w, c_in), w (kh, kw, c_in, c_out), z, a, grad_a (n, out_h, out_w, c_out);
+    OUT grad_z like z (may alias grad_a), dw like w, db (c_out,) (accumulated into when
+    accumulate), dx like x (untouched, may be None, unless compute_dx).
+    """
+    n_threads = clamp_threads(n_threads)
+    x, w = writable(x), writable(w)
+    geometry = _geometry(geometry)
+    sh, sw, pt, pl, dh, dw_ = geometry
+    kh, kw, c, f = w.shape
+    n, out_h, out_w, _ = z.shape
+    m, k = n * out_h * out_w, kh * kw * c
+    weights, dweights = w.reshape(k, f), dw.reshape(k, f)
+    delta = grad_z.reshape(m, f)
+    _activation_backward(act, writable(z).reshape(m, f), writable(a).reshape(m, f),
+                         writable(grad_a).reshape(m, f), delta, n_threads)
+    _column_sums(delta, db, bool(accumulate), n_threads)
+    beta = 1.0 if accumulate else 0.0
+    if _pointwise(kh, kw, geometry, x.shape, z.shape):
+        xf = x.reshape(m, k)
+        gemm(xf.T, delta, dweights, 1.0, beta, n_threads)
+        if compute_dx:
+            gemm(delta, weights.T, dx.reshape(m, k), 1.0, 0.0, n_threads)
+        return
+    gather = (compute_dx and sh == 1 and sw == 1 and pt <= dh * (kh - 1) and pl <= dw_ * (kw - 1)
+              and c >= GATHER_MIN_CHANNELS)
+    if compute_dx and not gather:
+        dx.fill(0)
+    rows = _block_rows(k, m)
+    buf = _workspace(rows * k, x.dtype)
+    for r0 in range(0, m, rows):
+        rr = min(rows, m - r0)
+        cols = buf[:rr * k].reshape(rr, k)
+        _im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, n_threads)
+        gemm(cols.T, delta[r0:r0 + rr], dweights, 1.0, beta if r0 == 0 else 1.0, n_threads)
+        if compute_dx and not gather:
+            gemm(delta[r0:r0 + rr], weights.T, cols, 1.0, 0.0, n_threads)
+            _col2im(cols, kh, kw, geometry, out_h, out_w, r0, dx, n_threads)
+    if gather:
+        _gather_dx(grad_z, w, geometry, dx, n_threads)
