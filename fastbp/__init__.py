@@ -3,7 +3,7 @@
 Kernels live in ``fastbp.kernels`` and run on one of two compiled backends,
 Cython with OpenMP or Numba, chosen with ``set_backend``/``backend``. On them,
 ``Network`` of ``Dense`` layers (after an optional recurrent ``RNN``, or
-with ``FixedPoint`` layers), the optimizers ``SGD``/``RMSprop``/``Adam``,
+with ``FixedPoint`` layers, or after ``Conv2D``/pooling layers over images), the optimizers ``SGD``/``RMSprop``/``Adam``,
 ``EarlyStopping``, ``ModelCheckpoint``, ``schedules``, ``gradcheck``,
 ``save``/``load``/``load_checkpoint`` and ``export_onnx`` are what a user
 trains and ships with.
@@ -22,9 +22,9 @@ from .callbacks import EarlyStopping, ModelCheckpoint
 from .checkpoint import Checkpoint, load_checkpoint
 from .onnx_export import export_onnx  # imports onnx only when called
 from .gradcheck import gradcheck
-from .layers import Dense
+from .layers import AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, Layer, MaxPool2D, register_layer
 from .network import Network
-from .recurrent import RNN, ConvergenceError, FixedPoint
+from .layers.recurrent import RNN, ConvergenceError, FixedPoint
 from .optim import SGD, Adam, RMSprop
 from .serialization import load, save
 
@@ -43,6 +43,13 @@ __all__ = [
     "set_num_threads",
     "Network",
     "Dense",
+    "Conv2D",
+    "MaxPool2D",
+    "AvgPool2D",
+    "GlobalAvgPool2D",
+    "Flatten",
+    "Layer",
+    "register_layer",
     "RNN",
     "FixedPoint",
     "ConvergenceError",

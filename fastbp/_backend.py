@@ -145,6 +145,15 @@ def backend_module(name=None):
     return _load(name or get_backend())
 
 
+def runtime():
+    """(backend module, thread count): what every kernel call runs on, fetched in this one place.
+
+    A caller fetches them once per batch of work (an epoch, a public call) and
+    passes them on, so a kernel never looks them up itself.
+    """
+    return backend_module(), get_num_threads()
+
+
 def get_num_threads():
     """Number of threads every parallel kernel uses.
 

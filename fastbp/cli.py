@@ -1,10 +1,15 @@
-"""``python -m fastbp``: train a network on scikit-learn's bundled digits,
-or (``--task sequence``) a recurrent network on binary sequences.
+"""``python -m fastbp``: train a network on scikit-learn's bundled digits (an
+MLP, or with ``--task cnn`` a convolutional network), or (``--task sequence``)
+a recurrent network on binary sequences.
 
 digits: load_digits holds 1,797 real 8×8 scans of handwritten digits (no
 download). Pixels are scaled to [0, 1], the data split stratified into train
 and test, a network trained with Adam, and the test accuracy, the training
 throughput (samples/s) and the path of the saved model printed.
+
+cnn: the same digits as (8, 8, 1) images through Conv2D(1, 32, 3, same) ->
+Conv2D(32, 32, 3, same) -> MaxPool2D(2) -> Conv2D(32, 64, 3, same) ->
+MaxPool2D(2) -> Flatten -> Dense(256, 128) -> Dense(128, 10), relu throughout.
 
 sequence: random binary sequences of ``--steps`` bits; the class is how many
 bits are set (0..steps). An ``RNN`` reads the sequence one bit per step and a
@@ -22,8 +27,8 @@ import numpy as np
 
 from . import __version__
 
-DEFAULT_LR = {"digits": 2e-3, "sequence": 5e-3}
-DEFAULT_OUT = {"digits": "digits_model.npz", "sequence": "sequence_model.npz"}
+DEFAULT_LR = {"digits": 2e-3, "cnn": 2e-3, "sequence": 5e-3}
+DEFAULT_OUT = {"digits": "digits_model.npz", "cnn": "cnn_model.npz", "sequence": "sequence_model.npz"}
 
 
 # Option types: a bad value is an argparse error ("argument --epochs: ..."), not a traceback.
@@ -88,19 +93,19 @@ def build_parser(prog=None):
                     "binary sequences (--task sequence), and save it.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s (fastbp {__version__})")
-    parser.add_argument("--task", choices=("digits", "sequence"), default="digits",
-                        help="digits: an MLP on 8x8 scans (default); sequence: an RNN counting the ones "
-                             "in binary sequences")
+    parser.add_argument("--task", choices=("digits", "cnn", "sequence"), default="digits",
+                        help="digits: an MLP on 8x8 scans (default); cnn: a convolutional network on them; "
+                             "sequence: an RNN counting the ones in binary sequences")
     parser.add_argument("--epochs", type=_positive_int, default=30, help="passes over the training set (default 30)")
     parser.add_argument("--layers", type=_layers, default=[128, 64],
-                        help="hidden layer sizes, comma-separated (default 128,64)")
+                        help="digits task: hidden layer sizes, comma-separated (default 128,64)")
     parser.add_argument("--backend", choices=("cython", "numba"), default=None,
                         help="kernel backend (default: the fastest that loads)")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="threads for the kernels (default: OMP_NUM_THREADS if set, else all cores)")
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="mini-batch size (default 32)")
     parser.add_argument("--lr", type=_learning_rate, default=None,
-                        help="Adam learning rate (default 2e-3 for digits, 5e-3 for sequence)")
+                        help="Adam learning rate (default 2e-3 for digits and cnn, 5e-3 for sequence)")
     parser.add_argument("--seed", type=_seed, default=0, help="seed for the split, the weights and the shuffling")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--steps", type=_positive_int, default=12,
@@ -108,7 +113,8 @@ def build_parser(prog=None):
     parser.add_argument("--hidden", type=_positive_int, default=32,
                         help="sequence task: RNN state size (default 32)")
     parser.add_argument("--out", default=None,
-                        help="where to save the model (default digits_model.npz or sequence_model.npz)")
+                        help="where to save the model (default digits_model.npz, cnn_model.npz or "
+                             "sequence_model.npz)")
     parser.add_argument("--quiet", action="store_true", help="print only the final results")
     return parser
 
@@ -152,6 +158,24 @@ def sequence_main(args):
     return 0
 
 
+def digits_layers(args):
+    """The digits task's MLP, or the cnn task's convolutional network (input (8, 8, 1) images)."""
+    import fastbp as fb
+
+    if args.task == "cnn":
+        return [fb.Conv2D(1, 32, 3, padding="same", activation="relu"),
+                fb.Conv2D(32, 32, 3, padding="same", activation="relu"),
+                fb.MaxPool2D(2),  # 8x8 -> 4x4
+                fb.Conv2D(32, 64, 3, padding="same", activation="relu"),
+                fb.MaxPool2D(2),  # 4x4 -> 2x2
+                fb.Flatten(),
+                fb.Dense(2 * 2 * 64, 128, activation="relu"),
+                fb.Dense(128, 10)]
+    sizes = [64] + args.layers
+    layers = [fb.Dense(n_in, n_out, activation="relu") for n_in, n_out in zip(sizes, sizes[1:])]
+    return layers + [fb.Dense(sizes[-1], 10)]
+
+
 def main(argv=None, prog=None):
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser(prog)
@@ -184,11 +208,11 @@ def main(argv=None, prog=None):
 
     X, y = load_digits(return_X_y=True)
     X = X / 16.0  # pixel intensities 0..16 -> [0, 1]
+    if args.task == "cnn":
+        X = X.reshape(-1, 8, 8, 1)  # images, channels-last
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, stratify=y, random_state=args.seed)
-    sizes = [X.shape[1]] + args.layers
-    layers = [fb.Dense(n_in, n_out, activation="relu") for n_in, n_out in zip(sizes, sizes[1:])]
-    layers.append(fb.Dense(sizes[-1], 10))
-    net = fb.Network(layers, loss="softmax_cross_entropy", dtype=np.dtype(args.dtype), seed=args.seed)
+    net = fb.Network(digits_layers(args), loss="softmax_cross_entropy", dtype=np.dtype(args.dtype),
+                     seed=args.seed)
     optimizer = fb.Adam(net, lr=args.lr)
     if not args.quiet:
         print(f"fastbp {fb.__version__}: backend {fb.get_backend()}, {fb.get_num_threads()} threads, "

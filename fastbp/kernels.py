@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from . import _backend
 from . import _geometry as G
 from . import _validation as V
+from . import losses as _losses
 from ._kernels import registry as R
 from ._kernels.reference import mlp_layout
 from ._kernels.registry import ACTIVATIONS, LOSSES  # noqa: F401  (re-exported)
@@ -55,10 +56,6 @@ MAX_INT64 = 2**63 - 1  # widths and step counts reach the kernels as int64
 
 # The kernels take ndarrays only (no lists: a conversion would hide a copy), float32 or float64.
 FloatArray = NDArray[np.floating]
-
-
-def _kernels():
-    return _backend.backend_module(), _backend.get_num_threads()
 
 
 def _readable(x, out):
@@ -110,8 +107,8 @@ def gemm(a: FloatArray, b: FloatArray, out: Optional[FloatArray] = None, trans_a
         else:
             out *= beta
         return out
-    kernels, n_threads = _kernels()
-    kernels.gemm(_readable(op_a, out), _readable(op_b, out), out, alpha, beta, n_threads)
+    backend, n_threads = _backend.runtime()
+    backend.gemm(_readable(op_a, out), _readable(op_b, out), out, alpha, beta, n_threads)
     return out
 
 
@@ -136,8 +133,8 @@ def activation(name: str, z: FloatArray, out: Optional[FloatArray] = None) -> Fl
     z = V.contiguous_input("z", z, 2)
     out = V.output_array("out", out, z.shape, z.dtype, inputs={"z": z}, may_alias=("z",))
     if z.size:
-        kernels, n_threads = _kernels()
-        kernels.activation_forward(act, z, out, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.activation_forward(act, z, out, n_threads)
     return out
 
 
@@ -183,8 +180,8 @@ def activation_grad(name: str, grad_output: FloatArray, output: FloatArray,
     inputs = {"grad_output": grad_output, "output": output, "preactivation": None if z is output else z}
     out = V.output_array("out", out, grad_output.shape, grad_output.dtype, inputs=inputs, may_alias=("grad_output",))
     if out.size:
-        kernels, n_threads = _kernels()
-        kernels.activation_backward(act, z, output, grad_output, out, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.activation_backward(act, z, output, grad_output, out, n_threads)
     return out
 
 
@@ -227,8 +224,8 @@ def dense_forward(x: FloatArray, w: FloatArray, b: FloatArray, activation: str =
     z = V.output_array("preactivation_out", preactivation_out, shape, x.dtype, inputs=dict(inputs, out=out)) \
         if preactivation_out is not None else out
     if out.size:
-        kernels, n_threads = _kernels()
-        kernels.dense_forward(x, w, b, act, z, out, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.dense_forward(x, w, b, act, z, out, n_threads)
     return out
 
 
@@ -293,8 +290,8 @@ def dense_backward(x: FloatArray, w: FloatArray, output: FloatArray, grad_output
             dw.fill(0)
             db.fill(0)
         return dw, db, dx
-    kernels, n_threads = _kernels()
-    kernels.dense_backward(x, w, z, output, grad_output, act, delta, dw, db,
+    backend, n_threads = _backend.runtime()
+    backend.dense_backward(x, w, z, output, grad_output, act, delta, dw, db,
                            dx if compute_dx else delta, bool(compute_dx), bool(accumulate), n_threads)
     return dw, db, dx
 
@@ -319,6 +316,7 @@ def _loss_target(name, target, shape, dtype):
         raise TypeError(f"target must be numeric, got dtype {target.dtype}")
     if target.shape != tuple(shape):
         raise ValueError(f"target must have the shape of output {tuple(shape)}, got {target.shape}")
+    _losses.check_target_rows(name, target, "target")
     return np.ascontiguousarray(target, dtype=dtype), name
 
 
@@ -356,8 +354,8 @@ def loss_and_grad(name: str, output: FloatArray, target: np.ndarray,
                           inputs={"output": output, "target": target})
     if output.size == 0:
         raise ValueError(f"output must not be empty, got shape {output.shape}")
-    kernels, n_threads = _kernels()
-    value = getattr(kernels, kernel)(output, target, grad, n_threads)
+    backend, n_threads = _backend.runtime()
+    value = _losses.loss_kernel(backend, kernel)(output, target, grad, n_threads)
     return _loss_value(value), grad
 
 
@@ -440,8 +438,8 @@ def mlp_loss_and_grad(x: FloatArray, target: np.ndarray, loss: str, widths: Sequ
     inputs["deltas_out"] = deltas
     preacts = V.output_array("preactivations_out", preactivations_out, (n_preactivations,), x.dtype,
                              inputs=inputs)
-    kernels, n_threads = _kernels()
-    value = kernels.mlp_loss_and_grad(x, target, R.LOSS_KERNEL_ID[kernel], widths, act_ids, params, grads,
+    backend, n_threads = _backend.runtime()
+    value = backend.mlp_loss_and_grad(x, target, R.LOSS_KERNEL_ID[kernel], widths, act_ids, params, grads,
                                       outputs, preacts, deltas, n_threads)
     return _loss_value(value), grads
 
@@ -487,8 +485,8 @@ def sgd_step(param: FloatArray, grad: FloatArray, velocity: Optional[FloatArray]
     momentum = V.scalar("momentum", momentum)
     state = {"velocity": velocity} if momentum or velocity is not None else {}
     param, grad = _optimizer_buffers(param, grad, **state)
-    kernels, n_threads = _kernels()
-    return bool(kernels.sgd_step(param, grad, velocity, V.scalar("lr", lr), momentum,
+    backend, n_threads = _backend.runtime()
+    return bool(backend.sgd_step(param, grad, velocity, V.scalar("lr", lr), momentum,
                                  bool(nesterov), V.scalar("weight_decay", weight_decay), n_threads))
 
 
@@ -500,8 +498,8 @@ def rmsprop_step(param: FloatArray, grad: FloatArray, square_avg: FloatArray, lr
     param -= lr·g / (√square_avg + eps)``. Returns whether the step was applied (see ``sgd_step``).
     """
     param, grad = _optimizer_buffers(param, grad, square_avg=square_avg)
-    kernels, n_threads = _kernels()
-    return bool(kernels.rmsprop_step(param, grad, square_avg, V.scalar("lr", lr), V.unit_interval("rho", rho),
+    backend, n_threads = _backend.runtime()
+    return bool(backend.rmsprop_step(param, grad, square_avg, V.scalar("lr", lr), V.unit_interval("rho", rho),
                                      V.scalar("eps", eps), V.scalar("weight_decay", weight_decay), n_threads))
 
 
@@ -520,8 +518,8 @@ def adam_step(param: FloatArray, grad: FloatArray, exp_avg: FloatArray, exp_avg_
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 1 <= step <= MAX_INT64:
         raise ValueError(f"step must be an integer in [1, 2**63 - 1], got {step!r}")
     beta1, beta2 = V.unit_interval("beta1", beta1), V.unit_interval("beta2", beta2)
-    kernels, n_threads = _kernels()
-    return bool(kernels.adam_step(param, grad, exp_avg, exp_avg_sq, V.scalar("lr", lr), beta1,
+    backend, n_threads = _backend.runtime()
+    return bool(backend.adam_step(param, grad, exp_avg, exp_avg_sq, V.scalar("lr", lr), beta1,
                                   beta2, V.scalar("eps", eps),
                                   V.scalar("weight_decay", weight_decay), int(step), n_threads))
 
@@ -573,8 +571,8 @@ def rnn_forward(x_proj: FloatArray, wh: FloatArray, activation: str = "tanh",
     out = V.output_array("out", out, x_proj.shape, x_proj.dtype, inputs={"x_proj": x_proj, "wh": wh},
                          may_alias=("x_proj",))
     if out.size:
-        kernels, n_threads = _kernels()
-        kernels.rnn_forward(x_proj, wh, act, out, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.rnn_forward(x_proj, wh, act, out, n_threads)
     return out
 
 
@@ -623,8 +621,8 @@ def rnn_backward(hs: FloatArray, wh: FloatArray, grad_hs: FloatArray, activation
                            inputs={"hs": hs, "wh": wh, "grad_hs": grad_hs}, may_alias=("grad_hs",))
     dwh = V.output_array("dwh_out", dwh_out, (n, n), hs.dtype,
                          inputs={"hs": hs, "wh": wh, "grad_hs": grad_hs, "delta_out": delta})
-    kernels, n_threads = _kernels()
-    kernels.rnn_backward(hs, wh, act, grad_hs, truncate, delta, dwh, n_threads)
+    backend, n_threads = _backend.runtime()
+    backend.rnn_backward(hs, wh, act, grad_hs, truncate, delta, dwh, n_threads)
     return delta, dwh
 
 
@@ -672,8 +670,8 @@ def fixed_point_forward(x_proj: FloatArray, wh: FloatArray, activation: str = "t
     inputs = {"x_proj": x_proj, "wh": wh}
     h = V.output_array("out", out, x_proj.shape, x_proj.dtype, inputs=inputs)
     scratch = V.output_array("scratch", scratch, x_proj.shape, x_proj.dtype, inputs=dict(inputs, out=h))
-    kernels, n_threads = _kernels()
-    it, residual = kernels.fixed_point_forward(x_proj, wh, act, tol, max_iter, h, scratch, n_threads)
+    backend, n_threads = _backend.runtime()
+    it, residual = backend.fixed_point_forward(x_proj, wh, act, tol, max_iter, h, scratch, n_threads)
     if not residual <= tol:
         raise ConvergenceError(f"fixed_point_forward did not converge: max|Δh| = {residual:.3g} > tol = {tol:g} "
                                f"after {it} iterations")
@@ -717,8 +715,8 @@ def fixed_point_adjoint(h: FloatArray, wh: FloatArray, grad_h: FloatArray, activ
     inputs = {"h": h, "wh": wh, "grad_h": grad_h}
     delta = V.output_array("out", out, h.shape, h.dtype, inputs=inputs)
     scratch = V.output_array("scratch", scratch, (2,) + h.shape, h.dtype, inputs=dict(inputs, out=delta))
-    kernels, n_threads = _kernels()
-    it, residual = kernels.fixed_point_adjoint(h, wh, act, grad_h, tol, max_iter, delta, scratch, n_threads)
+    backend, n_threads = _backend.runtime()
+    it, residual = backend.fixed_point_adjoint(h, wh, act, grad_h, tol, max_iter, delta, scratch, n_threads)
     if not residual <= tol:
         raise ConvergenceError(f"fixed_point_adjoint did not converge: max|Δv| = {residual:.3g} > tol = {tol:g} "
                                f"after {it} iterations")
@@ -796,8 +794,8 @@ def conv2d_forward(x, w, b, stride=1, padding="valid", dilation=1, activation="i
     z = V.output_array("preactivation_out", preactivation_out, shape, x.dtype, inputs=dict(inputs, out=out)) \
         if preactivation_out is not None else out
     if out.size:
-        kernels, n_threads = _kernels()
-        kernels.conv2d_forward(x, w, b, geometry, act, z, out, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.conv2d_forward(x, w, b, geometry, act, z, out, n_threads)
     return out
 
 
@@ -863,8 +861,8 @@ def conv2d_backward(x, w, output, grad_output, stride=1, padding="valid", dilati
             dw.fill(0)
             db.fill(0)
         return dw, db, dx
-    kernels, n_threads = _kernels()
-    kernels.conv2d_backward(x, w, z, output, grad_output, act, geometry, delta, dw, db, dx,
+    backend, n_threads = _backend.runtime()
+    backend.conv2d_backward(x, w, z, output, grad_output, act, geometry, delta, dw, db, dx,
                             bool(compute_dx), bool(accumulate), n_threads)
     return dw, db, dx
 
@@ -910,8 +908,8 @@ def max_pool2d_forward(x, pool_size, stride=None, padding=0, out=None, argmax_ou
     out = V.output_array("out", out, shape, x.dtype, inputs={"x": x})
     argmax = V.output_array("argmax_out", argmax_out, shape, np.dtype(np.int64), inputs={"x": x, "out": out})
     if out.size:
-        kernels, n_threads = _kernels()
-        kernels.max_pool2d_forward(x, geometry, out, argmax, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.max_pool2d_forward(x, geometry, out, argmax, n_threads)
     return out, argmax
 
 
@@ -940,8 +938,8 @@ def max_pool2d_backward(grad_output, argmax, input_shape, dx_out=None):
                          f"got [{argmax.min()}, {argmax.max()}]")
     dx = V.output_array("dx_out", dx_out, shape, grad_output.dtype, inputs={"grad_output": grad_output, "argmax": argmax})
     if dx.size:
-        kernels, n_threads = _kernels()
-        kernels.max_pool2d_backward(grad_output, argmax, dx, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.max_pool2d_backward(grad_output, argmax, dx, n_threads)
     return dx
 
 
@@ -965,8 +963,8 @@ def avg_pool2d_forward(x, pool_size, stride=None, padding=0, count_include_pad=T
     shape, geometry = G.pool2d("avg_pool2d", x.shape, pool_size, stride, padding)
     out = V.output_array("out", out, shape, x.dtype, inputs={"x": x})
     if out.size:
-        kernels, n_threads = _kernels()
-        kernels.avg_pool2d_forward(x, geometry, bool(count_include_pad), out, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.avg_pool2d_forward(x, geometry, bool(count_include_pad), out, n_threads)
     return out
 
 
@@ -992,8 +990,8 @@ def avg_pool2d_backward(grad_output, input_shape, pool_size, stride=None, paddin
         raise ValueError(f"grad_output must have shape {expected} for input_shape {shape}, got {grad_output.shape}")
     dx = V.output_array("dx_out", dx_out, shape, grad_output.dtype, inputs={"grad_output": grad_output})
     if dx.size:
-        kernels, n_threads = _kernels()
-        kernels.avg_pool2d_backward(grad_output, geometry, bool(count_include_pad), dx, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.avg_pool2d_backward(grad_output, geometry, bool(count_include_pad), dx, n_threads)
     return dx
 
 
@@ -1012,8 +1010,8 @@ def global_avg_pool2d_forward(x, out=None):
     x = _image("x", x)
     out = V.output_array("out", out, (x.shape[0], x.shape[3]), x.dtype, inputs={"x": x})
     if out.size:
-        kernels, n_threads = _kernels()
-        kernels.global_avg_pool2d_forward(x, out, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.global_avg_pool2d_forward(x, out, n_threads)
     return out
 
 
@@ -1034,8 +1032,8 @@ def global_avg_pool2d_backward(grad_output, input_shape, dx_out=None):
     shape = _input_shape(input_shape, grad_output)
     dx = V.output_array("dx_out", dx_out, shape, grad_output.dtype, inputs={"grad_output": grad_output})
     if dx.size:
-        kernels, n_threads = _kernels()
-        kernels.global_avg_pool2d_backward(grad_output, dx, n_threads)
+        backend, n_threads = _backend.runtime()
+        backend.global_avg_pool2d_backward(grad_output, dx, n_threads)
     return dx
 
 
@@ -1170,8 +1168,8 @@ def lstm_forward(x, w_ih, w_hh, bias, h0=None, c0=None, *, out=None, cell_out=No
                            inputs=dict(inputs, out=hs, cell_out=cs))
     work = _gated_work("lstm_forward", work, GATED_WORK["lstm", "forward"] * m * n, x.dtype,
                        dict(inputs, out=hs, cell_out=cs, gates_out=gates))
-    kernels, n_threads = _kernels()
-    kernels.lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads)
+    backend, n_threads = _backend.runtime()
+    backend.lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads)
     return hs, cs, gates
 
 
@@ -1229,8 +1227,8 @@ def lstm_backward(x, w_ih, w_hh, hs, cs, gates, grad_hs, h0=None, c0=None, trunc
         outs[name] = V.output_array(name, buf, shape, dtype, inputs=dict(inputs, **outs))
     dx, dw_ih, dw_hh, dbias, dh0, dc0, dgates = outs.values()
     work = _gated_work(kernel, work, GATED_WORK["lstm", "backward"] * m * n, dtype, dict(inputs, **outs))
-    kernels, n_threads = _kernels()
-    kernels.lstm_backward(x, w_ih, w_hh, h0, c0, hs, cs, gates, grad_hs, truncate, dgates, dx, dw_ih, dw_hh,
+    backend, n_threads = _backend.runtime()
+    backend.lstm_backward(x, w_ih, w_hh, h0, c0, hs, cs, gates, grad_hs, truncate, dgates, dx, dw_ih, dw_hh,
                           dbias, dh0, dc0, work, n_threads)
     return dx, dw_ih, dw_hh, dbias, dh0, dc0
 
@@ -1278,8 +1276,8 @@ def gru_forward(x, w_ih, w_hh, bias, bias_hn, h0=None, *, out=None, gates_out=No
     hn = V.output_array("hn_out", hn_out, (m, n_steps, n), x.dtype, inputs=dict(inputs, out=hs, gates_out=gates))
     work = _gated_work(kernel, work, GATED_WORK["gru", "forward"] * m * n, x.dtype,
                       dict(inputs, out=hs, gates_out=gates, hn_out=hn))
-    kernels, n_threads = _kernels()
-    kernels.gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_threads)
+    backend, n_threads = _backend.runtime()
+    backend.gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_threads)
     return hs, gates, hn
 
 
@@ -1332,7 +1330,7 @@ def gru_backward(x, w_ih, w_hh, hs, gates, hn, grad_hs, h0=None, truncate=None, 
         outs[name] = V.output_array(name, buf, shape, dtype, inputs=dict(inputs, **outs))
     dx, dw_ih, dw_hh, dbias, dbias_hn, dh0, dgates, dghh = outs.values()
     work = _gated_work(kernel, work, GATED_WORK["gru", "backward"] * m * n, dtype, dict(inputs, **outs))
-    kernels, n_threads = _kernels()
-    kernels.gru_backward(x, w_ih, w_hh, h0, hs, gates, hn, grad_hs, truncate, dgates, dghh, dx, dw_ih, dw_hh,
+    backend, n_threads = _backend.runtime()
+    backend.gru_backward(x, w_ih, w_hh, h0, hs, gates, hn, grad_hs, truncate, dgates, dghh, dx, dw_ih, dw_hh,
                          dbias, dbias_hn, dh0, work, n_threads)
     return dx, dw_ih, dw_hh, dbias, dbias_hn, dh0

@@ -24,14 +24,15 @@ from ._kernels import registry as R
 
 LOSSES = R.LOSSES
 
-# What predict() applies to the raw output of the last layer.
-PREDICT_ACTIVATION = {
-    "softmax_cross_entropy": "softmax",
-    "binary_cross_entropy": "sigmoid",
-    "mse": "identity",
-}
+# What predict() applies to the raw output of the last layer (the loss rows' column).
+PREDICT_ACTIVATION = {name: row.predict_activation for name, row in R.LOSS_ROWS.items()}
 
-_SQUASHING = frozenset({"softmax", "sigmoid"})
+_SQUASHING = frozenset(row.predict_activation for row in R.LOSS_ROWS.values() if row.takes_logits)
+
+
+def loss_kernel(backend, kernel):
+    """The loss kernel named ``kernel`` (``registry.LOSS_KERNELS``) of ``backend``: the one dispatch by name."""
+    return getattr(backend, kernel)
 
 
 def check_loss(name):
@@ -41,18 +42,37 @@ def check_loss(name):
 
 def check_output_activation(loss, activation, n_outputs):
     """Raise ValueError if ``activation`` cannot end a network trained with ``loss``."""
-    if loss in ("softmax_cross_entropy", "binary_cross_entropy") and activation in _SQUASHING:
+    if R.LOSS_ROWS[loss].takes_logits and activation in _SQUASHING:
         squash = PREDICT_ACTIVATION[loss]
         raise ValueError(
             f"the last layer has activation {activation!r} but loss {loss!r} takes logits and applies "
             f"{squash} itself; use activation=None (identity) on the last layer, and predict() "
             f"returns {squash} probabilities"
         )
-    if loss == "softmax_cross_entropy" and n_outputs < 2:
+    if n_outputs < R.LOSS_ROWS[loss].min_outputs:
         raise ValueError(
             "softmax_cross_entropy needs at least 2 outputs (one per class); for one output "
             "use loss='binary_cross_entropy'"
         )
+
+
+def check_target_rows(loss, y, name="y"):
+    """Raise ValueError if target rows ``y`` (same shape as the output) lie outside ``loss``'s target range.
+
+    The one rule for target values, from the loss's registry row: binary
+    cross-entropy targets in [0, 1], softmax cross-entropy rows non-negative
+    probabilities. ``check_target`` (the network's boundary) and
+    ``fastbp.kernels.loss_and_grad`` both apply it.
+    """
+    if not y.size:
+        return
+    low, high = R.LOSS_ROWS[loss].target_range
+    if loss == "binary_cross_entropy" and (y.min() < low or y.max() > high):
+        raise ValueError(f"{name}: binary_cross_entropy targets must lie in [0, 1], got values in "
+                         f"[{y.min()}, {y.max()}]")
+    if loss == "softmax_cross_entropy" and y.min() < low:
+        raise ValueError(f"{name}: softmax_cross_entropy target rows must be non-negative "
+                         f"probabilities, got a minimum of {y.min()}")
 
 
 def check_target(loss, y, n_samples, n_outputs, dtype, name="y"):
@@ -111,12 +131,7 @@ def check_target(loss, y, n_samples, n_outputs, dtype, name="y"):
             f"{name} has shape {y.shape} but the network has {n_outputs} outputs; "
             f"{name} must have shape ({n_samples}, {n_outputs})"
         )
-    if loss == "binary_cross_entropy" and y.size and (y.min() < 0 or y.max() > 1):
-        raise ValueError(f"{name}: binary_cross_entropy targets must lie in [0, 1], got values in "
-                         f"[{y.min()}, {y.max()}]")
-    if loss == "softmax_cross_entropy" and y.size and y.min() < 0:
-        raise ValueError(f"{name}: softmax_cross_entropy target rows must be non-negative "
-                         f"probabilities, got a minimum of {y.min()}")
+    check_target_rows(loss, y, name)
     y = np.ascontiguousarray(y, dtype=dtype)
     if not np.isfinite(y).all():  # finite float64 may overflow float32
         raise ValueError(f"{name} contains values that overflow {np.dtype(dtype).name}")

@@ -1,137 +1,89 @@
-"""Network: a chain of layers, its flat parameter buffers, and the training loop.
+"""Network: a chain of layers over one flat parameter buffer.
 
 Orchestration only: every array operation of a training step is a kernel call
-on a preallocated buffer.
+on a preallocated buffer. The network knows its layers only through the layer
+protocol (``fastbp.layers.base``): their parameter shapes, output shapes,
+workspaces, passes and configs. The training loop is ``fastbp._training``, the
+per-batch buffers ``fastbp._workspace``.
 
 Memory layout
 -------------
 * ``params`` and ``grads``: one flat vector each, of the network's dtype; each
-  layer's ``W``, ``b``, ``dW``, ``db`` are views into them (layer 0's W, then
-  its b, then layer 1's W, ...). An optimizer step is one kernel call.
-* A ``_Workspace`` per batch size: for each layer its output ``a``, its
-  pre-activation ``z`` (the same array as ``a`` unless backward needs z:
-  gelu; for a recurrent layer, its cache of states) and its ``delta`` (d
-  loss/d a, turned into d loss/d z in place). ``fit`` uses at most two batch
-  sizes (the batch and the last, smaller one), so after the first batch of
-  each size a training step allocates nothing. When it shuffles, ``fit``
-  gathers the rows of several batches per call (about 1 MB of X and y) into
-  one pair of buffers kept on the network, and trains on slices of them.
+  layer's parameters and gradients are views into them (layer 0's W, then its
+  b, then layer 1's W, ...). An optimizer step is one kernel call.
+* A workspace per input shape (``fastbp._workspace``): each layer's output,
+  delta and what its forward keeps for backward.
 
 Sequences
 ---------
 A network whose first layer is an ``RNN`` takes X of shape (n_samples,
-n_steps, n_in); workspaces are then keyed by (n_samples, n_steps). With
-``return_sequences=True`` the RNN's output is a (n_samples·n_steps, n_hidden)
-view of its states, so the following layers run once over every time step of
-every sample, the targets have shape (n_samples, n_steps, ...) and the loss
-averages over samples and steps; outputs come back as (n_samples, n_steps,
-n_outputs).
+n_steps, n_in). With ``return_sequences=True`` the RNN's output is a
+(n_samples·n_steps, n_hidden) view of its states, so the following layers run
+once over every time step of every sample, the targets have shape
+(n_samples, n_steps, ...) and the loss averages over samples and steps;
+outputs come back as (n_samples, n_steps, n_outputs).
 
 Hot path
 --------
 ``fit`` validates and converts X and y once, then calls the current backend's
-kernels (``fastbp._backend.backend_module()``) directly with the current thread
+kernels (``fastbp._backend.runtime()``) directly with the current thread
 count; no per-step checks, no per-step allocations.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from . import _backend
+from . import _backend, _training
 from . import kernels as _public_kernels
 from . import losses as _losses
-from ._interrupt import DeferredInterrupt
-from ._kernels import registry as _registry
-from ._kernels.reference import mlp_layout
-from .layers import Dense
-from .recurrent import RNN, FixedPoint
-from .optim import Adam, Optimizer
+from ._workspace import WorkspaceCache
+from .layers import Layer
+from .layers.dense import stack_arguments
+from .optim import Optimizer
 
 __all__ = ["Network"]
 
 _EVAL_CHUNK = 1024  # rows per forward pass when predicting/evaluating, to bound memory
-_LAYER_TYPES = (Dense, RNN, FixedPoint)
-Layer = Union[Dense, RNN, FixedPoint]
-_MAX_WORKSPACES = 6  # batch sizes kept: fit needs 2 for training and 2 for validation
-_GATHER_BYTES = 1 << 20  # about this much of X and y gathered per np.take when fit shuffles
-_GATHER_MAX_ROWS = 4096
 
 
-class _NonFinite(ArithmeticError):
-    """Raised by a training step, before its update, when the loss or a gradient is not finite."""
-
-
-class _Workspace:
-    """Per-batch-size buffers: activations, pre-activations and deltas.
-
-    For a stack of Dense layers (``mlp`` given) the per-layer buffers are views
-    into the three flat buffers that ``mlp_loss_and_grad`` takes, so the
-    whole-network kernel and the layer-by-layer passes share them.
-    """
-
-    def __init__(self, layers, n_samples, dtype, n_steps=None, mlp=None):
-        self.n_samples = n_samples
-        self.preactivations, self.activations, self.deltas = [], [], []
-        self.flat = None  # (outputs, preactivations, deltas) for mlp_loss_and_grad
-        if mlp is not None:
-            self._flat_buffers(layers, n_samples, dtype, *mlp)
-        else:
-            rows = n_samples
-            for layer in layers:
-                z, a, delta = layer._buffers(rows, n_steps, dtype)
-                rows = layer._output_rows(rows, n_steps)
-                self.preactivations.append(z)
-                self.activations.append(a)
-                self.deltas.append(delta)
-
-    def _flat_buffers(self, layers, m, dtype, widths, activations):
-        offsets, (_, n_outputs, n_preactivations) = mlp_layout(widths, activations, m)
-        self.flat = outputs, preactivations, deltas = (
-            np.empty(n_outputs, dtype), np.empty(n_preactivations, dtype), np.empty(n_outputs, dtype))
-        for layer, (_, _, a, z) in zip(layers, offsets):
-            shape, size = (m, layer.n_out), m * layer.n_out
-            self.activations.append(outputs[a:a + size].reshape(shape))
-            self.deltas.append(deltas[a:a + size].reshape(shape))
-            self.preactivations.append(preactivations[z:z + size].reshape(shape) if z >= 0
-                                       else self.activations[-1])
-
-
-def _all_finite(flat, kernels, n_threads):
-    """Whether every element of the 1-D array ``flat`` is finite, without a temporary array.
-
-    The backend's ``all_finite`` kernel: one vectorised pass over the bits,
-    ~2x faster than NumPy's float32 sum (the previous test), and no BLAS: a
-    threaded BLAS call here would leave BLAS threads spinning on the cores the
-    kernels' OpenMP threads need, which slowed 2-thread training 5-fold.
-    """
-    return kernels.all_finite(flat, n_threads)
-
-
-def _check_count(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
-        raise TypeError(f"{name} must be an integer{' or None' if allow_none else ''}, got {value!r}")
-    value = int(value)
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
+def _check_layers(layers):
+    """The layers as a list, checked to chain (where their sizes are fixed) and to appear once each."""
+    layers = list(layers) if not isinstance(layers, Layer) else [layers]
+    if not layers:
+        raise ValueError("a Network needs at least one layer")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layer {i} must be a fastbp.Dense, RNN, FixedPoint or another fastbp.layers.Layer, "
+                            f"got {type(layer).__name__}")
+        if i and layer.sequence_input:
+            raise ValueError(f"layer {i} {layer!r} takes sequences; a recurrent RNN layer must be the first layer")
+    if len({id(layer) for layer in layers}) != len(layers):
+        raise ValueError("the same layer object appears twice in layers; create one per position")
+    features = layers[0].n_in
+    for i, layer in enumerate(layers):
+        if i and features is not None and layer.n_in is not None and features != layer.n_in:
+            raise ValueError(
+                f"layer sizes do not chain: layer {i - 1} {layers[i - 1]!r} has {features} outputs "
+                f"but layer {i} {layer!r} expects {layer.n_in} inputs"
+            )
+        features = layer.output_features(features if features is not None else layer.n_in)
+    if features is None:
+        raise ValueError(f"the last layer {layers[-1]!r} must have a fixed number of outputs (end with a Dense layer)")
+    return layers, features
 
 
 class Network:
-    """A feed-forward network of ``Dense`` layers trained by backpropagation.
+    """A chain of layers (``Dense``, ``RNN``, ``FixedPoint``, ...) trained by backpropagation.
 
     Parameters
     ----------
-    layers : list of Dense, RNN, FixedPoint
-        Consecutive layers must chain: ``layers[i].n_out == layers[i+1].n_in``.
+    layers : list of fastbp.layers.Layer (Dense, RNN, FixedPoint, ...)
+        Consecutive layers must chain: ``layers[i].n_out == layers[i+1].n_in``
+        where both are fixed; other shapes are checked when X is seen.
         A layer belongs to one network only. An ``RNN`` may only come first
         (X is then 3-D, (n_samples, n_steps, n_in)); see "Sequences" above.
     loss : str
@@ -148,7 +100,7 @@ class Network:
 
     Attributes
     ----------
-    layers : list of Dense
+    layers : list of Layer
     params, grads : ndarrays of shape (n_params,)
         Every parameter, and every gradient, in one flat vector.
     n_inputs, n_outputs : int
@@ -162,24 +114,9 @@ class Network:
 
     def __init__(self, layers: Union[Layer, Iterable[Layer]], loss: str = "mse", dtype: DTypeLike = np.float32,
                  seed: Optional[int] = None) -> None:
-        layers = list(layers) if not isinstance(layers, _LAYER_TYPES) else [layers]
-        if not layers:
-            raise ValueError("a Network needs at least one layer")
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, _LAYER_TYPES):
-                raise TypeError(f"layer {i} must be a fastbp.Dense, RNN or FixedPoint, got {type(layer).__name__}")
-            if i and layer.sequence_input:
-                raise ValueError(f"layer {i} {layer!r} takes sequences; a recurrent RNN layer must be the first layer")
-        for i, (before, after) in enumerate(zip(layers, layers[1:])):
-            if before.n_out != after.n_in:
-                raise ValueError(
-                    f"layer sizes do not chain: layer {i} {before!r} has {before.n_out} outputs "
-                    f"but layer {i + 1} {after!r} expects {after.n_in} inputs"
-                )
-        if len({id(layer) for layer in layers}) != len(layers):
-            raise ValueError("the same layer object appears twice in layers; create one per position")
+        layers, self._n_outputs = _check_layers(layers)
         self.loss = _losses.check_loss(loss)
-        _losses.check_output_activation(self.loss, layers[-1].activation, layers[-1].n_out)
+        _losses.check_output_activation(self.loss, getattr(layers[-1], "activation", None), self._n_outputs)
         try:
             self.dtype = np.dtype(dtype)
         except TypeError:
@@ -192,22 +129,22 @@ class Network:
         n_params = sum(layer.n_params for layer in layers)
         self.params = np.zeros(n_params, self.dtype)
         self.grads = np.zeros(n_params, self.dtype)
-        offset = 0
-        for layer in layers:
-            end = offset + layer.n_params
-            layer._bind(self.params[offset:end], self.grads[offset:end])
-            offset = end
         self.layers = layers
-        # A stack of Dense layers trains through one whole-network kernel call per step.
-        self._mlp = None
-        if all(type(layer) is Dense for layer in layers):
-            self._mlp = (np.array([layers[0].n_in] + [layer.n_out for layer in layers], np.int64),
-                         np.array([layer._act_id for layer in layers], np.int64))
+        self._bind_layers()
+        self._stack = stack_arguments(layers)  # a stack of Dense layers: one kernel call per step
         for layer in layers:  # in layer order, from one Generator: reproducible
-            layer._initialize(self._rng)
-        self._workspaces = OrderedDict()
+            layer.initialize(self._rng)
+        self._workspaces = WorkspaceCache()
         self._cache = None  # (workspace, x) of the last public forward, for backward
         self._gather = None  # fit's buffers for shuffled rows of X and y
+
+    def _bind_layers(self):
+        """Give each layer its slice of ``params`` and ``grads``, in layer order."""
+        offset = 0
+        for layer in self.layers:
+            end = offset + layer.n_params
+            layer.bind(self.params[offset:end], self.grads[offset:end])
+            offset = end
 
     # ------------------------------------------------------------ structure
     @property
@@ -226,7 +163,7 @@ class Network:
 
     @property
     def n_outputs(self) -> int:
-        return self.layers[-1].n_out
+        return self._n_outputs
 
     @property
     def n_params(self) -> int:
@@ -237,10 +174,10 @@ class Network:
         return self.params, self.grads
 
     def named_parameters(self) -> List[Tuple[str, NDArray[np.floating], NDArray[np.floating]]]:
-        """List of (name, param, grad) for every layer's W and b, e.g. ("layers.0.W", W, dW)."""
+        """List of (name, param, grad) for every parameter of every layer, e.g. ("layers.0.W", W, dW)."""
         named = []
         for i, layer in enumerate(self.layers):
-            named.extend((f"layers.{i}.{name}", param, grad) for name, param, grad in layer._parameters())
+            named.extend((f"layers.{i}.{name}", param, grad) for name, param, grad in layer.parameters())
         return named
 
     def zero_grad(self) -> None:
@@ -256,33 +193,20 @@ class Network:
     def __getstate__(self):
         """State without the layers' views nor the scratch buffers.
 
-        Pickle and deepcopy would copy each layer's W/b/dW/db view as an array of
-        its own, cut off from ``params``/``grads``: the copy would train ``params``
+        Pickle and deepcopy would copy each layer's parameter views as arrays of
+        their own, cut off from ``params``/``grads``: the copy would train ``params``
         while predicting with the stale copies. So the layers travel unbound and
         ``__setstate__`` binds them to the copied flat buffers again. Workspaces,
         gathered rows and the forward cache are scratch, made again on demand.
         """
         state = self.__dict__.copy()
-        state["layers"] = [self._unbound(layer) for layer in self.layers]
-        state["_workspaces"], state["_cache"], state["_gather"] = OrderedDict(), None, None
+        state["layers"] = [layer.unbound() for layer in self.layers]
+        state["_workspaces"], state["_cache"], state["_gather"] = WorkspaceCache(), None, None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        offset = 0
-        for layer in self.layers:
-            end = offset + layer.n_params
-            layer._bind(self.params[offset:end], self.grads[offset:end])
-            offset = end
-
-    def _unbound(self, layer):
-        """A shallow copy of ``layer`` whose views into params/grads are None (what ``_bind`` fills)."""
-        unbound = object.__new__(type(layer))
-        # Memory bounds, not ``.base``: an unpickled params array may itself be a view of a buffer.
-        unbound.__dict__.update({name: None if isinstance(value, np.ndarray) and (
-                                 np.may_share_memory(value, self.params) or np.may_share_memory(value, self.grads))
-                                 else value for name, value in vars(layer).items()})
-        return unbound
+        self._bind_layers()
 
     def __repr__(self):
         inner = ",\n    ".join(repr(layer) for layer in self.layers)
@@ -309,13 +233,19 @@ class Network:
             if X.shape[2] != self.n_inputs:
                 raise ValueError(f"{name} has {X.shape[2]} features per step but the network expects {self.n_inputs}")
         else:
-            if X.ndim != 2:
+            rank = self.layers[0].input_rank
+            if rank == 2 and X.ndim != 2:
                 hint = "; for one sample use X.reshape(1, -1)" if X.ndim == 1 else ""
                 raise ValueError(f"{name} must be 2-D of shape (n_samples, {self.n_inputs}), got shape {X.shape}{hint}")
-            if X.shape[0] == 0:
+            if rank is not None and X.ndim != rank or rank is None and X.ndim < 2:
+                raise ValueError(f"{name} must be {rank or 'at least 2'}-D for a network starting with "
+                                 f"{self.layers[0]!r}, got shape {X.shape}")
+            if 0 in X.shape:
                 raise ValueError(f"{name} is empty: shape {X.shape}")
-            if X.shape[1] != self.n_inputs:
-                raise ValueError(f"{name} has {X.shape[1]} features but the network expects {self.n_inputs}")
+            if self.n_inputs is not None and X.shape[-1] != self.n_inputs:
+                what = "features" if X.ndim == 2 else "channels"
+                raise ValueError(f"{name} has {X.shape[-1]} {what} but the network expects {self.n_inputs}")
+        self._output_shapes(X.shape)  # every layer takes its input: ValueError naming the layer and the shapes
         X = np.ascontiguousarray(X, dtype=self.dtype)
         if not np.isfinite(X).all():
             raise ValueError(f"{name} contains NaN or infinity (or values that overflow {self.dtype.name})")
@@ -338,43 +268,46 @@ class Network:
         return X.shape[1] if self.sequence_input else None
 
     def _output_shape(self, X):
+        """Shape of the network's output for input X, per step for per-step outputs."""
         return (X.shape[0], X.shape[1], self.n_outputs) if self.sequence_output else (X.shape[0], self.n_outputs)
 
     # ------------------------------------------------------------ buffers
-    def _workspace(self, n_samples, n_steps=None):
-        """The buffers for batches of ``n_samples`` rows (of ``n_steps`` steps): made once, then reused
-        (least recent evicted)."""
-        key = n_samples if n_steps is None else (n_samples, n_steps)
-        ws = self._workspaces.get(key)
-        if ws is None:
-            if len(self._workspaces) >= _MAX_WORKSPACES:
-                self._workspaces.popitem(last=False)
-            ws = self._workspaces[key] = _Workspace(self.layers, n_samples, self.dtype, n_steps, self._mlp)
-        else:
-            self._workspaces.move_to_end(key)
-        return ws
+    def _workspace(self, input_shape):
+        """The buffers for input batches of ``input_shape``: made once, then reused (least recent evicted)."""
+        return self._workspaces.get(self.layers, input_shape, self.dtype, self._stack)
+
+    def _output_shapes(self, input_shape):
+        """Each layer's output shape for an input of ``input_shape``; ValueError naming the layer and the shapes."""
+        shapes = []
+        for i, layer in enumerate(self.layers):
+            try:
+                input_shape = layer.output_shape(input_shape)
+            except ValueError as exc:
+                raise ValueError(f"layer {i}: {exc}") from None
+            shapes.append(input_shape)
+        return shapes
 
     # ------------------------------------------------------------ passes (trusted arguments)
-    def _forward(self, ws, x, kernels, n_threads):
+    def _forward(self, ws, x, backend, n_threads):
         """Chain the layers' forward passes; returns the last layer's output buffer (n_samples, n_outputs)."""
-        for layer, z, a in zip(self.layers, ws.preactivations, ws.activations):
-            layer._forward(x, z, a, kernels, n_threads)
-            x = a
+        for layer, layer_ws in zip(self.layers, ws.layers):
+            layer.forward(backend, n_threads, x, layer_ws)
+            x = layer_ws.output
         return x
 
-    def _loss(self, ws, y, loss_kernel, kernels, n_threads):
+    def _loss(self, ws, y, loss_kernel, backend, n_threads):
         """Loss of the last forward; writes d loss/d output into the last delta buffer."""
-        if y.shape[0] != ws.activations[-1].shape[0]:  # per-step targets (n_samples, n_steps, ...): flat view
-            y = y.reshape((ws.activations[-1].shape[0],) + y.shape[2:])
-        return getattr(kernels, loss_kernel)(ws.activations[-1], y, ws.deltas[-1], n_threads)
+        output = ws.output
+        if y.shape[0] != output.shape[0]:  # per-step targets (n_samples, n_steps, ...): flat view
+            y = y.reshape((output.shape[0],) + y.shape[2:])
+        return _losses.loss_kernel(backend, loss_kernel)(output, y, ws.delta, n_threads)
 
-    def _backward(self, ws, x, kernels, n_threads):
+    def _backward(self, ws, x, backend, n_threads):
         """Chain the layers' backward passes from the last delta; fills ``grads``."""
         for i in range(len(self.layers) - 1, -1, -1):
-            x_in = ws.activations[i - 1] if i else x
-            dx = ws.deltas[i - 1] if i else None  # the first layer needs no input gradient
-            self.layers[i]._backward(x_in, ws.preactivations[i], ws.activations[i], ws.deltas[i], dx,
-                                     kernels, n_threads)
+            x_in = ws.layers[i - 1].output if i else x
+            dx = ws.layers[i - 1].delta if i else None  # the first layer needs no input gradient
+            self.layers[i].backward(backend, n_threads, x_in, ws.layers[i], dx)
 
     # ------------------------------------------------------------ public one-off passes
     def forward(self, X: ArrayLike) -> NDArray[np.floating]:
@@ -390,8 +323,8 @@ class Network:
             per-step outputs; a new array of the network's dtype
         """
         X = self._check_X(X)
-        ws = self._workspace(X.shape[0], self._n_steps(X))
-        out = self._forward(ws, X, _backend.backend_module(), _backend.get_num_threads())
+        ws = self._workspace(X.shape)
+        out = self._forward(ws, X, *_backend.runtime())
         self._cache = (ws, X)
         return out.reshape(self._output_shape(X)).copy()
 
@@ -415,21 +348,20 @@ class Network:
         ws, X = self._cache
         n_steps = self._n_steps(X)
         y, loss_kernel = self._check_y(y, X.shape[0], n_steps=n_steps)
-        kernels, n_threads = _backend.backend_module(), _backend.get_num_threads()
-        key = X.shape[0] if n_steps is None else (X.shape[0], n_steps)
-        if self._workspaces.get(key) is not ws:
-            ws = self._workspace(X.shape[0], n_steps)  # evicted or reused since: recompute the forward
-            self._forward(ws, X, kernels, n_threads)
-        loss = self._loss(ws, y, loss_kernel, kernels, n_threads)
-        self._backward(ws, X, kernels, n_threads)
+        backend, n_threads = _backend.runtime()
+        if not self._workspaces.holds(ws):
+            ws = self._workspace(X.shape)  # evicted or reused since: recompute the forward
+            self._forward(ws, X, backend, n_threads)
+        loss = self._loss(ws, y, loss_kernel, backend, n_threads)
+        self._backward(ws, X, backend, n_threads)
         return float(loss)
 
     def _raw_output(self, X, out):
         """Forward ``X`` (checked) in chunks into ``out`` (n_samples, n_outputs)."""
-        kernels, n_threads = _backend.backend_module(), _backend.get_num_threads()
+        backend, n_threads = _backend.runtime()
         for start in range(0, X.shape[0], _EVAL_CHUNK):
             x = X[start:start + _EVAL_CHUNK]
-            raw = self._forward(self._workspace(x.shape[0], self._n_steps(x)), x, kernels, n_threads)
+            raw = self._forward(self._workspace(x.shape), x, backend, n_threads)
             out[start:start + x.shape[0]] = raw.reshape(self._output_shape(x))
         return out
 
@@ -487,14 +419,14 @@ class Network:
 
     def _evaluate(self, X, y, loss_kernel):
         """Mean loss over checked (X, y), chunk by chunk (every loss is a mean over rows × a constant)."""
-        kernels, n_threads = _backend.backend_module(), _backend.get_num_threads()
+        backend, n_threads = _backend.runtime()
         total = 0.0
         n = X.shape[0]
         for start in range(0, n, _EVAL_CHUNK):
             x, t = X[start:start + _EVAL_CHUNK], y[start:start + _EVAL_CHUNK]
-            ws = self._workspace(x.shape[0], self._n_steps(x))
-            self._forward(ws, x, kernels, n_threads)
-            total += float(self._loss(ws, t, loss_kernel, kernels, n_threads)) * x.shape[0]
+            ws = self._workspace(x.shape)
+            self._forward(ws, x, backend, n_threads)
+            total += float(self._loss(ws, t, loss_kernel, backend, n_threads)) * x.shape[0]
         return total / n
 
     def _val_accuracy(self, X, y):
@@ -506,49 +438,6 @@ class Network:
         return float(np.mean(out.argmax(axis=-1) == labels))
 
     # ------------------------------------------------------------ training
-    def _train_step(self, ws, x, y, loss_kernel, optimizer, kernels, n_threads):
-        """One step on a batch: forward, loss, backward, update. Allocates nothing.
-
-        Returns the batch loss. Raises ``_NonFinite`` if the loss, a gradient or an
-        updated weight is not finite, with the weights as they were before the step.
-        """
-        if self._mlp is not None:  # one kernel call: forward, loss, backward
-            loss = kernels.mlp_loss_and_grad(x, y, _registry.LOSS_KERNEL_ID[loss_kernel], *self._mlp,
-                                             self.params, self.grads, *ws.flat, n_threads)
-        else:
-            self._forward(ws, x, kernels, n_threads)
-            loss = self._loss(ws, y, loss_kernel, kernels, n_threads)
-            self._backward(ws, x, kernels, n_threads)
-        if not math.isfinite(loss):
-            raise _NonFinite(f"the training loss became non-finite ({loss})")
-        try:
-            optimizer.step()  # checked: writes nothing if a gradient or a new value is not finite
-        except FloatingPointError:
-            if not _all_finite(self.grads, kernels, n_threads):
-                raise _NonFinite(f"a gradient became non-finite (loss {loss})") from None
-            raise _NonFinite(f"the update made a weight or the optimizer state non-finite (loss {loss})") from None
-        return loss
-
-    @staticmethod
-    def _gather_rows(X, y, batch_size):
-        """Rows fit gathers per call when it shuffles: whole batches, about _GATHER_BYTES of them.
-
-        One np.take per batch cost ~1.5 us of overhead each for X and y, as much as
-        a small network's whole step; per chunk it is paid once for many batches.
-        """
-        row_bytes = X[:1].nbytes + y[:1].nbytes
-        rows = min(_GATHER_MAX_ROWS, max(1, _GATHER_BYTES // row_bytes))
-        return batch_size * max(1, rows // batch_size)
-
-    def _gather_buffers(self, X, y, rows):
-        """(x, y) buffers for ``rows`` gathered rows of X and y, kept between fits."""
-        shape_x, shape_y = (rows,) + X.shape[1:], (rows,) + y.shape[1:]
-        buffers = self._gather
-        if buffers is None or buffers[0].shape != shape_x or buffers[1].shape != shape_y \
-                or buffers[1].dtype != y.dtype:
-            buffers = self._gather = (np.empty(shape_x, self.dtype), np.empty(shape_y, y.dtype))
-        return buffers
-
     def fit(self, X: ArrayLike, y: ArrayLike, optimizer: Optional[Optimizer] = None, epochs: int = 10,
             batch_size: Optional[int] = 32, shuffle: bool = True,
             validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None, verbose: int = 1,
@@ -620,149 +509,8 @@ class Network:
             in ``except KeyboardInterrupt`` to keep them. A second Ctrl-C before
             the step ends interrupts at once.
         """
-        # ---- validate everything, once, before any weight changes
-        X = self._check_X(X)
-        n_samples = X.shape[0]
-        n_steps = self._n_steps(X)
-        y, loss_kernel = self._check_y(y, n_samples, n_steps=n_steps)
-        epochs = _check_count("epochs", epochs)
-        if isinstance(initial_epoch, (bool, np.bool_)) or not hasattr(initial_epoch, "__index__"):
-            raise TypeError(f"initial_epoch must be an integer, got {initial_epoch!r}")
-        if int(initial_epoch) < 0:
-            raise ValueError(f"initial_epoch must be >= 0, got {initial_epoch}")
-        initial_epoch = int(initial_epoch)
-        batch_size = _check_count("batch_size", batch_size, allow_none=True)
-        batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
-        if verbose not in (0, 1, 2) or isinstance(verbose, float):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-        if optimizer is None:
-            optimizer = Adam(self)
-        elif not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be a fastbp optimizer (fb.Adam(net), ...), got {type(optimizer).__name__}")
-        if optimizer.params is not self.params or optimizer.grads is not self.grads:
-            raise ValueError("the optimizer was built on other parameters; build it with this network: fb.Adam(net)")
-        if validation_data is not None:
-            try:
-                X_val, y_val = validation_data
-            except (TypeError, ValueError):
-                raise TypeError("validation_data must be a pair (X_val, y_val)") from None
-            X_val = self._check_X(X_val, "X_val")
-            y_val, val_kernel = self._check_y(y_val, X_val.shape[0], "y_val", self._n_steps(X_val))
-        callbacks = [] if callbacks is None else list(callbacks) if not callable(callbacks) else [callbacks]
-        for cb in callbacks:
-            if not callable(cb):
-                raise TypeError(f"each callback must be callable as callback(network, epoch, logs), got {cb!r}")
-        if lr_schedule is not None and not callable(lr_schedule):
-            raise TypeError(f"lr_schedule must be callable as lr_schedule(epoch, base_lr), got {lr_schedule!r}")
-        metrics = ["loss", "lr", "samples_per_sec"]
-        if validation_data is not None:
-            metrics.append("val_loss")
-            if self.loss != "mse":
-                metrics.append("val_accuracy")
-        for cb in callbacks:
-            if hasattr(cb, "set_optimizer"):
-                cb.set_optimizer(optimizer)
-            if hasattr(cb, "on_train_begin"):
-                cb.on_train_begin(self, tuple(metrics))
-
-        # ---- buffers: at most two batch sizes, each made once
-        full_batch = batch_size == n_samples
-        gather = shuffle and not full_batch  # a full batch's loss does not depend on row order
-        sizes = {batch_size, n_samples % batch_size or batch_size}
-        workspaces = {size: self._workspace(size, n_steps) for size in sizes}
-        chunk = n_samples
-        if gather:  # shuffled rows are gathered several batches at a time
-            chunk = self._gather_rows(X, y, batch_size)
-            gather_x, gather_y = self._gather_buffers(X, y, chunk)
-        self._cache = None
-
-        history = {name: [] for name in metrics}
-        base_lr = optimizer.lr
-        progress = None
-        if verbose == 1:
-            from tqdm.auto import tqdm
-        interrupt = DeferredInterrupt()
-        interrupt.install()
-        try:
-            for epoch in range(initial_epoch, initial_epoch + epochs):
-                if lr_schedule is not None:
-                    optimizer.lr = lr_schedule(epoch, base_lr)
-                order = self._rng.permutation(n_samples) if gather else None
-                if verbose == 1:
-                    progress = tqdm(total=n_samples, desc=f"Epoch {epoch + 1}/{initial_epoch + epochs}",
-                                    unit="sample", leave=True, dynamic_ncols=True)
-                kernels, n_threads = _backend.backend_module(), _backend.get_num_threads()
-                started = time.perf_counter()
-                total = 0.0
-                step = 0
-                for chunk_start in range(0, n_samples, chunk):
-                    chunk_stop = min(chunk_start + chunk, n_samples)
-                    if gather:
-                        idx = order[chunk_start:chunk_stop]
-                        xs = np.take(X, idx, axis=0, out=gather_x[:idx.size], mode="clip")  # clip: unbuffered
-                        ys = np.take(y, idx, axis=0, out=gather_y[:idx.size], mode="clip")
-                    else:
-                        xs, ys = X, y
-                    for start in range(chunk_start, chunk_stop, batch_size):
-                        stop = min(start + batch_size, n_samples)
-                        step += 1
-                        i, j = start - (chunk_start if gather else 0), stop - (chunk_start if gather else 0)
-                        try:
-                            loss = self._train_step(workspaces[stop - start], xs[i:j], ys[i:j], loss_kernel,
-                                                    optimizer, kernels, n_threads)
-                        except _NonFinite as exc:
-                            raise FloatingPointError(
-                                f"{exc} at epoch {epoch + 1}, step {step} (batch of samples "
-                                f"{start}..{stop - 1}); training stopped and the weights are those before "
-                                f"that step. Try a smaller learning rate or gradient clipping."
-                            ) from None
-                        interrupt.check()  # Ctrl-C lands here, between whole steps
-                        total += loss * (stop - start)
-                        if progress is not None:
-                            progress.update(stop - start)
-                elapsed = time.perf_counter() - started
-                logs = {"loss": total / n_samples, "lr": optimizer.lr,
-                        "samples_per_sec": n_samples / elapsed if elapsed > 0 else math.inf}
-                optimizer.lr = base_lr  # between epochs: what a checkpoint must store
-                if validation_data is not None:
-                    logs["val_loss"] = self._evaluate(X_val, y_val, val_kernel)
-                    if "val_accuracy" in metrics:
-                        logs["val_accuracy"] = self._val_accuracy(X_val, y_val)
-                for name in metrics:
-                    history[name].append(logs[name])
-                if progress is not None:
-                    progress.set_postfix(self._postfix(logs), refresh=False)
-                    progress.close()
-                    progress = None
-                elif verbose == 2:
-                    print(f"Epoch {epoch + 1}/{initial_epoch + epochs}: "
-                          + ", ".join(f"{k}={v:.4g}" for k, v in self._postfix(logs).items()), flush=True)
-                stop_training = False
-                for cb in callbacks:
-                    stop_training = bool(cb(self, epoch, logs)) or stop_training
-                interrupt.check()
-                if stop_training:
-                    break
-        finally:
-            interrupt.uninstall()
-            if progress is not None:
-                progress.close()
-            optimizer.lr = base_lr
-        interrupt.check()  # one recorded after the last check
-        for cb in callbacks:
-            if hasattr(cb, "on_train_end"):
-                cb.on_train_end(self)
-        return history
-
-    @staticmethod
-    def _postfix(logs):
-        shown = {"loss": logs["loss"]}
-        for name in ("val_loss", "val_accuracy"):
-            if name in logs:
-                shown[name] = logs[name]
-        shown["samples/s"] = logs["samples_per_sec"]
-        return {k: (round(v) if k == "samples/s" and math.isfinite(v) else float(f"{v:.4g}"))
-                for k, v in shown.items()}
+        return _training.fit(self, X, y, optimizer, epochs, batch_size, shuffle, validation_data, verbose,
+                             callbacks, lr_schedule, initial_epoch)
 
     # ------------------------------------------------------------ persistence
     def save(self, path, optimizer=None, epoch=None):

@@ -18,6 +18,10 @@ are dynamic):
   and a ``Scan`` states fastbp's recurrence as it is, for every activation.
   ``return_sequences`` gives the scan's per-step outputs, otherwise its final
   state.
+* ``Conv2D``: ``Conv`` (weights as (out, in, kh, kw); "same" as ``auto_pad=SAME_UPPER``)
+  between NHWC->NCHW and NCHW->NHWC ``Transpose``s, then the activation;
+  ``MaxPool2D``/``AvgPool2D``: ``MaxPool``/``AveragePool`` likewise;
+  ``GlobalAvgPool2D``: ``GlobalAveragePool`` then ``Flatten``; ``Flatten``: ``Flatten``.
 * ``FixedPoint``: a ``Loop`` that relaxes ``h = act(x·Wx + b + h·Wh)`` from
   h = 0 while ``max|Δh| > tol``, at most ``max_iter`` times: the same iteration
   and stopping rule as ``fastbp.kernels.fixed_point_forward``, not a fixed
@@ -50,8 +54,8 @@ import numpy as np
 
 from . import losses as _losses
 from ._kernels import registry as R
-from .layers import Dense
-from .recurrent import RNN, FixedPoint
+from .layers import AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D
+from .layers.recurrent import RNN, FixedPoint
 
 __all__ = ["export_onnx", "OPSET", "LAYER_EXPORTERS", "ACTIVATION_EXPORTERS"]
 
@@ -197,8 +201,72 @@ def _export_fixed_point(g, layer, x):
     return g.node("Loop", [max_iter, start, h0], "fixed_point", body=graph)
 
 
+def _export_flatten(g, layer, x):
+    return g.node("Flatten", [x], "flatten", axis=1)  # C order over (height, width, channels), as Flatten
+
+
+# Images are channels-last in fastbp; ONNX's Conv and pooling take channels-first:
+# each image layer is wrapped in a pair of transposes (onnxruntime fuses consecutive ones).
+def _nchw(g, x):
+    return g.node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
+
+
+def _nhwc(g, x):
+    return g.node("Transpose", [x], "nhwc", perm=[0, 2, 3, 1])
+
+
+def _export_conv2d(g, layer, x):
+    attributes = dict(kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+                      dilations=list(layer.dilation))
+    if layer.padding == "same" and layer.stride != (1, 1):  # ceil(size / stride): SAME_UPPER
+        if layer.dilation != (1, 1):  # onnxruntime refuses auto_pad with dilation; the padding depends on the size
+            raise ValueError(f"{layer!r}: padding='same' with stride > 1 and dilation > 1 has no ONNX form "
+                             f"onnxruntime runs")
+        attributes["auto_pad"] = "SAME_UPPER"
+    elif layer.padding == "same":  # stride 1: span - 1 pixels, the odd one at the bottom/right, for any size
+        (top, bottom), (left, right) = [((d * (k - 1)) // 2, d * (k - 1) - (d * (k - 1)) // 2)
+                                        for k, d in zip(layer.kernel_size, layer.dilation)]
+        attributes["pads"] = [top, left, bottom, right]
+    else:
+        ph, pw = (0, 0) if layer.padding == "valid" else \
+            (layer.padding, layer.padding) if isinstance(layer.padding, int) else layer.padding
+        attributes["pads"] = [ph, pw, ph, pw]  # (top, left, bottom, right)
+    w = g.constant(layer.W.transpose(3, 2, 0, 1), "conv2d.W")  # (kh, kw, in, out) -> (out, in, kh, kw)
+    z = _nhwc(g, g.node("Conv", [_nchw(g, x), w, g.constant(layer.b, "conv2d.b")], "conv2d", **attributes))
+    return _activation(g, layer.activation, z)
+
+
+def _export_pool(op):
+    def export(g, layer, x):
+        return _nhwc(g, g.node(op, [_nchw(g, x)], op.lower(), kernel_shape=list(layer.pool_size),
+                               strides=list(layer.stride)))
+    return export
+
+
+def _export_global_avg_pool(g, layer, x):
+    return g.node("Flatten", [g.node("GlobalAveragePool", [_nchw(g, x)])], "global_avg_pool", axis=1)
+
+
+def _input_dims(network):
+    """The symbolic and fixed sizes of the model's input, by the first layer's input rank."""
+    rank = network.layers[0].input_rank
+    if network.sequence_input:
+        return ["batch", "steps", network.n_inputs]
+    if rank == 4:
+        return ["batch", "height", "width", network.n_inputs]
+    if rank == 2:
+        return ["batch", network.n_inputs]
+    raise TypeError(f"the first layer {network.layers[0]!r} takes input of any rank; export a network whose "
+                    f"first layer fixes it (Dense, Conv2D, ...)")
+
+
 LAYER_EXPORTERS = {
     Dense: _export_dense,
+    Flatten: _export_flatten,
+    Conv2D: _export_conv2d,
+    MaxPool2D: _export_pool("MaxPool"),
+    AvgPool2D: _export_pool("AveragePool"),
+    GlobalAvgPool2D: _export_global_avg_pool,
     RNN: _export_rnn,
     FixedPoint: _export_fixed_point,
 }
@@ -246,16 +314,16 @@ def export_onnx(network, path=None, *, input_name="X", output_name="Y", opset=OP
                             f"{', '.join(t.__name__ for t in LAYER_EXPORTERS)}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < OPSET:
         raise ValueError(f"opset must be an integer >= {OPSET}, got {opset!r}")
+    input_dims = _input_dims(network)
     g = _Graph(network.dtype)
     x = input_name
     for layer in network.layers:
         x = LAYER_EXPORTERS[type(layer)](g, layer, x)
     y = _activation(g, _losses.PREDICT_ACTIVATION[network.loss], x)
     g.nodes.append(helper.make_node("Identity", [y], [output_name], name="output"))
-    steps = ["batch", "steps"] if network.sequence_input else ["batch"]
-    out_steps = steps if network.sequence_output else ["batch"]
+    out_steps = ["batch", "steps"] if network.sequence_output else ["batch"]
     graph = helper.make_graph(g.nodes, "fastbp_network",
-                              [g.value_info(input_name, steps + [network.n_inputs])],
+                              [g.value_info(input_name, input_dims)],
                               [g.value_info(output_name, out_steps + [network.n_outputs])],
                               initializer=g.initializers)
     opsets = [helper.make_opsetid("", opset)]

@@ -69,23 +69,23 @@ class AdamState:
 def sgd(params: FloatArray, grads: FloatArray, state: SGDState, *, lr: float, momentum: float = 0.0,
         nesterov: bool = False, weight_decay: float = 0.0) -> bool:
     """One SGD step in place on flat buffers (torch.optim.SGD, dampening 0); see ``SGD``."""
-    return _backend.backend_module().sgd_step(params, grads, state.velocity, lr, momentum, nesterov,
-                                              weight_decay, _backend.get_num_threads())
+    backend, n_threads = _backend.runtime()
+    return backend.sgd_step(params, grads, state.velocity, lr, momentum, nesterov, weight_decay, n_threads)
 
 
 def rmsprop(params: FloatArray, grads: FloatArray, state: RMSpropState, *, lr: float, rho: float = 0.9,
             eps: float = 1e-8, weight_decay: float = 0.0) -> bool:
     """One RMSprop step in place on flat buffers (torch.optim.RMSprop); see ``RMSprop``."""
-    return _backend.backend_module().rmsprop_step(params, grads, state.square_avg, lr, rho, eps,
-                                                  weight_decay, _backend.get_num_threads())
+    backend, n_threads = _backend.runtime()
+    return backend.rmsprop_step(params, grads, state.square_avg, lr, rho, eps, weight_decay, n_threads)
 
 
 def adam(params: FloatArray, grads: FloatArray, state: AdamState, *, lr: float, beta1: float = 0.9,
          beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> bool:
     """One Adam step in place on flat buffers (torch.optim.Adam); increments ``state.step`` if applied."""
-    applied = _backend.backend_module().adam_step(params, grads, state.exp_avg, state.exp_avg_sq, lr, beta1,
-                                                  beta2, eps, weight_decay, state.step + 1,
-                                                  _backend.get_num_threads())
+    backend, n_threads = _backend.runtime()
+    applied = backend.adam_step(params, grads, state.exp_avg, state.exp_avg_sq, lr, beta1, beta2, eps,
+                                weight_decay, state.step + 1, n_threads)
     if applied:
         state.step += 1
     return applied

@@ -354,4 +354,4 @@ def _layers_from_metadata(configs):
 def _parameter_shapes(layers):
     """(name, shape) of every array the network of ``layers`` stores, as ``Network.named_parameters`` names them."""
     return [(f"layers.{i}.{name}", shape) for i, layer in enumerate(layers)
-            for name, shape in layer._parameter_shapes()]
+            for name, shape in layer.parameter_shapes()]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastbp as fb
+from fastbp import _training
 from fastbp._kernels import reference
 from fastbp._kernels import registry as R
 
@@ -293,7 +294,7 @@ def test_a_training_step_allocates_nothing(backend, dtype, monkeypatch):
     optimizer = fb.Adam(net, lr=1e-3, clip_norm=1.0)
     net.fit(X, y, optimizer=optimizer, epochs=1, batch_size=100, verbose=0)  # makes the buffers
     _kernels_without_allocations(monkeypatch, backend)
-    kernels, n_threads = fb._backend.backend_module(), fb.get_num_threads()
+    backend_module, n_threads = fb._backend.runtime()
     X, (y, loss_kernel) = net._check_X(X), net._check_y(y, 256)
     order = np.random.default_rng(1).permutation(256)
     sizes = (100, 56)  # a full batch and the last, smaller one
@@ -304,8 +305,8 @@ def test_a_training_step_allocates_nothing(backend, dtype, monkeypatch):
     np.take(y, order, axis=0, out=gather_y[:256], mode="clip")
 
     def step(size):
-        return net._train_step(net._workspaces[size], gather_x[:size], gather_y[:size], loss_kernel,
-                               optimizer, kernels, n_threads)
+        return _training.train_step(net, net._workspaces[(size, width)], gather_x[:size], gather_y[:size],
+                                    loss_kernel, optimizer, backend_module, n_threads)
 
     for _ in range(20):  # warm up: JIT dispatch, NumPy's small-block caches
         for size in sizes:
@@ -330,23 +331,21 @@ def test_fit_reuses_its_buffers_across_epochs(backend):
     net = small_net("relu", "softmax_cross_entropy")
     net.fit(X, y, epochs=1, batch_size=16, verbose=0)
     buffers = {size: [id(a) for a in ws.activations] for size, ws in net._workspaces.items()}
-    assert set(buffers) == {16, 2}
+    assert set(buffers) == {(16, 4), (2, 4)}
     net.fit(X, y, epochs=2, batch_size=16, verbose=0)
     assert {size: [id(a) for a in ws.activations] for size, ws in net._workspaces.items()} == buffers
 
 
 def test_gathering_several_batches_at_once_changes_nothing(backend, monkeypatch):
     """fit gathers shuffled rows many batches per call; one batch per call gives the same bits."""
-    import fastbp.network as network_module
-
     rng = np.random.default_rng(3)
     X, y = rng.random((203, 6)).astype(np.float32), rng.integers(0, 3, 203)
     results = []
-    for max_rows in (1, network_module._GATHER_MAX_ROWS):
-        monkeypatch.setattr(network_module, "_GATHER_MAX_ROWS", max_rows)
+    for max_rows in (1, _training.GATHER_MAX_ROWS):
+        monkeypatch.setattr(_training, "GATHER_MAX_ROWS", max_rows)
         net = fb.Network([fb.Dense(6, 5, "tanh"), fb.Dense(5, 3)], loss="softmax_cross_entropy",
                          dtype=np.float32, seed=4)
-        assert net._gather_rows(X, y, 10) == (10 if max_rows == 1 else 4090)
+        assert _training.gather_rows(X, y, 10) == (10 if max_rows == 1 else 4090)
         history = net.fit(X, y, optimizer=fb.SGD(net, lr=0.1, momentum=0.9), epochs=3, batch_size=10, verbose=0)
         results.append((net.params.copy(), history["loss"]))
     np.testing.assert_array_equal(results[0][0], results[1][0])

@@ -21,7 +21,7 @@ def _network(loss="softmax_cross_entropy", n_out=3, seed=0):
 
 def _assert_views_of(net):
     for layer in net.layers:
-        for _, param, grad in layer._parameters():
+        for _, param, grad in layer.parameters():
             assert np.shares_memory(param, net.params)
             assert np.shares_memory(grad, net.grads)
 

@@ -10,7 +10,7 @@ import pytest
 
 import fastbp as fb
 from fastbp._kernels import registry as R
-from fastbp.network import _LAYER_TYPES
+from fastbp.layers import LAYER_TYPES
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -58,7 +58,7 @@ def assert_matches_predict(net, shapes, tolerance=None):
 
 def test_tables_cover_every_activation_and_layer_type():
     assert set(ACTIVATION_EXPORTERS) == set(R.ACTIVATIONS)
-    assert set(LAYER_EXPORTERS) == set(_LAYER_TYPES)
+    assert set(LAYER_EXPORTERS) == set(LAYER_TYPES.values())
 
 
 @pytest.mark.parametrize("activation", R.ACTIVATIONS)

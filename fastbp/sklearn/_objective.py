@@ -91,11 +91,11 @@ class Objective:
         net = self.net
         n_samples = x.shape[0]
         weight_sum = float(n_samples if sample_weight is None else sample_weight.sum())
-        backend, n_threads = _backend.backend_module(), _backend.get_num_threads()
-        ws = net._workspace(n_samples)
-        if sample_weight is None and self.grad_factor == 1.0 and net._mlp is not None:
+        backend, n_threads = _backend.runtime()
+        ws = net._workspace(x.shape)
+        if sample_weight is None and self.grad_factor == 1.0 and net._stack is not None:
             data_loss = float(backend.mlp_loss_and_grad(
-                x, y, _registry.LOSS_KERNEL_ID[self.kernel], *net._mlp, net.params, net.grads, *ws.flat,
+                x, y, _registry.LOSS_KERNEL_ID[self.kernel], *net._stack, net.params, net.grads, *ws.flat,
                 n_threads))
         else:
             net._forward(ws, x, backend, n_threads)
@@ -103,10 +103,10 @@ class Objective:
             row_scale = self.grad_factor
             if sample_weight is not None:
                 row_scale = (self.grad_factor * n_samples / weight_sum) * sample_weight
-                data_loss = float(np.dot(sample_weight, _sample_losses(self.kernel, ws.activations[-1], y))
+                data_loss = float(np.dot(sample_weight, _sample_losses(self.kernel, ws.output, y))
                                   / weight_sum)
                 row_scale = row_scale.astype(net.dtype, copy=False)[:, None]
-            ws.deltas[-1] *= row_scale
+            np.multiply(ws.delta, row_scale, out=ws.delta)
             net._backward(ws, x, backend, n_threads)
         return data_loss, self._penalize(weight_sum)
 
