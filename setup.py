@@ -20,7 +20,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 KERNEL_DIR = os.path.join("fastbp", "_kernels", "cython")
-MODULES = ("_activations", "_gemm", "_losses", "_dense", "_mlp", "_optim", "_rnn")
+MODULES = ("_activations", "_gemm", "_losses", "_dense", "_mlp", "_optim", "_rnn", "_gated")
 
 OPENMP_PROBE = textwrap.dedent(
     """
@@ -90,7 +90,7 @@ def _extensions():
             f"fastbp._kernels.cython.{name}",
             [os.path.join(KERNEL_DIR, f"{name}.pyx")],
             include_dirs=[KERNEL_DIR],
-            depends=[os.path.join(KERNEL_DIR, header) for header in ("microkernels.h", "optimizer_steps.h")],
+            depends=[os.path.join(KERNEL_DIR, header) for header in ("microkernels.h", "optimizer_steps.h", "gated_rows.h")],
         )
         for name in MODULES
     ]

@@ -712,3 +712,300 @@ def fixed_point_adjoint(h: FloatArray, wh: FloatArray, grad_h: FloatArray, activ
         raise ConvergenceError(f"fixed_point_adjoint did not converge: max|Δv| = {residual:.3g} > tol = {tol:g} "
                                f"after {it} iterations")
     return delta, it
+
+
+# ---------------------------------------------------------------- gated recurrent layers (LSTM, GRU)
+# One block, appended: validation of the gated kernels' arguments and their
+# wrappers. Layout: fastbp multiplies x·W, so its weights are the transposes of
+# torch's, and the gates keep torch's order along the columns:
+#
+#   LSTM (gates i, f, g, o)            GRU (gates r, z, n)
+#   w_ih = weight_ih_l0.T  (n_in, 4H)  w_ih = weight_ih_l0.T  (n_in, 3H)
+#   w_hh = weight_hh_l0.T  (H, 4H)     w_hh = weight_hh_l0.T  (H, 3H)
+#   bias = bias_ih_l0 + bias_hh_l0     bias = bias_ih_l0 + (bias_hh_l0[:2H], 0)
+#                                      bias_hn = bias_hh_l0[2H:]  (inside r ⊙ (·), as torch)
+#
+# Gradients map back the same way: d weight_ih_l0 = dw_ih.T, d weight_hh_l0 =
+# dw_hh.T; LSTM: d bias_ih_l0 = d bias_hh_l0 = dbias; GRU: d bias_ih_l0 = dbias,
+# d bias_hh_l0 = (dbias[:2H], dbias_hn).
+from ._kernels.reference import GATED_WORK  # noqa: E402  (work length per kernel, in units of batch·hidden)
+
+__all__ += ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "GATED_WORK"]
+_GATES = {"lstm": 4, "gru": 3}
+
+
+def _gated_input(kernel, x):
+    """x checked as a non-empty (batch, time, n_in) sequence."""
+    x = _sequence("x", x)
+    if 0 in x.shape:
+        raise ValueError(f"{kernel}: x has shape {x.shape}; batch, time (the sequence length) and n_in "
+                         "must all be >= 1")
+    return x
+
+
+def _gated_weights(kernel, x, w_ih, w_hh):
+    """(w_ih, w_hh, hidden) checked against x and the kernel's gate count."""
+    n_gates = _GATES[kernel[:kernel.index("_")]]
+    n_in = x.shape[2]
+    w_ih = V.contiguous_input("w_ih", w_ih, 2, x.dtype)
+    if w_ih.shape[0] != n_in or w_ih.shape[1] % n_gates or w_ih.shape[1] == 0:
+        raise ValueError(f"{kernel}: w_ih must have shape (n_in, {n_gates}·hidden) with n_in = {n_in}, the "
+                         f"features of x {x.shape}; got {w_ih.shape}")
+    n = w_ih.shape[1] // n_gates
+    w_hh = V.contiguous_input("w_hh", w_hh, 2, x.dtype)
+    if w_hh.shape != (n, n_gates * n):
+        raise ValueError(f"{kernel}: w_hh must have shape {(n, n_gates * n)} to match w_ih {w_ih.shape} "
+                         f"({n} hidden units), got {w_hh.shape}")
+    return w_ih, w_hh, n
+
+
+def _gated_vector(kernel, name, v, size, dtype):
+    v = V.contiguous_input(name, v, 1, dtype)
+    if v.shape != (size,):
+        raise ValueError(f"{kernel}: {name} must have shape {(size,)}, got {v.shape}")
+    return v
+
+
+def _gated_state(kernel, name, state, shape, dtype):
+    """An initial state (batch, hidden), zeros when None."""
+    if state is None:
+        return np.zeros(shape, dtype)
+    state = V.contiguous_input(name, state, 2, dtype)
+    if state.shape != shape:
+        raise ValueError(f"{kernel}: {name} must have shape {shape} (batch, hidden), got {state.shape}")
+    return state
+
+
+def _gated_cache(kernel, name, a, shape, dtype):
+    a = V.contiguous_input(name, a, 3, dtype)
+    if a.shape != shape:
+        raise ValueError(f"{kernel}: {name} must have shape {shape}, got {a.shape}")
+    return a
+
+
+def _gated_truncate(truncate, n_steps):
+    if truncate is None:
+        return n_steps
+    if isinstance(truncate, bool) or not hasattr(truncate, "__index__") or int(truncate) < 1:
+        raise ValueError(f"truncate must be an integer >= 1 or None, got {truncate!r}")
+    return min(int(truncate), n_steps)
+
+
+def _gated_work(kernel, work, size, dtype, inputs):
+    if work is None:
+        return np.empty(size, dtype)
+    if not isinstance(work, np.ndarray):
+        raise TypeError(f"{kernel}: work must be a numpy.ndarray or None, got {type(work).__name__}")
+    work = V.output_array("work", work, work.shape, dtype, inputs=inputs)
+    if work.ndim != 1 or work.shape[0] < size:
+        raise ValueError(f"{kernel}: work must be 1-D with at least {size} elements, got shape {work.shape}")
+    return work
+
+
+def lstm_forward(x, w_ih, w_hh, bias, h0=None, c0=None, *, out=None, cell_out=None, gates_out=None, work=None):
+    """Run an LSTM over whole sequences (``torch.nn.LSTM``'s equations, gate order i, f, g, o).
+
+    ``gates_t = x_t·w_ih + bias + h_{t-1}·w_hh`` split into four blocks of
+    ``hidden`` columns; ``i, f, o = σ(·)``, ``g = tanh(·)``;
+    ``c_t = f ⊙ c_{t-1} + i ⊙ g``; ``h_t = o ⊙ tanh(c_t)``. The input projection
+    of all batch·time rows is one GEMM; the time loop runs in compiled code.
+    For the mapping from ``torch.nn.LSTM``'s parameters see the comment above
+    (``w_ih = weight_ih_l0.T``, ``w_hh = weight_hh_l0.T``, ``bias = bias_ih_l0 + bias_hh_l0``).
+
+    Parameters
+    ----------
+    x : ndarray of shape (batch, time, n_in), float32 or float64; time >= 1
+    w_ih : ndarray of shape (n_in, 4·hidden)
+    w_hh : ndarray of shape (hidden, 4·hidden)
+    bias : ndarray of shape (4·hidden,)
+    h0, c0 : ndarrays of shape (batch, hidden), optional
+        Initial hidden and cell states; zeros when None.
+    out, cell_out : C-contiguous ndarrays of shape (batch, time, hidden), optional
+        Receive h_t and c_t.
+    gates_out : C-contiguous ndarray of shape (batch, time, 4·hidden), optional
+        Receives the gates after their nonlinearity (the cache ``lstm_backward`` reads).
+    work : C-contiguous 1-D ndarray of at least 4·batch·hidden elements, optional
+        Scratch, so that repeated calls allocate nothing.
+
+    Returns
+    -------
+    hs, cs : ndarrays of shape (batch, time, hidden)
+    gates : ndarray of shape (batch, time, 4·hidden)
+    """
+    x = _gated_input("lstm_forward", x)
+    w_ih, w_hh, n = _gated_weights("lstm_forward", x, w_ih, w_hh)
+    bias = _gated_vector("lstm_forward", "bias", bias, 4 * n, x.dtype)
+    m, n_steps, _ = x.shape
+    h0 = _gated_state("lstm_forward", "h0", h0, (m, n), x.dtype)
+    c0 = _gated_state("lstm_forward", "c0", c0, (m, n), x.dtype)
+    inputs = (x, w_ih, w_hh, bias, h0, c0)
+    hs = V.output_array("out", out, (m, n_steps, n), x.dtype, inputs=inputs)
+    cs = V.output_array("cell_out", cell_out, (m, n_steps, n), x.dtype, inputs=inputs + (hs,))
+    gates = V.output_array("gates_out", gates_out, (m, n_steps, 4 * n), x.dtype, inputs=inputs + (hs, cs))
+    work = _gated_work("lstm_forward", work, GATED_WORK["lstm", "forward"] * m * n, x.dtype,
+                       inputs + (hs, cs, gates))
+    kernels, n_threads = _kernels()
+    kernels.lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads)
+    return hs, cs, gates
+
+
+def lstm_backward(x, w_ih, w_hh, hs, cs, gates, grad_hs, h0=None, c0=None, truncate=None, *, dx_out=None,
+                  dw_ih_out=None, dw_hh_out=None, dbias_out=None, dh0_out=None, dc0_out=None, dgates_out=None,
+                  work=None):
+    """Backpropagation through time for ``lstm_forward``, optionally truncated.
+
+    With T steps and ``t0 = T - truncate``, gradients flow back from every step
+    t >= t0 and stop there: the exact gradient when the states (h, c) before
+    step t0 are held constant (``dh0 = dc0 = 0`` unless ``t0 == 0``). The
+    gradient reaching the last cell state from above is taken as 0 (a loss on
+    the outputs h_t). dx, dw_ih, dbias and dw_hh are single GEMMs / sums over
+    all batch·time rows after the recurrence.
+
+    Parameters
+    ----------
+    x, w_ih, w_hh, h0, c0 : as given to ``lstm_forward``
+    hs, cs, gates : the outputs of ``lstm_forward``
+    grad_hs : ndarray of shape (batch, time, hidden): d loss / d h_t
+    truncate : int >= 1 or None
+        Steps to backpropagate through; None (or >= time) is full BPTT.
+    dx_out, dw_ih_out, dw_hh_out, dbias_out, dh0_out, dc0_out : optional outputs
+        C-contiguous, of the shapes of x, w_ih, w_hh, bias, h0, c0.
+    dgates_out : C-contiguous ndarray of shape (batch, time, 4·hidden), optional
+        Receives d loss / d gate pre-activations.
+    work : C-contiguous 1-D ndarray of at least 7·batch·hidden elements, optional
+
+    Returns
+    -------
+    dx : ndarray of shape (batch, time, n_in)
+    dw_ih : ndarray of shape (n_in, 4·hidden)
+    dw_hh : ndarray of shape (hidden, 4·hidden)
+    dbias : ndarray of shape (4·hidden,)
+    dh0, dc0 : ndarrays of shape (batch, hidden)
+    """
+    kernel = "lstm_backward"
+    x = _gated_input(kernel, x)
+    w_ih, w_hh, n = _gated_weights(kernel, x, w_ih, w_hh)
+    m, n_steps, k = x.shape
+    dtype = x.dtype
+    hs = _gated_cache(kernel, "hs", hs, (m, n_steps, n), dtype)
+    cs = _gated_cache(kernel, "cs", cs, (m, n_steps, n), dtype)
+    gates = _gated_cache(kernel, "gates", gates, (m, n_steps, 4 * n), dtype)
+    grad_hs = _gated_cache(kernel, "grad_hs", grad_hs, (m, n_steps, n), dtype)
+    h0 = _gated_state(kernel, "h0", h0, (m, n), dtype)
+    c0 = _gated_state(kernel, "c0", c0, (m, n), dtype)
+    truncate = _gated_truncate(truncate, n_steps)
+    inputs = (x, w_ih, w_hh, hs, cs, gates, grad_hs, h0, c0)
+    outs = []
+    for name, buf, shape in (("dx_out", dx_out, x.shape), ("dw_ih_out", dw_ih_out, w_ih.shape),
+                             ("dw_hh_out", dw_hh_out, w_hh.shape), ("dbias_out", dbias_out, (4 * n,)),
+                             ("dh0_out", dh0_out, (m, n)), ("dc0_out", dc0_out, (m, n)),
+                             ("dgates_out", dgates_out, gates.shape)):
+        outs.append(V.output_array(name, buf, shape, dtype, inputs=inputs + tuple(outs)))
+    dx, dw_ih, dw_hh, dbias, dh0, dc0, dgates = outs
+    work = _gated_work(kernel, work, GATED_WORK["lstm", "backward"] * m * n, dtype, inputs + tuple(outs))
+    kernels, n_threads = _kernels()
+    kernels.lstm_backward(x, w_ih, w_hh, h0, c0, hs, cs, gates, grad_hs, truncate, dgates, dx, dw_ih, dw_hh,
+                          dbias, dh0, dc0, work, n_threads)
+    return dx, dw_ih, dw_hh, dbias, dh0, dc0
+
+
+def gru_forward(x, w_ih, w_hh, bias, bias_hn, h0=None, *, out=None, gates_out=None, hn_out=None, work=None):
+    """Run a GRU over whole sequences (``torch.nn.GRU``'s equations, gate order r, z, n).
+
+    With ``x_t·w_ih + bias`` and ``h_{t-1}·w_hh`` split into blocks (r, z, n):
+    ``r = σ(x_r + h_r)``, ``z = σ(x_z + h_z)``, ``hn_t = h_n + bias_hn``,
+    ``n = tanh(x_n + r ⊙ hn_t)``, ``h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}``. As in torch,
+    the recurrent bias of the n gate stays inside the product with r: that is
+    ``bias_hn``; ``bias = bias_ih_l0 + (bias_hh_l0[:2H], 0)`` (see the comment above).
+
+    Parameters
+    ----------
+    x : ndarray of shape (batch, time, n_in), float32 or float64; time >= 1
+    w_ih : ndarray of shape (n_in, 3·hidden)
+    w_hh : ndarray of shape (hidden, 3·hidden)
+    bias : ndarray of shape (3·hidden,)
+    bias_hn : ndarray of shape (hidden,)
+    h0 : ndarray of shape (batch, hidden), optional; zeros when None
+    out : C-contiguous ndarray of shape (batch, time, hidden), optional: receives h_t
+    gates_out : C-contiguous ndarray of shape (batch, time, 3·hidden), optional
+        Receives r, z, n after their nonlinearity.
+    hn_out : C-contiguous ndarray of shape (batch, time, hidden), optional: receives hn_t
+        (gates and hn are the cache ``gru_backward`` reads).
+    work : C-contiguous 1-D ndarray of at least 3·batch·hidden elements, optional
+
+    Returns
+    -------
+    hs : ndarray of shape (batch, time, hidden)
+    gates : ndarray of shape (batch, time, 3·hidden)
+    hn : ndarray of shape (batch, time, hidden)
+    """
+    kernel = "gru_forward"
+    x = _gated_input(kernel, x)
+    w_ih, w_hh, n = _gated_weights(kernel, x, w_ih, w_hh)
+    bias = _gated_vector(kernel, "bias", bias, 3 * n, x.dtype)
+    bias_hn = _gated_vector(kernel, "bias_hn", bias_hn, n, x.dtype)
+    m, n_steps, _ = x.shape
+    h0 = _gated_state(kernel, "h0", h0, (m, n), x.dtype)
+    inputs = (x, w_ih, w_hh, bias, bias_hn, h0)
+    hs = V.output_array("out", out, (m, n_steps, n), x.dtype, inputs=inputs)
+    gates = V.output_array("gates_out", gates_out, (m, n_steps, 3 * n), x.dtype, inputs=inputs + (hs,))
+    hn = V.output_array("hn_out", hn_out, (m, n_steps, n), x.dtype, inputs=inputs + (hs, gates))
+    work = _gated_work(kernel, work, GATED_WORK["gru", "forward"] * m * n, x.dtype, inputs + (hs, gates, hn))
+    kernels, n_threads = _kernels()
+    kernels.gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_threads)
+    return hs, gates, hn
+
+
+def gru_backward(x, w_ih, w_hh, hs, gates, hn, grad_hs, h0=None, truncate=None, *, dx_out=None, dw_ih_out=None,
+                 dw_hh_out=None, dbias_out=None, dbias_hn_out=None, dh0_out=None, dgates_out=None, dghh_out=None,
+                 work=None):
+    """Backpropagation through time for ``gru_forward``, optionally truncated.
+
+    Truncation as in ``lstm_backward``: gradients flow back from every step
+    t >= t0 = T - truncate and stop there (``dh0 = 0`` unless ``t0 == 0``).
+
+    Parameters
+    ----------
+    x, w_ih, w_hh, h0 : as given to ``gru_forward``
+    hs, gates, hn : the outputs of ``gru_forward``
+    grad_hs : ndarray of shape (batch, time, hidden): d loss / d h_t
+    truncate : int >= 1 or None; None (or >= time) is full BPTT
+    dx_out, dw_ih_out, dw_hh_out, dbias_out, dbias_hn_out, dh0_out : optional outputs
+        C-contiguous, of the shapes of x, w_ih, w_hh, bias, bias_hn, h0.
+    dgates_out, dghh_out : C-contiguous ndarrays of shape (batch, time, 3·hidden), optional
+        Receive d loss / d (input-side, recurrent-side) gate pre-activations.
+    work : C-contiguous 1-D ndarray of at least 5·batch·hidden elements, optional
+
+    Returns
+    -------
+    dx : ndarray of shape (batch, time, n_in)
+    dw_ih : ndarray of shape (n_in, 3·hidden)
+    dw_hh : ndarray of shape (hidden, 3·hidden)
+    dbias : ndarray of shape (3·hidden,)
+    dbias_hn : ndarray of shape (hidden,)
+    dh0 : ndarray of shape (batch, hidden)
+    """
+    kernel = "gru_backward"
+    x = _gated_input(kernel, x)
+    w_ih, w_hh, n = _gated_weights(kernel, x, w_ih, w_hh)
+    m, n_steps, k = x.shape
+    dtype = x.dtype
+    hs = _gated_cache(kernel, "hs", hs, (m, n_steps, n), dtype)
+    gates = _gated_cache(kernel, "gates", gates, (m, n_steps, 3 * n), dtype)
+    hn = _gated_cache(kernel, "hn", hn, (m, n_steps, n), dtype)
+    grad_hs = _gated_cache(kernel, "grad_hs", grad_hs, (m, n_steps, n), dtype)
+    h0 = _gated_state(kernel, "h0", h0, (m, n), dtype)
+    truncate = _gated_truncate(truncate, n_steps)
+    inputs = (x, w_ih, w_hh, hs, gates, hn, grad_hs, h0)
+    outs = []
+    for name, buf, shape in (("dx_out", dx_out, x.shape), ("dw_ih_out", dw_ih_out, w_ih.shape),
+                             ("dw_hh_out", dw_hh_out, w_hh.shape), ("dbias_out", dbias_out, (3 * n,)),
+                             ("dbias_hn_out", dbias_hn_out, (n,)), ("dh0_out", dh0_out, (m, n)),
+                             ("dgates_out", dgates_out, gates.shape), ("dghh_out", dghh_out, gates.shape)):
+        outs.append(V.output_array(name, buf, shape, dtype, inputs=inputs + tuple(outs)))
+    dx, dw_ih, dw_hh, dbias, dbias_hn, dh0, dgates, dghh = outs
+    work = _gated_work(kernel, work, GATED_WORK["gru", "backward"] * m * n, dtype, inputs + tuple(outs))
+    kernels, n_threads = _kernels()
+    kernels.gru_backward(x, w_ih, w_hh, h0, hs, gates, hn, grad_hs, truncate, dgates, dghh, dx, dw_ih, dw_hh,
+                         dbias, dbias_hn, dh0, work, n_threads)
+    return dx, dw_ih, dw_hh, dbias, dbias_hn, dh0

@@ -73,3 +73,48 @@ class FixedPoint(KernelBenchmark):
     def time_relax_and_adjoint(self, backend, dtype, threads):
         kernels.fixed_point_forward(self.x_proj, self.wh, "tanh", tol=1e-5, out=self.h)
         kernels.fixed_point_adjoint(self.h, self.wh, self.grad, "tanh", tol=1e-5, out=self.delta)
+
+
+class Gated(KernelBenchmark):
+    """One forward + backward (full BPTT) of the LSTM / GRU kernels on (64, 50, 32) sequences, 128 hidden,
+    every buffer and the work scratch preallocated (as a layer would)."""
+
+    params = [BACKENDS, DTYPES, THREADS, ["lstm", "gru"]]
+    param_names = ["backend", "dtype", "threads", "cell"]
+
+    def setup(self, backend, dtype, threads, cell):
+        self.configure(backend, dtype, threads)
+        n_gates = 4 if cell == "lstm" else 3
+        width = n_gates * HIDDEN
+        self.x = random((BATCH, TIME, N_IN), dtype, 1)
+        self.w_ih = random((N_IN, width), dtype, 2) / np.sqrt(N_IN).astype(dtype)
+        self.w_hh = random((HIDDEN, width), dtype, 3) / np.sqrt(HIDDEN).astype(dtype)
+        self.bias = random((width,), dtype, 4) * 0.1
+        self.bias_hn = random((HIDDEN,), dtype, 5) * 0.1
+        self.h0 = np.zeros((BATCH, HIDDEN), dtype)
+        self.grad = random((BATCH, TIME, HIDDEN), dtype, 6)
+        sequence, gates = (BATCH, TIME, HIDDEN), (BATCH, TIME, width)
+        self.hs, self.aux = np.zeros(sequence, dtype), np.zeros(sequence, dtype)
+        self.gates, self.dgates, self.dghh = (np.zeros(gates, dtype) for _ in range(3))
+        self.work = np.zeros(kernels.GATED_WORK[cell, "backward"] * BATCH * HIDDEN, dtype)
+        self.dx = np.zeros_like(self.x)
+        self.dw_ih, self.dw_hh = np.zeros_like(self.w_ih), np.zeros_like(self.w_hh)
+        self.dbias, self.dbias_hn = np.zeros_like(self.bias), np.zeros_like(self.bias_hn)
+        self.dh0, self.dc0 = np.zeros_like(self.h0), np.zeros_like(self.h0)
+        self.time_forward_backward(backend, dtype, threads, cell)  # JIT
+
+    def time_forward_backward(self, backend, dtype, threads, cell):
+        if cell == "lstm":
+            kernels.lstm_forward(self.x, self.w_ih, self.w_hh, self.bias, self.h0, self.h0, out=self.hs,
+                                 cell_out=self.aux, gates_out=self.gates, work=self.work)
+            kernels.lstm_backward(self.x, self.w_ih, self.w_hh, self.hs, self.aux, self.gates, self.grad, self.h0,
+                                  self.h0, dx_out=self.dx, dw_ih_out=self.dw_ih, dw_hh_out=self.dw_hh,
+                                  dbias_out=self.dbias, dh0_out=self.dh0, dc0_out=self.dc0,
+                                  dgates_out=self.dgates, work=self.work)
+        else:
+            kernels.gru_forward(self.x, self.w_ih, self.w_hh, self.bias, self.bias_hn, self.h0, out=self.hs,
+                                gates_out=self.gates, hn_out=self.aux, work=self.work)
+            kernels.gru_backward(self.x, self.w_ih, self.w_hh, self.hs, self.gates, self.aux, self.grad, self.h0,
+                                 dx_out=self.dx, dw_ih_out=self.dw_ih, dw_hh_out=self.dw_hh, dbias_out=self.dbias,
+                                 dbias_hn_out=self.dbias_hn, dh0_out=self.dh0, dgates_out=self.dgates,
+                                 dghh_out=self.dghh, work=self.work)

@@ -43,6 +43,10 @@ KERNELS = (
     "rnn_backward",
     "fixed_point_forward",
     "fixed_point_adjoint",
+    "lstm_forward",
+    "lstm_backward",
+    "gru_forward",
+    "gru_backward",
 )
 
 
@@ -425,3 +429,157 @@ def fixed_point_adjoint(h, wh, act, grad_h, tol, max_iter, delta, scratch, n_thr
             break
     delta[...] = v * d
     return it, residual
+
+
+# ---------------------------------------------------------------- gated recurrent layers
+# PyTorch's gate equations and gate order, with fastbp's x·W layout (the
+# transposes of torch's weight_ih_l0 / weight_hh_l0; see fastbp.kernels.lstm_forward).
+# Sequences are batch-major (batch, T, ·), C-contiguous. The input projection
+# x·w_ih + bias of all batch·T rows is one GEMM before the time loop, and
+# dx, dw_ih, dbias (and dw_hh) single GEMMs/sums over all rows after it; the
+# time loop does the recurrent product and one element-wise pass per step.
+# ``work`` is caller-provided scratch (its length in GATED_WORK, in units of
+# batch·hidden); kernels leave its content unspecified.
+GATED_WORK = {("lstm", "forward"): 4, ("lstm", "backward"): 7, ("gru", "forward"): 3, ("gru", "backward"): 5}
+
+
+def _truncation_start(n_steps, truncate):
+    """t0: the first step BPTT goes back to (1 <= truncate <= T; states before t0 are constants)."""
+    return n_steps - truncate
+
+
+def lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads):
+    """LSTM over whole sequences (torch.nn.LSTM's equations, gate order i, f, g, o).
+
+    gates_t = x_t·w_ih + bias + h_{t-1}·w_hh, split into four (batch, hidden) blocks;
+    i, f, o = σ(·), g = tanh(·); c_t = f ⊙ c_{t-1} + i ⊙ g; h_t = o ⊙ tanh(c_t), from (h0, c0).
+    IN x (batch, T, n_in), w_ih (n_in, 4H), w_hh (H, 4H), bias (4H,), h0, c0 (batch, H);
+    OUT hs, cs (batch, T, H): h_t, c_t; gates (batch, T, 4H): i, f, g, o after their
+    nonlinearity (the cache of lstm_backward); work (4·batch·H,) scratch.
+    """
+    m, n_steps, _ = x.shape
+    n = h0.shape[1]
+    pre = x @ w_ih + bias
+    h, c = h0, c0
+    for t in range(n_steps):
+        z = pre[:, t] + h @ w_hh
+        i, f, g, o = (z[:, k * n:(k + 1) * n] for k in range(4))
+        i, f, g, o = _sigmoid(i), _sigmoid(f), np.tanh(g), _sigmoid(o)
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        gates[:, t] = np.concatenate([i, f, g, o], axis=1)
+        cs[:, t] = c
+        hs[:, t] = h
+
+
+def lstm_backward(x, w_ih, w_hh, h0, c0, hs, cs, gates, grad_hs, truncate, dgates, dx, dw_ih, dw_hh, dbias,
+                  dh0, dc0, work, n_threads):
+    """Backpropagation through time for lstm_forward over the last ``truncate`` steps.
+
+    With t0 = T - truncate (1 <= truncate <= T), from t = T-1 down to t0, with the
+    carries dh = dc = 0 at t = T:  dh_t = grad_hs_t + dgates_{t+1}·w_hhᵀ;
+    dc_t = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ o_t ⊙ (1 - tanh²c_t); dgates_t = (dc_t⊙g_t⊙i_t(1-i_t),
+    dc_t⊙c_{t-1}⊙f_t(1-f_t), dc_t⊙i_t⊙(1-g_t²), dh_t⊙tanh(c_t)⊙o_t(1-o_t)); dgates_t = 0 for t < t0.
+    Then over all batch·T rows: dx = dgates·w_ihᵀ, dw_ih = xᵀ·dgates, dbias = Σ dgates,
+    dw_hh = Σ_t h_{t-1}ᵀ·dgates_t (h_{-1} = h0); dh0 = dgates_0·w_hhᵀ, dc0 = dc_0 ⊙ f_0 when
+    t0 = 0, else 0. This is the exact gradient when the states (h, c) before step
+    t0 are taken as constants. The gradient of c_{T-1} from above is taken as 0.
+    IN x, w_ih, w_hh, h0, c0 as given to lstm_forward; hs, cs, gates its outputs; grad_hs (batch, T, H).
+    OUT dgates (batch, T, 4H): d loss / d gate pre-activations; dx (batch, T, n_in);
+    dw_ih, dw_hh, dbias, dh0, dc0 of the shapes of their parameters; work (7·batch·H,) scratch.
+    """
+    m, n_steps, _ = x.shape
+    n = h0.shape[1]
+    t0 = _truncation_start(n_steps, truncate)
+    dgates[...] = 0
+    dh_next = np.zeros((m, n), x.dtype)
+    dc_next = np.zeros((m, n), x.dtype)
+    for t in range(n_steps - 1, t0 - 1, -1):
+        i, f, g, o = (gates[:, t, k * n:(k + 1) * n] for k in range(4))
+        c_prev = cs[:, t - 1] if t else c0
+        tanh_c = np.tanh(cs[:, t])
+        dh = grad_hs[:, t] + dh_next
+        dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
+        dgates[:, t] = np.concatenate([dc * g * (i * (1 - i)), dc * c_prev * (f * (1 - f)),
+                                       dc * i * (1 - g * g), dh * tanh_c * (o * (1 - o))], axis=1)
+        dh_next = dgates[:, t] @ w_hh.T
+        dc_next = dc * f
+    if t0 == 0:
+        dh0[...], dc0[...] = dh_next, dc_next
+    else:
+        dh0[...], dc0[...] = 0, 0
+    flat = dgates.reshape(m * n_steps, 4 * n)
+    dx[...] = (flat @ w_ih.T).reshape(dx.shape)
+    dw_ih[...] = x.reshape(m * n_steps, -1).T @ flat
+    dbias[...] = flat.sum(axis=0)
+    h_prev = np.concatenate([h0[:, None], hs[:, :-1]], axis=1).reshape(m * n_steps, n)
+    dw_hh[...] = h_prev.T @ flat
+
+
+def gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_threads):
+    """GRU over whole sequences (torch.nn.GRU's equations, gate order r, z, n).
+
+    With x_t·w_ih + bias and h_{t-1}·w_hh split into (r, z, n) blocks:
+    r = σ(xr + hr), z = σ(xz + hz), hn_t = h_{t-1}·w_hn + bias_hn,
+    n = tanh(xn + r ⊙ hn_t), h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}, from h0. torch's b_hn
+    stays inside the r product: it is ``bias_hn``; ``bias`` is b_ih + (b_hr, b_hz, 0).
+    IN x (batch, T, n_in), w_ih (n_in, 3H), w_hh (H, 3H), bias (3H,), bias_hn (H,), h0 (batch, H);
+    OUT hs (batch, T, H); gates (batch, T, 3H): r, z, n after their nonlinearity;
+    hn (batch, T, H): hn_t (gates and hn are the cache of gru_backward); work (3·batch·H,) scratch.
+    """
+    m, n_steps, _ = x.shape
+    n = h0.shape[1]
+    pre = x @ w_ih + bias
+    h = h0
+    for t in range(n_steps):
+        rec = h @ w_hh
+        r = _sigmoid(pre[:, t, :n] + rec[:, :n])
+        z = _sigmoid(pre[:, t, n:2 * n] + rec[:, n:2 * n])
+        hn_t = rec[:, 2 * n:] + bias_hn
+        cand = np.tanh(pre[:, t, 2 * n:] + r * hn_t)
+        h = (1 - z) * cand + z * h
+        gates[:, t] = np.concatenate([r, z, cand], axis=1)
+        hn[:, t] = hn_t
+        hs[:, t] = h
+
+
+def gru_backward(x, w_ih, w_hh, h0, hs, gates, hn, grad_hs, truncate, dgates, dghh, dx, dw_ih, dw_hh, dbias,
+                 dbias_hn, dh0, work, n_threads):
+    """Backpropagation through time for gru_forward over the last ``truncate`` steps.
+
+    From t = T-1 down to t0 = T - truncate, with dh_T-carry 0:
+    dh_t = grad_hs_t + dghh_{t+1}·w_hhᵀ + dh_{t+1} ⊙ z_{t+1};
+    dan = dh_t⊙(1-z)⊙(1-n²); dar = dan⊙hn_t⊙r(1-r); daz = dh_t⊙(h_{t-1} - n)⊙z(1-z);
+    dgates_t = (dar, daz, dan) (input side), dghh_t = (dar, daz, dan⊙r) (recurrent side);
+    both 0 for t < t0. Then over all batch·T rows: dx = dgates·w_ihᵀ, dw_ih = xᵀ·dgates,
+    dbias = Σ dgates, dw_hh = Σ_t h_{t-1}ᵀ·dghh_t (h_{-1} = h0), dbias_hn = Σ (dan⊙r);
+    dh0 = dghh_0·w_hhᵀ + dh_0 ⊙ z_0 when t0 = 0, else 0.
+    IN x, w_ih, w_hh, h0 as given to gru_forward; hs, gates, hn its outputs; grad_hs (batch, T, H).
+    OUT dgates, dghh (batch, T, 3H); dx (batch, T, n_in); dw_ih, dw_hh, dbias, dbias_hn, dh0
+    of the shapes of their parameters; work (5·batch·H,) scratch.
+    """
+    m, n_steps, _ = x.shape
+    n = h0.shape[1]
+    t0 = _truncation_start(n_steps, truncate)
+    dgates[...] = 0
+    dghh[...] = 0
+    carry = np.zeros((m, n), x.dtype)
+    for t in range(n_steps - 1, t0 - 1, -1):
+        r, z, cand = (gates[:, t, k * n:(k + 1) * n] for k in range(3))
+        h_prev = hs[:, t - 1] if t else h0
+        dh = grad_hs[:, t] + carry
+        dan = dh * (1 - z) * (1 - cand * cand)
+        dar = dan * hn[:, t] * (r * (1 - r))
+        daz = dh * (h_prev - cand) * (z * (1 - z))
+        dgates[:, t] = np.concatenate([dar, daz, dan], axis=1)
+        dghh[:, t] = np.concatenate([dar, daz, dan * r], axis=1)
+        carry = dghh[:, t] @ w_hh.T + dh * z
+    dh0[...] = carry if t0 == 0 else 0
+    flat = dgates.reshape(m * n_steps, 3 * n)
+    flat_hh = dghh.reshape(m * n_steps, 3 * n)
+    dx[...] = (flat @ w_ih.T).reshape(dx.shape)
+    dw_ih[...] = x.reshape(m * n_steps, -1).T @ flat
+    dbias[...] = flat.sum(axis=0)
+    dbias_hn[...] = flat_hh[:, 2 * n:].sum(axis=0)
+    h_prev = np.concatenate([h0[:, None], hs[:, :-1]], axis=1).reshape(m * n_steps, n)
+    dw_hh[...] = h_prev.T @ flat_hh

@@ -36,6 +36,7 @@ from ._losses import (  # noqa: E402
 )
 from ._optim import adam_step, all_finite, rmsprop_step, sgd_step  # noqa: E402
 from ._rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_forward  # noqa: E402
+from ._gated import gru_backward, gru_forward, lstm_backward, lstm_forward  # noqa: E402
 
 if _registry.SOFTMAX != 10 or len(_registry.ACTIVATIONS) != 11:  # ids compiled into _activations.pxd
     raise AssertionError("fastbp._kernels.registry's activation ids differ from _activations.pxd")

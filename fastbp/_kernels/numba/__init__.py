@@ -5,7 +5,7 @@ and nothing else: every kernel compiles, or loads from Numba's on-disk cache,
 on its first call. Modules: ``microkernel`` (LLVM-IR register tile),
 ``packing``, ``gemm`` (the five loops and the fused epilogue), ``activations``,
 ``dense``, ``losses``, ``mlp`` (a whole dense stack's step), ``optim``,
-``rnn``.
+``rnn``, ``gated`` (LSTM, GRU).
 """
 
 from ..reference import KERNELS
@@ -17,6 +17,7 @@ from .losses import binary_cross_entropy, mse, softmax_cross_entropy, softmax_cr
 from .mlp import mlp_loss_and_grad
 from .optim import adam_step, all_finite, rmsprop_step, sgd_step
 from .rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_forward
+from .gated import gru_backward, gru_forward, lstm_backward, lstm_forward
 
 NAME = "numba"
 

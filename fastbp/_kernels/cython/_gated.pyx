@@ -1,0 +1,513 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Gated recurrent kernels: LSTM and GRU over whole sequences, forward and BPTT,
+float32 and float64 (PyTorch's equations and gate order; see reference.py)."""
+# Design: each pass is one nogil call. The input projection of every batch·T
+# row is ONE dense_forward_nogil (x·w_ih + bias) written into the gate cache;
+# the time loop then does, per step, one GEMM for the recurrent product (rows
+# of the batch split between threads by gemm_nogil) and ONE row pass over the
+# step's gate tile that applies the gate nonlinearities and the cell update
+# while the tile is in cache (rows in parallel; a row's result does not depend
+# on the thread that computes it). Backward runs the same loop in reverse and
+# keeps per step only the element-wise gate gradients; dx, dw_ih and dbias are
+# then two GEMMs and a column sum over the batch·T rows, dw_hh one GEMM over the
+# flat arrays shifted by one row: row r of the gate gradients pairs with row
+# r-1 of hs, except the first step of each sequence, which pairs with h0 (one
+# small GEMM h0ᵀ·dgates_0 first; those rows are zeroed for the big GEMM and
+# restored after). Every sum runs in a fixed order: results do not depend on
+# n_threads, bit for bit.
+# Layout: every array C-contiguous; sequences batch-major (batch, T, ·), so the
+# rows of step t are a matrix with row stride T·width, used in place. ``work``
+# is caller-provided scratch cut into contiguous (batch, ·) blocks: nothing is
+# allocated in the time loop (the GEMM keeps its packing workspace).
+
+from cython.parallel cimport prange
+from cython cimport floating
+from libc.string cimport memcpy, memset
+
+from fastbp._kernels.cython._gemm cimport gemm_nogil
+from fastbp._kernels.cython._dense cimport dense_forward_nogil
+from fastbp._kernels.cython._activations cimport ACT_IDENTITY, ACT_SIGMOID, ACT_TANH, _tanh_rational, act_row
+from fastbp._kernels.reference import GATED_WORK
+
+cdef extern from "gated_rows.h" nogil:
+    void fastbp_lstm_grad_row_s(const float* gate, const float* c_prev, const float* tanh_c, const float* dh,
+                                float* dc, float* dgate, Py_ssize_t n)
+    void fastbp_lstm_grad_row_d(const double* gate, const double* c_prev, const double* tanh_c,
+                                const double* dh, double* dc, double* dgate, Py_ssize_t n)
+    void fastbp_gru_grad_row_s(const float* gate, const float* hn, const float* h_prev, const float* grad,
+                               const float* carry, float* direct, int has_carry, float* dgate, float* dghh,
+                               Py_ssize_t n)
+    void fastbp_column_sums_block_s(const float* g, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
+                                    Py_ssize_t j0, float* out)
+    void fastbp_column_sums_block_d(const double* g, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
+                                    Py_ssize_t j0, double* out)
+    void fastbp_gru_grad_row_d(const double* gate, const double* hn, const double* h_prev, const double* grad,
+                               const double* carry, double* direct, int has_carry, double* dgate, double* dghh,
+                               Py_ssize_t n)
+
+# Below this many gate values per step, a row pass runs on the calling thread.
+cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 14
+
+
+def _check_work(str kernel, Py_ssize_t size, Py_ssize_t m, Py_ssize_t n):
+    """work must hold GATED_WORK[kernel]·batch·hidden values (the one table, in reference.py)."""
+    kind, direction = kernel.split("_")
+    need = GATED_WORK[kind, direction] * m * n
+    if size < need:
+        raise ValueError(f"{kernel}: work needs {need} values, got {size}")
+
+
+def _check(str kernel, str name, tuple shape, tuple expected):
+    if shape != expected:
+        raise ValueError(f"{kernel}: {name} has shape {shape}, expected {expected}")
+
+
+cdef inline int _row_threads(Py_ssize_t elements, int n_threads) noexcept nogil:
+    return n_threads if n_threads > 1 and elements >= PARALLEL_MIN_ELEMENTS else 1
+
+
+cdef void _zero_steps(floating* a, Py_ssize_t m, Py_ssize_t t_end, Py_ssize_t ld,
+                      Py_ssize_t width) noexcept nogil:
+    """a[b, t, :] := 0 for t < t_end, a (m, T, width) with row stride ld = T·width."""
+    cdef Py_ssize_t b
+    if t_end > 0:
+        for b in range(m):
+            memset(a + b * ld, 0, t_end * width * sizeof(floating))
+
+
+cdef void _copy_step(const floating* src, Py_ssize_t ld, floating* dst, Py_ssize_t m,
+                     Py_ssize_t n) noexcept nogil:
+    """dst (m, n) contiguous := the rows of one step of src (row stride ld)."""
+    cdef Py_ssize_t b
+    for b in range(m):
+        memcpy(dst + b * n, src + b * ld, n * sizeof(floating))
+
+
+cdef int _previous_states_product(Py_ssize_t m, Py_ssize_t n_steps, Py_ssize_t n, Py_ssize_t width,
+                                  const floating* h0, const floating* hs, floating* grads,
+                                  floating* saved, bint first_step_live, floating* dw,
+                                  int n_threads) noexcept nogil:
+    """dw := Σ_b Σ_t h_{b,t-1}ᵀ·grads_{b,t} (h_{b,-1} = h0_b): two GEMMs, fixed order.
+
+    IN h0 (m, n), hs (m, T, n); IN/OUT grads (m, T, width), restored on return;
+    OUT dw (n, width); saved: scratch of (m - 1)·width. Returns 0 or -1.
+    """
+    cdef Py_ssize_t b, ld = n_steps * width
+    cdef int status
+    # h0ᵀ·grads_0: the first step of every sequence
+    status = gemm_nogil(n, width, m, <floating>1, h0, 1, n, grads, ld, 1,
+                        <floating>0, dw, width, NULL, -1, NULL, 0, n_threads)
+    if status != 0 or m * n_steps == 1:
+        return status
+    # Σ_r hs_flat[r-1]ᵀ·grads_flat[r] over r = 1..m·T-1 without the rows (b >= 1, t = 0),
+    # which would pair grads_{b,0} with the last state of sequence b-1.
+    if first_step_live:
+        for b in range(1, m):
+            memcpy(saved + (b - 1) * width, grads + b * ld, width * sizeof(floating))
+            memset(grads + b * ld, 0, width * sizeof(floating))
+    status = gemm_nogil(n, width, m * n_steps - 1, <floating>1, hs, 1, n, grads + width, width, 1,
+                        <floating>1, dw, width, NULL, -1, NULL, 0, n_threads)
+    if first_step_live:
+        for b in range(1, m):
+            memcpy(grads + b * ld, saved + (b - 1) * width, width * sizeof(floating))
+    return status
+
+
+cdef inline void _sigmoid_gates(floating* z, Py_ssize_t n) noexcept nogil:
+    """z := σ(z) in place. float32: σ(z) = (1 + tanh(z/2))/2 through the branch-free rational
+    tanh, so the loop vectorises (|error| < 2e-7, where an expf call per element cost more
+    than the step's GEMM); float64: act_row's exact two-branch sigmoid."""
+    cdef Py_ssize_t j
+    if floating is float:
+        for j in range(n):
+            z[j] = <float>0.5 + <float>0.5 * _tanh_rational(<float>0.5 * z[j])
+    else:
+        act_row(ACT_SIGMOID, z, z, n)
+
+
+# ---------------------------------------------------------------- LSTM
+cdef void _lstm_cell_row(floating* z, const floating* c_prev, floating* c, floating* h,
+                         Py_ssize_t n) noexcept nogil:
+    """One row of one step: gates z = (i, f, g, o) pre-activations, activated in place;
+    c := f⊙c_prev + i⊙g; h := o⊙tanh(c)."""
+    cdef Py_ssize_t j
+    _sigmoid_gates(z, 2 * n)  # i, f
+    act_row(ACT_TANH, z + 2 * n, z + 2 * n, n)  # g
+    _sigmoid_gates(z + 3 * n, n)  # o
+    for j in range(n):
+        c[j] = z[n + j] * c_prev[j] + z[j] * z[2 * n + j]
+    act_row(ACT_TANH, c, h, n)
+    for j in range(n):
+        h[j] = z[3 * n + j] * h[j]
+
+
+cdef void _lstm_cells(floating* gates, const floating* c0, floating* cs, floating* hs, Py_ssize_t m,
+                      Py_ssize_t n_steps, Py_ssize_t n, Py_ssize_t t, int n_threads) noexcept nogil:
+    cdef Py_ssize_t b, ldg = n_steps * 4 * n, ldh = n_steps * n
+    cdef int threads = _row_threads(m * 4 * n, n_threads)
+    if threads < 2:
+        for b in range(m):
+            _lstm_cell_row(gates + b * ldg + t * 4 * n,
+                           c0 + b * n if t == 0 else cs + b * ldh + (t - 1) * n,
+                           cs + b * ldh + t * n, hs + b * ldh + t * n, n)
+    else:
+        for b in prange(m, schedule="static", num_threads=threads):
+            _lstm_cell_row(gates + b * ldg + t * 4 * n,
+                           c0 + b * n if t == 0 else cs + b * ldh + (t - 1) * n,
+                           cs + b * ldh + t * n, hs + b * ldh + t * n, n)
+
+
+cdef void _lstm_grad_row(const floating* gate, const floating* c_prev, const floating* c,
+                         const floating* dh, floating* dc, floating* tanh_c, floating* dgate,
+                         Py_ssize_t n) noexcept nogil:
+    """One row of one backward step: dgate := the gate pre-activation gradients;
+    dc (IN the carry dc_{t+1}⊙f_{t+1}, OUT dc_t⊙f_t); tanh_c: scratch (n,). See gated_rows.h."""
+    act_row(ACT_TANH, c, tanh_c, n)
+    if floating is float:
+        fastbp_lstm_grad_row_s(gate, c_prev, tanh_c, dh, dc, dgate, n)
+    else:
+        fastbp_lstm_grad_row_d(gate, c_prev, tanh_c, dh, dc, dgate, n)
+
+
+cdef void _lstm_grads(const floating* gates, const floating* c0, const floating* cs, const floating* dh,
+                      floating* dc, floating* tanh_c, floating* dgates, Py_ssize_t m, Py_ssize_t n_steps,
+                      Py_ssize_t n, Py_ssize_t t, int n_threads) noexcept nogil:
+    cdef Py_ssize_t b, ldg = n_steps * 4 * n, ldh = n_steps * n
+    cdef int threads = _row_threads(m * 4 * n, n_threads)
+    if threads < 2:
+        for b in range(m):
+            _lstm_grad_row(gates + b * ldg + t * 4 * n, c0 + b * n if t == 0 else cs + b * ldh + (t - 1) * n,
+                           cs + b * ldh + t * n, dh + b * n, dc + b * n, tanh_c + b * n,
+                           dgates + b * ldg + t * 4 * n, n)
+    else:
+        for b in prange(m, schedule="static", num_threads=threads):
+            _lstm_grad_row(gates + b * ldg + t * 4 * n, c0 + b * n if t == 0 else cs + b * ldh + (t - 1) * n,
+                           cs + b * ldh + t * n, dh + b * n, dc + b * n, tanh_c + b * n,
+                           dgates + b * ldg + t * 4 * n, n)
+
+
+def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                 const floating[::1] bias, const floating[:, ::1] h0, const floating[:, ::1] c0,
+                 floating[:, :, ::1] hs, floating[:, :, ::1] cs, floating[:, :, ::1] gates,
+                 floating[::1] work, int n_threads):
+    """LSTM over whole sequences: gates_t = x_t·w_ih + bias + h_{t-1}·w_hh; (i, f, g, o);
+    c_t = f⊙c_{t-1} + i⊙g; h_t = o⊙tanh(c_t), from (h0, c0).
+
+    IN x (batch, T, n_in), w_ih (n_in, 4H), w_hh (H, 4H), bias (4H,), h0, c0 (batch, H);
+    OUT hs, cs (batch, T, H), gates (batch, T, 4H) activated; work (4·batch·H,) scratch (unused here).
+    """
+    cdef Py_ssize_t m = x.shape[0], n_steps = x.shape[1], k = x.shape[2], n = h0.shape[1], t
+    _check("lstm_forward", "w_ih", tuple(w_ih.shape)[:2], (k, 4 * n))
+    _check("lstm_forward", "w_hh", tuple(w_hh.shape)[:2], (n, 4 * n))
+    _check("lstm_forward", "bias", tuple(bias.shape)[:1], (4 * n,))
+    _check("lstm_forward", "h0", tuple(h0.shape)[:2], (m, n))
+    _check("lstm_forward", "c0", tuple(c0.shape)[:2], (m, n))
+    _check("lstm_forward", "hs", tuple(hs.shape)[:3], (m, n_steps, n))
+    _check("lstm_forward", "cs", tuple(cs.shape)[:3], (m, n_steps, n))
+    _check("lstm_forward", "gates", tuple(gates.shape)[:3], (m, n_steps, 4 * n))
+    if m == 0 or n_steps == 0 or n == 0 or k == 0:
+        raise ValueError("lstm_forward: batch, time, n_in and hidden must be >= 1")
+    _check_work("lstm_forward", work.shape[0], m, n)
+    cdef Py_ssize_t ldh = n_steps * n, ldg = n_steps * 4 * n
+    cdef floating* pg = &gates[0, 0, 0]
+    cdef floating* ph = &hs[0, 0, 0]
+    cdef floating* pc = &cs[0, 0, 0]
+    cdef int status
+    with nogil:
+        # every step's input projection, one GEMM over the batch·T rows
+        status = dense_forward_nogil(m * n_steps, 4 * n, k, &x[0, 0, 0], k, 1, &w_ih[0, 0], 4 * n, 1,
+                                     &bias[0], ACT_IDENTITY, pg, pg, n_threads)
+        t = 0
+        while status == 0 and t < n_steps:
+            # gates_t += h_{t-1}·w_hh
+            status = gemm_nogil(m, 4 * n, n, <floating>1, &h0[0, 0] if t == 0 else ph + (t - 1) * n,
+                                n if t == 0 else ldh, 1, &w_hh[0, 0], 4 * n, 1,
+                                <floating>1, pg + t * 4 * n, ldg, NULL, -1, NULL, 0, n_threads)
+            _lstm_cells(pg, &c0[0, 0], pc, ph, m, n_steps, n, t, n_threads)
+            t += 1
+    if status != 0:
+        raise MemoryError("lstm_forward: cannot allocate the GEMM workspace")
+
+
+def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                  const floating[:, ::1] h0, const floating[:, ::1] c0, const floating[:, :, ::1] hs,
+                  const floating[:, :, ::1] cs, const floating[:, :, ::1] gates,
+                  const floating[:, :, ::1] grad_hs, Py_ssize_t truncate, floating[:, :, ::1] dgates,
+                  floating[:, :, ::1] dx, floating[:, ::1] dw_ih, floating[:, ::1] dw_hh, floating[::1] dbias,
+                  floating[:, ::1] dh0, floating[:, ::1] dc0, floating[::1] work, int n_threads):
+    """BPTT for lstm_forward over the last ``truncate`` steps (see reference.lstm_backward).
+
+    IN x, w_ih, w_hh, h0, c0; hs, cs, gates from lstm_forward; grad_hs (batch, T, H).
+    OUT dgates (batch, T, 4H), dx (batch, T, n_in), dw_ih, dw_hh, dbias, dh0, dc0;
+    work (7·batch·H,) scratch.
+    """
+    cdef Py_ssize_t m = x.shape[0], n_steps = x.shape[1], k = x.shape[2], n = h0.shape[1], t
+    _check("lstm_backward", "w_ih", tuple(w_ih.shape)[:2], (k, 4 * n))
+    _check("lstm_backward", "w_hh", tuple(w_hh.shape)[:2], (n, 4 * n))
+    for name, arr in (("c0", c0), ("dh0", dh0), ("dc0", dc0)):
+        _check("lstm_backward", name, tuple(arr.shape)[:2], (m, n))
+    for name, arr in (("hs", hs), ("cs", cs), ("grad_hs", grad_hs)):
+        _check("lstm_backward", name, tuple(arr.shape)[:3], (m, n_steps, n))
+    _check("lstm_backward", "gates", tuple(gates.shape)[:3], (m, n_steps, 4 * n))
+    _check("lstm_backward", "dgates", tuple(dgates.shape)[:3], (m, n_steps, 4 * n))
+    _check("lstm_backward", "dx", tuple(dx.shape)[:3], (m, n_steps, k))
+    _check("lstm_backward", "dw_ih", tuple(dw_ih.shape)[:2], (k, 4 * n))
+    _check("lstm_backward", "dw_hh", tuple(dw_hh.shape)[:2], (n, 4 * n))
+    _check("lstm_backward", "dbias", tuple(dbias.shape)[:1], (4 * n,))
+    if m == 0 or n_steps == 0 or n == 0 or k == 0:
+        raise ValueError("lstm_backward: batch, time, n_in and hidden must be >= 1")
+    _check_work("lstm_backward", work.shape[0], m, n)
+    if not 1 <= truncate <= n_steps:
+        raise ValueError(f"lstm_backward: truncate must lie in [1, {n_steps}], got {truncate}")
+    cdef Py_ssize_t ldh = n_steps * n, ldg = n_steps * 4 * n, t0 = n_steps - truncate
+    cdef floating* pd = &dgates[0, 0, 0]
+    cdef floating* dh = &work[0]
+    cdef floating* dc = dh + m * n
+    cdef floating* tanh_c = dc + m * n
+    cdef floating* saved = tanh_c + m * n
+    cdef int status = 0
+    with nogil:
+        _zero_steps(pd, m, t0, ldg, 4 * n)
+        memset(dc, 0, m * n * sizeof(floating))
+        t = n_steps - 1
+        while status == 0 and t >= t0:
+            # dh := grad_hs_t + dgates_{t+1}·w_hhᵀ (w_hh read through swapped strides)
+            _copy_step(&grad_hs[0, 0, 0] + t * n, ldh, dh, m, n)
+            if t < n_steps - 1:
+                status = gemm_nogil(m, n, 4 * n, <floating>1, pd + (t + 1) * 4 * n, ldg, 1, &w_hh[0, 0], 1, 4 * n,
+                                    <floating>1, dh, n, NULL, -1, NULL, 0, n_threads)
+            _lstm_grads(&gates[0, 0, 0], &c0[0, 0], &cs[0, 0, 0], dh, dc, tanh_c, pd, m, n_steps, n, t,
+                        n_threads)
+            t -= 1
+        if status == 0:
+            if t0 == 0:  # dh0 := dgates_0·w_hhᵀ; dc0 := dc_0⊙f_0 (the carry)
+                status = gemm_nogil(m, n, 4 * n, <floating>1, pd, ldg, 1, &w_hh[0, 0], 1, 4 * n,
+                                    <floating>0, &dh0[0, 0], n, NULL, -1, NULL, 0, n_threads)
+                memcpy(&dc0[0, 0], dc, m * n * sizeof(floating))
+            else:
+                memset(&dh0[0, 0], 0, m * n * sizeof(floating))
+                memset(&dc0[0, 0], 0, m * n * sizeof(floating))
+        if status == 0:  # dx, dw_ih, dbias over the batch·T rows
+            status = _input_side_backward(m * n_steps, 4 * n, k, &x[0, 0, 0], &w_ih[0, 0], pd, &dx[0, 0, 0],
+                                          &dw_ih[0, 0], &dbias[0], n_threads)
+        if status == 0:
+            status = _previous_states_product(m, n_steps, n, 4 * n, &h0[0, 0], &hs[0, 0, 0], pd, saved,
+                                              t0 == 0, &dw_hh[0, 0], n_threads)
+    if status != 0:
+        raise MemoryError("lstm_backward: cannot allocate the GEMM workspace")
+
+
+# ---------------------------------------------------------------- GRU
+cdef void _gru_cell_row(floating* gate, const floating* rec, const floating* bias_hn,
+                        const floating* h_prev, floating* hn, floating* h, Py_ssize_t n) noexcept nogil:
+    """One row of one step: gate (xr, xz, xn) input projections, rec = h_prev·w_hh;
+    gate := (r, z, n) activated; hn := rec_n + bias_hn; h := (1-z)⊙n + z⊙h_prev."""
+    cdef Py_ssize_t j
+    cdef floating z
+    for j in range(2 * n):
+        gate[j] = gate[j] + rec[j]
+    _sigmoid_gates(gate, 2 * n)  # r, z
+    for j in range(n):
+        hn[j] = rec[2 * n + j] + bias_hn[j]
+        gate[2 * n + j] = gate[2 * n + j] + gate[j] * hn[j]
+    act_row(ACT_TANH, gate + 2 * n, gate + 2 * n, n)
+    for j in range(n):
+        z = gate[n + j]
+        h[j] = (1 - z) * gate[2 * n + j] + z * h_prev[j]
+
+
+cdef void _gru_cells(floating* gates, const floating* rec, const floating* bias_hn, const floating* h0,
+                     floating* hn, floating* hs, Py_ssize_t m, Py_ssize_t n_steps, Py_ssize_t n, Py_ssize_t t,
+                     int n_threads) noexcept nogil:
+    cdef Py_ssize_t b, ldg = n_steps * 3 * n, ldh = n_steps * n
+    cdef int threads = _row_threads(m * 3 * n, n_threads)
+    if threads < 2:
+        for b in range(m):
+            _gru_cell_row(gates + b * ldg + t * 3 * n, rec + b * 3 * n, bias_hn,
+                          h0 + b * n if t == 0 else hs + b * ldh + (t - 1) * n,
+                          hn + b * ldh + t * n, hs + b * ldh + t * n, n)
+    else:
+        for b in prange(m, schedule="static", num_threads=threads):
+            _gru_cell_row(gates + b * ldg + t * 3 * n, rec + b * 3 * n, bias_hn,
+                          h0 + b * n if t == 0 else hs + b * ldh + (t - 1) * n,
+                          hn + b * ldh + t * n, hs + b * ldh + t * n, n)
+
+
+cdef inline void _gru_grad_row(const floating* gate, const floating* hn, const floating* h_prev,
+                               const floating* grad, const floating* carry, floating* direct, bint has_carry,
+                               floating* dgate, floating* dghh, Py_ssize_t n) noexcept nogil:
+    """One row of one backward step (gated_rows.h): dh = grad + carry + direct (the last two from
+    step t+1); dgate := (dar, daz, dan), dghh := (dar, daz, dan⊙r); direct := dh⊙z for step t-1."""
+    if floating is float:
+        fastbp_gru_grad_row_s(gate, hn, h_prev, grad, carry, direct, has_carry, dgate, dghh, n)
+    else:
+        fastbp_gru_grad_row_d(gate, hn, h_prev, grad, carry, direct, has_carry, dgate, dghh, n)
+
+
+cdef void _gru_grads(const floating* gates, const floating* hn, const floating* h0, const floating* hs,
+                     const floating* grad_hs, const floating* carry, floating* direct, floating* dgates,
+                     floating* dghh, Py_ssize_t m, Py_ssize_t n_steps, Py_ssize_t n, Py_ssize_t t,
+                     int n_threads) noexcept nogil:
+    cdef Py_ssize_t b, ldg = n_steps * 3 * n, ldh = n_steps * n
+    cdef int threads = _row_threads(m * 3 * n, n_threads)
+    cdef bint has_carry = t < n_steps - 1
+    if threads < 2:
+        for b in range(m):
+            _gru_grad_row(gates + b * ldg + t * 3 * n, hn + b * ldh + t * n,
+                          h0 + b * n if t == 0 else hs + b * ldh + (t - 1) * n, grad_hs + b * ldh + t * n,
+                          carry + b * n, direct + b * n, has_carry, dgates + b * ldg + t * 3 * n,
+                          dghh + b * ldg + t * 3 * n, n)
+    else:
+        for b in prange(m, schedule="static", num_threads=threads):
+            _gru_grad_row(gates + b * ldg + t * 3 * n, hn + b * ldh + t * n,
+                          h0 + b * n if t == 0 else hs + b * ldh + (t - 1) * n, grad_hs + b * ldh + t * n,
+                          carry + b * n, direct + b * n, has_carry, dgates + b * ldg + t * 3 * n,
+                          dghh + b * ldg + t * 3 * n, n)
+
+
+cdef void _column_sums(const floating* g, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
+                       floating* out, int n_threads) noexcept nogil:
+    """out[j] := Σ_i g[i·ld + j], each column summed in row order in double (gated_rows.h),
+    blocks of 64 columns split between threads."""
+    cdef Py_ssize_t block, n_blocks = (cols + 63) // 64
+    cdef int threads = n_threads if n_blocks > 1 and rows * cols >= PARALLEL_MIN_ELEMENTS else 1
+    if threads < 2:
+        for block in range(n_blocks):
+            _column_sums_block(g, rows, cols, ld, block * 64, out)
+    else:
+        for block in prange(n_blocks, schedule="static", num_threads=threads):
+            _column_sums_block(g, rows, cols, ld, block * 64, out)
+
+
+cdef inline void _column_sums_block(const floating* g, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
+                                    Py_ssize_t j0, floating* out) noexcept nogil:
+    if floating is float:
+        fastbp_column_sums_block_s(g, rows, cols, ld, j0, out)
+    else:
+        fastbp_column_sums_block_d(g, rows, cols, ld, j0, out)
+
+
+cdef int _input_side_backward(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t k, const floating* x,
+                              const floating* w_ih, const floating* dgates, floating* dx, floating* dw_ih,
+                              floating* dbias, int n_threads) noexcept nogil:
+    """Over all batch·T rows: dx := dgates·w_ihᵀ; dw_ih := xᵀ·dgates; dbias := Σ_rows dgates.
+    IN x (rows, k), w_ih (k, width), dgates (rows, width). Returns 0 or -1."""
+    cdef int status
+    status = gemm_nogil(rows, k, width, <floating>1, dgates, width, 1, w_ih, 1, width,
+                        <floating>0, dx, k, NULL, -1, NULL, 0, n_threads)
+    if status == 0:
+        status = gemm_nogil(k, width, rows, <floating>1, x, 1, k, dgates, width, 1,
+                            <floating>0, dw_ih, width, NULL, -1, NULL, 0, n_threads)
+    _column_sums(dgates, rows, width, width, dbias, n_threads)
+    return status
+
+
+def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                const floating[::1] bias, const floating[::1] bias_hn, const floating[:, ::1] h0,
+                floating[:, :, ::1] hs, floating[:, :, ::1] gates, floating[:, :, ::1] hn,
+                floating[::1] work, int n_threads):
+    """GRU over whole sequences: r, z = σ(x·w_ih + bias + h·w_hh) blocks; hn = h·w_hn + bias_hn;
+    n = tanh(xn + r⊙hn); h_t = (1-z)⊙n + z⊙h_{t-1}, from h0.
+
+    IN x (batch, T, n_in), w_ih (n_in, 3H), w_hh (H, 3H), bias (3H,), bias_hn (H,), h0 (batch, H);
+    OUT hs (batch, T, H), gates (batch, T, 3H) activated, hn (batch, T, H); work (3·batch·H,) scratch.
+    """
+    cdef Py_ssize_t m = x.shape[0], n_steps = x.shape[1], k = x.shape[2], n = h0.shape[1], t
+    _check("gru_forward", "w_ih", tuple(w_ih.shape)[:2], (k, 3 * n))
+    _check("gru_forward", "w_hh", tuple(w_hh.shape)[:2], (n, 3 * n))
+    _check("gru_forward", "bias", tuple(bias.shape)[:1], (3 * n,))
+    _check("gru_forward", "bias_hn", tuple(bias_hn.shape)[:1], (n,))
+    _check("gru_forward", "h0", tuple(h0.shape)[:2], (m, n))
+    _check("gru_forward", "hs", tuple(hs.shape)[:3], (m, n_steps, n))
+    _check("gru_forward", "hn", tuple(hn.shape)[:3], (m, n_steps, n))
+    _check("gru_forward", "gates", tuple(gates.shape)[:3], (m, n_steps, 3 * n))
+    if m == 0 or n_steps == 0 or n == 0 or k == 0:
+        raise ValueError("gru_forward: batch, time, n_in and hidden must be >= 1")
+    _check_work("gru_forward", work.shape[0], m, n)
+    cdef Py_ssize_t ldh = n_steps * n
+    cdef floating* pg = &gates[0, 0, 0]
+    cdef floating* ph = &hs[0, 0, 0]
+    cdef floating* rec = &work[0]
+    cdef int status
+    with nogil:
+        status = dense_forward_nogil(m * n_steps, 3 * n, k, &x[0, 0, 0], k, 1, &w_ih[0, 0], 3 * n, 1,
+                                     &bias[0], ACT_IDENTITY, pg, pg, n_threads)
+        t = 0
+        while status == 0 and t < n_steps:
+            # rec := h_{t-1}·w_hh (kept apart: its n block is gated by r)
+            status = gemm_nogil(m, 3 * n, n, <floating>1, &h0[0, 0] if t == 0 else ph + (t - 1) * n,
+                                n if t == 0 else ldh, 1, &w_hh[0, 0], 3 * n, 1,
+                                <floating>0, rec, 3 * n, NULL, -1, NULL, 0, n_threads)
+            _gru_cells(pg, rec, &bias_hn[0], &h0[0, 0], &hn[0, 0, 0], ph, m, n_steps, n, t, n_threads)
+            t += 1
+    if status != 0:
+        raise MemoryError("gru_forward: cannot allocate the GEMM workspace")
+
+
+def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
+                 const floating[:, ::1] h0, const floating[:, :, ::1] hs, const floating[:, :, ::1] gates,
+                 const floating[:, :, ::1] hn, const floating[:, :, ::1] grad_hs, Py_ssize_t truncate,
+                 floating[:, :, ::1] dgates, floating[:, :, ::1] dghh, floating[:, :, ::1] dx,
+                 floating[:, ::1] dw_ih, floating[:, ::1] dw_hh, floating[::1] dbias, floating[::1] dbias_hn,
+                 floating[:, ::1] dh0, floating[::1] work, int n_threads):
+    """BPTT for gru_forward over the last ``truncate`` steps (see reference.gru_backward).
+
+    IN x, w_ih, w_hh, h0; hs, gates, hn from gru_forward; grad_hs (batch, T, H).
+    OUT dgates, dghh (batch, T, 3H), dx (batch, T, n_in), dw_ih, dw_hh, dbias, dbias_hn, dh0;
+    work (5·batch·H,) scratch.
+    """
+    cdef Py_ssize_t m = x.shape[0], n_steps = x.shape[1], k = x.shape[2], n = h0.shape[1], t
+    _check("gru_backward", "w_ih", tuple(w_ih.shape)[:2], (k, 3 * n))
+    _check("gru_backward", "w_hh", tuple(w_hh.shape)[:2], (n, 3 * n))
+    _check("gru_backward", "dh0", tuple(dh0.shape)[:2], (m, n))
+    for name, arr in (("hs", hs), ("hn", hn), ("grad_hs", grad_hs)):
+        _check("gru_backward", name, tuple(arr.shape)[:3], (m, n_steps, n))
+    for name, arr in (("gates", gates), ("dgates", dgates), ("dghh", dghh)):
+        _check("gru_backward", name, tuple(arr.shape)[:3], (m, n_steps, 3 * n))
+    _check("gru_backward", "dx", tuple(dx.shape)[:3], (m, n_steps, k))
+    _check("gru_backward", "dw_ih", tuple(dw_ih.shape)[:2], (k, 3 * n))
+    _check("gru_backward", "dw_hh", tuple(dw_hh.shape)[:2], (n, 3 * n))
+    _check("gru_backward", "dbias", tuple(dbias.shape)[:1], (3 * n,))
+    _check("gru_backward", "dbias_hn", tuple(dbias_hn.shape)[:1], (n,))
+    if m == 0 or n_steps == 0 or n == 0 or k == 0:
+        raise ValueError("gru_backward: batch, time, n_in and hidden must be >= 1")
+    _check_work("gru_backward", work.shape[0], m, n)
+    if not 1 <= truncate <= n_steps:
+        raise ValueError(f"gru_backward: truncate must lie in [1, {n_steps}], got {truncate}")
+    cdef Py_ssize_t ldh = n_steps * n, ldg = n_steps * 3 * n, t0 = n_steps - truncate, b, j
+    cdef floating* pd = &dgates[0, 0, 0]
+    cdef floating* pdh = &dghh[0, 0, 0]
+    cdef floating* carry = &work[0]
+    cdef floating* direct = carry + m * n
+    cdef floating* saved = direct + m * n
+    cdef int status = 0
+    with nogil:
+        _zero_steps(pd, m, t0, ldg, 3 * n)
+        _zero_steps(pdh, m, t0, ldg, 3 * n)
+        t = n_steps - 1
+        while status == 0 and t >= t0:
+            # carry := dghh_{t+1}·w_hhᵀ; the row pass adds grad_hs_t and direct = dh_{t+1}⊙z_{t+1}
+            if t < n_steps - 1:
+                status = gemm_nogil(m, n, 3 * n, <floating>1, pdh + (t + 1) * 3 * n, ldg, 1, &w_hh[0, 0], 1,
+                                    3 * n, <floating>0, carry, n, NULL, -1, NULL, 0, n_threads)
+            _gru_grads(&gates[0, 0, 0], &hn[0, 0, 0], &h0[0, 0], &hs[0, 0, 0], &grad_hs[0, 0, 0], carry, direct,
+                       pd, pdh, m, n_steps, n, t, n_threads)
+            t -= 1
+        if status == 0:
+            if t0 == 0:  # dh0 := dghh_0·w_hhᵀ + dh_0⊙z_0
+                status = gemm_nogil(m, n, 3 * n, <floating>1, pdh, ldg, 1, &w_hh[0, 0], 1, 3 * n,
+                                    <floating>0, &dh0[0, 0], n, NULL, -1, NULL, 0, n_threads)
+                for b in range(m):
+                    for j in range(n):
+                        dh0[b, j] = dh0[b, j] + direct[b * n + j]
+            else:
+                memset(&dh0[0, 0], 0, m * n * sizeof(floating))
+        if status == 0:  # dx, dw_ih, dbias over the batch·T rows
+            status = _input_side_backward(m * n_steps, 3 * n, k, &x[0, 0, 0], &w_ih[0, 0], pd, &dx[0, 0, 0],
+                                          &dw_ih[0, 0], &dbias[0], n_threads)
+        if status == 0:
+            _column_sums(pdh + 2 * n, m * n_steps, n, 3 * n, &dbias_hn[0], n_threads)
+            status = _previous_states_product(m, n_steps, n, 3 * n, &h0[0, 0], &hs[0, 0, 0], pdh, saved,
+                                              t0 == 0, &dw_hh[0, 0], n_threads)
+    if status != 0:
+        raise MemoryError("gru_backward: cannot allocate the GEMM workspace")
