@@ -2,7 +2,7 @@
 
 Kernels live in ``fastbp.kernels`` and run on one of two compiled backends,
 Cython with OpenMP or Numba, chosen with ``set_backend``/``backend``. On them,
-``Network`` of ``Dense`` layers (after an optional recurrent ``RNN``, or
+``Network`` of ``Dense`` layers (after recurrent ``RNN``/``LSTM``/``GRU`` layers, or
 with ``FixedPoint`` layers), the optimizers ``SGD``/``RMSprop``/``Adam``,
 ``EarlyStopping``, ``ModelCheckpoint``, ``schedules``, ``gradcheck``,
 ``save``/``load``/``load_checkpoint`` and ``export_onnx`` are what a user
@@ -24,6 +24,7 @@ from .onnx_export import export_onnx  # imports onnx only when called
 from .gradcheck import gradcheck
 from .layers import Dense, Flatten, Layer, register_layer
 from .network import Network
+from .layers.gated import GRU, LSTM
 from .layers.recurrent import RNN, ConvergenceError, FixedPoint
 from .optim import SGD, Adam, RMSprop
 from .serialization import load, save
@@ -47,6 +48,8 @@ __all__ = [
     "Layer",
     "register_layer",
     "RNN",
+    "LSTM",
+    "GRU",
     "FixedPoint",
     "ConvergenceError",
     "SGD",

@@ -157,6 +157,8 @@ def _export_dense(g, layer, x):
 
 def _export_rnn(g, layer, x):
     """Scan over time of h = act(x_proj_t + h·Wh), x_proj = x·Wx + b for all steps at once."""
+    if layer.bidirectional:
+        raise NotImplementedError(f"{layer!r}: ONNX export of a bidirectional RNN is not implemented")
     n = layer.n_hidden
     # Time first, scanned along axis 0: onnxruntime's float64 Scan supports no other axis.
     x_proj = g.node("Transpose", [_affine(g, x, layer.Wx, layer.b, "rnn_x_proj")], perm=[1, 0, 2])

@@ -8,7 +8,8 @@ layers only through that protocol: adding a layer type is one module here
 from .base import LAYER_TYPES, Gradient, Layer, LayerWorkspace, Parameter, layer_from_config, register_layer
 from .dense import Dense
 from .flatten import Flatten
+from .gated import GRU, LSTM
 from .recurrent import RNN, ConvergenceError, FixedPoint
 
 __all__ = ["Layer", "LayerWorkspace", "Parameter", "Gradient", "register_layer", "layer_from_config",
-           "LAYER_TYPES", "Dense", "Flatten", "RNN", "FixedPoint", "ConvergenceError"]
+           "LAYER_TYPES", "Dense", "Flatten", "RNN", "LSTM", "GRU", "FixedPoint", "ConvergenceError"]
