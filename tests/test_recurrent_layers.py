@@ -108,7 +108,7 @@ def test_every_length_loss_and_setting(backend, n_steps, loss, return_sequences)
     y = LOSSES[loss](rng, (2, n_steps) if return_sequences else (2,))
     out = net.forward(X)
     assert out.shape == ((2, n_steps, 2) if return_sequences else (2, 2))
-    assert gradcheck(net, X, y, max_checks=12) < 1e-6
+    assert max(gradcheck(net, X, y, eps=1e-4, atol=1e-6, max_checks=12).values()) < 1e-5
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -119,7 +119,7 @@ def test_rnn_length_one_mse_sequence_output(backend, kind):
     X = np.ones((4, 1, 1))
     net.forward(X)
     assert np.isfinite(net.backward(np.zeros((4, 1, 1))))
-    assert gradcheck(net, X, np.zeros((4, 1, 1))) < 1e-6
+    assert max(gradcheck(net, X, np.zeros((4, 1, 1)), eps=1e-4).values()) < 1e-5
 
 
 def test_truncated_bidirectional_gradcheck_of_the_definition(backend):
