@@ -72,9 +72,10 @@ def _check_layers(layers):
     for i, layer in enumerate(layers):
         if i and layer.sequence_input and not sequence:
             raise ValueError(
-                f"layer {i} {layer!r} takes sequences (n_samples, n_steps, {layer.n_in}), but layer {i - 1} "
-                f"{layers[i - 1]!r} outputs one row per sample: the time axis is lost before it. Give the "
-                f"recurrent layer before it return_sequences=True (Dense layers in between then apply per step)")
+                f"layer {i} {layer!r} takes sequences (n_samples, n_steps, {layer.n_in}): it must be the first "
+                f"layer or follow a recurrent layer with return_sequences=True (per-step layers such as Dense "
+                f"may come between), but layer {i - 1} {layers[i - 1]!r} outputs one row per sample: the time "
+                f"axis is lost before it")
         if i and features is not None and layer.n_in is not None and features != layer.n_in:
             raise ValueError(
                 f"layer sizes do not chain: layer {i - 1} {layers[i - 1]!r} has {features} outputs "

@@ -207,3 +207,26 @@ def test_bad_input_changes_nothing(kind):
     with pytest.raises((TypeError, ValueError)):
         KINDS[kind](2, 0)
     np.testing.assert_array_equal(net.params, before)
+
+
+# ---------------------------------------------------------------- ONNX
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_onnx_export_matches_predict(kind, bidirectional):
+    """float32 only: onnxruntime's LSTM and GRU do not run in float64 (the float64 model is valid ONNX)."""
+    ort = pytest.importorskip("onnxruntime")
+    dtype = np.float32
+    d = 2 if bidirectional else 1
+    net = fb.Network([KINDS[kind](3, 4, return_sequences=True, bidirectional=bidirectional),
+                      KINDS[kind](4 * d, 5, bidirectional=bidirectional), fb.Dense(5 * d, 2)],
+                     loss="softmax_cross_entropy", dtype=dtype, seed=1)
+    net.params[...] = np.random.default_rng(0).uniform(-0.5, 0.5, net.n_params)
+    X = np.random.default_rng(1).standard_normal((3, 6, 3)).astype(dtype)
+    session = ort.InferenceSession(net.to_onnx().SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"X": X})[0], net.predict(X), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_bidirectional_rnn_refused():
+    pytest.importorskip("onnx")
+    with pytest.raises(NotImplementedError, match="bidirectional"):
+        fb.Network([fb.RNN(2, 3, bidirectional=True), fb.Dense(6, 1)]).to_onnx()
