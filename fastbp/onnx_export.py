@@ -222,7 +222,7 @@ def _export_fixed_point(g, layer, x):
 
     x_proj = _affine(g, x, layer.Wx, layer.b, "fixed_point_x_proj")  # (rows, n), or (batch, steps, n)
     h0 = g.zeros(g.node("Shape", [x_proj]))
-    wh, tol = g.constant(layer.Wh, "fixed_point.Wh"), g.constant(layer.tol, "fixed_point.tol")
+    wh, tol = g.constant(layer.effective_wh(), "fixed_point.Wh"), g.constant(layer.tol, "fixed_point.tol")
     body = g.subgraph()
     iteration, cond_in, h_prev = body.name("iteration"), body.name("cond_in"), body.name("h_prev")
     h = _activation(body, layer.activation, body.node("Add", [x_proj, body.node("MatMul", [h_prev, wh])], "z"))

@@ -184,11 +184,20 @@ class FixedPoint(_Recurrent):
     ``δ = v ⊙ D``, ``dWx = xᵀ·δ``, ``dWh = h*ᵀ·δ``, ``db = Σ δ``, ``dx = δ·Wxᵀ``.
 
     The relaxation converges when ``h ↦ act(x·Wx + h·Wh + b)`` is a contraction,
-    e.g. ``‖Wh‖₂ < 1`` for tanh or relu (Lipschitz 1). Wh therefore starts as a
-    random orthogonal matrix scaled to spectral norm 0.5. If the forward or the
-    adjoint iteration has not converged after ``max_iter`` sweeps, a
-    ``ConvergenceError`` names the layer, the iterations and the residual
-    (no gradient is returned).
+    e.g. ``‖Wh‖₂ < 1`` for tanh or relu (Lipschitz 1). Wh starts as a random
+    orthogonal matrix scaled to spectral norm 0.5, and training keeps it a
+    contraction: the layer uses the spectrally normalised
+    ``Wh_eff = Wh · min(1, spectral_bound / σ_max(Wh))`` (σ_max exact, from
+    an SVD of the (n_hidden, n_hidden) matrix once per forward pass), so
+    ``‖Wh_eff‖₂ <= spectral_bound`` whatever the optimizer does to Wh; the
+    gradient is the exact gradient of the loss with respect to the parameter
+    Wh through that map (``dWh = c·G - (c/σ)·⟨G, Wh⟩·u vᵀ`` when scaled, with
+    ``c = spectral_bound/σ``, G = d loss/d Wh_eff and u, v the top singular
+    vectors; ``G`` itself when not). If the forward or the adjoint iteration
+    has not converged after ``max_iter`` sweeps (possible with
+    ``spectral_bound=None``, which uses Wh as it is, or with an activation of
+    Lipschitz constant > 1), a ``ConvergenceError`` names the layer, the
+    iterations and the residual (no gradient is returned).
 
     Parameters
     ----------
@@ -199,6 +208,11 @@ class FixedPoint(_Recurrent):
     max_iter : int >= 1
     init : str
         Initialiser of Wx, as for ``Dense``.
+    spectral_bound : float in (0, 1], or None
+        Largest spectral norm of the recurrent matrix in use (default 0.8: a
+        tanh relaxation then shrinks its change by 0.8 or better per sweep and
+        reaches tol=1e-6 within the default 100 sweeps). None: no constraint
+        (the behaviour of fastbp before it, and of models saved then).
 
     Attributes
     ----------
@@ -211,8 +225,12 @@ class FixedPoint(_Recurrent):
     _wh_gain = 0.5
     sequence_input = False
 
-    def __init__(self, n_in, n_hidden, activation="tanh", tol=1e-6, max_iter=100, init="auto"):
+    def __init__(self, n_in, n_hidden, activation="tanh", tol=1e-6, max_iter=100, init="auto", spectral_bound=0.8):
         super().__init__(n_in, n_hidden, activation, init)
+        if spectral_bound is not None and (isinstance(spectral_bound, bool) or not isinstance(
+                spectral_bound, (int, float, np.floating)) or not 0 < spectral_bound <= 1):
+            raise ValueError(f"FixedPoint: spectral_bound must be a number in (0, 1] or None, got {spectral_bound!r}")
+        self.spectral_bound = None if spectral_bound is None else float(spectral_bound)
         if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not tol > 0:
             raise ValueError(f"FixedPoint: tol must be a number > 0, got {tol!r}")
         self.tol = float(tol)
@@ -221,11 +239,30 @@ class FixedPoint(_Recurrent):
 
     def __repr__(self):
         return (f"FixedPoint({self.n_in}, {self.n_hidden}, activation={self.activation!r}, "
-                f"tol={self.tol:g}, max_iter={self.max_iter})")
+                f"tol={self.tol:g}, max_iter={self.max_iter}, spectral_bound={self.spectral_bound!r})")
 
     def get_config(self):
         return {"type": "FixedPoint", "n_in": self.n_in, "n_hidden": self.n_hidden, "activation": self.activation,
-                "tol": self.tol, "max_iter": self.max_iter, "init": self.init}
+                "tol": self.tol, "max_iter": self.max_iter, "init": self.init, "spectral_bound": self.spectral_bound}
+
+    @classmethod
+    def from_config(cls, config):
+        """As ``Layer.from_config``; a config saved before ``spectral_bound`` existed reads back unconstrained."""
+        return super().from_config({"spectral_bound": None, **config})
+
+    # ------------------------------------------------------------ the constraint
+    def _spectral_scaling(self):
+        """(c, σ, u, v): Wh_eff = c·Wh with c = min(1, bound/σ), σ = σ_max(Wh), u, v its singular vectors."""
+        if self.spectral_bound is None:
+            return 1.0, None, None, None
+        u, s, vt = np.linalg.svd(self.Wh.astype(np.float64))
+        sigma = float(s[0])
+        return (min(1.0, self.spectral_bound / sigma) if sigma > 0 else 1.0), sigma, u[:, 0], vt[0]
+
+    def effective_wh(self):
+        """The recurrent matrix the layer uses: ``Wh · min(1, spectral_bound / σ_max(Wh))``, of shape (n_hidden, n_hidden)."""
+        scale = self._spectral_scaling()[0]
+        return self.Wh.copy() if scale == 1.0 else (self.Wh.astype(np.float64) * scale).astype(self.Wh.dtype)
 
     per_step = True  # after a sequence output it relaxes every step's row independently
 
@@ -236,19 +273,28 @@ class FixedPoint(_Recurrent):
         """output h*, delta, x_proj, the adjoint's δ (each (n_rows, n_hidden), n_rows = samples·steps) and scratch."""
         output = np.empty(self.output_shape(input_shape), dtype)
         flat = rows(output).shape
+        n = self.n_hidden
         return LayerWorkspace(output, np.empty_like(output), x_proj=np.empty(flat, dtype),
-                              adjoint=np.empty(flat, dtype), scratch=np.empty((2,) + flat, dtype))
+                              adjoint=np.empty(flat, dtype), scratch=np.empty((2,) + flat, dtype),
+                              wh=np.empty((n, n), dtype), scaling=None)
 
     def _not_converged(self, what, iterations, residual, tol):
         return ConvergenceError(
             f"{self!r}: the {what} did not converge: max change {residual:.3g} > tol {tol:g} after "
             f"{iterations} iterations (max_iter={self.max_iter}); Wh may have grown too large for the "
-            f"relaxation to contract (spectral norm {np.linalg.norm(self.Wh.astype(np.float64), 2):.3g})")
+            f"relaxation to contract (spectral norm of the matrix in use "
+            f"{np.linalg.norm(self.effective_wh().astype(np.float64), 2):.3g}, spectral_bound={self.spectral_bound})")
 
     def forward(self, backend, n_threads, x, ws):
         """output := h*, the fixed point of h = act(x·Wx + b + h·Wh).  IN x (m, n_in); OUT (m, n_hidden)."""
+        ws.scaling = self._spectral_scaling()
+        scale = ws.scaling[0]
+        if scale == 1.0:
+            np.copyto(ws.wh, self.Wh)
+        else:
+            np.copyto(ws.wh, self.Wh.astype(np.float64) * scale, casting="same_kind")
         backend.dense_forward(rows(x), self.Wx, self.b, R.IDENTITY, ws.x_proj, ws.x_proj, n_threads)
-        it, residual = backend.fixed_point_forward(ws.x_proj, self.Wh, self._act_id, self.tol, self.max_iter,
+        it, residual = backend.fixed_point_forward(ws.x_proj, ws.wh, self._act_id, self.tol, self.max_iter,
                                                    rows(ws.output), ws.scratch[0], n_threads)
         self.n_iter_ = it
         if not residual <= self.tol:
@@ -257,7 +303,7 @@ class FixedPoint(_Recurrent):
     def backward(self, backend, n_threads, x, ws, dx):
         """δ from the adjoint fixed point; dWx := xᵀ·δ, db := Σ δ, dx := δ·Wxᵀ, dWh := h*ᵀ·δ."""
         output = rows(ws.output)
-        it, residual = backend.fixed_point_adjoint(output, self.Wh, self._act_id, rows(ws.delta), self.tol,
+        it, residual = backend.fixed_point_adjoint(output, ws.wh, self._act_id, rows(ws.delta), self.tol,
                                                    self.max_iter, ws.adjoint, ws.scratch, n_threads)
         self.n_iter_adjoint_ = it
         if not residual <= self.tol:
@@ -266,4 +312,9 @@ class FixedPoint(_Recurrent):
         compute_dx = dx is not None
         backend.dense_backward(rows(x), self.Wx, d, d, d, R.IDENTITY, d, self.dWx, self.db,
                                rows(dx) if compute_dx else d, compute_dx, False, n_threads)
-        backend.gemm(output.T, d, self.dWh, 1.0, 0.0, n_threads)
+        backend.gemm(output.T, d, self.dWh, 1.0, 0.0, n_threads)  # G = d loss/d Wh_eff
+        scale, sigma, u, v = ws.scaling
+        if scale != 1.0:  # through Wh_eff = bound·Wh/σ(Wh): dWh = c·G - (c/σ)·⟨G, Wh⟩·u vᵀ
+            g = self.dWh.astype(np.float64)
+            inner = float(np.vdot(g, self.Wh.astype(np.float64)))
+            np.copyto(self.dWh, scale * g - (scale / sigma) * inner * np.outer(u, v), casting="same_kind")
