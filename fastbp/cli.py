@@ -33,6 +33,7 @@ from . import __version__
 DEFAULT_LR = {"digits": 2e-3, "sequence": 5e-3, "memory": 5e-3}
 DEFAULT_OUT = {"digits": "digits_model.npz", "sequence": "sequence_model.npz", "memory": "memory_model.npz"}
 DEFAULT_STEPS = {"sequence": 12, "memory": 50}
+DEFAULT_EPOCHS = {"digits": 30, "sequence": 30, "memory": 10}
 ADDING_BASELINE_MSE = 1 / 6  # predicting the mean 1: the variance of a sum of two U(0, 1)
 
 
@@ -101,7 +102,8 @@ def build_parser(prog=None):
     parser.add_argument("--task", choices=("digits", "sequence", "memory"), default="digits",
                         help="digits: an MLP on 8x8 scans (default); sequence: an RNN counting the ones "
                              "in binary sequences; memory: the adding problem, a GRU against an Elman RNN")
-    parser.add_argument("--epochs", type=_positive_int, default=30, help="passes over the training set (default 30)")
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help="passes over the training set (default 30; 10 for the memory task)")
     parser.add_argument("--layers", type=_layers, default=[128, 64],
                         help="hidden layer sizes, comma-separated (default 128,64)")
     parser.add_argument("--backend", choices=("cython", "numba"), default=None,
@@ -213,6 +215,8 @@ def main(argv=None, prog=None):
         args.lr = DEFAULT_LR[args.task]
     if args.out is None:
         args.out = DEFAULT_OUT[args.task]
+    if args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS[args.task]
     if args.steps is None:
         args.steps = DEFAULT_STEPS.get(args.task)
     if args.samples is None:
