@@ -166,7 +166,7 @@ class Network:
 
     @property
     def sequence_input(self) -> bool:
-        """Whether X is a batch of sequences, (n_samples, n_steps, n_inputs) (the first layer is an RNN)."""
+        """Whether X is a batch of sequences, (n_samples, n_steps, n_inputs) (the first layer is recurrent)."""
         return self.layers[0].sequence_input
 
     @property
