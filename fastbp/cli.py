@@ -30,10 +30,10 @@ import numpy as np
 
 from . import __version__
 
-DEFAULT_LR = {"digits": 2e-3, "sequence": 5e-3, "memory": 5e-3}
+DEFAULT_LR = {"digits": 2e-3, "sequence": 2e-3, "memory": 5e-3}
 DEFAULT_OUT = {"digits": "digits_model.npz", "sequence": "sequence_model.npz", "memory": "memory_model.npz"}
 DEFAULT_STEPS = {"sequence": 12, "memory": 50}
-DEFAULT_EPOCHS = {"digits": 30, "sequence": 30, "memory": 10}
+DEFAULT_EPOCHS = {"digits": 30, "sequence": 60, "memory": 10}
 ADDING_BASELINE_MSE = 1 / 6  # predicting the mean 1: the variance of a sum of two U(0, 1)
 
 
@@ -103,7 +103,7 @@ def build_parser(prog=None):
                         help="digits: an MLP on 8x8 scans (default); sequence: an RNN counting the ones "
                              "in binary sequences; memory: the adding problem, a GRU against an Elman RNN")
     parser.add_argument("--epochs", type=_positive_int, default=None,
-                        help="passes over the training set (default 30; 10 for the memory task)")
+                        help="passes over the training set (default 30; 60 for sequence, 10 for memory)")
     parser.add_argument("--layers", type=_layers, default=[128, 64],
                         help="hidden layer sizes, comma-separated (default 128,64)")
     parser.add_argument("--backend", choices=("cython", "numba"), default=None,
@@ -112,7 +112,7 @@ def build_parser(prog=None):
                         help="threads for the kernels (default: OMP_NUM_THREADS if set, else all cores)")
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="mini-batch size (default 32)")
     parser.add_argument("--lr", type=_learning_rate, default=None,
-                        help="Adam learning rate (default 2e-3 for digits, 5e-3 for sequence)")
+                        help="Adam learning rate (default 2e-3 for digits and sequence, 5e-3 for memory)")
     parser.add_argument("--seed", type=_seed, default=0, help="seed for the split, the weights and the shuffling")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--steps", type=_positive_int, default=None,
