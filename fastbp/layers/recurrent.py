@@ -28,7 +28,8 @@ from .. import init as _init
 from .._kernels import registry as R
 from ..kernels import ConvergenceError
 from ._sequence import DIRECTIONS, SequenceLayer
-from .base import Gradient, Layer, LayerWorkspace, Parameter, check_size as _check_size, per_step_shape, register_layer, rows
+from .base import Gradient, Layer, LayerWorkspace, Parameter, check_size as _check_size, per_step_shape, \
+    register_layer, rows
 
 __all__ = ["RNN", "FixedPoint", "ConvergenceError"]
 
@@ -161,7 +162,7 @@ class RNN(SequenceLayer):
         backend.rnn_forward(cache.hs, self.param("Wh" + suffix), self._act_id, cache.hs, n_threads)
 
     def _run_backward(self, backend, n_threads, x, suffix, cache, dx):
-        """δ over the sequence by BPTT (in grad_hs), dWh in the kernel; then dWx := xᵀ·δ, db := Σ δ, dx := δ·Wxᵀ."""
+        """δ by BPTT (in grad_hs), dWh in the kernel; then dWx := xᵀ·δ, db := Σ δ, dx := δ·Wxᵀ."""
         seq = cache.grad_hs
         backend.rnn_backward(cache.hs, self.param("Wh" + suffix), self._act_id, seq, self._truncation(x.shape[1]),
                              seq, self.grad("Wh" + suffix), n_threads)
@@ -260,7 +261,7 @@ class FixedPoint(_Recurrent):
         return (min(1.0, self.spectral_bound / sigma) if sigma > 0 else 1.0), sigma, u[:, 0], vt[0]
 
     def effective_wh(self):
-        """The recurrent matrix the layer uses: ``Wh · min(1, spectral_bound / σ_max(Wh))``, of shape (n_hidden, n_hidden)."""
+        """The matrix the layer uses, ``Wh · min(1, spectral_bound / σ_max(Wh))``: shape (n_hidden, n_hidden)."""
         scale = self._spectral_scaling()[0]
         return self.Wh.copy() if scale == 1.0 else (self.Wh.astype(np.float64) * scale).astype(self.Wh.dtype)
 
