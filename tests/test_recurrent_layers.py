@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fastbp as fb
+from fastbp._backend import BACKENDS
 from fastbp.gradcheck import gradcheck
 
 KINDS = {"LSTM": fb.LSTM, "GRU": fb.GRU, "RNN": fb.RNN}
@@ -152,7 +153,7 @@ def test_threads_bitwise_and_backends_agree(dtype, threads):
     rng = np.random.default_rng(2)
     X, y = rng.standard_normal((9, 7, 3)), rng.integers(0, 2, 9)
     results = {}
-    for name in fb.available_backends() if hasattr(fb, "available_backends") else ("numba", "cython"):
+    for name in BACKENDS:
         for n_threads in (1, 2):
             threads(n_threads)
             with fb.backend(name):
