@@ -231,3 +231,27 @@ def test_onnx_bidirectional_rnn_refused():
     pytest.importorskip("onnx")
     with pytest.raises(NotImplementedError, match="bidirectional"):
         fb.Network([fb.RNN(2, 3, bidirectional=True), fb.Dense(6, 1)]).to_onnx()
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_truncation_is_torch_with_the_early_states_detached(backend, kind):
+    """truncate=k: torch run over the first T-k steps without gradient, then k steps from that state."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    m, n_steps, n_in, n, k = 3, 6, 2, 4, 2
+    net = fb.Network([KINDS[kind](n_in, n, truncate=k), fb.Dense(n, 1)], dtype=np.float64, seed=0)
+    net.params[...] = rng.uniform(-0.5, 0.5, net.n_params)
+    X, y = rng.standard_normal((m, n_steps, n_in)), rng.standard_normal((m, 1))
+    net.forward(X)
+    net.backward(y)
+    layer = net.layers[0]
+    module = getattr(torch.nn, kind)(n_in, n, batch_first=True, dtype=torch.float64)
+    _to_torch(layer, module, 0)
+    x = torch.from_numpy(X)
+    with torch.no_grad():
+        _, state = module(x[:, :n_steps - k])
+    seq, _ = module(x[:, n_steps - k:], state)
+    prediction = seq[:, -1] @ torch.from_numpy(net.layers[1].W) + torch.from_numpy(net.layers[1].b)
+    torch.nn.functional.mse_loss(prediction, torch.from_numpy(y)).backward()
+    for name, g in _torch_grads(layer, module, 0).items():
+        np.testing.assert_allclose(layer.grad(name), g, rtol=1e-10, atol=1e-12, err_msg=f"d{name}")
