@@ -838,14 +838,15 @@ def lstm_forward(x, w_ih, w_hh, bias, h0=None, c0=None, *, out=None, cell_out=No
     m, n_steps, _ = x.shape
     h0 = _gated_state("lstm_forward", "h0", h0, (m, n), x.dtype)
     c0 = _gated_state("lstm_forward", "c0", c0, (m, n), x.dtype)
-    inputs = (x, w_ih, w_hh, bias, h0, c0)
+    inputs = dict(x=x, w_ih=w_ih, w_hh=w_hh, bias=bias, h0=h0, c0=c0)
     hs = V.output_array("out", out, (m, n_steps, n), x.dtype, inputs=inputs)
-    cs = V.output_array("cell_out", cell_out, (m, n_steps, n), x.dtype, inputs=inputs + (hs,))
-    gates = V.output_array("gates_out", gates_out, (m, n_steps, 4 * n), x.dtype, inputs=inputs + (hs, cs))
+    cs = V.output_array("cell_out", cell_out, (m, n_steps, n), x.dtype, inputs=dict(inputs, out=hs))
+    gates = V.output_array("gates_out", gates_out, (m, n_steps, 4 * n), x.dtype,
+                           inputs=dict(inputs, out=hs, cell_out=cs))
     work = _gated_work("lstm_forward", work, GATED_WORK["lstm", "forward"] * m * n, x.dtype,
-                       inputs + (hs, cs, gates))
-    kernels, n_threads = _kernels()
-    kernels.lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads)
+                       dict(inputs, out=hs, cell_out=cs, gates_out=gates))
+    backend, n_threads = _backend.runtime()
+    backend.lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads)
     return hs, cs, gates
 
 
@@ -894,17 +895,17 @@ def lstm_backward(x, w_ih, w_hh, hs, cs, gates, grad_hs, h0=None, c0=None, trunc
     h0 = _gated_state(kernel, "h0", h0, (m, n), dtype)
     c0 = _gated_state(kernel, "c0", c0, (m, n), dtype)
     truncate = _gated_truncate(truncate, n_steps)
-    inputs = (x, w_ih, w_hh, hs, cs, gates, grad_hs, h0, c0)
-    outs = []
+    inputs = dict(x=x, w_ih=w_ih, w_hh=w_hh, hs=hs, cs=cs, gates=gates, grad_hs=grad_hs, h0=h0, c0=c0)
+    outs = {}
     for name, buf, shape in (("dx_out", dx_out, x.shape), ("dw_ih_out", dw_ih_out, w_ih.shape),
                              ("dw_hh_out", dw_hh_out, w_hh.shape), ("dbias_out", dbias_out, (4 * n,)),
                              ("dh0_out", dh0_out, (m, n)), ("dc0_out", dc0_out, (m, n)),
                              ("dgates_out", dgates_out, gates.shape)):
-        outs.append(V.output_array(name, buf, shape, dtype, inputs=inputs + tuple(outs)))
-    dx, dw_ih, dw_hh, dbias, dh0, dc0, dgates = outs
-    work = _gated_work(kernel, work, GATED_WORK["lstm", "backward"] * m * n, dtype, inputs + tuple(outs))
-    kernels, n_threads = _kernels()
-    kernels.lstm_backward(x, w_ih, w_hh, h0, c0, hs, cs, gates, grad_hs, truncate, dgates, dx, dw_ih, dw_hh,
+        outs[name] = V.output_array(name, buf, shape, dtype, inputs=dict(inputs, **outs))
+    dx, dw_ih, dw_hh, dbias, dh0, dc0, dgates = outs.values()
+    work = _gated_work(kernel, work, GATED_WORK["lstm", "backward"] * m * n, dtype, dict(inputs, **outs))
+    backend, n_threads = _backend.runtime()
+    backend.lstm_backward(x, w_ih, w_hh, h0, c0, hs, cs, gates, grad_hs, truncate, dgates, dx, dw_ih, dw_hh,
                           dbias, dh0, dc0, work, n_threads)
     return dx, dw_ih, dw_hh, dbias, dh0, dc0
 
@@ -946,13 +947,14 @@ def gru_forward(x, w_ih, w_hh, bias, bias_hn, h0=None, *, out=None, gates_out=No
     bias_hn = _gated_vector(kernel, "bias_hn", bias_hn, n, x.dtype)
     m, n_steps, _ = x.shape
     h0 = _gated_state(kernel, "h0", h0, (m, n), x.dtype)
-    inputs = (x, w_ih, w_hh, bias, bias_hn, h0)
+    inputs = dict(x=x, w_ih=w_ih, w_hh=w_hh, bias=bias, bias_hn=bias_hn, h0=h0)
     hs = V.output_array("out", out, (m, n_steps, n), x.dtype, inputs=inputs)
-    gates = V.output_array("gates_out", gates_out, (m, n_steps, 3 * n), x.dtype, inputs=inputs + (hs,))
-    hn = V.output_array("hn_out", hn_out, (m, n_steps, n), x.dtype, inputs=inputs + (hs, gates))
-    work = _gated_work(kernel, work, GATED_WORK["gru", "forward"] * m * n, x.dtype, inputs + (hs, gates, hn))
-    kernels, n_threads = _kernels()
-    kernels.gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_threads)
+    gates = V.output_array("gates_out", gates_out, (m, n_steps, 3 * n), x.dtype, inputs=dict(inputs, out=hs))
+    hn = V.output_array("hn_out", hn_out, (m, n_steps, n), x.dtype, inputs=dict(inputs, out=hs, gates_out=gates))
+    work = _gated_work(kernel, work, GATED_WORK["gru", "forward"] * m * n, x.dtype,
+                       dict(inputs, out=hs, gates_out=gates, hn_out=hn))
+    backend, n_threads = _backend.runtime()
+    backend.gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_threads)
     return hs, gates, hn
 
 
@@ -996,16 +998,16 @@ def gru_backward(x, w_ih, w_hh, hs, gates, hn, grad_hs, h0=None, truncate=None, 
     grad_hs = _gated_cache(kernel, "grad_hs", grad_hs, (m, n_steps, n), dtype)
     h0 = _gated_state(kernel, "h0", h0, (m, n), dtype)
     truncate = _gated_truncate(truncate, n_steps)
-    inputs = (x, w_ih, w_hh, hs, gates, hn, grad_hs, h0)
-    outs = []
+    inputs = dict(x=x, w_ih=w_ih, w_hh=w_hh, hs=hs, gates=gates, hn=hn, grad_hs=grad_hs, h0=h0)
+    outs = {}
     for name, buf, shape in (("dx_out", dx_out, x.shape), ("dw_ih_out", dw_ih_out, w_ih.shape),
                              ("dw_hh_out", dw_hh_out, w_hh.shape), ("dbias_out", dbias_out, (3 * n,)),
                              ("dbias_hn_out", dbias_hn_out, (n,)), ("dh0_out", dh0_out, (m, n)),
                              ("dgates_out", dgates_out, gates.shape), ("dghh_out", dghh_out, gates.shape)):
-        outs.append(V.output_array(name, buf, shape, dtype, inputs=inputs + tuple(outs)))
-    dx, dw_ih, dw_hh, dbias, dbias_hn, dh0, dgates, dghh = outs
-    work = _gated_work(kernel, work, GATED_WORK["gru", "backward"] * m * n, dtype, inputs + tuple(outs))
-    kernels, n_threads = _kernels()
-    kernels.gru_backward(x, w_ih, w_hh, h0, hs, gates, hn, grad_hs, truncate, dgates, dghh, dx, dw_ih, dw_hh,
+        outs[name] = V.output_array(name, buf, shape, dtype, inputs=dict(inputs, **outs))
+    dx, dw_ih, dw_hh, dbias, dbias_hn, dh0, dgates, dghh = outs.values()
+    work = _gated_work(kernel, work, GATED_WORK["gru", "backward"] * m * n, dtype, dict(inputs, **outs))
+    backend, n_threads = _backend.runtime()
+    backend.gru_backward(x, w_ih, w_hh, h0, hs, gates, hn, grad_hs, truncate, dgates, dghh, dx, dw_ih, dw_hh,
                          dbias, dbias_hn, dh0, work, n_threads)
     return dx, dw_ih, dw_hh, dbias, dbias_hn, dh0
