@@ -2,8 +2,9 @@
 
 Kernels live in ``fastbp.kernels`` and run on one of two compiled backends,
 Cython with OpenMP or Numba, chosen with ``set_backend``/``backend``. On them,
-``Network`` of ``Dense`` layers (after an optional recurrent ``RNN``, or
-with ``FixedPoint`` layers, or after ``Conv2D``/pooling layers over images), the optimizers ``SGD``/``RMSprop``/``Adam``,
+``Network`` of ``Dense`` layers (after recurrent ``RNN``/``LSTM``/``GRU`` layers,
+with ``FixedPoint`` layers, or after ``Conv2D``/pooling layers over images),
+the optimizers ``SGD``/``RMSprop``/``Adam``,
 ``EarlyStopping``, ``ModelCheckpoint``, ``schedules``, ``gradcheck``,
 ``save``/``load``/``load_checkpoint`` and ``export_onnx`` are what a user
 trains and ships with.
@@ -24,6 +25,7 @@ from .onnx_export import export_onnx  # imports onnx only when called
 from .gradcheck import gradcheck
 from .layers import AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, Layer, MaxPool2D, register_layer
 from .network import Network
+from .layers.gated import GRU, LSTM
 from .layers.recurrent import RNN, ConvergenceError, FixedPoint
 from .optim import SGD, Adam, RMSprop
 from .serialization import load, save
@@ -51,6 +53,8 @@ __all__ = [
     "Layer",
     "register_layer",
     "RNN",
+    "LSTM",
+    "GRU",
     "FixedPoint",
     "ConvergenceError",
     "SGD",

@@ -1275,7 +1275,7 @@ def gru_forward(x, w_ih, w_hh, bias, bias_hn, h0=None, *, out=None, gates_out=No
     gates = V.output_array("gates_out", gates_out, (m, n_steps, 3 * n), x.dtype, inputs=dict(inputs, out=hs))
     hn = V.output_array("hn_out", hn_out, (m, n_steps, n), x.dtype, inputs=dict(inputs, out=hs, gates_out=gates))
     work = _gated_work(kernel, work, GATED_WORK["gru", "forward"] * m * n, x.dtype,
-                      dict(inputs, out=hs, gates_out=gates, hn_out=hn))
+                       dict(inputs, out=hs, gates_out=gates, hn_out=hn))
     backend, n_threads = _backend.runtime()
     backend.gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_threads)
     return hs, gates, hn

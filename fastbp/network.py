@@ -16,12 +16,14 @@ Memory layout
 
 Sequences
 ---------
-A network whose first layer is an ``RNN`` takes X of shape (n_samples,
-n_steps, n_in). With ``return_sequences=True`` the RNN's output is a
-(n_samples·n_steps, n_hidden) view of its states, so the following layers run
-once over every time step of every sample, the targets have shape
-(n_samples, n_steps, ...) and the loss averages over samples and steps;
-outputs come back as (n_samples, n_steps, n_outputs).
+A network whose first layer is recurrent (``RNN``, ``LSTM``, ``GRU``) takes X
+of shape (n_samples, n_steps, n_in). With ``return_sequences=True`` a
+recurrent layer's output is every state, (n_samples, n_steps, features): a
+following recurrent layer takes it as its sequence, per-step layers (Dense,
+FixedPoint) run once over every step of every sample (one kernel call over
+n_samples·n_steps rows). When the network's output is per step, the targets
+have shape (n_samples, n_steps, ...), the loss averages over samples and
+steps, and outputs come back as (n_samples, n_steps, n_outputs).
 
 Hot path
 --------
@@ -51,29 +53,39 @@ _EVAL_CHUNK = 1024  # rows per forward pass when predicting/evaluating, to bound
 
 
 def _check_layers(layers):
-    """The layers as a list, checked to chain (where their sizes are fixed) and to appear once each."""
+    """(layers as a list, n_outputs, whether the output is per step), checked to chain and to appear once each.
+
+    Sizes must chain where fixed; a layer that takes sequences must come first
+    or follow a layer whose output is a sequence (a recurrent layer with
+    return_sequences=True, possibly through per-step layers such as Dense).
+    """
     layers = list(layers) if not isinstance(layers, Layer) else [layers]
     if not layers:
         raise ValueError("a Network needs at least one layer")
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
-            raise TypeError(f"layer {i} must be a fastbp.Dense, RNN, FixedPoint or another fastbp.layers.Layer, "
-                            f"got {type(layer).__name__}")
-        if i and layer.sequence_input:
-            raise ValueError(f"layer {i} {layer!r} takes sequences; a recurrent RNN layer must be the first layer")
+            raise TypeError(f"layer {i} must be a fastbp.Dense, RNN, LSTM, GRU, FixedPoint or another "
+                            f"fastbp.layers.Layer, got {type(layer).__name__}")
     if len({id(layer) for layer in layers}) != len(layers):
         raise ValueError("the same layer object appears twice in layers; create one per position")
-    features = layers[0].n_in
+    features, sequence = layers[0].n_in, layers[0].sequence_input
     for i, layer in enumerate(layers):
+        if i and layer.sequence_input and not sequence:
+            raise ValueError(
+                f"layer {i} {layer!r} takes sequences (n_samples, n_steps, {layer.n_in}): it must be the first "
+                f"layer or follow a recurrent layer with return_sequences=True (per-step layers such as Dense "
+                f"may come between), but layer {i - 1} {layers[i - 1]!r} outputs one row per sample: the time "
+                f"axis is lost before it")
         if i and features is not None and layer.n_in is not None and features != layer.n_in:
             raise ValueError(
                 f"layer sizes do not chain: layer {i - 1} {layers[i - 1]!r} has {features} outputs "
                 f"but layer {i} {layer!r} expects {layer.n_in} inputs"
             )
         features = layer.output_features(features if features is not None else layer.n_in)
+        sequence = layer.output_is_sequence(sequence)
     if features is None:
         raise ValueError(f"the last layer {layers[-1]!r} must have a fixed number of outputs (end with a Dense layer)")
-    return layers, features
+    return layers, features, sequence
 
 
 class Network:
@@ -84,8 +96,9 @@ class Network:
     layers : list of fastbp.layers.Layer (Dense, RNN, FixedPoint, ...)
         Consecutive layers must chain: ``layers[i].n_out == layers[i+1].n_in``
         where both are fixed; other shapes are checked when X is seen.
-        A layer belongs to one network only. An ``RNN`` may only come first
-        (X is then 3-D, (n_samples, n_steps, n_in)); see "Sequences" above.
+        A layer belongs to one network only. A recurrent layer comes first
+        (X is then 3-D, (n_samples, n_steps, n_in)) or after one with
+        ``return_sequences=True``; see "Sequences" above.
     loss : str
         ``"mse"``, ``"softmax_cross_entropy"`` or ``"binary_cross_entropy"``, as
         PyTorch defines them (the cross-entropies take logits: the last layer
@@ -114,7 +127,7 @@ class Network:
 
     def __init__(self, layers: Union[Layer, Iterable[Layer]], loss: str = "mse", dtype: DTypeLike = np.float32,
                  seed: Optional[int] = None) -> None:
-        layers, self._n_outputs = _check_layers(layers)
+        layers, self._n_outputs, self._sequence_output = _check_layers(layers)
         self.loss = _losses.check_loss(loss)
         _losses.check_output_activation(self.loss, getattr(layers[-1], "activation", None), self._n_outputs)
         try:
@@ -153,13 +166,13 @@ class Network:
 
     @property
     def sequence_input(self) -> bool:
-        """Whether X is a batch of sequences, (n_samples, n_steps, n_inputs) (the first layer is an RNN)."""
+        """Whether X is a batch of sequences, (n_samples, n_steps, n_inputs) (the first layer is recurrent)."""
         return self.layers[0].sequence_input
 
     @property
     def sequence_output(self) -> bool:
         """Whether outputs and targets are per time step, (n_samples, n_steps, ...)."""
-        return self.sequence_input and self.layers[0].return_sequences
+        return self._sequence_output
 
     @property
     def n_outputs(self) -> int:
@@ -296,11 +309,17 @@ class Network:
         return x
 
     def _loss(self, ws, y, loss_kernel, backend, n_threads):
-        """Loss of the last forward; writes d loss/d output into the last delta buffer."""
-        output = ws.output
-        if y.shape[0] != output.shape[0]:  # per-step targets (n_samples, n_steps, ...): flat view
+        """Loss of the last forward; writes d loss/d output into the last delta buffer.
+
+        Per-step outputs (n_samples, n_steps, n_outputs) and their targets
+        (n_samples, n_steps, ...) go to the loss kernel as views of
+        n_samples·n_steps rows: the loss averages over samples and steps.
+        """
+        output, delta = ws.output, ws.delta
+        if output.ndim == 3:
+            output, delta = output.reshape(-1, output.shape[2]), delta.reshape(-1, delta.shape[2])
             y = y.reshape((output.shape[0],) + y.shape[2:])
-        return _losses.loss_kernel(backend, loss_kernel)(output, y, ws.delta, n_threads)
+        return _losses.loss_kernel(backend, loss_kernel)(output, y, delta, n_threads)
 
     def _backward(self, ws, x, backend, n_threads):
         """Chain the layers' backward passes from the last delta; fills ``grads``."""

@@ -54,7 +54,7 @@ import numpy as np
 
 from . import losses as _losses
 from ._kernels import registry as R
-from .layers import AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D
+from .layers import GRU, LSTM, AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D
 from .layers.recurrent import RNN, FixedPoint
 
 __all__ = ["export_onnx", "OPSET", "LAYER_EXPORTERS", "ACTIVATION_EXPORTERS"]
@@ -161,6 +161,8 @@ def _export_dense(g, layer, x):
 
 def _export_rnn(g, layer, x):
     """Scan over time of h = act(x_proj_t + h·Wh), x_proj = x·Wx + b for all steps at once."""
+    if layer.bidirectional:
+        raise NotImplementedError(f"{layer!r}: ONNX export of a bidirectional RNN is not implemented")
     n = layer.n_hidden
     # Time first, scanned along axis 0: onnxruntime's float64 Scan supports no other axis.
     x_proj = g.node("Transpose", [_affine(g, x, layer.Wx, layer.b, "rnn_x_proj")], perm=[1, 0, 2])
@@ -178,13 +180,53 @@ def _export_rnn(g, layer, x):
     return g.node("Transpose", [hs], perm=[1, 0, 2]) if layer.return_sequences else h_last
 
 
+# fastbp's gate blocks (columns of Wx, Wh, b) in ONNX's order: LSTM i, o, f, c from fastbp's i, f, g, o;
+# GRU z, r, h from fastbp's r, z, n.
+_ONNX_GATE_ORDER = {LSTM: (0, 3, 1, 2), GRU: (1, 0, 2)}
+
+
+def _export_gated(g, layer, x):
+    """ONNX's LSTM or GRU op (layout 0: time first), both directions in one node when bidirectional.
+
+    W = Wxᵀ and R = Whᵀ with the gate blocks reordered; B = (input bias, recurrent bias): fastbp's
+    combined bias on the input side, and for the GRU b_hn on the recurrent side of the h gate with
+    ``linear_before_reset=1`` (torch's and fastbp's n = tanh(x_n + r ⊙ (h·W_hn + b_hn))).
+    """
+    n = layer.n_hidden
+    order = _ONNX_GATE_ORDER[type(layer)]
+
+    def blocks(a):  # reorder the gate blocks of the last axis
+        return np.concatenate([a[..., k * n:(k + 1) * n] for k in order], axis=-1)
+
+    W, R_, B = [], [], []
+    for suffix in ("", "_reverse")[:layer.n_directions]:
+        W.append(blocks(layer.param("Wx" + suffix)).T)
+        R_.append(blocks(layer.param("Wh" + suffix)).T)
+        recurrent = np.zeros(len(order) * n, layer.param("b" + suffix).dtype)
+        if isinstance(layer, GRU):
+            recurrent[2 * n:] = layer.param("b_hn" + suffix)
+        B.append(np.concatenate([blocks(layer.param("b" + suffix)), recurrent]))
+    kind = type(layer).__name__
+    attributes = dict(hidden_size=n, direction="bidirectional" if layer.bidirectional else "forward")
+    if isinstance(layer, GRU):
+        attributes["linear_before_reset"] = 1
+    x_time_first = g.node("Transpose", [x], perm=[1, 0, 2])
+    ys = g.node(kind, [x_time_first, g.constant(np.stack(W), kind + ".W"), g.constant(np.stack(R_), kind + ".R"),
+                       g.constant(np.stack(B), kind + ".B")], kind.lower(), n_outputs=2 if kind == "GRU" else 3,
+                **attributes)
+    flat = g.constant([0, 0, -1] if layer.return_sequences else [0, -1], "shape", np.int64)
+    if layer.return_sequences:  # Y (T, D, batch, H) -> (batch, T, D·H)
+        return g.node("Reshape", [g.node("Transpose", [ys[0]], perm=[2, 0, 1, 3]), flat])
+    return g.node("Reshape", [g.node("Transpose", [ys[1]], perm=[1, 0, 2]), flat])  # Y_h (D, batch, H) -> (batch, D·H)
+
+
 def _export_fixed_point(g, layer, x):
     """Loop: h = act(x_proj + h·Wh) from h = 0 while max|Δh| > tol, at most max_iter times."""
     from onnx import TensorProto
 
     x_proj = _affine(g, x, layer.Wx, layer.b, "fixed_point_x_proj")  # (rows, n), or (batch, steps, n)
     h0 = g.zeros(g.node("Shape", [x_proj]))
-    wh, tol = g.constant(layer.Wh, "fixed_point.Wh"), g.constant(layer.tol, "fixed_point.tol")
+    wh, tol = g.constant(layer.effective_wh(), "fixed_point.Wh"), g.constant(layer.tol, "fixed_point.tol")
     body = g.subgraph()
     iteration, cond_in, h_prev = body.name("iteration"), body.name("cond_in"), body.name("h_prev")
     h = _activation(body, layer.activation, body.node("Add", [x_proj, body.node("MatMul", [h_prev, wh])], "z"))
@@ -268,6 +310,8 @@ LAYER_EXPORTERS = {
     AvgPool2D: _export_pool("AveragePool"),
     GlobalAvgPool2D: _export_global_avg_pool,
     RNN: _export_rnn,
+    LSTM: _export_gated,
+    GRU: _export_gated,
     FixedPoint: _export_fixed_point,
 }
 

@@ -80,3 +80,23 @@ def test_help_names_the_program_as_it_was_called(capsys, monkeypatch):
     module = subprocess.run([sys.executable, "-m", "fastbp", "--epochs", "0"], capture_output=True, text=True,
                             cwd=ROOT, env=env)
     assert module.returncode == 2 and "python -m fastbp: error: argument --epochs" in module.stderr
+
+
+def test_memory_task_prints_both_layers(capsys, tmp_path):
+    """--task memory (tiny settings: it runs, prints both test MSEs and the baseline, saves the GRU)."""
+    out = tmp_path / "memory.npz"
+    assert cli.main(["--task", "memory", "--steps", "5", "--epochs", "2", "--samples", "64", "--hidden", "4",
+                     "--quiet", "--out", str(out)], prog="fastbp") == 0
+    printed = capsys.readouterr().out
+    assert "GRU test MSE" in printed and "RNN test MSE" in printed and "baseline 0.167" in printed
+    assert isinstance(fb.load(out).layers[0], fb.GRU)
+
+
+def test_adding_data_is_the_adding_problem():
+    import numpy as np
+
+    X, y = cli.adding_data(200, 9, np.random.default_rng(0))
+    assert X.shape == (200, 9, 2) and y.shape == (200, 1)
+    assert (X[..., 1].sum(axis=1) == 2).all()
+    assert (X[:, :4, 1].sum(axis=1) == 1).all() and (X[:, 5:, 1].sum(axis=1) == 1).all()
+    np.testing.assert_allclose(y[:, 0], (X[..., 0] * X[..., 1]).sum(axis=1))

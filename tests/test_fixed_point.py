@@ -57,8 +57,9 @@ def test_adjoint_equals_bptt_unrolled_to_convergence(backend, rng):
     np.testing.assert_allclose(dwh_bptt, h.T @ delta, rtol=1e-9, atol=1e-12)
 
 
-def fixed_point_net(dtype, tol=1e-12):
-    return fb.Network([fb.Dense(3, 4, "tanh"), fb.FixedPoint(4, 6, tol=tol, max_iter=500), fb.Dense(6, 2)],
+def fixed_point_net(dtype, tol=1e-12, spectral_bound=0.8):
+    return fb.Network([fb.Dense(3, 4, "tanh"), fb.FixedPoint(4, 6, tol=tol, max_iter=500,
+                                                             spectral_bound=spectral_bound), fb.Dense(6, 2)],
                       loss="mse", dtype=dtype, seed=0)
 
 
@@ -100,7 +101,7 @@ def test_results_do_not_depend_on_thread_count(backend, dtype, rng, threads):
 
 
 def test_non_convergence_is_an_error(backend, rng):
-    net = fixed_point_net(np.float64, tol=1e-8)
+    net = fixed_point_net(np.float64, tol=1e-8, spectral_bound=None)  # the constraint off
     layer = net.layers[1]
     layer.Wh = -3.0 * np.eye(6)  # h = tanh(x - 3h): the fixed point repels, the iterates oscillate
     X, y = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
@@ -144,3 +145,42 @@ def test_learns_xor(backend):
                      loss="softmax_cross_entropy", dtype=np.float64, seed=0)
     net.fit(X, y, optimizer=fb.Adam(net, lr=0.01), epochs=200, batch_size=None, verbose=0)
     np.testing.assert_array_equal(net.predict_classes(X), y)
+
+
+# ---------------------------------------------------------------- the spectral constraint
+def test_constrained_gradient_matches_finite_differences(backend, rng):
+    """Wh far outside the bound: the layer uses Wh·bound/σ(Wh), and dWh is the exact gradient through it."""
+    net = fixed_point_net(np.float64)
+    layer = net.layers[1]
+    layer.Wh = 2.0 * rng.standard_normal((6, 6))
+    assert np.linalg.norm(layer.Wh, 2) > 1.5
+    np.testing.assert_allclose(np.linalg.norm(layer.effective_wh(), 2), 0.8, rtol=1e-12)
+    X, y = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    assert max(fb.gradcheck(net, X, y, eps=1e-5).values()) < 1e-6
+
+
+def test_constraint_off_is_the_unconstrained_layer(rng):
+    """spectral_bound=None uses Wh as it is; within the bound the constraint changes no bit."""
+    a, b = fixed_point_net(np.float64), fixed_point_net(np.float64, spectral_bound=None)
+    X = rng.standard_normal((5, 3))
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))  # Wh starts at spectral norm 0.5 < 0.8
+    a.layers[1].Wh = b.layers[1].Wh = 0.3 * a.layers[1].Wh + 0.95 * np.eye(6)
+    assert np.abs(a.predict(X) - b.predict(X)).max() > 1e-3
+
+
+def test_default_layer_trains_200_epochs_with_adam(backend):
+    """The issue's case: unconstrained, Adam walked Wh out of the contracting region (ConvergenceError)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((64, 8)), rng.standard_normal((64, 4))
+    net = fb.Network([fb.FixedPoint(8, 16), fb.Dense(16, 4)], dtype=np.float32, seed=0)
+    history = net.fit(X, y, optimizer=fb.Adam(net, lr=1e-3), epochs=200, batch_size=16, verbose=0)
+    assert len(history["loss"]) == 200 and history["loss"][-1] < history["loss"][0]
+    assert np.linalg.norm(net.layers[0].effective_wh().astype(np.float64), 2) <= 0.8 * (1 + 1e-6)
+
+
+def test_old_configs_load_unconstrained():
+    layer = fb.layers.layer_from_config({"type": "FixedPoint", "n_in": 2, "n_hidden": 3, "activation": "tanh",
+                                         "tol": 1e-6, "max_iter": 100, "init": "glorot_uniform"})
+    assert layer.spectral_bound is None
+    with pytest.raises(ValueError, match="spectral_bound"):
+        fb.FixedPoint(2, 3, spectral_bound=1.5)

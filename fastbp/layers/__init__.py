@@ -9,9 +9,10 @@ from .base import LAYER_TYPES, Gradient, Layer, LayerWorkspace, Parameter, layer
 from .conv import Conv2D
 from .dense import Dense
 from .flatten import Flatten
+from .gated import GRU, LSTM
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .recurrent import RNN, ConvergenceError, FixedPoint
 
 __all__ = ["Layer", "LayerWorkspace", "Parameter", "Gradient", "register_layer", "layer_from_config",
            "LAYER_TYPES", "Dense", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Flatten", "RNN",
-           "FixedPoint", "ConvergenceError"]
+           "LSTM", "GRU", "FixedPoint", "ConvergenceError"]

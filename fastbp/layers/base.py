@@ -114,10 +114,12 @@ class Layer:
     n_in: Optional[int] = None
     #: Number of output features (last axis of the output) when fixed, else None.
     n_out: Optional[int] = None
-    #: Whether the layer takes a batch of sequences (n_samples, n_steps, n_in): it must come first.
+    #: Whether the layer takes a batch of sequences (n_samples, n_steps, n_in): first, or after a
+    #: layer whose output is a sequence (``output_is_sequence``).
     sequence_input = False
-    #: Whether its output is per time step (rows n_samples·n_steps): targets are then per step.
-    sequence_output = False
+    #: Whether the layer applies to each row of the last axis alone (Dense, FixedPoint): it then
+    #: takes (n_samples, n_steps, n_in) as well and keeps the time axis.
+    per_step = False
     #: Rank of the input batch, rows included (2 for rows of features), or None for any rank >= 2.
     input_rank: Optional[int] = 2
 
@@ -132,6 +134,10 @@ class Layer:
     def output_features(self, n_in: Optional[int]) -> Optional[int]:
         """Features of the output given ``n_in`` features in (None: unknown until data is seen)."""
         return self.n_out
+
+    def output_is_sequence(self, input_is_sequence: bool) -> bool:
+        """Whether the output is a batch of sequences (n_samples, n_steps, features), given the input's."""
+        return input_is_sequence and self.per_step
 
     def output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
         """Shape of the output for an input batch of ``input_shape``; ValueError naming the shapes if it cannot take it."""
@@ -211,6 +217,23 @@ class Layer:
     def __repr__(self):
         args = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items() if key != "type")
         return f"{type(self).__name__}({args})"
+
+
+def per_step_shape(layer, input_shape):
+    """The leading axes of an input of a per-step layer: (n_samples,) or (n_samples, n_steps).
+
+    ValueError naming the layer unless ``input_shape`` is (n_samples, n_in) or
+    (n_samples, n_steps, n_in) with ``n_in = layer.n_in``.
+    """
+    if len(input_shape) not in (2, 3) or input_shape[-1] != layer.n_in:
+        raise ValueError(f"{layer!r} takes input of shape (n_samples, {layer.n_in}) or, after a layer with "
+                         f"return_sequences=True, (n_samples, n_steps, {layer.n_in}); got {tuple(input_shape)}")
+    return tuple(input_shape[:-1])
+
+
+def rows(a):
+    """A C-contiguous (..., n) array as its (rows, n) view: how per-step layers run over every step at once."""
+    return a.reshape(-1, a.shape[-1])
 
 
 def check_size(layer, name, value):

@@ -11,7 +11,7 @@ import numpy as np
 from .. import init as _init
 from .._kernels import registry as R
 from .._kernels.reference import mlp_layout
-from .base import Gradient, Layer, LayerWorkspace, Parameter, check_size, register_layer
+from .base import Gradient, Layer, LayerWorkspace, Parameter, check_size, per_step_shape, register_layer, rows
 
 __all__ = ["Dense", "stack_arguments", "stack_workspaces"]
 
@@ -69,10 +69,10 @@ class Dense(Layer):
         """Draw W with the layer's initialiser (b stays zero)."""
         _init.initialize(self.W, self.init, rng)
 
+    per_step = True  # after a sequence output it runs on every step: (n_samples, n_steps, n_in) in
+
     def output_shape(self, input_shape):
-        if len(input_shape) != 2 or input_shape[1] != self.n_in:
-            raise ValueError(f"{self!r} takes input of shape (n_samples, {self.n_in}), got {tuple(input_shape)}")
-        return (input_shape[0], self.n_out)
+        return per_step_shape(self, input_shape) + (self.n_out,)
 
     def workspace(self, input_shape, dtype):
         """output a, delta, and z: a itself unless backward needs z (gelu)."""
@@ -91,7 +91,8 @@ class Dense(Layer):
     # ------------------------------------------------------------ forward / backward
     def forward(self, backend, n_threads, x, ws):
         """z := x·W + b; a := act(z), one fused kernel.  IN x (m, n_in); OUT ws.z, ws.output (m, n_out)."""
-        backend.dense_forward(x, self._params["W"], self._params["b"], self._act_id, ws.z, ws.output, n_threads)
+        backend.dense_forward(rows(x), self._params["W"], self._params["b"], self._act_id, rows(ws.z),
+                              rows(ws.output), n_threads)
 
     def backward(self, backend, n_threads, x, ws, dx):
         """δ := delta ⊙ act'(z) (in place); dW := xᵀ·δ; db := Σ_rows δ; dx := δ·Wᵀ unless dx is None.
@@ -101,8 +102,9 @@ class Dense(Layer):
         first layer, which needs no input gradient.
         """
         compute_dx = dx is not None
-        backend.dense_backward(x, self._params["W"], ws.z, ws.output, ws.delta, self._act_id, ws.delta,
-                               self._grads["W"], self._grads["b"], dx if compute_dx else ws.delta,
+        delta = rows(ws.delta)
+        backend.dense_backward(rows(x), self._params["W"], rows(ws.z), rows(ws.output), delta, self._act_id, delta,
+                               self._grads["W"], self._grads["b"], rows(dx) if compute_dx else delta,
                                compute_dx, False, n_threads)
 
 
