@@ -12,6 +12,11 @@
  * ifunc), which run the sqrt and divide of RMSprop/Adam 4-8x wider. setup.py
  * compiles with -ffp-contract=off, so no clone fuses a multiply and an add:
  * every clone gives the NumPy reference's rounding.
+ *
+ * Elastic weight consolidation (fastbp.continual.EWC) rides on every step:
+ * with f != NULL the penalty's gradient lam·F·(p - anchor) is added to g after
+ * the weight decay, g += lam·(f·(p - a)), in the same pass (f == NULL: no
+ * penalty; the test is loop-invariant, so the compiler unswitches it).
  */
 #ifndef FASTBP_OPTIMIZER_STEPS_H
 #define FASTBP_OPTIMIZER_STEPS_H
@@ -39,12 +44,13 @@
 /* g = grad + wd·p; v := mu·v + g; p -= lr·(g + mu·v if nesterov else v) (v unused if mu == 0) */ \
 FASTBP_STEP_CLONES static int                                                                   \
 fastbp_sgd_##SUFFIX(T *p, const T *g, T *v, ptrdiff_t n, T lr, T mu, int nesterov, T wd,       \
-                    int write)                                                                  \
+                    const T *f, const T *a, T lam, int write)                                   \
 {                                                                                               \
     UINT acc = 0;                                                                               \
     ptrdiff_t i;                                                                                \
     for (i = 0; i < n; i++) {                                                                   \
         T gi = wd != 0 ? g[i] + wd * p[i] : g[i];                                               \
+        if (f != NULL) gi = gi + lam * (f[i] * (p[i] - a[i]));                                  \
         T vi = 0;                                                                               \
         if (mu != 0) {                                                                          \
             vi = mu * v[i];                                                                     \
@@ -67,12 +73,13 @@ fastbp_sgd_##SUFFIX(T *p, const T *g, T *v, ptrdiff_t n, T lr, T mu, int nestero
 /* g = grad + wd·p; s := rho·s + (1-rho)·g²; p -= lr·g / (√s + eps) */                         \
 FASTBP_STEP_CLONES static int                                                                   \
 fastbp_rmsprop_##SUFFIX(T *p, const T *g, T *s, ptrdiff_t n, T lr, T rho, T one_minus_rho,     \
-                        T eps, T wd, int write)                                                 \
+                        T eps, T wd, const T *f, const T *a, T lam, int write)                  \
 {                                                                                               \
     UINT acc = 0;                                                                               \
     ptrdiff_t i;                                                                                \
     for (i = 0; i < n; i++) {                                                                   \
         T gi = wd != 0 ? g[i] + wd * p[i] : g[i];                                               \
+        if (f != NULL) gi = gi + lam * (f[i] * (p[i] - a[i]));                                  \
         T si = rho * s[i];                                                                      \
         si = si + one_minus_rho * gi * gi;                                                      \
         T pi = p[i] - lr * gi / (SQRT(si) + eps);                                               \
@@ -93,12 +100,13 @@ fastbp_rmsprop_##SUFFIX(T *p, const T *g, T *s, ptrdiff_t n, T lr, T rho, T one_
 FASTBP_STEP_CLONES static int                                                                   \
 fastbp_adam_##SUFFIX(T *p, const T *g, T *m, T *v, ptrdiff_t n, T step_size, T beta1,          \
                      T one_minus_beta1, T beta2, T one_minus_beta2, T sqrt_bias2, T eps, T wd,  \
-                     int write)                                                                 \
+                     const T *f, const T *a, T lam, int write)                                  \
 {                                                                                               \
     UINT acc = 0;                                                                               \
     ptrdiff_t i;                                                                                \
     for (i = 0; i < n; i++) {                                                                   \
         T gi = wd != 0 ? g[i] + wd * p[i] : g[i];                                               \
+        if (f != NULL) gi = gi + lam * (f[i] * (p[i] - a[i]));                                  \
         T mi = beta1 * m[i];                                                                    \
         mi = mi + one_minus_beta1 * gi;                                                         \
         T vi = beta2 * v[i];                                                                    \
