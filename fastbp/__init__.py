@@ -27,6 +27,7 @@ from .network import Network
 from .layers.recurrent import RNN, ConvergenceError, FixedPoint
 from .optim import SGD, Adam, RMSprop
 from .serialization import load, save
+from .continual import EWC, Rehearsal, load_guard
 
 __version__ = "0.1.0"
 
@@ -60,6 +61,9 @@ __all__ = [
     "gradcheck",
     "save",
     "load",
+    "EWC",
+    "Rehearsal",
+    "load_guard",
     "callbacks",
     "init",
     "losses",
