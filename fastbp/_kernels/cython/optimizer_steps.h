@@ -55,8 +55,10 @@
 #define FASTBP_OPTIMIZER_STEPS(SUFFIX, T, UINT, EXP, LOW, SIGN, SQRT)                          \
 /* g = grad + wd·p; v := mu·v + g; p -= lr·(g + mu·v if nesterov else v) (v unused if mu == 0) */ \
 FASTBP_STEP_INLINE int                                                                          \
-fastbp_sgd_impl_##SUFFIX(T *FASTBP_RESTRICT p, const T *FASTBP_RESTRICT g, T *FASTBP_RESTRICT v, ptrdiff_t n, T lr, T mu, int nesterov, T wd,\
-                         const T *FASTBP_RESTRICT f, const T *FASTBP_RESTRICT a, T lam, int ewc, int write)\
+fastbp_sgd_impl_##SUFFIX(T *FASTBP_RESTRICT p, const T *FASTBP_RESTRICT g,                      \
+                         T *FASTBP_RESTRICT v, ptrdiff_t n, T lr, T mu, int nesterov, T wd,     \
+                         const T *FASTBP_RESTRICT f, const T *FASTBP_RESTRICT a, T lam,         \
+                         int ewc, int write)                                                    \
 {                                                                                               \
     UINT acc = 0;                                                                               \
     ptrdiff_t i;                                                                                \
@@ -84,8 +86,10 @@ fastbp_sgd_impl_##SUFFIX(T *FASTBP_RESTRICT p, const T *FASTBP_RESTRICT g, T *FA
                                                                                                 \
 /* g = grad + wd·p; s := rho·s + (1-rho)·g²; p -= lr·g / (√s + eps) */                         \
 FASTBP_STEP_INLINE int                                                                          \
-fastbp_rmsprop_impl_##SUFFIX(T *FASTBP_RESTRICT p, const T *FASTBP_RESTRICT g, T *FASTBP_RESTRICT s, ptrdiff_t n, T lr, T rho, T one_minus_rho,\
-                             T eps, T wd, const T *FASTBP_RESTRICT f, const T *FASTBP_RESTRICT a, T lam, int ewc, int write)\
+fastbp_rmsprop_impl_##SUFFIX(T *FASTBP_RESTRICT p, const T *FASTBP_RESTRICT g,                  \
+                             T *FASTBP_RESTRICT s, ptrdiff_t n, T lr, T rho, T one_minus_rho,   \
+                             T eps, T wd, const T *FASTBP_RESTRICT f,                           \
+                             const T *FASTBP_RESTRICT a, T lam, int ewc, int write)             \
 {                                                                                               \
     UINT acc = 0;                                                                               \
     ptrdiff_t i;                                                                                \
@@ -110,9 +114,13 @@ fastbp_rmsprop_impl_##SUFFIX(T *FASTBP_RESTRICT p, const T *FASTBP_RESTRICT g, T
 /* g = grad + wd·p; m := b1·m + (1-b1)·g; v := b2·v + (1-b2)·g²;                               \
  * p -= (step_size·m) / (√v / sqrt_bias2 + eps) */                                             \
 FASTBP_STEP_INLINE int                                                                          \
-fastbp_adam_impl_##SUFFIX(T *FASTBP_RESTRICT p, const T *FASTBP_RESTRICT g, T *FASTBP_RESTRICT m, T *FASTBP_RESTRICT v, ptrdiff_t n, T step_size, T beta1,\
-                          T one_minus_beta1, T beta2, T one_minus_beta2, T sqrt_bias2, T eps, T wd,\
-                          const T *FASTBP_RESTRICT f, const T *FASTBP_RESTRICT a, T lam, int ewc, int write)\
+fastbp_adam_impl_##SUFFIX(T *FASTBP_RESTRICT p, const T *FASTBP_RESTRICT g,                     \
+                          T *FASTBP_RESTRICT m, T *FASTBP_RESTRICT v, ptrdiff_t n,              \
+                          T step_size, T beta1,                                                 \
+                          T one_minus_beta1, T beta2, T one_minus_beta2, T sqrt_bias2, T eps,   \
+                          T wd,                                                                 \
+                          const T *FASTBP_RESTRICT f, const T *FASTBP_RESTRICT a, T lam,        \
+                          int ewc, int write)                                                   \
 {                                                                                               \
     UINT acc = 0;                                                                               \
     ptrdiff_t i;                                                                                \
@@ -146,9 +154,12 @@ fastbp_sgd_##SUFFIX(T *p, const T *g, T *v, ptrdiff_t n, T lr, T mu, int nestero
                     const T *f, const T *a, T lam, int write)                                   \
 {                                                                                               \
     const int ewc = f != NULL;                                                                  \
-    if (ewc && write) return fastbp_sgd_impl_##SUFFIX(p, g, v, n, lr, mu, nesterov, wd, f, a, lam, 1, 1);\
-    if (ewc) return fastbp_sgd_impl_##SUFFIX(p, g, v, n, lr, mu, nesterov, wd, f, a, lam, 1, 0);\
-    if (write) return fastbp_sgd_impl_##SUFFIX(p, g, v, n, lr, mu, nesterov, wd, f, a, lam, 0, 1);\
+    if (ewc && write) return fastbp_sgd_impl_##SUFFIX(p, g, v, n, lr, mu, nesterov, wd, f, a,   \
+        lam, 1, 1);                                                                             \
+    if (ewc) return fastbp_sgd_impl_##SUFFIX(p, g, v, n, lr, mu, nesterov, wd, f, a, lam, 1,    \
+        0);                                                                                     \
+    if (write) return fastbp_sgd_impl_##SUFFIX(p, g, v, n, lr, mu, nesterov, wd, f, a, lam,     \
+        0, 1);                                                                                  \
     return fastbp_sgd_impl_##SUFFIX(p, g, v, n, lr, mu, nesterov, wd, f, a, lam, 0, 0);         \
 }                                                                                               \
                                                                                                 \
@@ -157,10 +168,14 @@ fastbp_rmsprop_##SUFFIX(T *p, const T *g, T *s, ptrdiff_t n, T lr, T rho, T one_
                         T eps, T wd, const T *f, const T *a, T lam, int write)                  \
 {                                                                                               \
     const int ewc = f != NULL;                                                                  \
-    if (ewc && write) return fastbp_rmsprop_impl_##SUFFIX(p, g, s, n, lr, rho, one_minus_rho, eps, wd, f, a, lam, 1, 1);\
-    if (ewc) return fastbp_rmsprop_impl_##SUFFIX(p, g, s, n, lr, rho, one_minus_rho, eps, wd, f, a, lam, 1, 0);\
-    if (write) return fastbp_rmsprop_impl_##SUFFIX(p, g, s, n, lr, rho, one_minus_rho, eps, wd, f, a, lam, 0, 1);\
-    return fastbp_rmsprop_impl_##SUFFIX(p, g, s, n, lr, rho, one_minus_rho, eps, wd, f, a, lam, 0, 0);\
+    if (ewc && write) return fastbp_rmsprop_impl_##SUFFIX(p, g, s, n, lr, rho, one_minus_rho,   \
+        eps, wd, f, a, lam, 1, 1);                                                              \
+    if (ewc) return fastbp_rmsprop_impl_##SUFFIX(p, g, s, n, lr, rho, one_minus_rho, eps, wd,   \
+        f, a, lam, 1, 0);                                                                       \
+    if (write) return fastbp_rmsprop_impl_##SUFFIX(p, g, s, n, lr, rho, one_minus_rho, eps,     \
+        wd, f, a, lam, 0, 1);                                                                   \
+    return fastbp_rmsprop_impl_##SUFFIX(p, g, s, n, lr, rho, one_minus_rho, eps, wd, f, a,      \
+                                        lam, 0, 0);                                             \
 }                                                                                               \
                                                                                                 \
 FASTBP_STEP_CLONES static int                                                                   \
@@ -169,10 +184,14 @@ fastbp_adam_##SUFFIX(T *p, const T *g, T *m, T *v, ptrdiff_t n, T step_size, T b
                      const T *f, const T *a, T lam, int write)                                  \
 {                                                                                               \
     const int ewc = f != NULL;                                                                  \
-    if (ewc && write) return fastbp_adam_impl_##SUFFIX(p, g, m, v, n, step_size, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2, eps, wd, f, a, lam, 1, 1);\
-    if (ewc) return fastbp_adam_impl_##SUFFIX(p, g, m, v, n, step_size, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2, eps, wd, f, a, lam, 1, 0);\
-    if (write) return fastbp_adam_impl_##SUFFIX(p, g, m, v, n, step_size, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2, eps, wd, f, a, lam, 0, 1);\
-    return fastbp_adam_impl_##SUFFIX(p, g, m, v, n, step_size, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2, eps, wd, f, a, lam, 0, 0);\
+    if (ewc && write) return fastbp_adam_impl_##SUFFIX(p, g, m, v, n, step_size, beta1,         \
+        one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2, eps, wd, f, a, lam, 1, 1);         \
+    if (ewc) return fastbp_adam_impl_##SUFFIX(p, g, m, v, n, step_size, beta1,                  \
+        one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2, eps, wd, f, a, lam, 1, 0);         \
+    if (write) return fastbp_adam_impl_##SUFFIX(p, g, m, v, n, step_size, beta1,                \
+        one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2, eps, wd, f, a, lam, 0, 1);         \
+    return fastbp_adam_impl_##SUFFIX(p, g, m, v, n, step_size, beta1, one_minus_beta1, beta2,   \
+                                     one_minus_beta2, sqrt_bias2, eps, wd, f, a, lam, 0, 0);    \
 }
 
 FASTBP_OPTIMIZER_STEPS(s, float, uint32_t, 0x7f800000u, 0x00800000u, 0x80000000u, sqrtf)
