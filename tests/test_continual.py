@@ -337,3 +337,23 @@ def test_guard_of_the_wrong_type():
     net = _net(np.float64)
     with pytest.raises(TypeError, match="guard"):
         net.fit(np.zeros((2, 5)), np.zeros(2, np.int64), epochs=1, verbose=0, guard="ewc")
+
+
+@pytest.mark.parametrize("kind", ["sgd", "rmsprop", "adam"])
+def test_fused_steps_same_bits_for_1_and_2_threads(backend, dtype, rng, threads, kind):
+    n = 3 * 16384 + 5  # several chunks: the threaded path
+    p0, g, f, a = (rng.standard_normal(n).astype(dtype) for _ in range(4))
+    f = np.abs(f)
+    results = []
+    for n_threads in (1, 2):
+        threads(n_threads)
+        p, s1, s2 = p0.copy(), np.zeros(n, dtype), np.zeros(n, dtype)
+        if kind == "sgd":
+            assert kernels.sgd_step(p, g, s1, 0.1, 0.9, False, 0.0, fisher=f, anchor=a, lam=0.5)
+        elif kind == "rmsprop":
+            assert kernels.rmsprop_step(p, g, s1, 0.1, fisher=f, anchor=a, lam=0.5)
+        else:
+            assert kernels.adam_step(p, g, s1, s2, 1, 0.1, fisher=f, anchor=a, lam=0.5)
+        results.append((p, s1, s2))
+    for got, expected in zip(*results):
+        np.testing.assert_array_equal(got, expected)
