@@ -29,6 +29,7 @@ from .layers.gated import GRU, LSTM
 from .layers.recurrent import RNN, ConvergenceError, FixedPoint
 from .optim import SGD, Adam, RMSprop
 from .serialization import load, save
+from .continual import EWC, Rehearsal, load_guard
 
 __version__ = "0.1.0"
 
@@ -68,6 +69,9 @@ __all__ = [
     "gradcheck",
     "save",
     "load",
+    "EWC",
+    "Rehearsal",
+    "load_guard",
     "callbacks",
     "init",
     "losses",

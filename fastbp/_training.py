@@ -19,6 +19,7 @@ import numpy as np
 from . import _backend
 from ._interrupt import DeferredInterrupt
 from ._kernels import registry as _registry
+from . import continual as _continual
 from .optim import Adam, Optimizer
 
 GATHER_BYTES = 1 << 20  # about this much of X and y gathered per np.take when fit shuffles
@@ -93,7 +94,8 @@ class FitArguments:
     """fit's arguments, checked and converted, all before any weight changes."""
 
     def __init__(self, net, X, y, optimizer, epochs, batch_size, validation_data, verbose, callbacks,
-                 lr_schedule, initial_epoch):
+                 lr_schedule, initial_epoch, guard=None):
+        self.guard = _continual.check_guard(guard)
         self.X = X = net._check_X(X)
         self.n_samples = n_samples = X.shape[0]
         self.y, self.loss_kernel = net._check_y(y, n_samples, n_steps=net._n_steps(X))
@@ -213,13 +215,19 @@ class _Batches:
         X, y, n_samples, batch_size = args.X, args.y, args.n_samples, args.batch_size
         self.gather = shuffle and batch_size != n_samples  # a full batch's loss does not depend on row order
         sizes = {batch_size, n_samples % batch_size or batch_size}
-        self.workspaces = {size: net._workspace((size,) + X.shape[1:]) for size in sizes}
+        # Rehearsal: each batch of b new rows gets replay_rows(b) buffered rows appended (mixed here)
+        self.replay = args.guard if isinstance(args.guard, _continual.Rehearsal) and args.guard.n_kept else None
+        self.extra = {size: self.replay.replay_rows(size) if self.replay else 0 for size in sizes}
+        self.workspaces = {size: net._workspace((size + self.extra[size],) + X.shape[1:]) for size in sizes}
+        if self.replay is not None:
+            rows = max(size + self.extra[size] for size in sizes)
+            self.mixed = (np.empty((rows,) + X.shape[1:], net.dtype), np.empty((rows,) + y.shape[1:], y.dtype))
         self.chunk = n_samples
         if self.gather:  # shuffled rows are gathered several batches at a time
             self.chunk = gather_rows(X, y, batch_size)
             self.gather_x, self.gather_y = gather_buffers(net, X, y, self.chunk)
 
-    def __call__(self, args, order):
+    def __call__(self, net, args, order):
         """Yield (start, stop, workspace, x, y) for every batch of the epoch, rows ``order`` when gathering."""
         X, y, n_samples, batch_size = args.X, args.y, args.n_samples, args.batch_size
         for chunk_start in range(0, n_samples, self.chunk):
@@ -233,8 +241,13 @@ class _Batches:
                 xs, ys, offset = X, y, 0
             for start in range(chunk_start, chunk_stop, batch_size):
                 stop = min(start + batch_size, n_samples)
-                yield start, stop, self.workspaces[stop - start], xs[start - offset:stop - offset], \
-                    ys[start - offset:stop - offset]
+                x, t = xs[start - offset:stop - offset], ys[start - offset:stop - offset]
+                extra = self.extra[stop - start]
+                if extra:
+                    rows = stop - start + extra
+                    x, t = self.mixed[0][:rows], self.mixed[1][:rows]
+                    self.replay.mix(net, xs[start - offset:stop - offset], ys[start - offset:stop - offset], x, t)
+                yield start, stop, self.workspaces[stop - start], x, t
 
 
 def _run_epoch(net, args, batches, epoch, progress, interrupt):
@@ -245,7 +258,7 @@ def _run_epoch(net, args, batches, epoch, progress, interrupt):
     backend, n_threads = _backend.runtime()
     started = time.perf_counter()
     total = 0.0
-    for step, (start, stop, ws, x, y) in enumerate(batches(args, order), 1):
+    for step, (start, stop, ws, x, y) in enumerate(batches(net, args, order), 1):
         try:
             loss = train_step(net, ws, x, y, args.loss_kernel, optimizer, backend, n_threads)
         except NonFinite as exc:
@@ -255,7 +268,7 @@ def _run_epoch(net, args, batches, epoch, progress, interrupt):
                 f"that step. Try a smaller learning rate or gradient clipping."
             ) from None
         interrupt.check()  # Ctrl-C lands here, between whole steps
-        total += loss * (stop - start)
+        total += loss * (stop - start)  # with rehearsal: the loss of the mixed batch
         progress.update(stop - start)
     elapsed = time.perf_counter() - started
     return {"loss": total / args.n_samples, "lr": optimizer.lr,
@@ -271,10 +284,23 @@ def _validate(net, args, logs):
 
 
 def fit(net, X, y, optimizer, epochs, batch_size, shuffle, validation_data, verbose, callbacks, lr_schedule,
-        initial_epoch):
+        initial_epoch, guard=None):
     """``Network.fit``: see its docstring."""
     args = FitArguments(net, X, y, optimizer, epochs, batch_size, validation_data, verbose, callbacks,
-                        lr_schedule, initial_epoch)
+                        lr_schedule, initial_epoch, guard)
+    if args.guard is not None:  # its checks, before any weight changes
+        args.guard.begin_fit(net, args)
+    try:
+        history = _fit_loop(net, args, shuffle)
+    finally:
+        if args.guard is not None:
+            args.optimizer.penalty = None
+    if args.guard is not None:
+        args.guard.end_fit(net, args)
+    return history
+
+
+def _fit_loop(net, args, shuffle):
     optimizer = args.optimizer
     callbacks_begin(net, args)
     batches = _Batches(net, args, shuffle)
@@ -290,6 +316,7 @@ def fit(net, X, y, optimizer, epochs, batch_size, shuffle, validation_data, verb
             if args.lr_schedule is not None:
                 optimizer.lr = args.lr_schedule(epoch, base_lr)
             logs = _run_epoch(net, args, batches, epoch, progress, interrupt)
+            net._trained = True  # continual.EWC.consolidate needs a trained network
             optimizer.lr = base_lr  # between epochs: what a checkpoint must store
             _validate(net, args, logs)
             for name in args.metrics:

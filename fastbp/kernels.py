@@ -463,8 +463,27 @@ def _optimizer_buffers(param, grad, **state):
     return param, grad
 
 
+def _penalty_buffers(param, fisher, anchor, lam):
+    """The optimizer kernels' EWC keyword arguments, checked: {} without ``fisher``."""
+    if fisher is None and anchor is None:
+        return {}
+    if fisher is None or anchor is None:
+        raise ValueError("fisher and anchor go together: pass both or neither")
+    lam = V.scalar("lam", lam, param.dtype)
+    if not (lam >= 0.0):
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    buffers = {"fisher": V.contiguous_input("fisher", fisher, 1, param.dtype),
+               "anchor": V.contiguous_input("anchor", anchor, 1, param.dtype)}
+    for name, buf in buffers.items():
+        if buf.shape != param.shape:
+            raise ValueError(f"{name} must have shape {param.shape}, got {buf.shape}")
+    V.no_overlap("param", param, buffers)
+    return dict(buffers, lam=lam)
+
+
 def sgd_step(param: FloatArray, grad: FloatArray, velocity: Optional[FloatArray], lr: float, momentum: float = 0.0,
-             nesterov: bool = False, weight_decay: float = 0.0) -> bool:
+             nesterov: bool = False, weight_decay: float = 0.0, fisher: Optional[FloatArray] = None,
+             anchor: Optional[FloatArray] = None, lam: float = 0.0) -> bool:
     """One in-place SGD step on flat buffers, torch.optim.SGD's rule (dampening 0).
 
     ``g = grad + weight_decay·param``; with momentum μ ``velocity = μ·velocity + g`` and
@@ -475,6 +494,11 @@ def sgd_step(param: FloatArray, grad: FloatArray, velocity: Optional[FloatArray]
     param : writable C-contiguous ndarray of shape (n_params,)
     grad : ndarray of shape (n_params,)
     velocity : writable C-contiguous ndarray of shape (n_params,), or None when momentum is 0
+    fisher, anchor : ndarrays of shape (n_params,), optional
+        Elastic weight consolidation (``fastbp.continual.EWC``): ``lam·fisher·(param - anchor)``
+        is added to ``g`` after the weight decay, in the same kernel pass. Given together.
+    lam : float >= 0
+        The penalty's strength; used only with ``fisher``.
 
     Returns
     -------
@@ -486,34 +510,41 @@ def sgd_step(param: FloatArray, grad: FloatArray, velocity: Optional[FloatArray]
     state = {"velocity": velocity} if momentum or velocity is not None else {}
     param, grad = _optimizer_buffers(param, grad, **state)
     backend, n_threads = _backend.runtime()
+    penalty = _penalty_buffers(param, fisher, anchor, lam)
     return bool(backend.sgd_step(param, grad, velocity, V.scalar("lr", lr), momentum,
-                                 bool(nesterov), V.scalar("weight_decay", weight_decay), n_threads))
+                                 bool(nesterov), V.scalar("weight_decay", weight_decay), n_threads, **penalty))
 
 
 def rmsprop_step(param: FloatArray, grad: FloatArray, square_avg: FloatArray, lr: float, rho: float = 0.9,
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> bool:
+                 eps: float = 1e-8, weight_decay: float = 0.0, fisher: Optional[FloatArray] = None,
+                 anchor: Optional[FloatArray] = None, lam: float = 0.0) -> bool:
     """One in-place RMSprop step, torch.optim.RMSprop's rule (eps outside the root).
 
     ``g = grad + weight_decay·param; square_avg = ρ·square_avg + (1-ρ)·g²;
-    param -= lr·g / (√square_avg + eps)``. Returns whether the step was applied (see ``sgd_step``).
+    param -= lr·g / (√square_avg + eps)``. Returns whether the step was applied; ``fisher``,
+    ``anchor``, ``lam``: see ``sgd_step``.
     """
     param, grad = _optimizer_buffers(param, grad, square_avg=square_avg)
+    penalty = _penalty_buffers(param, fisher, anchor, lam)
     backend, n_threads = _backend.runtime()
     return bool(backend.rmsprop_step(param, grad, square_avg, V.scalar("lr", lr), V.unit_interval("rho", rho),
-                                     V.scalar("eps", eps), V.scalar("weight_decay", weight_decay), n_threads))
+                                     V.scalar("eps", eps), V.scalar("weight_decay", weight_decay), n_threads,
+                                     **penalty))
 
 
 
 
 def adam_step(param: FloatArray, grad: FloatArray, exp_avg: FloatArray, exp_avg_sq: FloatArray, step: int, lr: float,
-              beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> bool:
+              beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+              fisher: Optional[FloatArray] = None, anchor: Optional[FloatArray] = None, lam: float = 0.0) -> bool:
     """One in-place Adam step number ``step`` (1 <= step <= 2**63 - 1), torch.optim.Adam's rule with bias correction.
 
     ``m = β1·m + (1-β1)·g; v = β2·v + (1-β2)·g²;
     param -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + eps)`` with ``g = grad + weight_decay·param``.
-    Returns whether the step was applied (see ``sgd_step``).
+    Returns whether the step was applied; ``fisher``, ``anchor``, ``lam``: see ``sgd_step``.
     """
     param, grad = _optimizer_buffers(param, grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+    penalty = _penalty_buffers(param, fisher, anchor, lam)
     # The kernels take the step as a 64-bit integer; beta = 1 would divide by 1 - beta^t = 0.
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 1 <= step <= MAX_INT64:
         raise ValueError(f"step must be an integer in [1, 2**63 - 1], got {step!r}")
@@ -521,7 +552,7 @@ def adam_step(param: FloatArray, grad: FloatArray, exp_avg: FloatArray, exp_avg_
     backend, n_threads = _backend.runtime()
     return bool(backend.adam_step(param, grad, exp_avg, exp_avg_sq, V.scalar("lr", lr), beta1,
                                   beta2, V.scalar("eps", eps),
-                                  V.scalar("weight_decay", weight_decay), int(step), n_threads))
+                                  V.scalar("weight_decay", weight_decay), int(step), n_threads, **penalty))
 
 
 # ---------------------------------------------------------------- recurrent layers

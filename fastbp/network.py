@@ -462,7 +462,7 @@ class Network:
             validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None, verbose: int = 1,
             callbacks: Optional[Sequence[Callable[[Network, int, Dict[str, float]], Optional[bool]]]] = None,
             lr_schedule: Optional[Callable[[int, float], float]] = None,
-            initial_epoch: int = 0) -> Dict[str, List[float]]:
+            initial_epoch: int = 0, guard=None) -> Dict[str, List[float]]:
         """Train on (X, y) by backpropagation; full-batch, stochastic or mini-batch.
 
         Parameters
@@ -504,6 +504,11 @@ class Network:
             schedule and the callbacks, so training resumed from the checkpoint
             of an epoch end gives bit for bit the weights of a run that never
             stopped.
+        guard : fastbp.EWC or fastbp.Rehearsal, optional
+            Protect what earlier tasks taught the network (see ``fastbp.continual``):
+            an ``EWC`` consolidated on them adds its penalty inside every optimizer
+            step; a ``Rehearsal`` appends buffered past samples to every batch, then
+            offers this fit's samples to its buffer.
 
         Returns
         -------
@@ -529,10 +534,10 @@ class Network:
             the step ends interrupts at once.
         """
         return _training.fit(self, X, y, optimizer, epochs, batch_size, shuffle, validation_data, verbose,
-                             callbacks, lr_schedule, initial_epoch)
+                             callbacks, lr_schedule, initial_epoch, guard)
 
     # ------------------------------------------------------------ persistence
-    def save(self, path, optimizer=None, epoch=None):
+    def save(self, path, optimizer=None, epoch=None, guard=None):
         """Write the architecture, dtype and weights to ``path`` (.npz + JSON metadata), atomically;
         with ``optimizer``, a checkpoint that ``fastbp.load_checkpoint`` resumes exactly.
 
@@ -540,7 +545,7 @@ class Network:
         """
         from .serialization import save
 
-        return save(self, path, optimizer=optimizer, epoch=epoch)
+        return save(self, path, optimizer=optimizer, epoch=epoch, guard=guard)
 
     def to_onnx(self, path=None, **kwargs):
         """The ONNX model of ``predict``, written to ``path`` if given; see ``fastbp.export_onnx``

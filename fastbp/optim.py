@@ -62,30 +62,50 @@ class AdamState:
     exp_avg_sq: FloatArray
 
 
+@dataclass
+class Penalty:
+    """Elastic weight consolidation's quadratic penalty (λ/2)·Σ F·(θ − θ*)², whose gradient
+    ``lam·fisher·(params - anchor)`` the step kernels add to the gradient after the weight decay,
+    in the same pass (``fastbp.continual.EWC`` builds it; trusted here).
+
+    fisher, anchor : ndarrays of shape (n_params,) in the parameters' dtype; lam : float >= 0.
+    """
+    fisher: FloatArray
+    anchor: FloatArray
+    lam: float
+
+
+def _penalty_arguments(penalty):
+    return {} if penalty is None else {"fisher": penalty.fisher, "anchor": penalty.anchor, "lam": penalty.lam}
+
+
 # ---------------------------------------------------------------- functional updates
 # One call each, in place; arguments are trusted (the optimizers validated them).
 # Each returns whether the step was applied: the kernels write nothing when the
 # gradient or a new parameter or state value would be NaN or infinite.
 def sgd(params: FloatArray, grads: FloatArray, state: SGDState, *, lr: float, momentum: float = 0.0,
-        nesterov: bool = False, weight_decay: float = 0.0) -> bool:
+        nesterov: bool = False, weight_decay: float = 0.0, penalty: Optional[Penalty] = None) -> bool:
     """One SGD step in place on flat buffers (torch.optim.SGD, dampening 0); see ``SGD``."""
     backend, n_threads = _backend.runtime()
-    return backend.sgd_step(params, grads, state.velocity, lr, momentum, nesterov, weight_decay, n_threads)
+    return backend.sgd_step(params, grads, state.velocity, lr, momentum, nesterov, weight_decay, n_threads,
+                            **_penalty_arguments(penalty))
 
 
 def rmsprop(params: FloatArray, grads: FloatArray, state: RMSpropState, *, lr: float, rho: float = 0.9,
-            eps: float = 1e-8, weight_decay: float = 0.0) -> bool:
+            eps: float = 1e-8, weight_decay: float = 0.0, penalty: Optional[Penalty] = None) -> bool:
     """One RMSprop step in place on flat buffers (torch.optim.RMSprop); see ``RMSprop``."""
     backend, n_threads = _backend.runtime()
-    return backend.rmsprop_step(params, grads, state.square_avg, lr, rho, eps, weight_decay, n_threads)
+    return backend.rmsprop_step(params, grads, state.square_avg, lr, rho, eps, weight_decay, n_threads,
+                                **_penalty_arguments(penalty))
 
 
 def adam(params: FloatArray, grads: FloatArray, state: AdamState, *, lr: float, beta1: float = 0.9,
-         beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> bool:
+         beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+         penalty: Optional[Penalty] = None) -> bool:
     """One Adam step in place on flat buffers (torch.optim.Adam); increments ``state.step`` if applied."""
     backend, n_threads = _backend.runtime()
     applied = backend.adam_step(params, grads, state.exp_avg, state.exp_avg_sq, lr, beta1, beta2, eps,
-                                weight_decay, state.step + 1, n_threads)
+                                weight_decay, state.step + 1, n_threads, **_penalty_arguments(penalty))
     if applied:
         state.step += 1
     return applied
@@ -189,6 +209,7 @@ class Optimizer:
         self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.clip_value = None if clip_value is None else float(clip_value)
         self.params, self.grads = _flat_parameters(params)
+        self.penalty = None  # an EWC Penalty while a guarded fit runs (fastbp.continual)
 
     @property
     def lr(self) -> float:
@@ -280,7 +301,7 @@ class SGD(Optimizer):
 
     def _update(self):
         return sgd(self.params, self.grads, self.state, lr=self.lr, momentum=self.momentum,
-            nesterov=self.nesterov, weight_decay=self.weight_decay)
+            nesterov=self.nesterov, weight_decay=self.weight_decay, penalty=self.penalty)
 
     def _hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
@@ -320,7 +341,7 @@ class RMSprop(Optimizer):
 
     def _update(self):
         return rmsprop(self.params, self.grads, self.state, lr=self.lr, rho=self.rho, eps=self.eps,
-                weight_decay=self.weight_decay)
+                weight_decay=self.weight_decay, penalty=self.penalty)
 
     def _hyperparameters(self):
         return {"lr": self.lr, "rho": self.rho, "eps": self.eps, "weight_decay": self.weight_decay}
@@ -364,7 +385,7 @@ class Adam(Optimizer):
 
     def _update(self):
         return adam(self.params, self.grads, self.state, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
-             eps=self.eps, weight_decay=self.weight_decay)
+             eps=self.eps, weight_decay=self.weight_decay, penalty=self.penalty)
 
     def _hyperparameters(self):
         return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay}

@@ -62,7 +62,7 @@ VERSION = 1
 
 
 def save(network: Network, path: Union[str, os.PathLike], optimizer: Optional[Optimizer] = None,
-         epoch: Optional[int] = None) -> str:
+         epoch: Optional[int] = None, guard=None) -> str:
     """Save ``network``'s architecture, dtype and weights to ``path``, atomically.
 
     Parameters
@@ -75,6 +75,10 @@ def save(network: Network, path: Union[str, os.PathLike], optimizer: Optional[Op
         Generator: a checkpoint, read back by ``fastbp.load_checkpoint``.
     epoch : int >= 0, optional
         Epochs done, stored with the optimizer (``fit``'s ``initial_epoch`` on resuming).
+    guard : fastbp.EWC or fastbp.Rehearsal, optional
+        Also save the continual-learning guard (θ*, F and λ, or the replay buffer), under the
+        metadata key ``"guard"`` (versioned on its own) and members ``guard.*``;
+        ``fastbp.load_guard`` reads it back, ``load`` ignores it.
 
     Returns
     -------
@@ -88,6 +92,11 @@ def save(network: Network, path: Union[str, os.PathLike], optimizer: Optional[Op
         metadata["training"], arrays = _checkpoint.training_state(network, optimizer, epoch)
     elif epoch is not None:
         raise ValueError("epoch is stored with the optimizer's state; pass optimizer= too")
+    if guard is not None:
+        from . import continual as _continual
+
+        metadata["guard"], guard_arrays = _continual.guard_state(_continual.check_guard(guard))
+        arrays.update(guard_arrays)
     arrays["metadata"] = np.array(json.dumps(metadata))
     for name, param, _ in network.named_parameters():
         arrays[name] = param
@@ -220,6 +229,7 @@ def read(path, training=False):
             for name, shape in _parameter_shapes(layers):  # before anything is allocated
                 _check_array_header(archive, name, shape, dtype, file_size)
             network = Network(layers, loss=metadata["loss"], dtype=dtype, seed=metadata.get("seed"))
+            network._trained = True  # its weights come from a file: continual.EWC may consolidate them
             for name, param, _ in network.named_parameters():
                 param[...] = _read_array(archive, name)
             if training:

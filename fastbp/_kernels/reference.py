@@ -245,13 +245,23 @@ def _apply_if_finite(grad, *updates):
     return True
 
 
-def sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay, n_threads):
+def _add_penalty(g, param, fisher, anchor, lam):
+    """g + lam·(fisher·(param - anchor)): elastic weight consolidation's penalty gradient, which
+    every step takes optionally (fisher None: g unchanged), after the weight decay."""
+    if fisher is None:
+        return g
+    return g + param.dtype.type(lam) * (fisher * (param - anchor))
+
+
+def sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay, n_threads, fisher=None, anchor=None,
+             lam=0.0):
     """g = grad + wd·p; v := μ·v + g; p -= lr·(g + μ·v if nesterov else v)  (v unused when μ == 0).
 
     IN grad (n,); IN/OUT param (n,), velocity (n,). Returns whether the step was applied
     (False, with nothing written, if grad or a new value is not finite).
     """
     g = grad + weight_decay * param if weight_decay else grad.copy()
+    g = _add_penalty(g, param, fisher, anchor, lam)
     updates = []
     if momentum:
         v = velocity * momentum
@@ -261,18 +271,21 @@ def sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay, n_thre
     return _apply_if_finite(grad, (param, param - lr * g), *updates)
 
 
-def rmsprop_step(param, grad, square_avg, lr, rho, eps, weight_decay, n_threads):
+def rmsprop_step(param, grad, square_avg, lr, rho, eps, weight_decay, n_threads, fisher=None, anchor=None,
+                 lam=0.0):
     """g = grad + wd·p; s := ρ·s + (1-ρ)·g²; p -= lr·g / (√s + eps).  IN grad; IN/OUT param, square_avg.
 
     Returns whether the step was applied (see sgd_step).
     """
     g = grad + weight_decay * param if weight_decay else grad
+    g = _add_penalty(g, param, fisher, anchor, lam)
     s = square_avg * rho
     s += (1 - rho) * g * g
     return _apply_if_finite(grad, (param, param - lr * g / (np.sqrt(s) + eps)), (square_avg, s))
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step, n_threads):
+def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step, n_threads, fisher=None,
+              anchor=None, lam=0.0):
     """Adam with bias correction at step t >= 1 (torch.optim.Adam, amsgrad=False).
 
     g = grad + wd·p; m := β1·m + (1-β1)·g; v := β2·v + (1-β2)·g²;
@@ -280,6 +293,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_de
     Returns whether the step was applied (see sgd_step).
     """
     g = grad + weight_decay * param if weight_decay else grad
+    g = _add_penalty(g, param, fisher, anchor, lam)
     m = exp_avg * beta1
     m += (1 - beta1) * g
     v = exp_avg_sq * beta2

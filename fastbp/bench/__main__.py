@@ -1,13 +1,20 @@
+"""``python -m fastbp.bench NAME [options]``: one table from a benchmark's name to its module."""
+
 import sys
 
-from . import cnn, estimators, peers, start
+from . import cnn, estimators, forgetting, peers, start
+
+# Benchmarks with a module of their own; anything else (peers, rnn) is the peer comparison's.
+COMMANDS = {
+    "sklearn": estimators,   # fastbp.sklearn's estimators against scikit-learn's
+    "start": start,          # import + first training step, in fresh processes
+    "cnn": cnn,              # convolutional networks against torch and JAX
+    "forgetting": forgetting,  # continual learning: forgetting with and without guards
+}
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["sklearn"]:  # fastbp.sklearn's estimators against scikit-learn's
-        estimators.main(sys.argv[2:])
-    elif sys.argv[1:2] == ["start"]:  # import + first training step, in fresh processes
-        start.main(sys.argv[2:])
-    elif sys.argv[1:2] == ["cnn"]:  # convolutional networks against torch and JAX
-        cnn.main(sys.argv[2:])
+    command = COMMANDS.get(sys.argv[1] if len(sys.argv) > 1 else None)
+    if command is not None:
+        command.main(sys.argv[2:])
     else:  # peers, rnn
         peers.main()

@@ -11,6 +11,8 @@
 # write pass run, so a failed step changes nothing. The two passes cost less
 # than the parameter copy that undoing a step would need. The loops are in
 # optimizer_steps.h, with AVX-512/AVX2 clones.
+# EWC: each step optionally takes (fisher, anchor, lam) and adds the penalty's
+# gradient lam·fisher·(param - anchor) to g after the weight decay (None: none).
 
 from cython.parallel cimport prange
 
@@ -53,51 +55,67 @@ cdef inline bint _chunk_not_finite(const floating* x, Py_ssize_t i0, Py_ssize_t 
 
 cdef extern from "optimizer_steps.h" nogil:
     int fastbp_sgd_s(float* p, const float* g, float* v, ptrdiff_t n, float lr, float mu,
-                     int nesterov, float wd, int write)
+                     int nesterov, float wd, const float* f, const float* a, float lam, int write)
     int fastbp_sgd_d(double* p, const double* g, double* v, ptrdiff_t n, double lr, double mu,
-                     int nesterov, double wd, int write)
+                     int nesterov, double wd, const double* f, const double* a, double lam,
+                     int write)
     int fastbp_rmsprop_s(float* p, const float* g, float* s, ptrdiff_t n, float lr, float rho,
-                         float one_minus_rho, float eps, float wd, int write)
+                         float one_minus_rho, float eps, float wd, const float* f, const float* a,
+                         float lam, int write)
     int fastbp_rmsprop_d(double* p, const double* g, double* s, ptrdiff_t n, double lr, double rho,
-                         double one_minus_rho, double eps, double wd, int write)
+                         double one_minus_rho, double eps, double wd, const double* f,
+                         const double* a, double lam, int write)
     int fastbp_adam_s(float* p, const float* g, float* m, float* v, ptrdiff_t n, float step_size,
                       float beta1, float one_minus_beta1, float beta2, float one_minus_beta2,
-                      float sqrt_bias2, float eps, float wd, int write)
+                      float sqrt_bias2, float eps, float wd, const float* f, const float* a, float lam,
+                      int write)
     int fastbp_adam_d(double* p, const double* g, double* m, double* v, ptrdiff_t n, double step_size,
                       double beta1, double one_minus_beta1, double beta2, double one_minus_beta2,
-                      double sqrt_bias2, double eps, double wd, int write)
+                      double sqrt_bias2, double eps, double wd, const double* f, const double* a,
+                      double lam, int write)
 
 
 # Each chunk function runs optimizer_steps.h's update on [i0, i1): write == 0
 # returns whether a NaN/inf would be met or written (nothing stored), write == 1 stores.
 cdef inline bint _sgd_chunk(floating* p, const floating* g, floating* v, Py_ssize_t i0, Py_ssize_t i1,
-                            floating lr, floating mu, bint nesterov, floating wd, bint write) noexcept nogil:
+                            floating lr, floating mu, bint nesterov, floating wd, const floating* f,
+                            const floating* a, floating lam, bint write) noexcept nogil:
     cdef floating* vc = v + i0 if v != NULL else NULL
+    cdef const floating* fc = f + i0 if f != NULL else NULL
+    cdef const floating* ac = a + i0 if f != NULL else NULL
     if floating is float:
-        return fastbp_sgd_s(p + i0, g + i0, vc, i1 - i0, lr, mu, nesterov, wd, write) != 0
+        return fastbp_sgd_s(p + i0, g + i0, vc, i1 - i0, lr, mu, nesterov, wd, fc, ac, lam, write) != 0
     else:
-        return fastbp_sgd_d(p + i0, g + i0, vc, i1 - i0, lr, mu, nesterov, wd, write) != 0
+        return fastbp_sgd_d(p + i0, g + i0, vc, i1 - i0, lr, mu, nesterov, wd, fc, ac, lam, write) != 0
 
 
 cdef inline bint _rmsprop_chunk(floating* p, const floating* g, floating* s, Py_ssize_t i0, Py_ssize_t i1,
                                 floating lr, floating rho, floating one_minus_rho, floating eps,
-                                floating wd, bint write) noexcept nogil:
+                                floating wd, const floating* f, const floating* a, floating lam,
+                                bint write) noexcept nogil:
+    cdef const floating* fc = f + i0 if f != NULL else NULL
+    cdef const floating* ac = a + i0 if f != NULL else NULL
     if floating is float:
-        return fastbp_rmsprop_s(p + i0, g + i0, s + i0, i1 - i0, lr, rho, one_minus_rho, eps, wd, write) != 0
+        return fastbp_rmsprop_s(p + i0, g + i0, s + i0, i1 - i0, lr, rho, one_minus_rho, eps, wd,
+                                fc, ac, lam, write) != 0
     else:
-        return fastbp_rmsprop_d(p + i0, g + i0, s + i0, i1 - i0, lr, rho, one_minus_rho, eps, wd, write) != 0
+        return fastbp_rmsprop_d(p + i0, g + i0, s + i0, i1 - i0, lr, rho, one_minus_rho, eps, wd,
+                                fc, ac, lam, write) != 0
 
 
 cdef inline bint _adam_chunk(floating* p, const floating* g, floating* m, floating* v,
                              Py_ssize_t i0, Py_ssize_t i1, floating step_size, floating beta1,
                              floating one_minus_beta1, floating beta2, floating one_minus_beta2,
-                             floating sqrt_bias2, floating eps, floating wd, bint write) noexcept nogil:
+                             floating sqrt_bias2, floating eps, floating wd, const floating* f,
+                             const floating* a, floating lam, bint write) noexcept nogil:
+    cdef const floating* fc = f + i0 if f != NULL else NULL
+    cdef const floating* ac = a + i0 if f != NULL else NULL
     if floating is float:
         return fastbp_adam_s(p + i0, g + i0, m + i0, v + i0, i1 - i0, step_size, beta1, one_minus_beta1,
-                             beta2, one_minus_beta2, sqrt_bias2, eps, wd, write) != 0
+                             beta2, one_minus_beta2, sqrt_bias2, eps, wd, fc, ac, lam, write) != 0
     else:
         return fastbp_adam_d(p + i0, g + i0, m + i0, v + i0, i1 - i0, step_size, beta1, one_minus_beta1,
-                             beta2, one_minus_beta2, sqrt_bias2, eps, wd, write) != 0
+                             beta2, one_minus_beta2, sqrt_bias2, eps, wd, fc, ac, lam, write) != 0
 
 
 def all_finite(const floating[::1] x, int n_threads):
@@ -120,8 +138,17 @@ def _check_len(str kernel, str name, Py_ssize_t got, Py_ssize_t n):
         raise ValueError(f"{kernel}: {name} has {got} values, param has {n}")
 
 
+def _check_penalty(str kernel, fisher, anchor, Py_ssize_t n):
+    """The EWC pair: fisher and anchor both given, n values each (lam is the caller's)."""
+    if anchor is None:
+        raise ValueError(f"{kernel}: fisher needs an anchor")
+    _check_len(kernel, "fisher", fisher.shape[0], n)
+    _check_len(kernel, "anchor", anchor.shape[0], n)
+
+
 def sgd_step(floating[::1] param, const floating[::1] grad, floating[::1] velocity,
-             double lr, double momentum, bint nesterov, double weight_decay, int n_threads):
+             double lr, double momentum, bint nesterov, double weight_decay, int n_threads,
+             const floating[::1] fisher=None, const floating[::1] anchor=None, double lam=0.0):
     """g = grad + wd·p; v := μ·v + g; p -= lr·(g + μ·v if nesterov else v)  (v unused when μ == 0).
 
     IN grad (n,); IN/OUT param (n,), velocity (n,) (may be None when μ == 0).
@@ -130,6 +157,12 @@ def sgd_step(floating[::1] param, const floating[::1] grad, floating[::1] veloci
     """
     cdef Py_ssize_t n = param.shape[0], c, n_chunks = (n + CHUNK - 1) // CHUNK
     _check_len("sgd_step", "grad", grad.shape[0], n)
+    cdef const floating* pf = NULL
+    cdef const floating* pa = NULL
+    if fisher is not None:
+        _check_penalty("sgd_step", fisher, anchor, n)
+        if n > 0:
+            pf, pa = &fisher[0], &anchor[0]
     if momentum != 0:
         if velocity is None:
             raise ValueError("sgd_step: momentum needs a velocity buffer")
@@ -141,31 +174,38 @@ def sgd_step(floating[::1] param, const floating[::1] grad, floating[::1] veloci
     with nogil:
         if _serial(n, n_threads):
             bad = _sgd_chunk(&param[0], &grad[0], pv, 0, n, <floating>lr, <floating>momentum,
-                                 nesterov, <floating>weight_decay, False)
+                                 nesterov, <floating>weight_decay, pf, pa, <floating>lam, False)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
                 bad |= _sgd_chunk(&param[0], &grad[0], pv, c * CHUNK, min(n, (c + 1) * CHUNK),
-                                      <floating>lr, <floating>momentum, nesterov, <floating>weight_decay, False)
+                                      <floating>lr, <floating>momentum, nesterov, <floating>weight_decay, pf, pa, <floating>lam, False)
         if bad:
             pass
         elif _serial(n, n_threads):
             _sgd_chunk(&param[0], &grad[0], pv, 0, n, <floating>lr, <floating>momentum,
-                       nesterov, <floating>weight_decay, True)
+                       nesterov, <floating>weight_decay, pf, pa, <floating>lam, True)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
                 _sgd_chunk(&param[0], &grad[0], pv, c * CHUNK, min(n, (c + 1) * CHUNK),
-                           <floating>lr, <floating>momentum, nesterov, <floating>weight_decay, True)
+                           <floating>lr, <floating>momentum, nesterov, <floating>weight_decay, pf, pa, <floating>lam, True)
     return not bad
 
 
 def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] square_avg,
-                 double lr, double rho, double eps, double weight_decay, int n_threads):
+                 double lr, double rho, double eps, double weight_decay, int n_threads,
+                 const floating[::1] fisher=None, const floating[::1] anchor=None, double lam=0.0):
     """g = grad + wd·p; s := ρ·s + (1-ρ)·g²; p -= lr·g / (√s + eps).  IN grad; IN/OUT param, square_avg.
 
     Returns whether the step was applied (see sgd_step).
     """
     cdef Py_ssize_t n = param.shape[0], c, n_chunks = (n + CHUNK - 1) // CHUNK
     _check_len("rmsprop_step", "grad", grad.shape[0], n)
+    cdef const floating* pf = NULL
+    cdef const floating* pa = NULL
+    if fisher is not None:
+        _check_penalty("rmsprop_step", fisher, anchor, n)
+        if n > 0:
+            pf, pa = &fisher[0], &anchor[0]
     _check_len("rmsprop_step", "square_avg", square_avg.shape[0], n)
     if n == 0:
         return True
@@ -173,34 +213,41 @@ def rmsprop_step(floating[::1] param, const floating[::1] grad, floating[::1] sq
     with nogil:
         if _serial(n, n_threads):
             bad = _rmsprop_chunk(&param[0], &grad[0], &square_avg[0], 0, n, <floating>lr, <floating>rho,
-                                     <floating>(1 - rho), <floating>eps, <floating>weight_decay, False)
+                                     <floating>(1 - rho), <floating>eps, <floating>weight_decay, pf, pa, <floating>lam, False)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
                 bad |= _rmsprop_chunk(&param[0], &grad[0], &square_avg[0], c * CHUNK,
                                           min(n, (c + 1) * CHUNK), <floating>lr, <floating>rho,
-                                          <floating>(1 - rho), <floating>eps, <floating>weight_decay, False)
+                                          <floating>(1 - rho), <floating>eps, <floating>weight_decay, pf, pa, <floating>lam, False)
         if bad:
             pass
         elif _serial(n, n_threads):
             _rmsprop_chunk(&param[0], &grad[0], &square_avg[0], 0, n, <floating>lr, <floating>rho,
-                           <floating>(1 - rho), <floating>eps, <floating>weight_decay, True)
+                           <floating>(1 - rho), <floating>eps, <floating>weight_decay, pf, pa, <floating>lam, True)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
                 _rmsprop_chunk(&param[0], &grad[0], &square_avg[0], c * CHUNK, min(n, (c + 1) * CHUNK),
                                <floating>lr, <floating>rho, <floating>(1 - rho), <floating>eps,
-                               <floating>weight_decay, True)
+                               <floating>weight_decay, pf, pa, <floating>lam, True)
     return not bad
 
 
 def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_avg,
               floating[::1] exp_avg_sq, double lr, double beta1, double beta2, double eps,
-              double weight_decay, long step, int n_threads):
+              double weight_decay, long step, int n_threads,
+              const floating[::1] fisher=None, const floating[::1] anchor=None, double lam=0.0):
     """Adam step t >= 1: g = grad + wd·p; m := β1·m + (1-β1)·g; v := β2·v + (1-β2)·g²;
     p -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + eps).   IN grad; IN/OUT param, exp_avg, exp_avg_sq.
     Returns whether the step was applied (see sgd_step).
     """
     cdef Py_ssize_t n = param.shape[0], c, n_chunks = (n + CHUNK - 1) // CHUNK
     _check_len("adam_step", "grad", grad.shape[0], n)
+    cdef const floating* pf = NULL
+    cdef const floating* pa = NULL
+    if fisher is not None:
+        _check_penalty("adam_step", fisher, anchor, n)
+        if n > 0:
+            pf, pa = &fisher[0], &anchor[0]
     _check_len("adam_step", "exp_avg", exp_avg.shape[0], n)
     _check_len("adam_step", "exp_avg_sq", exp_avg_sq.shape[0], n)
     if step < 1:
@@ -214,23 +261,23 @@ def adam_step(floating[::1] param, const floating[::1] grad, floating[::1] exp_a
         if _serial(n, n_threads):
             bad = _adam_chunk(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], 0, n, step_size,
                                   <floating>beta1, <floating>(1 - beta1), <floating>beta2,
-                                  <floating>(1 - beta2), sqrt_bias2, <floating>eps, <floating>weight_decay, False)
+                                  <floating>(1 - beta2), sqrt_bias2, <floating>eps, <floating>weight_decay, pf, pa, <floating>lam, False)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
                 bad |= _adam_chunk(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], c * CHUNK,
                                        min(n, (c + 1) * CHUNK), step_size, <floating>beta1,
                                        <floating>(1 - beta1), <floating>beta2, <floating>(1 - beta2),
-                                       sqrt_bias2, <floating>eps, <floating>weight_decay, False)
+                                       sqrt_bias2, <floating>eps, <floating>weight_decay, pf, pa, <floating>lam, False)
         if bad:
             pass
         elif _serial(n, n_threads):
             _adam_chunk(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], 0, n, step_size,
                         <floating>beta1, <floating>(1 - beta1), <floating>beta2, <floating>(1 - beta2),
-                        sqrt_bias2, <floating>eps, <floating>weight_decay, True)
+                        sqrt_bias2, <floating>eps, <floating>weight_decay, pf, pa, <floating>lam, True)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
                 _adam_chunk(&param[0], &grad[0], &exp_avg[0], &exp_avg_sq[0], c * CHUNK,
                             min(n, (c + 1) * CHUNK), step_size, <floating>beta1, <floating>(1 - beta1),
                             <floating>beta2, <floating>(1 - beta2), sqrt_bias2, <floating>eps,
-                            <floating>weight_decay, True)
+                            <floating>weight_decay, pf, pa, <floating>lam, True)
     return not bad

@@ -75,7 +75,7 @@ def _sure_finite(dtype, eps):
 
 
 def _make_sgd(PARALLEL):
-    def _sgd(p_all, g_all, v_all, lr, mu, nesterov, wd, n_chunks, n_threads):
+    def _sgd(p_all, g_all, v_all, lr, mu, nesterov, wd, f_all, a_all, lam, ewc, n_chunks, n_threads):
         """g' = g + wd·p; v := μ·v + g'; p -= lr·(g' + μ·v if nesterov else v).  IN/OUT p, v.
 
         Returns False, with nothing written, if g or a new p or v is not finite."""
@@ -85,10 +85,13 @@ def _make_sgd(PARALLEL):
         n_bad = 0
         for c in prange(n_chunks):  # pass 1: check
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+            f, a = (f_all[lo:hi], a_all[lo:hi]) if ewc else (f_all, a_all)
             p, g, v = p_all[lo:hi], g_all[lo:hi], v_all[lo:hi] if mu != 0 else v_all
             bad = False
             for i in range(hi - lo):
                 gi = g[i] + wd * p[i] if wd != 0 else g[i]
+                if ewc:
+                    gi = gi + lam * (f[i] * (p[i] - a[i]))
                 nan = g[i] - g[i]
                 if mu != 0:
                     vi = mu * v[i]
@@ -104,9 +107,12 @@ def _make_sgd(PARALLEL):
             return False
         for c in prange(n_chunks):  # pass 2: write
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+            f, a = (f_all[lo:hi], a_all[lo:hi]) if ewc else (f_all, a_all)
             p, g, v = p_all[lo:hi], g_all[lo:hi], v_all[lo:hi] if mu != 0 else v_all
             for i in range(hi - lo):  # from 0 on chunk views: no wraparound test, the loop vectorises
                 gi = g[i] + wd * p[i] if wd != 0 else g[i]
+                if ewc:
+                    gi = gi + lam * (f[i] * (p[i] - a[i]))
                 if mu != 0:
                     v[i] = mu * v[i]
                     v[i] = v[i] + gi
@@ -121,7 +127,8 @@ _SGD = _twins(_make_sgd)
 
 
 def _make_rmsprop(PARALLEL):
-    def _rmsprop(p_all, g_all, s_all, lr, rho, one_minus_rho, eps, inv_eps, half_max, wd, n_chunks, n_threads):
+    def _rmsprop(p_all, g_all, s_all, lr, rho, one_minus_rho, eps, inv_eps, half_max, wd, f_all, a_all, lam, ewc,
+                 n_chunks, n_threads):
         """g' = g + wd·p; s := ρ·s + (1-ρ)·g'²; p -= lr·g' / (√s + eps).  IN/OUT p, s.
 
         Returns False, with nothing written, if g or a new p or s is not finite."""
@@ -131,10 +138,13 @@ def _make_rmsprop(PARALLEL):
         n_bad = 0
         for c in prange(n_chunks):  # pass 1: check (see _sure_finite)
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+            f, a = (f_all[lo:hi], a_all[lo:hi]) if ewc else (f_all, a_all)
             p, g, s = p_all[lo:hi], g_all[lo:hi], s_all[lo:hi]
             unsure = False
             for i in range(hi - lo):
                 gi = g[i] + wd * p[i] if wd != 0 else g[i]
+                if ewc:
+                    gi = gi + lam * (f[i] * (p[i] - a[i]))
                 si = rho * s[i]
                 si = si + one_minus_rho * gi * gi
                 bound = abs(p[i]) + abs(lr * gi) * inv_eps + (g[i] - g[i])
@@ -143,6 +153,8 @@ def _make_rmsprop(PARALLEL):
                 bad = False
                 for i in range(hi - lo):
                     gi = g[i] + wd * p[i] if wd != 0 else g[i]
+                    if ewc:
+                        gi = gi + lam * (f[i] * (p[i] - a[i]))
                     si = rho * s[i]
                     si = si + one_minus_rho * gi * gi
                     pi = p[i] - lr * gi / (np.sqrt(si) + eps)
@@ -154,9 +166,12 @@ def _make_rmsprop(PARALLEL):
             return False
         for c in prange(n_chunks):  # pass 2: write
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+            f, a = (f_all[lo:hi], a_all[lo:hi]) if ewc else (f_all, a_all)
             p, g, s = p_all[lo:hi], g_all[lo:hi], s_all[lo:hi]
             for i in range(hi - lo):
                 gi = g[i] + wd * p[i] if wd != 0 else g[i]
+                if ewc:
+                    gi = gi + lam * (f[i] * (p[i] - a[i]))
                 s[i] = rho * s[i]
                 s[i] = s[i] + one_minus_rho * gi * gi
                 p[i] = p[i] - lr * gi / (np.sqrt(s[i]) + eps)
@@ -170,7 +185,7 @@ _RMSPROP = _twins(_make_rmsprop)
 
 def _make_adam(PARALLEL):
     def _adam(p_all, g_all, m_all, v_all, step_size, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2,
-              eps, inv_eps, half_max, wd, n_chunks, n_threads):
+              eps, inv_eps, half_max, wd, f_all, a_all, lam, ewc, n_chunks, n_threads):
         """m := β1·m + (1-β1)·g'; v := β2·v + (1-β2)·g'²; p -= step_size·m / (√v/sqrt_bias2 + eps).  IN/OUT p, m, v.
 
         Returns False, with nothing written, if g or a new p, m or v is not finite."""
@@ -180,10 +195,13 @@ def _make_adam(PARALLEL):
         n_bad = 0
         for c in prange(n_chunks):  # pass 1: check (see _sure_finite)
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+            f, a = (f_all[lo:hi], a_all[lo:hi]) if ewc else (f_all, a_all)
             p, g, m, v = p_all[lo:hi], g_all[lo:hi], m_all[lo:hi], v_all[lo:hi]
             unsure = False
             for i in range(hi - lo):
                 gi = g[i] + wd * p[i] if wd != 0 else g[i]
+                if ewc:
+                    gi = gi + lam * (f[i] * (p[i] - a[i]))
                 mi = beta1 * m[i]
                 mi = mi + one_minus_beta1 * gi
                 vi = beta2 * v[i]
@@ -194,6 +212,8 @@ def _make_adam(PARALLEL):
                 bad = False
                 for i in range(hi - lo):
                     gi = g[i] + wd * p[i] if wd != 0 else g[i]
+                    if ewc:
+                        gi = gi + lam * (f[i] * (p[i] - a[i]))
                     mi = beta1 * m[i]
                     mi = mi + one_minus_beta1 * gi
                     vi = beta2 * v[i]
@@ -207,9 +227,12 @@ def _make_adam(PARALLEL):
             return False
         for c in prange(n_chunks):  # pass 2: write
             lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+            f, a = (f_all[lo:hi], a_all[lo:hi]) if ewc else (f_all, a_all)
             p, g, m, v = p_all[lo:hi], g_all[lo:hi], m_all[lo:hi], v_all[lo:hi]
             for i in range(hi - lo):
                 gi = g[i] + wd * p[i] if wd != 0 else g[i]
+                if ewc:
+                    gi = gi + lam * (f[i] * (p[i] - a[i]))
                 m[i] = beta1 * m[i]
                 m[i] = m[i] + one_minus_beta1 * gi
                 v[i] = beta2 * v[i]
@@ -265,7 +288,22 @@ def all_finite(x, n_threads):
     return bool(_ALL_FINITE[n_chunks < FINITE_PARALLEL_CHUNKS](x.view(uint), exponent, carry, sign, n_chunks, threads))
 
 
-def sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay, n_threads):
+def _penalty(param, fisher, anchor, lam):
+    """The kernels' (fisher, anchor, lam, ewc) arguments: EWC's penalty gradient lam·F·(p - anchor) is
+    added to g after the weight decay; without fisher, empty views (one typed signature) and ewc False."""
+    if fisher is None:
+        return param[:0], param[:0], param.dtype.type(0), False
+    n = param.shape[0]
+    if anchor is None:
+        raise ValueError("fisher needs an anchor")
+    for name, arr in (("fisher", fisher), ("anchor", anchor)):
+        if arr.shape[0] != n:
+            raise ValueError(f"{name} has {arr.shape[0]} values, param has {n}")
+    return writable(fisher), writable(anchor), param.dtype.type(lam), True
+
+
+def sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay, n_threads, fisher=None, anchor=None,
+             lam=0.0):
     """g = grad + wd·p; v := μ·v + g; p -= lr·(g + μ·v if nesterov else v).  IN grad; IN/OUT param, velocity.
 
     Returns whether the step was applied: False, with nothing written, if grad or a new value is not finite.
@@ -275,10 +313,11 @@ def sgd_step(param, grad, velocity, lr, momentum, nesterov, weight_decay, n_thre
     if velocity is None:  # unused without momentum; one typed argument keeps one compilation
         velocity = param[:0]
     return bool(_SGD[threads == 1](param, writable(grad), velocity, t(lr), t(momentum), bool(nesterov),
-                                   t(weight_decay), n_chunks, threads))
+                                   t(weight_decay), *_penalty(param, fisher, anchor, lam), n_chunks, threads))
 
 
-def rmsprop_step(param, grad, square_avg, lr, rho, eps, weight_decay, n_threads):
+def rmsprop_step(param, grad, square_avg, lr, rho, eps, weight_decay, n_threads, fisher=None, anchor=None,
+                 lam=0.0):
     """g = grad + wd·p; s := ρ·s + (1-ρ)·g²; p -= lr·g / (√s + eps).  IN grad; IN/OUT param, square_avg.
 
     Returns whether the step was applied (see sgd_step).
@@ -287,10 +326,12 @@ def rmsprop_step(param, grad, square_avg, lr, rho, eps, weight_decay, n_threads)
     n_chunks, threads = _tasks(param.shape[0], n_threads)
     inv_eps, half_max = _sure_finite(param.dtype, eps)
     return bool(_RMSPROP[threads == 1](param, writable(grad), square_avg, t(lr), t(rho), t(1 - rho), t(eps),
-                                       inv_eps, half_max, t(weight_decay), n_chunks, threads))
+                                       inv_eps, half_max, t(weight_decay), *_penalty(param, fisher, anchor, lam),
+                                       n_chunks, threads))
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step, n_threads):
+def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step, n_threads, fisher=None,
+              anchor=None, lam=0.0):
     """Adam step t >= 1 with bias correction.  IN grad; IN/OUT param, exp_avg, exp_avg_sq.
 
     Returns whether the step was applied (see sgd_step).
@@ -302,4 +343,4 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_de
     inv_eps, half_max = _sure_finite(param.dtype, eps)
     return bool(_ADAM[threads == 1](param, writable(grad), exp_avg, exp_avg_sq, step_size, t(beta1), t(1 - beta1),
                                     t(beta2), t(1 - beta2), sqrt_bias2, t(eps), inv_eps, half_max, t(weight_decay),
-                                    n_chunks, threads))
+                                    *_penalty(param, fisher, anchor, lam), n_chunks, threads))
