@@ -90,7 +90,8 @@ def _extensions():
             f"fastbp._kernels.cython.{name}",
             [os.path.join(KERNEL_DIR, f"{name}.pyx")],
             include_dirs=[KERNEL_DIR],
-            depends=[os.path.join(KERNEL_DIR, header) for header in ("microkernels.h", "optimizer_steps.h", "conv_workspace.h",
+            depends=[os.path.join(KERNEL_DIR, header) for header in ("microkernels.h", "thread_workspace.h",
+                                                                         "optimizer_steps.h", "conv_workspace.h",
                                                                          "gated_rows.h", "tanh_rational.h")],
         )
         for name in MODULES

@@ -144,10 +144,39 @@ def _checked_preactivation(name, output, preactivation):
         if name in R.NEEDS_PREACTIVATION:
             raise ValueError(f"the derivative of {name!r} needs the preactivation z, got None")
         return output
-    z = V.contiguous_input("preactivation", preactivation, 2, output.dtype)
+    z = V.contiguous_input("preactivation", preactivation, output.ndim, output.dtype)
     if z.shape != output.shape:
         raise ValueError(f"preactivation must have shape {output.shape}, got {z.shape}")
     return z
+
+
+def _backward_outputs(x, w, output, z, grad_output, grad_preactivation_out, dw_out, db_out, dx_out,
+                      compute_dx, accumulate):
+    """Checked (δ, dw, db, dx) buffers of a dense or conv backward pass, none overlapping an input.
+
+    δ has ``output``'s shape and may be ``grad_output`` itself; dw is shaped like
+    w, db like w's last axis (the bias), dx like x (None unless ``compute_dx``).
+    """
+    if accumulate and (dw_out is None or db_out is None):
+        raise ValueError("accumulate=True needs dw_out and db_out to add into")
+    inputs = {"x": x, "w": w, "output": output, "preactivation": None if z is output else z,
+              "grad_output": grad_output}
+    delta = V.output_array("grad_preactivation_out", grad_preactivation_out, output.shape, x.dtype, inputs=inputs,
+                           may_alias=("grad_output",))
+    inputs["grad_preactivation_out"] = delta
+    dw = V.output_array("dw_out", dw_out, w.shape, x.dtype, inputs=inputs)
+    db = V.output_array("db_out", db_out, (w.shape[-1],), x.dtype, inputs=dict(inputs, dw_out=dw))
+    dx = V.output_array("dx_out", dx_out, x.shape, x.dtype, inputs=dict(inputs, dw_out=dw, db_out=db)) \
+        if compute_dx else None
+    return delta, dw, db, dx
+
+
+def _empty_batch_grads(dw, db, dx, accumulate):
+    """The gradients of an empty batch: zero, or unchanged when accumulating."""
+    if not accumulate:
+        dw.fill(0)
+        db.fill(0)
+    return dw, db, dx
 
 
 def activation_grad(name: str, grad_output: FloatArray, output: FloatArray,
@@ -274,22 +303,10 @@ def dense_backward(x: FloatArray, w: FloatArray, output: FloatArray, grad_output
         if arr.shape != (m, n_out):
             raise ValueError(f"{name} must have shape {(m, n_out)} to match x {x.shape} and w {w.shape}, got {arr.shape}")
     z = _checked_preactivation(activation, output, preactivation)
-    if accumulate and (dw_out is None or db_out is None):
-        raise ValueError("accumulate=True needs dw_out and db_out to add into")
-    inputs = {"x": x, "w": w, "output": output, "preactivation": None if z is output else z,
-              "grad_output": grad_output}
-    delta = V.output_array("grad_preactivation_out", grad_preactivation_out, (m, n_out), x.dtype, inputs=inputs,
-                           may_alias=("grad_output",))
-    inputs["grad_preactivation_out"] = delta
-    dw = V.output_array("dw_out", dw_out, (n_in, n_out), x.dtype, inputs=inputs)
-    db = V.output_array("db_out", db_out, (n_out,), x.dtype, inputs=dict(inputs, dw_out=dw))
-    dx = V.output_array("dx_out", dx_out, (m, n_in), x.dtype, inputs=dict(inputs, dw_out=dw, db_out=db)) \
-        if compute_dx else None
+    delta, dw, db, dx = _backward_outputs(x, w, output, z, grad_output, grad_preactivation_out, dw_out, db_out,
+                                          dx_out, compute_dx, accumulate)
     if m == 0:
-        if not accumulate:
-            dw.fill(0)
-            db.fill(0)
-        return dw, db, dx
+        return _empty_batch_grads(dw, db, dx, accumulate)
     backend, n_threads = _backend.runtime()
     backend.dense_backward(x, w, z, output, grad_output, act, delta, dw, db,
                            dx if compute_dx else delta, bool(compute_dx), bool(accumulate), n_threads)
@@ -869,29 +886,11 @@ def conv2d_backward(x, w, output, grad_output, stride=1, padding="valid", dilati
         if arr.shape != shape:
             raise ValueError(f"{name} must have shape {shape} to match x {x.shape}, w {w.shape} and the "
                              f"stride, padding and dilation, got {arr.shape}")
-    if preactivation is None:
-        if activation in R.NEEDS_PREACTIVATION:
-            raise ValueError(f"the derivative of {activation!r} needs the preactivation z, got None")
-        z = output
-    else:
-        z = V.contiguous_input("preactivation", preactivation, 4, x.dtype)
-        if z.shape != shape:
-            raise ValueError(f"preactivation must have shape {shape}, got {z.shape}")
-    if accumulate and (dw_out is None or db_out is None):
-        raise ValueError("accumulate=True needs dw_out and db_out to add into")
-    inputs = {"x": x, "w": w, "output": output, "preactivation": z, "grad_output": grad_output}
-    delta = V.output_array("grad_preactivation_out", grad_preactivation_out, shape, x.dtype, inputs=inputs,
-                    may_alias=("grad_output",))
-    inputs["grad_preactivation_out"] = delta
-    dw = V.output_array("dw_out", dw_out, w.shape, x.dtype, inputs=inputs)
-    db = V.output_array("db_out", db_out, (w.shape[3],), x.dtype, inputs=dict(inputs, dw_out=dw))
-    dx = V.output_array("dx_out", dx_out, x.shape, x.dtype, inputs=dict(inputs, dw_out=dw, db_out=db)) \
-        if compute_dx else None
+    z = _checked_preactivation(activation, output, preactivation)
+    delta, dw, db, dx = _backward_outputs(x, w, output, z, grad_output, grad_preactivation_out, dw_out, db_out,
+                                          dx_out, compute_dx, accumulate)
     if x.shape[0] == 0:
-        if not accumulate:
-            dw.fill(0)
-            db.fill(0)
-        return dw, db, dx
+        return _empty_batch_grads(dw, db, dx, accumulate)
     backend, n_threads = _backend.runtime()
     backend.conv2d_backward(x, w, z, output, grad_output, act, geometry, delta, dw, db, dx,
                             bool(compute_dx), bool(accumulate), n_threads)

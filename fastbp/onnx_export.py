@@ -48,11 +48,11 @@ runs it, with an exact float64 erf).
 
 import math
 import os
-import tempfile
 
 import numpy as np
 
 from . import losses as _losses
+from ._atomic import write_atomically
 from ._kernels import registry as R
 from .layers import GRU, LSTM, AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D
 from .layers.recurrent import RNN, FixedPoint
@@ -375,22 +375,7 @@ def export_onnx(network, path=None, *, input_name="X", output_name="Y", opset=OP
                               ir_version=helper.find_min_ir_version_for(opsets))
     checker.check_model(model, full_check=True)
     if path is not None:
-        _write_atomically(os.fspath(path), model.SerializeToString())
+        data = model.SerializeToString()
+        write_atomically(os.fspath(path), lambda f: f.write(data))
     return model
 
-
-def _write_atomically(path, data):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

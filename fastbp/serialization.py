@@ -36,8 +36,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import tempfile
 import zipfile
 import zlib
 from typing import TYPE_CHECKING, Optional, Union
@@ -45,15 +43,11 @@ from typing import TYPE_CHECKING, Optional, Union
 import numpy as np
 
 from . import checkpoint as _checkpoint
+from ._atomic import write_atomically
 
 if TYPE_CHECKING:
     from .network import Network
     from .optim import Optimizer
-
-try:
-    import fcntl
-except ImportError:  # Windows: an open file cannot be deleted there, so temporaries need no lock
-    fcntl = None
 
 __all__ = ["save", "load"]
 
@@ -85,7 +79,6 @@ def save(network: Network, path: Union[str, os.PathLike], optimizer: Optional[Op
     path : str
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
     metadata = dict(network.get_config(), format=FORMAT, version=VERSION)
     arrays = {}
     if optimizer is not None:
@@ -100,91 +93,8 @@ def save(network: Network, path: Union[str, os.PathLike], optimizer: Optional[Op
     arrays["metadata"] = np.array(json.dumps(metadata))
     for name, param, _ in network.named_parameters():
         arrays[name] = param
-    _remove_stale_temporaries(path)
-    fd, tmp = _locked_temporary(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-            if fcntl is not None:  # renamed while still open and locked: no cleanup can take it
-                os.replace(tmp, path)
-        if fcntl is None:
-            os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_directory(directory)
+    write_atomically(path, lambda f: np.savez(f, **arrays))
     return path
-
-
-# ---------------------------------------------------------------- temporary files
-def _temporary_pattern(path):
-    """(directory, prefix, regex) of the temporary files that saves of ``path`` create."""
-    directory, name = os.path.split(os.path.abspath(path))
-    prefix = "." + name + "."
-    return directory, prefix, re.compile(re.escape(prefix) + r"[A-Za-z0-9_]{8}\.tmp")  # mkstemp's 8 characters
-
-
-def _locked_temporary(path):
-    """A new temporary file beside ``path``, as (fd, name), locked until the fd is closed."""
-    directory, prefix, _ = _temporary_pattern(path)
-    while True:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
-        if fcntl is None:
-            return fd, tmp
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
-                return fd, tmp
-        except FileNotFoundError:
-            pass
-        # A concurrent save's cleanup took it for stale in the instant before the lock: make another.
-        os.close(fd)
-
-
-def _remove_stale_temporaries(path):
-    """Delete the temporary files of killed saves of ``path`` (a live save holds a lock on its own)."""
-    directory, _, pattern = _temporary_pattern(path)
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in filter(pattern.fullmatch, names):
-        stale = os.path.join(directory, name)
-        try:
-            fd = os.open(stale, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError while a save writes it
-            else:
-                os.close(fd)  # Windows refuses to delete a file another process has open
-                fd = None
-            os.unlink(stale)
-        except OSError:
-            pass
-        finally:
-            if fd is not None:
-                os.close(fd)
-
-
-def _fsync_directory(directory):
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load(path: Union[str, os.PathLike]) -> Network:

@@ -17,9 +17,10 @@ JAX, channels-first in torch (its default), the weights permuted to match.
 
 import argparse
 import os
-import time
 
 import numpy as np
+
+from ._common import jax_sgd_step, timed, usable_cores
 
 LR = 0.01
 BATCH = 64
@@ -198,10 +199,7 @@ def jax_jit(name, threads):
         logits = forward(params, x)
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
 
-    @jax.jit
-    def step(params, x, y):
-        grads = jax.grad(loss)(params, x, y)
-        return jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads)
+    step = jax_sgd_step(loss, LR)
 
     state = {"params": params}
 
@@ -220,12 +218,6 @@ SYSTEMS = {"torch eager": torch_eager, "jax jit": jax_jit,
 PEERS = ("torch eager", "jax jit")
 
 
-def _timed(epoch, X, y):
-    start = time.perf_counter()
-    epoch(X, y)
-    return time.perf_counter() - start
-
-
 def run(name, threads, repeats, systems=tuple(SYSTEMS)):
     """{system: samples/s} for network ``name``, printing a table row per system with its ratio to the best peer."""
     X, y = make_data(name)
@@ -237,7 +229,7 @@ def run(name, threads, repeats, systems=tuple(SYSTEMS)):
             print(f"  skipping {system}: {exc}")
             continue
         epoch(X, y)  # warm-up: JIT compilation, buffers
-        result[system] = len(X) / min(_timed(epoch, X, y) for _ in range(repeats))
+        result[system] = len(X) / min(timed(epoch, X, y) for _ in range(repeats))
     peers = {s: v for s, v in result.items() if s in PEERS}
     best = max(peers.values()) if peers else None
     print(f"{name}: batch {BATCH}, float32, SGD lr={LR}, {threads} threads; samples/s"
@@ -251,11 +243,7 @@ def run(name, threads, repeats, systems=tuple(SYSTEMS)):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastbp.bench cnn", description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
-    try:
-        default_threads = len(os.sched_getaffinity(0))
-    except AttributeError:
-        default_threads = os.cpu_count() or 1
-    parser.add_argument("--threads", type=int, default=default_threads)
+    parser.add_argument("--threads", type=int, default=usable_cores())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     args = parser.parse_args(argv)

@@ -22,6 +22,8 @@ import warnings
 
 import numpy as np
 
+from ._common import usable_cores
+
 SETTINGS = {"adam": dict(solver="adam", batch_size=200, max_iter=10),
             "lbfgs": dict(solver="lbfgs", max_iter=100)}
 HIDDEN = (256, 128)
@@ -95,11 +97,7 @@ def run(data, threads, repeats, backend):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastbp.bench sklearn", description=__doc__.splitlines()[0])
-    try:
-        default_threads = len(os.sched_getaffinity(0))
-    except AttributeError:
-        default_threads = os.cpu_count() or 1
-    parser.add_argument("--threads", type=int, default=default_threads)
+    parser.add_argument("--threads", type=int, default=usable_cores())
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--backend", choices=["cython", "numba"], default=None)
     args = parser.parse_args(argv)

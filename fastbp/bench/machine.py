@@ -1,7 +1,8 @@
 """The machine a benchmark ran on, for the header of every table: CPU model, cores, ISA."""
 
-import os
 import platform
+
+from ._common import usable_cores
 
 
 def cpu_model():
@@ -30,9 +31,6 @@ def backend_isas():
 
 def describe():
     """One line: CPU model, usable cores, and each backend's ISA (avx512, avx2 or generic)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     isas = ", ".join(f"{name} {isa}" for name, isa in backend_isas().items()) or "no backend loads"
     return f"machine: {cpu_model()}, {cores} cores; ISA: {isas}"

@@ -24,11 +24,11 @@ import argparse
 import contextlib
 import multiprocessing
 import os
-import time
 
 import numpy as np
 
 from . import situations
+from ._common import jax_sgd_step, timed, usable_cores
 from .machine import describe
 
 LR = 0.01
@@ -125,10 +125,7 @@ def jax_jit(sizes, batch, threads, between_steps=None):
         logits = h @ params[-1][0] + params[-1][1]
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), t[:, None], axis=1))
 
-    @jax.jit
-    def step(params, x, t):
-        grads = jax.grad(loss)(params, x, t)
-        return jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads)
+    step = jax_sgd_step(loss, LR)
 
     state = {"params": params}
 
@@ -287,7 +284,7 @@ def run_rnn(threads, repeats, n_batches=20, systems=tuple(RNN_SYSTEMS)):
             print(f"  skipping {name}: {exc}")
             continue
         epoch(X, y)  # warm-up
-        result[name] = len(X) / min(_timed(epoch, X, y) for _ in range(repeats))
+        result[name] = len(X) / min(timed(epoch, X, y) for _ in range(repeats))
     print(f"RNN tanh, batch {s['batch']}, time {s['time']}, n_in {s['n_in']}, hidden {s['hidden']} -> "
           f"Dense {s['classes']}; float32, full BPTT, SGD lr={LR}, {threads} threads; samples/s")
     peer = result.get("torch eager")
@@ -320,15 +317,9 @@ def samples_per_second(build, sizes, batch, threads, n_samples, repeats, situati
     best = float("inf")
     for _ in range(repeats):
         hook_before = hook.seconds if hook else 0.0
-        seconds = _timed(epoch, X, y)
+        seconds = timed(epoch, X, y)
         best = min(best, seconds - ((hook.seconds - hook_before) if hook else 0.0))
     return n_samples / best
-
-
-def _timed(epoch, X, y):
-    start = time.perf_counter()
-    epoch(X, y)
-    return time.perf_counter() - start
 
 
 def _measure_in_child(name, spec, threads, n_samples, repeats, situation):
@@ -416,11 +407,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastbp.bench", description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["peers", "rnn"], help="which comparison to run: MLPs or the RNN")
     parser.add_argument("--networks", nargs="+", default=DEFAULT_NETWORKS, metavar="SIZES:BATCH")
-    try:
-        default_threads = len(os.sched_getaffinity(0))
-    except AttributeError:
-        default_threads = os.cpu_count() or 1
-    parser.add_argument("--threads", type=int, default=default_threads)
+    parser.add_argument("--threads", type=int, default=usable_cores())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gflop", type=float, default=40.0, help="work per epoch, sizing the sample count")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))

@@ -615,87 +615,14 @@ static fastbp_ukr_d fastbp_select_ukr_d(int isa)
 FASTBP_EDGE(fastbp_edge_s, float, fastbp_ukr_s)
 FASTBP_EDGE(fastbp_edge_d, double, fastbp_ukr_d)
 
-/* 64-byte aligned workspace (packed panels); NULL on failure. */
-static void *fastbp_aligned_malloc(size_t nbytes)
-{
-    void *p = NULL;
-    if (nbytes == 0) nbytes = 64;
-    nbytes = (nbytes + 63) & ~(size_t)63;
-#if defined(_WIN32)
-    p = _aligned_malloc(nbytes, 64);
-#else
-    if (posix_memalign(&p, 64, nbytes) != 0) p = NULL;
-#endif
-    return p;
-}
-
-static void fastbp_aligned_free(void *p)
-{
-#if defined(_WIN32)
-    _aligned_free(p);
-#else
-    free(p);
-#endif
-}
-
 /* The GEMM's packing workspace, one per calling thread, grown on demand and
  * kept: after the first call of a given size a GEMM allocates nothing (a
  * malloc/free pair per call cost ~1 us at small sizes). A buffer over
  * FASTBP_WORKSPACE_KEEP bytes is not kept: fastbp_workspace_release frees it.
- * Freed at thread exit (pthread key destructor); on Windows nothing is kept. */
+ * See thread_workspace.h. */
+#include "thread_workspace.h"
 #define FASTBP_WORKSPACE_KEEP ((size_t)64 << 20)
-
-#if !defined(_WIN32)
-#include <pthread.h>
-typedef struct { void *p; size_t cap; } fastbp_workspace_t;
-static pthread_key_t fastbp_workspace_key;
-static pthread_once_t fastbp_workspace_once = PTHREAD_ONCE_INIT;
-static int fastbp_workspace_key_ok = 0;
-
-static void fastbp_workspace_destroy(void *v)
-{
-    fastbp_workspace_t *w = (fastbp_workspace_t *)v;
-    fastbp_aligned_free(w->p);
-    free(w);
-}
-
-static void fastbp_workspace_make_key(void)
-{
-    fastbp_workspace_key_ok = pthread_key_create(&fastbp_workspace_key, fastbp_workspace_destroy) == 0;
-}
-
-/* A 64-byte aligned buffer of at least nbytes for this thread; NULL on failure. */
-static void *fastbp_workspace(size_t nbytes)
-{
-    fastbp_workspace_t *w;
-    if (nbytes > FASTBP_WORKSPACE_KEEP) return fastbp_aligned_malloc(nbytes);
-    pthread_once(&fastbp_workspace_once, fastbp_workspace_make_key);
-    if (!fastbp_workspace_key_ok) return fastbp_aligned_malloc(nbytes);
-    w = (fastbp_workspace_t *)pthread_getspecific(fastbp_workspace_key);
-    if (w == NULL) {
-        w = (fastbp_workspace_t *)calloc(1, sizeof *w);
-        if (w == NULL || pthread_setspecific(fastbp_workspace_key, w) != 0) {
-            free(w);
-            return fastbp_aligned_malloc(nbytes);
-        }
-    }
-    if (w->cap < nbytes) {
-        fastbp_aligned_free(w->p);
-        w->p = fastbp_aligned_malloc(nbytes);
-        w->cap = w->p != NULL ? nbytes : 0;
-    }
-    return w->p;
-}
-
-/* Give back a buffer from fastbp_workspace(nbytes). */
-static void fastbp_workspace_release(void *p, size_t nbytes)
-{
-    if (nbytes > FASTBP_WORKSPACE_KEEP || !fastbp_workspace_key_ok) fastbp_aligned_free(p);
-}
-#else
-static void *fastbp_workspace(size_t nbytes) { return fastbp_aligned_malloc(nbytes); }
-static void fastbp_workspace_release(void *p, size_t nbytes) { (void)nbytes; fastbp_aligned_free(p); }
-#endif
+FASTBP_THREAD_WORKSPACE(fastbp_workspace, FASTBP_WORKSPACE_KEEP)
 
 /* Whether any of n floats/doubles (given as their bits) is NaN or infinite:
  * (bits & exponent mask) + the exponent's lowest bit carries into the sign
