@@ -37,6 +37,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from .. import _backend
+from .. import continual as _continual
 from ..layers import Dense
 from ..network import Network
 from ._lbfgs import fit_lbfgs
@@ -93,12 +94,13 @@ class BaseMLP(StochasticSolvers, BaseEstimator):
         "backend": [StrOptions(set(_backend.BACKENDS)), None],
         "n_threads": [Interval(Integral, 1, None, closed="left"), None],
         "dtype": "no_validation",  # checked by _resolve_dtype, which names the accepted values
+        "guard": "no_validation",  # checked by fastbp.continual.check_guard (TypeError naming guard)
     }
 
     def __init__(self, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
                  learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start,
                  momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2,
-                 epsilon, n_iter_no_change, max_fun, backend, n_threads, dtype):
+                 epsilon, n_iter_no_change, max_fun, backend, n_threads, dtype, guard):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -125,6 +127,7 @@ class BaseMLP(StochasticSolvers, BaseEstimator):
         self.backend = backend
         self.n_threads = n_threads
         self.dtype = dtype
+        self.guard = guard
 
     # ------------------------------------------------------------ fitted parameters: views
     @property
@@ -214,6 +217,7 @@ class BaseMLP(StochasticSolvers, BaseEstimator):
                     f"{fitted_hidden} and {self._network.n_outputs} outputs; got hidden_layer_sizes={hidden} "
                     f"and {n_outputs} outputs")
             self._check_runtime()
+            self._check_guard(first_pass)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)
@@ -232,6 +236,52 @@ class BaseMLP(StochasticSolvers, BaseEstimator):
         if not np.isfinite(self._network.params).all():
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain "
                              "large values and need to be preprocessed.")
+        self._network._trained = True  # continual.EWC.consolidate needs a trained network
+        return self
+
+    def _check_guard(self, first_pass):
+        """``guard``: None, fb.EWC or fb.Rehearsal, with sgd or adam; an EWC must fit the fitted network."""
+        guard = _continual.check_guard(self.guard)
+        if guard is None:
+            return
+        if self.solver == "lbfgs":
+            # L-BFGS-B minimises one full-batch objective: no batches to mix replayed rows into, and
+            # no optimizer step to fuse EWC's penalty into; refused rather than half-supported.
+            raise ValueError("guard needs solver='sgd' or 'adam' (the guards act on the optimizer's "
+                             "steps and batches); got solver='lbfgs'")
+        if not first_pass and isinstance(guard, _continual.EWC):
+            guard.penalty(self._network)  # ValueError if consolidated on another network
+
+    def consolidate(self, X, y):
+        """Mark the end of a task: the guard protects what the fitted network learned from (X, y).
+
+        With ``guard=fb.EWC(...)``, stores θ* (the current weights) and adds the
+        empirical Fisher diagonal on (X, y) (``fb.EWC.consolidate``); later
+        ``partial_fit``/``warm_start`` fits add (λ/2)·Σ F·(θ − θ*)² to the loss.
+        With ``guard=fb.Rehearsal(...)`` there is nothing to do: as in
+        ``Network.fit``, every guarded ``fit``/``partial_fit`` offers its samples
+        to the buffer at its end.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The task's samples (or a representative subset).
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Their labels or values, as ``fit`` takes them.
+
+        Returns
+        -------
+        self
+        """
+        self._check_fitted()
+        guard = _continual.check_guard(self.guard)
+        if guard is None:
+            raise ValueError(f"consolidate needs a guard: construct {type(self).__name__} with "
+                             "guard=fb.EWC(...) or guard=fb.Rehearsal(...)")
+        if isinstance(guard, _continual.EWC):
+            X, _, targets = self._validate_input(X, y, incremental=True, reset=False)
+            with runtime(self.backend, self.n_threads):
+                guard.consolidate(self._network, X, targets)
         return self
 
     def _initialize(self, n_outputs, n_features, dtype):

@@ -61,6 +61,13 @@ _SHARED_DOC = """
         Threads of fastbp's kernels; None: fastbp's current default (``fastbp.get_num_threads()``).
     dtype : {'float32', 'float64'} or None, default=None
         Dtype of the network; None: X's, float32 input staying float32 end to end.
+    guard : fastbp.EWC, fastbp.Rehearsal or None, default=None
+        Continual learning (solver 'sgd' or 'adam'): guards every ``fit`` and
+        ``partial_fit`` as ``Network.fit(..., guard=)`` does. EWC adds its
+        penalty after ``consolidate(X, y)`` marks a task's end; Rehearsal
+        appends ``round(replay_ratio·b)`` buffered rows (sample weight 1) to
+        every batch of b rows and offers each fit's samples to its buffer at
+        the fit's end. Cloned (deep-copied) with the estimator, state included.
 
     Attributes
     ----------
@@ -75,11 +82,11 @@ _SHARED_DOC = """
 def _init_args(self, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
                learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start,
                momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon,
-               n_iter_no_change, max_fun, backend, n_threads, dtype):
+               n_iter_no_change, max_fun, backend, n_threads, dtype, guard):
     BaseMLP.__init__(self, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
                      learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start,
                      momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2,
-                     epsilon, n_iter_no_change, max_fun, backend, n_threads, dtype)
+                     epsilon, n_iter_no_change, max_fun, backend, n_threads, dtype, guard)
 
 
 class MLPClassifier(ClassifierMixin, BaseMLP):
@@ -99,11 +106,11 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 class_weight=None, backend=None, n_threads=None, dtype=None):
+                 class_weight=None, backend=None, n_threads=None, dtype=None, guard=None):
         _init_args(self, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
                    learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start,
                    momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon,
-                   n_iter_no_change, max_fun, backend, n_threads, dtype)
+                   n_iter_no_change, max_fun, backend, n_threads, dtype, guard)
         self.class_weight = class_weight
 
     _score_function = staticmethod(accuracy_score)
@@ -239,11 +246,11 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 backend=None, n_threads=None, dtype=None):
+                 backend=None, n_threads=None, dtype=None, guard=None):
         _init_args(self, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
                    learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start,
                    momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon,
-                   n_iter_no_change, max_fun, backend, n_threads, dtype)
+                   n_iter_no_change, max_fun, backend, n_threads, dtype, guard)
 
     _score_function = staticmethod(r2_score)
 
