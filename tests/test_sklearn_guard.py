@@ -13,6 +13,7 @@ from sklearn.base import clone  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import fastbp as fb  # noqa: E402
 from fastbp._backend import BACKENDS  # noqa: E402
@@ -63,7 +64,8 @@ def test_ewc_keeps_the_first_domain(backend, digits):
             clf.partial_fit(X_train, y_train, classes=np.arange(10))
         if guard is not None:
             clf.consolidate(X_train, y_train)
-            assert guard.n_tasks == 1 and guard.fisher.shape == clf._network.params.shape
+            assert clf.guard_.n_tasks == 1 and clf.guard_.fisher.shape == clf._network.params.shape
+            assert guard.n_tasks == 0  # the parameter itself is never changed
         for _ in range(30):
             clf.partial_fit(X_train[:, perm], y_train)
         scores[name] = clf.score(X_test, y_test), clf.score(X_test[:, perm], y_test)
@@ -85,7 +87,7 @@ def test_ewc_penalty_reaches_the_step():
         anchor = reg._network.params.copy()
         for _ in range(10):
             reg.partial_fit(X, y + 5.0)
-        moved[lam] = float(np.sum(reg.guard.fisher * (reg._network.params - anchor) ** 2))
+        moved[lam] = float(np.sum(reg.guard_.fisher * (reg._network.params - anchor) ** 2))
     assert moved[10.0] < 0.05 * moved[0.0]
 
 
@@ -95,10 +97,23 @@ def test_rehearsal_replays_with_sample_weights():
     guard = fb.Rehearsal(50, replay_ratio=0.5)
     clf = MLPClassifier((16,), random_state=0, guard=guard, batch_size=20)
     clf.partial_fit(X[:100], y[:100], classes=np.arange(10))
-    assert guard.n_kept == 50 and guard.n_seen == 100
-    assert guard.X.dtype == clf._network.dtype
+    assert clf.guard_.n_kept == 50 and clf.guard_.n_seen == 100 and guard.n_seen == 0
+    assert clf.guard_.X.dtype == clf._network.dtype
     clf.partial_fit(X[100:200], y[100:200], sample_weight=np.full(100, 2.0))
-    assert guard.n_seen == 200 and np.isfinite(clf.loss_)
+    assert clf.guard_.n_seen == 200 and np.isfinite(clf.loss_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.set_params(max_iter=2).fit(X[:30], y[:30])  # a fresh fit starts from a fresh copy of guard
+    assert clf.guard_.n_seen == 30
+
+
+# scikit-learn's checks with a guard: fitting must not change it (it changes guard_), fits are idempotent.
+@parametrize_with_checks([est(max_iter=50, guard=guard) for guard in (fb.EWC(1.0), fb.Rehearsal(20))
+                          for est in (MLPClassifier, MLPRegressor)])
+def test_sklearn_estimator_checks_with_a_guard(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
 
 
 def test_guard_bad_input():
@@ -117,14 +132,14 @@ def test_guard_bad_input():
     # an EWC consolidated on another network is refused before anything changes
     other = MLPClassifier((9,), random_state=0, guard=fb.EWC(1.0)).partial_fit(X, y, classes=np.arange(10))
     other.consolidate(X[:50], y[:50])
-    clf.set_params(guard=other.guard)
+    clf.set_params(guard=other.guard_)
     params = clf._network.params.copy()
     with pytest.raises(ValueError, match="guard"):
         clf.partial_fit(X, y)
     np.testing.assert_array_equal(clf._network.params, params)
     # Rehearsal samples of another width: refused by the guard's own check
     reg = MLPRegressor((8,), random_state=0, guard=fb.Rehearsal(10)).partial_fit(X[:, :10], y)
-    reg2 = MLPRegressor((8,), random_state=0, guard=reg.guard)
+    reg2 = MLPRegressor((8,), random_state=0, guard=reg.guard_)
     with pytest.raises(ValueError, match="guard"):
         reg2.partial_fit(X[:, :12], y)
 
@@ -139,8 +154,10 @@ def test_guard_clone_pickle_and_warm_start():
         clf.fit(X, y)
         clf.consolidate(X, y)
         clf.fit(X, y)  # a warm-started, guarded fit
+    assert clf.guard.n_tasks == 0 and clf.guard_.n_tasks == 1
     copy = clone(clf)
     assert isinstance(copy.guard, fb.EWC) and copy.guard is not clf.guard and copy.guard.lam == 10.0
+    assert "guard_" not in copy.__dict__
     restored = pickle.loads(pickle.dumps(clf))
-    np.testing.assert_array_equal(restored.guard.fisher, clf.guard.fisher)
+    np.testing.assert_array_equal(restored.guard_.fisher, clf.guard_.fisher)
     np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))

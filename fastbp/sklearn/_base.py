@@ -28,6 +28,7 @@ Differences from scikit-learn, on purpose:
 """
 
 import contextlib
+import copy
 from numbers import Integral, Real
 
 import numpy as np
@@ -217,7 +218,7 @@ class BaseMLP(StochasticSolvers, BaseEstimator):
                     f"{fitted_hidden} and {self._network.n_outputs} outputs; got hidden_layer_sizes={hidden} "
                     f"and {n_outputs} outputs")
             self._check_runtime()
-            self._check_guard(first_pass)
+            self._own_guard(first_pass)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)
@@ -239,23 +240,33 @@ class BaseMLP(StochasticSolvers, BaseEstimator):
         self._network._trained = True  # continual.EWC.consolidate needs a trained network
         return self
 
-    def _check_guard(self, first_pass):
-        """``guard``: None, fb.EWC or fb.Rehearsal, with sgd or adam; an EWC must fit the fitted network."""
+    def _own_guard(self, first_pass):
+        """``guard_``: the estimator's own deep copy of ``guard``, which fits and consolidate change.
+
+        scikit-learn's rule: fit never changes a parameter. The copy is made at a fresh fit and
+        whenever ``guard`` was set to another object since; warm_start, partial_fit and
+        consolidate continue it. Checked here, before anything changes: None, fb.EWC or
+        fb.Rehearsal, solver sgd or adam, an EWC consolidated on a network of this one's size.
+        """
         guard = _continual.check_guard(self.guard)
+        if first_pass or "guard_" not in self.__dict__ or self._guard_source is not guard:
+            self.guard_, self._guard_source = copy.deepcopy(guard), guard
         if guard is None:
-            return
+            return None
         if self.solver == "lbfgs":
             # L-BFGS-B minimises one full-batch objective: no batches to mix replayed rows into, and
             # no optimizer step to fuse EWC's penalty into; refused rather than half-supported.
             raise ValueError("guard needs solver='sgd' or 'adam' (the guards act on the optimizer's "
                              "steps and batches); got solver='lbfgs'")
-        if not first_pass and isinstance(guard, _continual.EWC):
-            guard.penalty(self._network)  # ValueError if consolidated on another network
+        if not first_pass and isinstance(self.guard_, _continual.EWC):
+            self.guard_.penalty(self._network)  # ValueError if consolidated on another network
+        return self.guard_
 
     def consolidate(self, X, y):
         """Mark the end of a task: the guard protects what the fitted network learned from (X, y).
 
-        With ``guard=fb.EWC(...)``, stores θ* (the current weights) and adds the
+        Acts on ``guard_``, the estimator's own copy of ``guard``. With
+        ``guard=fb.EWC(...)``, stores θ* (the current weights) and adds the
         empirical Fisher diagonal on (X, y) (``fb.EWC.consolidate``); later
         ``partial_fit``/``warm_start`` fits add (λ/2)·Σ F·(θ − θ*)² to the loss.
         With ``guard=fb.Rehearsal(...)`` there is nothing to do: as in
@@ -274,14 +285,20 @@ class BaseMLP(StochasticSolvers, BaseEstimator):
         self
         """
         self._check_fitted()
-        guard = _continual.check_guard(self.guard)
-        if guard is None:
+        if _continual.check_guard(self.guard) is None:
             raise ValueError(f"consolidate needs a guard: construct {type(self).__name__} with "
                              "guard=fb.EWC(...) or guard=fb.Rehearsal(...)")
-        if isinstance(guard, _continual.EWC):
-            X, _, targets = self._validate_input(X, y, incremental=True, reset=False)
-            with runtime(self.backend, self.n_threads):
-                guard.consolidate(self._network, X, targets)
+        X, _, targets = self._validate_input(X, y, incremental=True, reset=False)
+        saved = dict(self.__dict__)
+        try:
+            guard = self._own_guard(first_pass=False)
+            if isinstance(guard, _continual.EWC):
+                with runtime(self.backend, self.n_threads):
+                    guard.consolidate(self._network, X, targets)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
         return self
 
     def _initialize(self, n_outputs, n_features, dtype):

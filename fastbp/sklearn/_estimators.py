@@ -67,7 +67,9 @@ _SHARED_DOC = """
         penalty after ``consolidate(X, y)`` marks a task's end; Rehearsal
         appends ``round(replay_ratio·b)`` buffered rows (sample weight 1) to
         every batch of b rows and offers each fit's samples to its buffer at
-        the fit's end. Cloned (deep-copied) with the estimator, state included.
+        the fit's end. Never changed by fitting: a fresh fit deep-copies it (its
+        state included) into ``guard_``, which warm_start, partial_fit and
+        ``consolidate`` continue.
 
     Attributes
     ----------
@@ -76,6 +78,8 @@ _SHARED_DOC = """
     n_outputs_, out_activation_
         As scikit-learn's; ``coefs_`` and ``intercepts_`` are views into the fastbp
         network's flat parameter vector.
+    guard_ : fastbp.EWC, fastbp.Rehearsal or None
+        The estimator's own copy of ``guard``, which fits and ``consolidate`` change.
 """
 
 

@@ -83,7 +83,7 @@ class StochasticSolvers:
         order = np.arange(n_samples)
         # The guard's hooks, as Network.fit calls them: EWC's penalty on the optimizer only while this
         # fit runs; Rehearsal's shape checks first and, after the fit, its samples offered to the buffer.
-        guard = self.guard
+        guard = self.guard_
         guarded = types.SimpleNamespace(optimizer=optimizer, X=X, y=targets)
         if guard is not None:
             guard.begin_fit(self._network, guarded)
