@@ -21,6 +21,8 @@ Differences from scikit-learn, on purpose:
 * SGD and Adam follow ``fastbp.SGD``/``fastbp.Adam`` (torch.optim's rules):
   with a constant learning rate SGD's momentum update is scikit-learn's; Adam
   adds ``epsilon`` to √v̂ rather than √v (a difference of order epsilon);
+* ``guard`` (fb.EWC or fb.Rehearsal) and ``consolidate(X, y)``: continual
+  learning by ``partial_fit``/``warm_start`` (sgd and adam; refused for lbfgs);
 * sparse input is refused: fastbp's kernels are dense;
 * lbfgs's ``loss_`` is the objective L-BFGS-B minimised; for a regressor with several
   outputs scikit-learn's ``loss_`` is the mean over outputs while its gradient is of

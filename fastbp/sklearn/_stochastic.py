@@ -9,6 +9,13 @@ epoch of the batch losses with their penalties, ``invscaling`` and
 ``adaptive`` learning rates for sgd, stopping after ``n_iter_no_change``
 epochs without an improvement of ``tol`` of the training loss or, with
 ``early_stopping``, of the validation score, whose best weights are restored.
+
+A ``guard`` (``guard_``, the estimator's copy) acts through the hooks
+``Network.fit`` calls (``begin_fit``/``end_fit`` of fastbp.continual): EWC's
+penalty sits on the optimizer only while the fit runs; with a Rehearsal
+holding samples, each batch of b rows gets ``replay_rows(b)`` buffered rows
+appended by ``Rehearsal.mix``, each of sample weight 1 (``class_weight`` is
+not applied to them), and ``loss_`` is then the mixed batches' loss.
 """
 
 import math
