@@ -34,7 +34,8 @@ def _class_incremental(guard, backend, digits, epochs=20):
     for _ in range(epochs):
         clf.partial_fit(X_train[task_a], y_train[task_a], classes=np.arange(10))
     before = clf.score(X_test[test_a], y_test[test_a])
-    clf.consolidate(X_train[task_a], y_train[task_a]) if guard is not None else None
+    if guard is not None:
+        clf.consolidate(X_train[task_a], y_train[task_a])
     for _ in range(epochs):
         clf.partial_fit(X_train[task_b], y_train[task_b])
     return before, clf.score(X_test[test_a], y_test[test_a]), clf.score(X_test[~test_a], y_test[~test_a])
@@ -92,8 +93,8 @@ def test_ewc_penalty_reaches_the_step():
 
 
 def test_rehearsal_replays_with_sample_weights():
-    X_train, _, y_train, _ = load_digits(return_X_y=True), None, None, None
-    X, y = X_train[0] / 16.0, X_train[1]
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
     guard = fb.Rehearsal(50, replay_ratio=0.5)
     clf = MLPClassifier((16,), random_state=0, guard=guard, batch_size=20)
     clf.partial_fit(X[:100], y[:100], classes=np.arange(10))
