@@ -21,6 +21,8 @@ Differences from scikit-learn, on purpose:
 * SGD and Adam follow ``fastbp.SGD``/``fastbp.Adam`` (torch.optim's rules):
   with a constant learning rate SGD's momentum update is scikit-learn's; Adam
   adds ``epsilon`` to √v̂ rather than √v (a difference of order epsilon);
+* ``guard`` (fb.EWC or fb.Rehearsal) and ``consolidate(X, y)``: continual
+  learning by ``partial_fit``/``warm_start`` (sgd and adam; refused for lbfgs);
 * sparse input is refused: fastbp's kernels are dense;
 * lbfgs's ``loss_`` is the objective L-BFGS-B minimised; for a regressor with several
   outputs scikit-learn's ``loss_`` is the mean over outputs while its gradient is of
@@ -28,6 +30,7 @@ Differences from scikit-learn, on purpose:
 """
 
 import contextlib
+import copy
 from numbers import Integral, Real
 
 import numpy as np
@@ -37,6 +40,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from .. import _backend
+from .. import continual as _continual
 from ..layers import Dense
 from ..network import Network
 from ._lbfgs import fit_lbfgs
@@ -93,12 +97,13 @@ class BaseMLP(StochasticSolvers, BaseEstimator):
         "backend": [StrOptions(set(_backend.BACKENDS)), None],
         "n_threads": [Interval(Integral, 1, None, closed="left"), None],
         "dtype": "no_validation",  # checked by _resolve_dtype, which names the accepted values
+        "guard": "no_validation",  # checked by fastbp.continual.check_guard (TypeError naming guard)
     }
 
     def __init__(self, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
                  learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start,
                  momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2,
-                 epsilon, n_iter_no_change, max_fun, backend, n_threads, dtype):
+                 epsilon, n_iter_no_change, max_fun, backend, n_threads, dtype, guard):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -125,6 +130,7 @@ class BaseMLP(StochasticSolvers, BaseEstimator):
         self.backend = backend
         self.n_threads = n_threads
         self.dtype = dtype
+        self.guard = guard
 
     # ------------------------------------------------------------ fitted parameters: views
     @property
@@ -214,6 +220,7 @@ class BaseMLP(StochasticSolvers, BaseEstimator):
                     f"{fitted_hidden} and {self._network.n_outputs} outputs; got hidden_layer_sizes={hidden} "
                     f"and {n_outputs} outputs")
             self._check_runtime()
+            self._own_guard(first_pass)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)
@@ -232,6 +239,68 @@ class BaseMLP(StochasticSolvers, BaseEstimator):
         if not np.isfinite(self._network.params).all():
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain "
                              "large values and need to be preprocessed.")
+        self._network._trained = True  # continual.EWC.consolidate needs a trained network
+        return self
+
+    def _own_guard(self, first_pass):
+        """``guard_``: the estimator's own deep copy of ``guard``, which fits and consolidate change.
+
+        scikit-learn's rule: fit never changes a parameter. The copy is made at a fresh fit and
+        whenever ``guard`` was set to another object since; warm_start, partial_fit and
+        consolidate continue it. Checked here, before anything changes: None, fb.EWC or
+        fb.Rehearsal, solver sgd or adam, an EWC consolidated on a network of this one's size.
+        """
+        guard = _continual.check_guard(self.guard)
+        if first_pass or "guard_" not in self.__dict__ or self._guard_source is not guard:
+            self.guard_, self._guard_source = copy.deepcopy(guard), guard
+        if guard is None:
+            return None
+        if self.solver == "lbfgs":
+            # L-BFGS-B minimises one full-batch objective: no batches to mix replayed rows into, and
+            # no optimizer step to fuse EWC's penalty into; refused rather than half-supported.
+            raise ValueError("guard needs solver='sgd' or 'adam' (the guards act on the optimizer's "
+                             "steps and batches); got solver='lbfgs'")
+        if not first_pass and isinstance(self.guard_, _continual.EWC):
+            self.guard_.penalty(self._network)  # ValueError if consolidated on another network
+        return self.guard_
+
+    def consolidate(self, X, y):
+        """Mark the end of a task: the guard protects what the fitted network learned from (X, y).
+
+        Acts on ``guard_``, the estimator's own copy of ``guard``. With
+        ``guard=fb.EWC(...)``, stores θ* (the current weights) and adds the
+        empirical Fisher diagonal on (X, y) (``fb.EWC.consolidate``); later
+        ``partial_fit``/``warm_start`` fits add (λ/2)·Σ F·(θ − θ*)² to the loss.
+        With ``guard=fb.Rehearsal(...)`` there is nothing to do: as in
+        ``Network.fit``, every guarded ``fit``/``partial_fit`` offers its samples
+        to the buffer at its end.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The task's samples (or a representative subset).
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Their labels or values, as ``fit`` takes them.
+
+        Returns
+        -------
+        self
+        """
+        self._check_fitted()
+        if _continual.check_guard(self.guard) is None:
+            raise ValueError(f"consolidate needs a guard: construct {type(self).__name__} with "
+                             "guard=fb.EWC(...) or guard=fb.Rehearsal(...)")
+        X, _, targets = self._validate_input(X, y, incremental=True, reset=False)
+        saved = dict(self.__dict__)
+        try:
+            guard = self._own_guard(first_pass=False)
+            if isinstance(guard, _continual.EWC):
+                with runtime(self.backend, self.n_threads):
+                    guard.consolidate(self._network, X, targets)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
         return self
 
     def _initialize(self, n_outputs, n_features, dtype):

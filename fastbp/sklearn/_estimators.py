@@ -61,6 +61,15 @@ _SHARED_DOC = """
         Threads of fastbp's kernels; None: fastbp's current default (``fastbp.get_num_threads()``).
     dtype : {'float32', 'float64'} or None, default=None
         Dtype of the network; None: X's, float32 input staying float32 end to end.
+    guard : fastbp.EWC, fastbp.Rehearsal or None, default=None
+        Continual learning (solver 'sgd' or 'adam'): guards every ``fit`` and
+        ``partial_fit`` as ``Network.fit(..., guard=)`` does. EWC adds its
+        penalty after ``consolidate(X, y)`` marks a task's end; Rehearsal
+        appends ``round(replay_ratio·b)`` buffered rows (sample weight 1) to
+        every batch of b rows and offers each fit's samples to its buffer at
+        the fit's end. Never changed by fitting: a fresh fit deep-copies it (its
+        state included) into ``guard_``, which warm_start, partial_fit and
+        ``consolidate`` continue.
 
     Attributes
     ----------
@@ -69,17 +78,19 @@ _SHARED_DOC = """
     n_outputs_, out_activation_
         As scikit-learn's; ``coefs_`` and ``intercepts_`` are views into the fastbp
         network's flat parameter vector.
+    guard_ : fastbp.EWC, fastbp.Rehearsal or None
+        The estimator's own copy of ``guard``, which fits and ``consolidate`` change.
 """
 
 
 def _init_args(self, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
                learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start,
                momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon,
-               n_iter_no_change, max_fun, backend, n_threads, dtype):
+               n_iter_no_change, max_fun, backend, n_threads, dtype, guard):
     BaseMLP.__init__(self, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
                      learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start,
                      momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2,
-                     epsilon, n_iter_no_change, max_fun, backend, n_threads, dtype)
+                     epsilon, n_iter_no_change, max_fun, backend, n_threads, dtype, guard)
 
 
 class MLPClassifier(ClassifierMixin, BaseMLP):
@@ -99,11 +110,11 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 class_weight=None, backend=None, n_threads=None, dtype=None):
+                 class_weight=None, backend=None, n_threads=None, dtype=None, guard=None):
         _init_args(self, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
                    learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start,
                    momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon,
-                   n_iter_no_change, max_fun, backend, n_threads, dtype)
+                   n_iter_no_change, max_fun, backend, n_threads, dtype, guard)
         self.class_weight = class_weight
 
     _score_function = staticmethod(accuracy_score)
@@ -239,11 +250,11 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 backend=None, n_threads=None, dtype=None):
+                 backend=None, n_threads=None, dtype=None, guard=None):
         _init_args(self, hidden_layer_sizes, activation, solver, alpha, batch_size, learning_rate,
                    learning_rate_init, power_t, max_iter, shuffle, random_state, tol, verbose, warm_start,
                    momentum, nesterovs_momentum, early_stopping, validation_fraction, beta_1, beta_2, epsilon,
-                   n_iter_no_change, max_fun, backend, n_threads, dtype)
+                   n_iter_no_change, max_fun, backend, n_threads, dtype, guard)
 
     _score_function = staticmethod(r2_score)
 

@@ -9,15 +9,24 @@ epoch of the batch losses with their penalties, ``invscaling`` and
 ``adaptive`` learning rates for sgd, stopping after ``n_iter_no_change``
 epochs without an improvement of ``tol`` of the training loss or, with
 ``early_stopping``, of the validation score, whose best weights are restored.
+
+A ``guard`` (``guard_``, the estimator's copy) acts through the hooks
+``Network.fit`` calls (``begin_fit``/``end_fit`` of fastbp.continual): EWC's
+penalty sits on the optimizer only while the fit runs; with a Rehearsal
+holding samples, each batch of b rows gets ``replay_rows(b)`` buffered rows
+appended by ``Rehearsal.mix``, each of sample weight 1 (``class_weight`` is
+not applied to them), and ``loss_`` is then the mixed batches' loss.
 """
 
 import math
+import types
 import warnings
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 
+from .. import continual as _continual
 from ..optim import SGD, Adam
 
 
@@ -79,6 +88,13 @@ class StochasticSolvers:
                               "clipped")
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
         order = np.arange(n_samples)
+        # The guard's hooks, as Network.fit calls them: EWC's penalty on the optimizer only while this
+        # fit runs; Rehearsal's shape checks first and, after the fit, its samples offered to the buffer.
+        guard = self.guard_
+        guarded = types.SimpleNamespace(optimizer=optimizer, X=X, y=targets)
+        if guard is not None:
+            guard.begin_fit(self._network, guarded)
+        replay = guard if isinstance(guard, _continual.Rehearsal) and guard.n_kept else None
         progress = None
         if self.verbose:
             from tqdm.auto import tqdm
@@ -90,7 +106,8 @@ class StochasticSolvers:
             for _ in range(self.max_iter):
                 if self.shuffle:
                     self._random_state.shuffle(order)
-                epoch_loss = self._epoch(objective, optimizer, X, targets, sample_weight, order, batch_size)
+                epoch_loss = self._epoch(objective, optimizer, X, targets, sample_weight, order, batch_size,
+                                         replay)
                 self.n_iter_ += 1
                 self.loss_ = epoch_loss
                 self.t_ += n_samples
@@ -116,21 +133,32 @@ class StochasticSolvers:
                     warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
                                   "the optimization hasn't converged yet.", ConvergenceWarning)
         finally:
+            optimizer.penalty = None
             if progress is not None:
                 progress.close()
         if early_stopping:
             np.copyto(self._network.params, self._best_params)
+        if guard is not None:
+            guard.end_fit(self._network, guarded)
 
-    def _epoch(self, objective, optimizer, X, targets, sample_weight, order, batch_size):
-        """One pass over the rows of X in ``order``, batch by batch; returns scikit-learn's epoch loss."""
+    def _epoch(self, objective, optimizer, X, targets, sample_weight, order, batch_size, replay=None):
+        """One pass over the rows of X in ``order``, batch by batch; returns scikit-learn's epoch loss.
+
+        With ``replay`` (a fastbp.Rehearsal holding samples), each batch of b rows gets
+        ``replay.replay_rows(b)`` buffered rows appended, each of sample weight 1.
+        """
         n_samples = X.shape[0]
-        # The batch's rows are gathered into buffers made once per epoch (mode="clip": unbuffered).
-        gathered = [(a, np.empty((batch_size,) + a.shape[1:], a.dtype))
+        # The batch's rows are gathered into buffers made once per epoch (mode="clip": unbuffered),
+        # with room for the replayed rows after them.
+        rows = batch_size + (replay.replay_rows(batch_size) if replay is not None else 0)
+        gathered = [(a, np.empty((rows,) + a.shape[1:], a.dtype))
                     for a in (X, targets, sample_weight) if a is not None]
         total = 0.0
         for start in range(0, n_samples, batch_size):
             idx = order[start:start + batch_size]
             batch = [np.take(a, idx, axis=0, out=buf[:idx.size], mode="clip") for a, buf in gathered]
+            if replay is not None:
+                batch = self._mix_replay(replay, gathered, idx.size)
             data_loss, penalty = objective(*batch)
             if not math.isfinite(data_loss):
                 raise ValueError("Solver produced non-finite parameter weights: the training loss "
@@ -143,6 +171,19 @@ class StochasticSolvers:
                                  "contain large values and need to be preprocessed.") from None
             total += (objective.loss_factor * data_loss + penalty) * idx.size
         return total / n_samples
+
+    def _mix_replay(self, replay, gathered, n_rows):
+        """The batch's first ``n_rows`` gathered rows with replayed rows appended (in place in the buffers)."""
+        extra = replay.replay_rows(n_rows)
+        (_, x_buf), (_, t_buf) = gathered[:2]
+        x, t = x_buf[:n_rows + extra], t_buf[:n_rows + extra]
+        replay.mix(self._network, x[:n_rows], t[:n_rows], x, t)  # x[:n] := x[:n] (a no-op), then k rows
+        batch = [x, t]
+        if len(gathered) == 3:  # sample weights: the replayed rows weigh 1
+            sw = gathered[2][1][:n_rows + extra]
+            sw[n_rows:] = 1.0
+            batch.append(sw)
+        return batch
 
     def _update_no_improvement_count(self, early_stopping, X_val, y_val, sw_val):
         """scikit-learn's rule: count epochs that do not improve the loss (or validation score) by tol."""
