@@ -44,34 +44,22 @@ ADDING_BASELINE_MSE = 1 / 6  # predicting the mean 1: the variance of a sum of t
 
 
 # Option types: a bad value is an argparse error ("argument --epochs: ..."), not a traceback.
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _number(convert, accept, expected):
+    """An argparse type: ``convert(text)``, refused unless ``accept(value)``; ``expected`` says what is wanted."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text if convert is float else value}")
+        return value
+    return parse
 
 
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _learning_rate(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+_seed = _number(int, lambda v: v >= 0, "an integer >= 0")
+_learning_rate = _number(float, lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
 
 
 def _layers(text):

@@ -38,6 +38,7 @@ from numba import prange
 
 from .. import registry as R
 from ._arrays import writable
+from ..blocking import PARALLEL_MIN_ELEMENTS as PARALLEL_MIN_VALUES  # gathers, scatters: serial below
 from ..blocking import block_sizes
 from ._threads import ISA, MAX_THREADS, clamp_threads, set_threads
 from .activations import _activation_backward, _activation_forward
@@ -46,7 +47,6 @@ from .gemm import NO_ACTIVATION, driver, gemm, no_bias, run_driver
 
 CHUNK_VALUES = 1 << 17  # values of one block of cols (512 KiB in float32)
 ROW_ALIGN = 48  # block rows are a multiple of every ISA's MR
-PARALLEL_MIN_VALUES = 1 << 15  # gathers and scatters of fewer values run serially
 # Forward blocks are shared out among the threads (each gathers and multiplies its
 # own with the serial GEMM driver, one parallel region per call) from this many
 # blocks per thread; fewer run one at a time, each block's GEMM on all the threads.

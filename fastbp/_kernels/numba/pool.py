@@ -16,10 +16,10 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..blocking import PARALLEL_MIN_ELEMENTS as PARALLEL_MIN_VALUES  # the one threshold table
 from ._arrays import writable
 from ._threads import clamp_threads, set_threads
 
-PARALLEL_MIN_VALUES = 1 << 15
 _jit = dict(cache=True, nogil=True, error_model="numpy")
 
 
