@@ -148,6 +148,41 @@ def test_gemm_waves_and_column_tasks_same_bits_for_any_thread_count(backend, dty
         np.testing.assert_array_equal(other, results[0])
 
 
+# (m, k, n) of a 784-wide network's layers at batch 32 and 128, with the private path each takes
+# on AVX-512 float32 (MR 12, NR 32) at 2 threads: 1 = B packed by every thread, tasks over rows;
+# 2 = A packed by every thread, tasks over columns; 0 = the shared path.
+PRIVATE_CASES = [(32, 784, 256, 2), (128, 784, 256, 2), (784, 128, 256, 1), (128, 256, 128, 1),
+                 (784, 32, 256, 1), (97, 131, 257, 2), (128, 2048, 256, 0)]
+
+
+@pytest.mark.parametrize("m,k,n,split", PRIVATE_CASES)
+def test_gemm_private_paths_same_bits_for_any_thread_count(backend, dtype, rng, threads, m, k, n, split):
+    """Both private paths (each thread packs the smaller operand itself) and the shared one, on
+    1, 2 and 3 threads (the compiled kernel, called directly: 3 threads share 2 cores here), A
+    row- or column-major, and the dense layer's fused bias + relu: the same bits, within the
+    error bound of NumPy's product."""
+    if dtype == np.float32 and fastbp._backend.backend_module().ISA == "avx512":
+        assert blocking.private_split(-(-m // 12), -(-n // 32), k, 12, 32, 2) == split
+    x = random_matrix(rng, (m, k), dtype)
+    w = random_matrix(rng, (k, n), dtype)
+    bias = random_matrix(rng, (n,), dtype)
+    compiled = fastbp._backend.backend_module()
+    plain, fused = [], []
+    for n_threads in (1, 2, 3):
+        for a in (x, np.asfortranarray(x)):
+            c = np.full((m, n), np.nan, dtype)
+            compiled.gemm(a, w, c, 1.0, 0.0, n_threads)
+            plain.append(c)
+        threads(min(n_threads, 2))
+        fused.append(kernels.dense_forward(x, w, bias, "relu"))
+    exact = x.astype(np.float64) @ w.astype(np.float64)
+    assert np.all(np.abs(plain[0] - exact) <= gemm_bound(x, w, k, dtype))
+    for c in plain[1:]:
+        np.testing.assert_array_equal(c, plain[0])
+    for a in fused:
+        np.testing.assert_array_equal(a, np.maximum(plain[0] + bias, 0))
+
+
 @pytest.mark.parametrize("k", [1, 64, 511])
 def test_gemm_small_products_give_the_bits_of_large_ones(backend, dtype, rng, k):
     """Small products may take another path (cython: unpacked AVX-512 float32); the rows of
@@ -308,6 +343,12 @@ def test_cython_thread_decisions_are_the_tables():
                 for nt in (1, 2, 3, 4):
                     assert _gemm._gemm_tasks(n_tiles, n_panels, mr, nr, mc, nt) == \
                         blocking.gemm_tasks(n_tiles, n_panels, mr, nr, mc, nt)
+    for n_tiles in (1, 2, 11, 66, 700):
+        for n_panels in (1, 2, 8, 32, 300):
+            for k in (1, 128, 784, 5000):
+                for nt in (2, 3, 16):
+                    assert _gemm._private_split(n_tiles, n_panels, k, 12, 32, nt) == \
+                        blocking.private_split(n_tiles, n_panels, k, 12, 32, nt)
     # m = 256 on AVX2 (MR 6, MC 96), 2 threads: 8 row blocks, not 3
     assert blocking.gemm_tasks(43, 8, 6, 16, 96, 2) == (8, 1)
     # m = 32 on AVX-512 (3 tiles), n = 256: rows and 2 column parts of 128

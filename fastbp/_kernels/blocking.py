@@ -71,11 +71,28 @@ OPTIMIZER_PARALLEL_MIN_VALUES = 1 << 17
 # again, up to BACKOFF_MAX_CALLS; a parallel call that pays resets it.
 BACKOFF_MIN_CALLS = 16
 BACKOFF_MAX_CALLS = 1024
+# "Longer" means by more than this: a thread waiting for a core loses a time slice
+# (ms), while waking a sleeping OpenMP thread costs tens of µs on every parallel
+# call after a pause, after a back-off above all. Without the slack, that wake-up
+# was judged a loss on a quiet machine, which backed off again, twice as long, and
+# never recovered: on 2 quiet threads, 235 of 238 calls of 128x256x128 ran on one.
+BACKOFF_SLACK_SECONDS = 2.5e-4
 
 # Values of packed B per wave of KC slices, about: the threads pack a wave's B,
 # meet once, then run their tasks over the wave's slices (1024^3 float32 is one
 # wave; a long k with a small C is a few waves, not two regions per slice).
 B_WAVE_VALUES = 1 << 21
+
+# Products whose smaller packed operand (A: m x k rounded up to whole MR tiles; B:
+# k x n to whole NR panels) has at most this many values run on several threads
+# with that operand packed by each thread for itself (the private path): tasks
+# cut the other operand, so nothing one core packs is read by another and the
+# call is one parallel loop without a barrier. A packed B shared by the threads
+# cost ~30 us per call on a quiet 2-core Sapphire Rapids (the packed panels move
+# between the cores' caches, then the barrier): 128x256x128 ran no faster on 2
+# threads than on one, 784-256-128-10 at batch 128 trained 1.27x one thread.
+# 2^18 float32 values are 1 MiB: every operand of the peer networks' layers.
+PRIVATE_MAX_VALUES = 1 << 18
 
 # The functions below are the decisions both backends make; the Numba backend
 # compiles these very functions, the Cython backend mirrors them in _gemm.pyx
@@ -122,6 +139,18 @@ def gemm_tasks(n_tiles, n_panels, mr, nr, mc, n_threads):
         while (n_blocks * n_parts) % n_threads != 0 and n_blocks < n_tiles:
             n_blocks += 1
     return n_blocks, n_parts
+
+
+def private_split(n_tiles, n_panels, k, mr, nr, n_threads):
+    """0 (the shared path), 1 (B private, tasks over rows of A) or 2 (A private, tasks over
+    columns of B) for a C of n_tiles MR-row tiles and n_panels NR-column micro-panels on
+    n_threads > 1. The smaller packed operand goes private, unless the other has fewer tasks
+    than threads; neither does when the private one exceeds PRIVATE_MAX_VALUES."""
+    a_values, b_values = n_tiles * mr * k, n_panels * nr * k
+    by_rows = (b_values <= a_values and n_tiles >= n_threads) or n_panels < n_threads
+    if by_rows:
+        return 1 if b_values <= PRIVATE_MAX_VALUES and n_tiles >= n_threads else 0
+    return 2 if a_values <= PRIVATE_MAX_VALUES else 0
 
 
 def block_sizes(isa, dtype):

@@ -2,7 +2,7 @@
 
 import sys
 
-from . import cnn, estimators, forgetting, peers, start
+from . import cnn, estimators, forgetting, gemm, peers, start
 
 # Benchmarks with a module of their own; anything else (peers, rnn) is the peer comparison's.
 COMMANDS = {
@@ -10,6 +10,7 @@ COMMANDS = {
     "start": start,          # import + first training step, in fresh processes
     "cnn": cnn,              # convolutional networks against torch and JAX
     "forgetting": forgetting,  # continual learning: forgetting with and without guards
+    "gemm": gemm,            # the GEMM alone and after a NumPy matmul, beside OpenBLAS
 }
 
 if __name__ == "__main__":

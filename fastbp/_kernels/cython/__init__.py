@@ -26,8 +26,10 @@ _gemm._configure_threads(
     _blocking_table.TASKS_PER_THREAD,
     _blocking_table.MIN_PART_COLUMNS,
     _blocking_table.B_WAVE_VALUES,
+    _blocking_table.PRIVATE_MAX_VALUES,
 )
-_threads._configure(_blocking_table.BACKOFF_MIN_CALLS, _blocking_table.BACKOFF_MAX_CALLS)
+_threads._configure(_blocking_table.BACKOFF_MIN_CALLS, _blocking_table.BACKOFF_MAX_CALLS,
+                    _blocking_table.BACKOFF_SLACK_SECONDS)
 OPENMP = _gemm._openmp()
 NAME = "cython"
 

@@ -19,6 +19,11 @@
 # scheduled, so a thread that loses its core (a busy machine, NumPy's BLAS pool
 # still spinning after its call) delays the call by one task, not by its static
 # share; the thread count comes from the work (gemm_threads, blocking.py).
+# Private path: when the smaller packed operand is small (blocking.private_split,
+# every layer of the peer networks), each thread packs all of it for itself when
+# it takes its first task, and the tasks cut the other operand (rows of A or
+# columns of B, each packed by its task): no packed value crosses between cores
+# and no barrier splits the call. Same tiles, same KC slices: the same bits.
 # Layout: A and B have any element strides (transposes arrive as views; negative
 # and zero strides work); C is row-major with row stride ldc.
 # Determinism: the KC loop is never parallel. Each C element is summed over k
@@ -96,6 +101,9 @@ cdef Py_ssize_t DIRECT_B_COPY_MAX = 1 << 14
 cdef int _isa = 0
 # Values of packed B per wave of KC slices, about (blocking.B_WAVE_VALUES).
 cdef Py_ssize_t B_WAVE_VALUES = 1 << 21
+# Products whose smaller packed operand has at most this many values run on several
+# threads with that operand packed by every thread for itself (blocking.PRIVATE_MAX_VALUES).
+cdef Py_ssize_t PRIVATE_MAX_VALUES = 1 << 18
 
 ISA_NAMES = ("generic", "avx2", "avx512")
 
@@ -412,6 +420,134 @@ cdef inline Py_ssize_t wave_length(Py_ssize_t n_slices, Py_ssize_t slice_values,
     return min(n_slices, max(1, B_WAVE_VALUES // slice_values))
 
 
+cdef inline int private_split(Py_ssize_t n_tiles, Py_ssize_t n_panels, Py_ssize_t k, Py_ssize_t mr,
+                              Py_ssize_t nr, Py_ssize_t nt) noexcept nogil:
+    """blocking.private_split: 0 (the shared path), 1 (B private, tasks over rows) or 2 (A private,
+    tasks over columns)."""
+    cdef Py_ssize_t a_values = n_tiles * mr * k, b_values = n_panels * nr * k
+    cdef bint by_rows = (b_values <= a_values and n_tiles >= nt) or n_panels < nt
+    if by_rows:
+        return 1 if b_values <= PRIVATE_MAX_VALUES and n_tiles >= nt else 0
+    return 2 if a_values <= PRIVATE_MAX_VALUES else 0
+
+
+def _private_split(Py_ssize_t n_tiles, Py_ssize_t n_panels, Py_ssize_t k, Py_ssize_t mr, Py_ssize_t nr,
+                   Py_ssize_t nt):
+    """private_split, for the test that it agrees with blocking.private_split."""
+    return private_split(n_tiles, n_panels, k, mr, nr, nt)
+
+
+cdef void _pack_private(Blocking* bs, bint b_private, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                        Py_ssize_t n_slices, Py_ssize_t kc_max,
+                        const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                        const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b, floating* dst) noexcept nogil:
+    """Pack all of B (b_private) or all of A, slice by slice: slice s at dst + width*pc, width the
+    operand's padded column (B) or row (A) count, in the packed layout of the shared path."""
+    cdef Py_ssize_t s, pc, kc, q, n_panels = (n + bs.nr - 1) // bs.nr
+    cdef Py_ssize_t width = n_panels * bs.nr if b_private else ((m + bs.mr - 1) // bs.mr) * bs.mr
+    for s in range(n_slices):
+        pc = s * kc_max
+        kc = min(kc_max, k - pc)
+        if b_private:
+            for q in range(n_panels):
+                _pack_b_panel(bs, b, rs_b, cs_b, 0, n, pc, kc, q, dst + width * pc)
+        else:
+            pack_a(a, rs_a, cs_a, 0, m, pc, kc, bs.mr, dst + width * pc)
+
+
+cdef void _private_task(Blocking* bs, bint b_private, Py_ssize_t task, Py_ssize_t n_tasks,
+                        Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t n_slices, Py_ssize_t kc_max,
+                        floating alpha, const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                        const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
+                        floating beta, floating* c, Py_ssize_t ldc,
+                        const floating* bias, int act, floating* out, Py_ssize_t ldo,
+                        const floating* packed, floating* scratch) noexcept nogil:
+    """One task of the private path: rows [i0, i1) of whole MR tiles (b_private) or columns
+    [j0, j1) of whole NR panels, over every KC slice in increasing order. The other operand's
+    part is packed into scratch slice by slice; ``packed`` is this thread's private operand."""
+    cdef Py_ssize_t n_tiles = (m + bs.mr - 1) // bs.mr, n_panels = (n + bs.nr - 1) // bs.nr
+    cdef Py_ssize_t i0 = 0, i1 = m, j0 = 0, j1 = n, s, pc, kc, q
+    cdef const floating* ap
+    cdef const floating* bp
+    if b_private:
+        i0 = (task * n_tiles // n_tasks) * bs.mr
+        i1 = min(((task + 1) * n_tiles // n_tasks) * bs.mr, m)
+    else:
+        j0 = (task * n_panels // n_tasks) * bs.nr
+        j1 = min(((task + 1) * n_panels // n_tasks) * bs.nr, n)
+    if i1 <= i0 or j1 <= j0:
+        return
+    for s in range(n_slices):  # 4th loop (pc, KC), in increasing k
+        pc = s * kc_max
+        kc = min(kc_max, k - pc)
+        if b_private:
+            pack_a(a, rs_a, cs_a, i0, i1, pc, kc, bs.mr, scratch)
+            ap = scratch
+            bp = packed + n_panels * bs.nr * pc
+        else:
+            for q in range((j1 - j0 + bs.nr - 1) // bs.nr):
+                _pack_b_panel(bs, b, rs_b, cs_b, j0, j1 - j0, pc, kc, q, scratch)
+            ap = packed + n_tiles * bs.mr * pc
+            bp = scratch
+        macro_kernel(bs, i1 - i0, j1 - j0, kc, ap, bp, alpha, beta if pc == 0 else 1,
+                     c + i0 * ldc + j0, ldc, pc + kc == k,
+                     (bias + j0) if bias != NULL else NULL, act,
+                     (out + i0 * ldo + j0) if act >= 0 else NULL, ldo)
+
+
+cdef int _gemm_private(Blocking* bs, bint b_private, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       Py_ssize_t n_slices, Py_ssize_t kc_max, floating alpha,
+                       const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                       const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
+                       floating beta, floating* c, Py_ssize_t ldc,
+                       const floating* bias, int act, floating* out, Py_ssize_t ldo,
+                       Py_ssize_t nt) noexcept nogil:
+    """The private path on nt threads: each thread packs the smaller operand for itself, once, when
+    it takes its first task, so no packed value crosses between cores and one parallel loop with
+    no barrier inside does the call (a shared packed B cost ~30 us per call in cross-core cache
+    transfers and the barrier: 128x256x128 took as long on 2 quiet threads as on one)."""
+    cdef Py_ssize_t n_tiles = (m + bs.mr - 1) // bs.mr, n_panels = (n + bs.nr - 1) // bs.nr
+    cdef Py_ssize_t n_tasks = min(n_tiles if b_private else n_panels, TASKS_PER_THREAD * nt)
+    cdef Py_ssize_t private_values = (n_panels * bs.nr if b_private else n_tiles * bs.mr) * k
+    # scratch: the largest row block of A, or column part of B, for one KC slice
+    cdef Py_ssize_t scratch_values = (((n_tiles + n_tasks - 1) // n_tasks) * bs.mr if b_private
+                                      else ((n_panels + n_tasks - 1) // n_tasks) * bs.nr) * kc_max
+    cdef Py_ssize_t region = (private_values + scratch_values + 15) // 16 * 16  # own cache lines
+    cdef size_t work_bytes = nt * region * sizeof(floating)
+    cdef floating* work = <floating*>fastbp_workspace(work_bytes)
+    if work == NULL:
+        return -1
+    cdef char packed[64]
+    cdef double stats[128]  # per thread (later ones share the last slot): time in tasks, tasks
+    cdef Py_ssize_t tid, task, busiest = 0
+    cdef double t_start, t_task, wall
+    cdef floating* mine
+    for tid in range(64):
+        packed[tid] = 0
+        stats[2 * tid] = 0
+        stats[2 * tid + 1] = 0
+    t_start = fastbp_now()
+    for task in prange(n_tasks, schedule="dynamic", num_threads=nt):
+        t_task = fastbp_now()
+        tid = threadid()
+        mine = work + tid * region
+        if not packed[min(tid, 63)]:
+            _pack_private(bs, b_private, m, n, k, n_slices, kc_max, a, rs_a, cs_a, b, rs_b, cs_b, mine)
+            packed[min(tid, 63)] = 1
+        _private_task(bs, b_private, task, n_tasks, m, n, k, n_slices, kc_max, alpha, a, rs_a, cs_a,
+                      b, rs_b, cs_b, beta, c, ldc, bias, act, out, ldo, mine, mine + private_values)
+        tid = min(tid, 63)  # its task times, for the back-off
+        stats[2 * tid] += fastbp_now() - t_task
+        stats[2 * tid + 1] += 1
+    wall = fastbp_now() - t_start
+    for tid in range(min(nt, 64)):
+        if stats[2 * tid + 1] > stats[2 * busiest + 1]:
+            busiest = tid
+    judge_parallel_call(wall, stats[2 * busiest], <Py_ssize_t>stats[2 * busiest + 1], n_tasks)
+    fastbp_workspace_release(work, work_bytes)
+    return 0
+
+
 cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                     const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
                     const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
@@ -443,6 +579,12 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
             if _direct_s(m, n, k, kc_max, alpha, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, ldc,
                          bias, act, out, ldo, <int>nt) == 0:
                 return 0
+
+    cdef int split = private_split((m + bs.mr - 1) // bs.mr, (n + bs.nr - 1) // bs.nr, k,
+                                   bs.mr, bs.nr, nt) if nt > 1 else 0
+    if split:
+        return _gemm_private(&bs, split == 1, m, n, k, n_slices, kc_max, alpha, a, rs_a, cs_a, b, rs_b, cs_b,
+                             beta, c, ldc, bias, act, out, ldo, nt)
 
     cdef Py_ssize_t nc_max = min(bs.nc, n)
     cdef Py_ssize_t max_panels = (nc_max + bs.nr - 1) // bs.nr
@@ -578,13 +720,15 @@ def _configure(int isa, sizes_s, sizes_d):
 
 
 def _configure_threads(Py_ssize_t madds_per_thread, Py_ssize_t tasks_per_thread,
-                       Py_ssize_t min_part_columns, Py_ssize_t b_wave_values):
+                       Py_ssize_t min_part_columns, Py_ssize_t b_wave_values,
+                       Py_ssize_t private_max_values):
     """Set the thread decisions of fastbp._kernels.blocking (GEMM_MADDS_PER_THREAD,
-    TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES)."""
-    global GEMM_MADDS_PER_THREAD, TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES
-    if min(madds_per_thread, tasks_per_thread, min_part_columns, b_wave_values) < 1:
+    TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES, PRIVATE_MAX_VALUES)."""
+    global GEMM_MADDS_PER_THREAD, TASKS_PER_THREAD, MIN_PART_COLUMNS, B_WAVE_VALUES, PRIVATE_MAX_VALUES
+    if min(madds_per_thread, tasks_per_thread, min_part_columns, b_wave_values, private_max_values) < 1:
         raise ValueError(f"thread thresholds must be positive, got {madds_per_thread}, "
-                         f"{tasks_per_thread}, {min_part_columns}, {b_wave_values}")
+                         f"{tasks_per_thread}, {min_part_columns}, {b_wave_values}, {private_max_values}")
+    PRIVATE_MAX_VALUES = private_max_values
     GEMM_MADDS_PER_THREAD = madds_per_thread
     TASKS_PER_THREAD = tasks_per_thread
     MIN_PART_COLUMNS = min_part_columns

@@ -7,6 +7,7 @@ cdef Py_ssize_t BACKOFF_MIN_CALLS = 16
 cdef Py_ssize_t BACKOFF_MAX_CALLS = 1024
 cdef Py_ssize_t _serial_calls_left = 0  # GEMMs left to run on one thread
 cdef Py_ssize_t _backoff_calls = 16  # how many the next back-off sends there
+cdef double BACKOFF_SLACK_SECONDS = 2.5e-4
 
 
 cdef Py_ssize_t gemm_threads_now(Py_ssize_t n_threads) noexcept nogil:
@@ -24,23 +25,28 @@ cdef bint backing_off() noexcept nogil:
 cdef void judge_parallel_call(double wall, double master_time, Py_ssize_t master_tasks,
                               Py_ssize_t n_tasks) noexcept nogil:
     """Back off when the call took longer than n_tasks x the busiest thread's mean task time
-    (the thread that had a core): the other threads did not get one in time, or spent it
-    waiting, as on a busy machine."""
+    (the thread that had a core) by more than BACKOFF_SLACK_SECONDS: the other threads did
+    not get one in time, or spent it waiting, as on a busy machine. The slack tells waking
+    a sleeping thread (tens of µs, on every parallel call after a pause) from waiting
+    for a core (a time slice, ms)."""
     global _serial_calls_left, _backoff_calls
     if master_tasks == 0:
         return
-    if wall > master_time / master_tasks * n_tasks:
+    if wall > master_time / master_tasks * n_tasks + BACKOFF_SLACK_SECONDS:
         _serial_calls_left = _backoff_calls
         _backoff_calls = min(2 * _backoff_calls, BACKOFF_MAX_CALLS)
     else:
         _backoff_calls = BACKOFF_MIN_CALLS
 
 
-def _configure(Py_ssize_t backoff_min_calls, Py_ssize_t backoff_max_calls):
-    """Set blocking.BACKOFF_MIN_CALLS, BACKOFF_MAX_CALLS; ends any back-off."""
-    global BACKOFF_MIN_CALLS, BACKOFF_MAX_CALLS, _backoff_calls, _serial_calls_left
+def _configure(Py_ssize_t backoff_min_calls, Py_ssize_t backoff_max_calls, double slack_seconds):
+    """Set blocking.BACKOFF_MIN_CALLS, BACKOFF_MAX_CALLS, BACKOFF_SLACK_SECONDS; ends any back-off."""
+    global BACKOFF_MIN_CALLS, BACKOFF_MAX_CALLS, BACKOFF_SLACK_SECONDS, _backoff_calls, _serial_calls_left
     if min(backoff_min_calls, backoff_max_calls) < 1:
         raise ValueError(f"back-off call counts must be positive, got {backoff_min_calls}, {backoff_max_calls}")
+    if not slack_seconds >= 0:
+        raise ValueError(f"the back-off slack must be >= 0 seconds, got {slack_seconds}")
+    BACKOFF_SLACK_SECONDS = slack_seconds
     BACKOFF_MIN_CALLS = _backoff_calls = backoff_min_calls
     BACKOFF_MAX_CALLS = backoff_max_calls
     _serial_calls_left = 0

@@ -7,6 +7,7 @@ libgomp), the default layer is used with a warning. The ISA is read from
 llvmlite's host CPU features, which is what Numba compiles for.
 """
 
+import time as _time
 import warnings
 
 import llvmlite.binding as llvm
@@ -17,7 +18,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 from numba.np.ufunc import parallel as _parallel
 
-from ..blocking import BACKOFF_MAX_CALLS, BACKOFF_MIN_CALLS
+from ..blocking import BACKOFF_MAX_CALLS, BACKOFF_MIN_CALLS, BACKOFF_SLACK_SECONDS
 
 
 def _select_openmp():
@@ -96,14 +97,26 @@ def fetch_add(typingctx, counter_ty, increment_ty):
 
 
 @intrinsic
-def cycle_counter(typingctx):
-    """The CPU's time-stamp counter (llvm.readcyclecounter): cycles at a constant rate."""
+def monotonic_seconds(typingctx):
+    """Seconds of CLOCK_MONOTONIC (clock_gettime, as the Cython kernels' fastbp_now): the
+    back-off compares a call's wall time with its slack in seconds. The libc symbol is
+    resolved when the code is loaded, so code from Numba's cache works in any process."""
     def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
-                                            "llvm.readcyclecounter")
-        return builder.call(fn, [])
+        i64 = ir.IntType(64)
+        timespec = ir.LiteralStructType([i64, i64])
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), [ir.IntType(32), timespec.as_pointer()]),
+            "clock_gettime")
+        ts = cgutils.alloca_once(builder, timespec)
+        builder.call(fn, [ir.Constant(ir.IntType(32), _time.CLOCK_MONOTONIC), ts])
+        zero = ir.Constant(ir.IntType(32), 0)
+        sec = builder.load(builder.gep(ts, [zero, zero]))
+        nsec = builder.load(builder.gep(ts, [zero, ir.Constant(ir.IntType(32), 1)]))
+        double = ir.DoubleType()
+        return builder.fadd(builder.sitofp(sec, double),
+                            builder.fmul(builder.sitofp(nsec, double), ir.Constant(double, 1e-9)))
 
-    return types.int64(), codegen
+    return types.float64(), codegen
 
 
 # Busy-machine back-off (blocking.BACKOFF_*), the Cython backend's rule: a parallel
@@ -174,10 +187,11 @@ def backing_off():
 @numba.njit(cache=True, nogil=True)
 def judge_parallel_call(wall, busiest_time, busiest_tasks, n_tasks):
     """Back off when the call took longer than n_tasks x the busiest thread's mean task time
-    (any consistent clock): the other threads did not get a core in time."""
+    by more than BACKOFF_SLACK_SECONDS (times in seconds): the other threads did not get a
+    core in time, rather than waking up late."""
     if busiest_tasks == 0:
         return
-    if wall > busiest_time / busiest_tasks * n_tasks:
+    if wall > busiest_time / busiest_tasks * n_tasks + BACKOFF_SLACK_SECONDS:
         backoff_set(0, backoff_get(1))
         backoff_set(1, min(2 * backoff_get(1), BACKOFF_MAX_CALLS))
     else:

@@ -17,7 +17,10 @@ tasks (``gemm_tasks``: row blocks, and column parts when rows are few,
 with A packed into its thread's region. A thread that loses its core holds back
 one task, not its static share; two parallel regions per wave (usually per
 call). The thread count comes from the work (``gemm_threads``). The KC loop is
-never split.
+never split. Products whose smaller packed operand is small take the private
+path (``private_split``, ``private_gemm``): each thread packs that operand for
+itself on its first task and the tasks cut the other one, so no packed panel
+moves between cores and there is no barrier inside the call.
 
 Epilogue: the micro-kernel applies alpha and beta on the registers (a later
 KC slice passes beta = 1; edge tiles go through a buffer, ``store_edge_tile``);
@@ -52,14 +55,14 @@ import numba
 import numpy as np
 from numba import prange, types
 
-from ..blocking import block_sizes, gemm_tasks, gemm_threads, kc_slices, wave_slices
+from ..blocking import TASKS_PER_THREAD, block_sizes, gemm_tasks, gemm_threads, kc_slices, private_split, wave_slices
 from .activations import activation_span
 from .microkernel import direct_kernel_simd, micro_kernel_loops, micro_kernel_simd
 from .packing import data_pointer, pack_a, pack_b_panel
 from .. import registry as R
 from ._arrays import writable
-from ._threads import (ISA, VECTOR_LANES, clamp_threads, cycle_counter, fetch_add, gemm_threads_now,
-                       judge_parallel_call, set_threads)
+from ._threads import (ISA, VECTOR_LANES, clamp_threads, fetch_add, gemm_threads_now, judge_parallel_call,
+                       monotonic_seconds, set_threads)
 
 # Up to this many multiply-adds (mnk) the GEMM runs unpacked (``direct_kernel_simd``):
 # packing both operands costs as much as the arithmetic of a small product. Always
@@ -76,6 +79,7 @@ gemm_threads_jitted = _jit(gemm_threads)
 _kc_slices = _jit(kc_slices)
 _gemm_tasks = _jit(gemm_tasks)
 _wave_slices = _jit(wave_slices)
+_private_split = _jit(private_split)
 
 
 @_jit
@@ -201,34 +205,135 @@ def gemm_task(MR, NR, SIMD, one, task, n_blocks, n_tiles, n_parts, n_panels, m, 
     if i1 <= i0 or j1 <= j0:
         return
     ab_off = pa_off + (i1 - i0 + MR - 1) // MR * MR * kc_max
-    ab = work[ab_off:ab_off + MR * NR]
-    ab_scratch = work[ab_off + MR * NR:ab_off + 2 * MR * NR]
     for s in range(s0, s1):  # 4th loop (pc, KC): every slice updates the same C
         pc = s * kc_max
         kc = min(kc_max, k - pc)
-        beta_t = beta if pc == 0 else one  # later slices accumulate
-        last = pc + kc == k
-        pb_off = (s - s0) * slice_stride
         pack_a(a, i0, i1 - i0, pc, kc, MR, work, pa_off)  # 3rd loop (ic, MC): one block
-        for jr in range(j0, j1, NR):  # 2nd loop (jr, NR)
-            cols = min(NR, nc - jr)
-            for ir in range(0, i1 - i0, MR):  # 1st loop (ir, MR)
-                rows = min(MR, i1 - i0 - ir)
-                c_off = (i0 + ir) * n + jc + jr
-                full = rows == MR and cols == NR
-                # A full tile is updated in place; an edge tile goes through ab.
-                tile, tile_off, ldt = (zf, c_off, n) if full else (ab, 0, NR)
-                tile_beta = beta_t if full else one - one
-                if SIMD:
-                    micro_kernel_simd(MR, NR, kc, work, pa_off + ir * kc, work, pb_off + jr * kc,
-                                      tile, tile_off, ldt, alpha_t, tile_beta)
-                else:
-                    micro_kernel_loops(MR, NR, kc, work, pa_off + ir * kc, work, pb_off + jr * kc,
-                                       tile, tile_off, ldt, alpha_t, tile_beta, ab_scratch)
-                if not full:
-                    store_edge_tile(ab, NR, rows, cols, zf, c_off, n, beta_t)
-                if last and finish:
-                    finish_tile(rows, cols, zf, of, c_off, n, bias, jc + jr, act)
+        macro_kernel(MR, NR, SIMD, one, kc, work, pa_off, work, (s - s0) * slice_stride + j0 * kc, i0, i1 - i0,
+                     jc + j0, j1 - j0, n, zf, of, bias, act, alpha_t, beta if pc == 0 else one,
+                     pc + kc == k and finish, work, ab_off)
+
+
+@_jit
+def macro_kernel(MR, NR, SIMD, one, kc, pa, pa_off, pb, pb_off, i0, mb, j0, nb, n, zf, of, bias, act,
+                 alpha_t, beta_t, finish, work, ab_off):
+    """The 2nd and 1st loops on one packed block: C[i0:i0+mb, j0:j0+nb] := alpha·Ap·Bp + beta_t·C
+    (zf flat, n columns), Ap at pa[pa_off:] (MR-high micro-panels), Bp at pb[pb_off:] (NR-wide),
+    kc deep; with ``finish`` the epilogue per tile. work[ab_off:ab_off + 2*MR*NR]: edge-tile scratch."""
+    ab = work[ab_off:ab_off + MR * NR]
+    ab_scratch = work[ab_off + MR * NR:ab_off + 2 * MR * NR]
+    for jr in range(0, nb, NR):  # 2nd loop (jr, NR)
+        cols = min(NR, nb - jr)
+        for ir in range(0, mb, MR):  # 1st loop (ir, MR)
+            rows = min(MR, mb - ir)
+            c_off = (i0 + ir) * n + j0 + jr
+            full = rows == MR and cols == NR
+            # A full tile is updated in place; an edge tile goes through ab.
+            tile, tile_off, ldt = (zf, c_off, n) if full else (ab, 0, NR)
+            tile_beta = beta_t if full else one - one
+            if SIMD:
+                micro_kernel_simd(MR, NR, kc, pa, pa_off + ir * kc, pb, pb_off + jr * kc,
+                                  tile, tile_off, ldt, alpha_t, tile_beta)
+            else:
+                micro_kernel_loops(MR, NR, kc, pa, pa_off + ir * kc, pb, pb_off + jr * kc,
+                                   tile, tile_off, ldt, alpha_t, tile_beta, ab_scratch)
+            if not full:
+                store_edge_tile(ab, NR, rows, cols, zf, c_off, n, beta_t)
+            if finish:
+                finish_tile(rows, cols, zf, of, c_off, n, bias, j0 + jr, act)
+
+
+@_jit
+def pack_private(MR, NR, b_private, a, b, n_slices, kc_max, work, off):
+    """Pack all of B (b_private) or all of A at work[off:], slice by slice: slice s at
+    off + width·pc, width the padded column count of B or row count of A."""
+    m, k = a.shape
+    n = b.shape[1]
+    width = -(-n // NR) * NR if b_private else -(-m // MR) * MR
+    for s in range(n_slices):
+        pc = s * kc_max
+        kc = min(kc_max, k - pc)
+        if b_private:
+            for jr in range(0, n, NR):
+                pack_b_panel(b, pc, kc, jr, min(NR, n - jr), NR, work, off + width * pc + jr * kc)
+        else:
+            pack_a(a, 0, m, pc, kc, MR, work, off + width * pc)
+
+
+@_jit
+def private_task(MR, NR, SIMD, one, b_private, task, n_tasks, a, b, n_slices, kc_max, work, packed_off,
+                 scratch_off, zf, of, bias, act, alpha_t, beta, finish):
+    """One task of the private path: rows of whole MR tiles (b_private) or columns of whole NR
+    panels, over every KC slice in increasing order; the other operand's part packed at
+    work[scratch_off:] per slice, this thread's private operand at work[packed_off:]."""
+    m, k = a.shape
+    n = b.shape[1]
+    n_tiles, n_panels = -(-m // MR), -(-n // NR)
+    i0, i1, j0, j1 = 0, m, 0, n
+    if b_private:
+        i0 = (task * n_tiles // n_tasks) * MR
+        i1 = min(((task + 1) * n_tiles // n_tasks) * MR, m)
+    else:
+        j0 = (task * n_panels // n_tasks) * NR
+        j1 = min(((task + 1) * n_panels // n_tasks) * NR, n)
+    if i1 <= i0 or j1 <= j0:
+        return
+    part = (-(-(i1 - i0) // MR) * MR if b_private else -(-(j1 - j0) // NR) * NR) * kc_max
+    for s in range(n_slices):  # 4th loop (pc, KC), in increasing k
+        pc = s * kc_max
+        kc = min(kc_max, k - pc)
+        if b_private:
+            pack_a(a, i0, i1 - i0, pc, kc, MR, work, scratch_off)
+            pa_off, pb_off = scratch_off, packed_off + n_panels * NR * pc
+        else:
+            for jr in range(j0, j1, NR):
+                pack_b_panel(b, pc, kc, jr, min(NR, j1 - jr), NR, work, scratch_off + (jr - j0) * kc)
+            pa_off, pb_off = packed_off + n_tiles * MR * pc, scratch_off
+        macro_kernel(MR, NR, SIMD, one, kc, work, pa_off, work, pb_off, i0, i1 - i0, j0, j1 - j0, n, zf, of,
+                     bias, act, alpha_t, beta if pc == 0 else one, pc + kc == k and finish, work,
+                     scratch_off + part)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def private_gemm(MR, NR, SIMD, one, b_private, a, b, n_slices, kc_max, zf, of, bias, act, alpha_t, beta, finish,
+                 n_threads, work):
+    """The private path on n_threads (blocking.private_split): each thread packs the smaller operand
+    for itself, once, when it takes its first task, then takes tasks (rows of A, or columns of B)
+    from an atomic counter; nothing one thread packs is read by another, and there is no barrier
+    but the region's end. Returns the workspace used."""
+    m, k = a.shape
+    n = b.shape[1]
+    n_tiles, n_panels = -(-m // MR), -(-n // NR)
+    n_tasks = min(n_tiles if b_private else n_panels, TASKS_PER_THREAD * n_threads)
+    private_values = (n_panels * NR if b_private else n_tiles * MR) * k
+    scratch_values = (-(-n_tiles // n_tasks) * MR if b_private else -(-n_panels // n_tasks) * NR) * kc_max
+    region = -(-(private_values + scratch_values + 2 * MR * NR) // 16) * 16  # own cache lines
+    if work.shape[0] < n_threads * region:
+        work = np.empty(n_threads * region, dtype=work.dtype)
+    counter = np.zeros(1, dtype=np.int64)
+    stats = np.zeros(2 * n_threads)  # per thread: seconds in tasks, tasks (the back-off's test)
+    t_start = monotonic_seconds()
+    for t in prange(n_threads):
+        packed = False
+        while True:
+            task = fetch_add(counter, 1)
+            if task >= n_tasks:
+                break
+            t_task = monotonic_seconds()
+            if not packed:
+                pack_private(MR, NR, b_private, a, b, n_slices, kc_max, work, t * region)
+                packed = True
+            private_task(MR, NR, SIMD, one, b_private, task, n_tasks, a, b, n_slices, kc_max, work, t * region,
+                         t * region + private_values, zf, of, bias, act, alpha_t, beta, finish)
+            stats[2 * t] += monotonic_seconds() - t_task
+            stats[2 * t + 1] += 1
+    wall = monotonic_seconds() - t_start
+    busiest = 0
+    for t in range(n_threads):
+        if stats[2 * t + 1] > stats[2 * busiest + 1]:
+            busiest = t
+    judge_parallel_call(wall, stats[2 * busiest], stats[2 * busiest + 1], n_tasks)
+    return work
 
 
 def _make_driver(dtype, parallel):
@@ -272,6 +377,11 @@ def _make_driver(dtype, parallel):
             return work
 
         n_slices, kc_max = _kc_slices(k, KC)
+        split = _private_split(-(-m // MR), -(-n // NR), k, MR, NR, n_threads) if PARALLEL and n_threads > 1 else 0
+        if split:
+            return private_gemm(MR, NR, SIMD, SCALAR(1.0), split == 1, a, b, n_slices, kc_max, zf, of, bias, act,
+                                alpha_t, SCALAR(beta), finish, n_threads, work)
+
         max_panels = -(-min(NC, n) // NR)
         n_tiles = -(-m // MR)
         n_blocks, n_parts = _gemm_tasks(n_tiles, max_panels, MR, NR, MC, n_threads)
@@ -284,7 +394,7 @@ def _make_driver(dtype, parallel):
         if work.shape[0] < b_size + n_threads * region:
             work = np.empty(b_size + n_threads * region, dtype=z.dtype)
         counter = np.zeros(1, dtype=np.int64)
-        stats = np.zeros(2 * n_threads)  # per task loop: cycles in tasks, tasks (the back-off's test)
+        stats = np.zeros(2 * n_threads)  # per task loop: seconds in tasks, tasks (the back-off's test)
         wall = 0
         all_tasks = 0
 
@@ -300,19 +410,19 @@ def _make_driver(dtype, parallel):
                     jr = (q % n_panels) * NR
                     pack_b_panel(b, pc, kc, jc + jr, min(NR, nc - jr), NR, work, (s - s0) * slice_stride + jr * kc)
                 counter[0] = 0
-                t_start = cycle_counter()
+                t_start = monotonic_seconds()
                 for t in prange(n_threads):  # tasks, from the counter
                     while True:
                         task = fetch_add(counter, 1)
                         if task >= n_items:
                             break
-                        t_task = cycle_counter()
+                        t_task = monotonic_seconds()
                         gemm_task(MR, NR, SIMD, SCALAR(1.0), task, n_blocks, n_tiles, n_parts, n_panels, m, n, k,
                                   jc, nc, s0, s1, kc_max, slice_stride, a, work, b_size + t * region, zf, of, bias,
                                   act, alpha_t, SCALAR(beta), finish)
-                        stats[2 * t] += cycle_counter() - t_task
+                        stats[2 * t] += monotonic_seconds() - t_task
                         stats[2 * t + 1] += 1
-                wall += cycle_counter() - t_start
+                wall += monotonic_seconds() - t_start
                 all_tasks += n_items
         if PARALLEL and n_threads > 1:
             busiest = 0
