@@ -44,8 +44,8 @@ def _median_seconds(call, repeats, before=None):
     return statistics.median(times)
 
 
-def measure(threads, repeats, backends=("cython", "numba")):
-    """{(system, shape): (GFLOP/s alone, GFLOP/s after NumPy)}; systems: the backends and 'openblas'."""
+def _measure_in_child(system, shape, threads, repeats, after_numpy):
+    """GFLOP/s of ``system`` on ``shape``, median of ``repeats`` calls; runs in a fresh interpreter."""
     import fastbp as fb
     from fastbp import kernels
 
@@ -53,27 +53,38 @@ def measure(threads, repeats, backends=("cython", "numba")):
 
     blas_threads(threads)
     fb.set_num_threads(threads)
+    m, k, n, trans_a = shape
     rng = np.random.default_rng(0)
-    matmul = situations.BetweenSteps()
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    out = np.empty((m, n), np.float32)
+    if system == "openblas":
+        def call():
+            np.matmul(a.T if trans_a else a, b, out=out)
+    else:
+        fb.set_backend(system)
+
+        def call():
+            kernels.gemm(a, b, out=out, trans_a=trans_a)
+    flops = 2.0 * m * n * k
+    for _ in range(3):
+        call()  # warm-up: compilation, workspaces
+    before = situations.BetweenSteps() if after_numpy else None
+    return flops / _median_seconds(call, repeats if flops < 1e10 else max(3, repeats // 10), before) / 1e9
+
+
+def measure(threads, repeats, systems=("cython", "numba", "openblas"), shapes=None):
+    """{(system, shape): (GFLOP/s alone, GFLOP/s after NumPy)}, each figure from a process of its own
+    (no thread pool, back-off or cache state of one measurement reaches the next)."""
+    import multiprocessing
+
     results = {}
-    for m, k, n, trans_a in SHAPES:
-        a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
-        b = rng.standard_normal((k, n)).astype(np.float32)
-        out = np.empty((m, n), np.float32)
-        flops = 2.0 * m * n * k
-        reps = repeats if flops < 1e10 else max(3, repeats // 10)
-        calls = {"openblas": lambda: np.matmul(a.T if trans_a else a, b, out=out)}
-        for name in backends:
-            def call(name=name):
-                with fb.backend(name):
-                    kernels.gemm(a, b, out=out, trans_a=trans_a)
-            calls[name] = call
-        for system, call in calls.items():
-            for _ in range(3):
-                call()  # warm-up: compilation, workspaces
-            alone = _median_seconds(call, reps)
-            after = _median_seconds(call, reps, before=matmul)
-            results[(system, (m, k, n, trans_a))] = (flops / alone / 1e9, flops / after / 1e9)
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        for shape in shapes or SHAPES:
+            for system in systems:
+                alone, after = (pool.apply(_measure_in_child, (system, shape, threads, repeats, after_numpy))
+                                for after_numpy in (False, True))
+                results[(system, shape)] = (alone, after)
     return results
 
 
