@@ -231,6 +231,10 @@ def torch_rnn(kind, threads, shape=RNN_SHAPE):
     """torch.nn.<kind> + Linear with ``rnn_weights`` mapped as fastbp.layers.gated documents
     (weight_ih = Wxᵀ, weight_hh = Whᵀ, bias_ih = b, bias_hh = 0 but the GRU's n block = b_hn).
 
+    torch has two biases where fastbp has one (b = bias_ih + bias_hh): trained
+    both, SGD would move the sum twice as far. So bias_hh's gradient is masked
+    to the GRU's n block (fastbp's b_hn), and the rest of it stays 0.
+
     Returns ``(epoch, loss)``: one SGD epoch over (X, y), and the mean loss on (X, y).
     """
     import torch
@@ -249,6 +253,10 @@ def torch_rnn(kind, threads, shape=RNN_SHAPE):
             getattr(rnn, name).copy_(torch.from_numpy(np.ascontiguousarray(value)))
         linear.weight.copy_(torch.from_numpy(classifier["W"].T.copy()))
         linear.bias.copy_(torch.from_numpy(classifier["b"]))
+    trained = torch.zeros_like(rnn.bias_hh_l0)
+    if kind == "GRU":
+        trained[2 * n:] = 1
+    rnn.bias_hh_l0.register_hook(lambda grad: grad * trained)
     params = list(rnn.parameters()) + list(linear.parameters())
     opt = torch.optim.SGD(params, lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
