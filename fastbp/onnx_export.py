@@ -17,7 +17,9 @@ are dynamic):
   ONNX's own ``RNN`` op has no step, hardtanh or softplus in every runtime,
   and a ``Scan`` states fastbp's recurrence as it is, for every activation.
   ``return_sequences`` gives the scan's per-step outputs, otherwise its final
-  state.
+  state. Bidirectional: the reverse direction is a second state of the same
+  ``Scan`` that reads its inputs and writes its outputs in reverse time order;
+  the directions are concatenated as fastbp's (forward first).
 * ``Conv2D``: ``Conv`` (weights as (out, in, kh, kw); "same" as ``auto_pad=SAME_UPPER``)
   between NHWC->NCHW and NCHW->NHWC ``Transpose``s, then the activation;
   ``MaxPool2D``/``AvgPool2D``: ``MaxPool``/``AveragePool`` likewise;
@@ -55,6 +57,7 @@ from . import losses as _losses
 from ._atomic import write_atomically
 from ._kernels import registry as R
 from .layers import GRU, LSTM, AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D
+from .layers._sequence import DIRECTIONS
 from .layers.recurrent import RNN, FixedPoint
 
 __all__ = ["export_onnx", "OPSET", "LAYER_EXPORTERS", "ACTIVATION_EXPORTERS"]
@@ -160,24 +163,44 @@ def _export_dense(g, layer, x):
 
 
 def _export_rnn(g, layer, x):
-    """Scan over time of h = act(x_proj_t + h·Wh), x_proj = x·Wx + b for all steps at once."""
-    if layer.bidirectional:
-        raise NotImplementedError(f"{layer!r}: ONNX export of a bidirectional RNN is not implemented")
-    n = layer.n_hidden
-    # Time first, scanned along axis 0: onnxruntime's float64 Scan supports no other axis.
-    x_proj = g.node("Transpose", [_affine(g, x, layer.Wx, layer.b, "rnn_x_proj")], perm=[1, 0, 2])
+    """One Scan over time of h = act(x_proj_t + h·Wh) per direction, x_proj = x·Wx + b for all steps at once.
+
+    Bidirectional: the reverse direction is a second state and scan input of the same Scan, read from
+    the last step to the first (``scan_input_directions``) and its states written back in time order
+    (``scan_output_directions``), so that both outputs line up step by step, as fastbp's.
+    """
+    n, directions = layer.n_hidden, DIRECTIONS[:layer.n_directions]
     batch = g.node("Shape", [x], "batch", start=0, end=1)
     h0 = g.zeros(g.node("Concat", [batch, g.constant([n], "width", np.int64)], "state_shape", axis=0))
-    wh = g.constant(layer.Wh, "rnn.Wh")
     body = g.subgraph()
-    h_prev, x_t = body.name("h_prev"), body.name("x_t")
-    h = _activation(body, layer.activation, body.node("Add", [x_t, body.node("MatMul", [h_prev, wh])], "z"))
-    h_state, h_out = body.node("Identity", [h], "h_state"), body.node("Identity", [h], "h_out")
+    x_projs, body_inputs, h_states, h_outs = [], [], [], []
+    for suffix in directions:
+        x_proj = _affine(g, x, layer.param("Wx" + suffix), layer.param("b" + suffix), "rnn_x_proj" + suffix)
+        # Time first, scanned along axis 0: onnxruntime's float64 Scan supports no other axis.
+        x_projs.append(g.node("Transpose", [x_proj], perm=[1, 0, 2]))
+        wh = g.constant(layer.param("Wh" + suffix), "rnn.Wh" + suffix)
+        h_prev, x_t = body.name("h_prev" + suffix), body.name("x_t" + suffix)
+        h = _activation(body, layer.activation, body.node("Add", [x_t, body.node("MatMul", [h_prev, wh])], "z"))
+        body_inputs.append((h_prev, x_t))
+        h_states.append(body.node("Identity", [h], "h_state" + suffix))
+        h_outs.append(body.node("Identity", [h], "h_out" + suffix))
+    # Scan's body takes every state, then every scan input; it returns every state, then every scan output.
     graph = g.helper.make_graph(body.nodes, g.name("rnn_step"),
-                                [body.value_info(h_prev, [None, n]), body.value_info(x_t, [None, n])],
-                                [body.value_info(h_state, [None, n]), body.value_info(h_out, [None, n])])
-    h_last, hs = g.node("Scan", [h0, x_proj], "rnn", n_outputs=2, body=graph, num_scan_inputs=1)
-    return g.node("Transpose", [hs], perm=[1, 0, 2]) if layer.return_sequences else h_last
+                                [body.value_info(h_prev, [None, n]) for h_prev, _ in body_inputs]
+                                + [body.value_info(x_t, [None, n]) for _, x_t in body_inputs],
+                                [body.value_info(name, [None, n]) for name in h_states + h_outs])
+    time_order = list(range(len(directions)))  # 0: first step to last, 1: last to first
+    outputs = g.node("Scan", [h0] * len(directions) + x_projs, "rnn", n_outputs=2 * len(directions), body=graph,
+                     num_scan_inputs=len(directions), scan_input_directions=time_order,
+                     scan_output_directions=time_order)
+    h_lasts, hs = outputs[:len(directions)], outputs[len(directions):]
+    if layer.return_sequences:  # (T, batch, H) per direction -> (batch, T, D·H)
+        return g.node("Transpose", [_concat_last_axis(g, hs)], perm=[1, 0, 2])
+    return _concat_last_axis(g, h_lasts)  # (batch, H) per direction -> (batch, D·H)
+
+
+def _concat_last_axis(g, names):
+    return names[0] if len(names) == 1 else g.node("Concat", names, "directions", axis=-1)
 
 
 # fastbp's gate blocks (columns of Wx, Wh, b) in ONNX's order: LSTM i, o, f, c from fastbp's i, f, g, o;
@@ -199,7 +222,7 @@ def _export_gated(g, layer, x):
         return np.concatenate([a[..., k * n:(k + 1) * n] for k in order], axis=-1)
 
     W, R_, B = [], [], []
-    for suffix in ("", "_reverse")[:layer.n_directions]:
+    for suffix in DIRECTIONS[:layer.n_directions]:
         W.append(blocks(layer.param("Wx" + suffix)).T)
         R_.append(blocks(layer.param("Wh" + suffix)).T)
         recurrent = np.zeros(len(order) * n, layer.param("b" + suffix).dtype)

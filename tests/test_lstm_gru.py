@@ -106,16 +106,18 @@ def test_kernels_match_reference(backend, dtype, kind, rng, threads):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_threads_bitwise_on_parallel_sizes(backend, kind, rng, threads):
-    """Shapes large enough for the parallel GEMM and the parallel row passes: 1 and 2 threads agree bit for bit."""
-    p = problem(rng, kind, (64, 3, 5, 96), np.float32)
-    results = []
-    for n in (1, 2):
-        threads(n)
-        fwd, grads = run(kind, p)
-        results.append(fwd + grads)
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert np.array_equal(a, b)
+    """Shapes large enough for the parallel GEMM and the parallel row passes, and (64·60 rows of 3 or 4 × 96
+    gate values, >= 2^20) for the parallel bias column sums: 1 and 2 threads agree bit for bit."""
+    for shape in [(64, 3, 5, 96), (64, 60, 3, 96)]:
+        p = problem(rng, kind, shape, np.float32)
+        results = []
+        for n in (1, 2):
+            threads(n)
+            fwd, grads = run(kind, p)
+            results.append(fwd + grads)
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                assert np.array_equal(a, b), shape
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -83,6 +83,16 @@ def test_rnn(backend, dtype, activation, return_sequences):
     assert_matches_predict(net, [(1, 1, 3), (5, 9, 3), (40, 2, 3)])
 
 
+@pytest.mark.parametrize("return_sequences", [False, True], ids=["last", "sequences"])
+def test_stacked_bidirectional_rnn(backend, dtype, return_sequences):
+    """Two bidirectional RNNs (the first with return_sequences), every parameter of both directions distinct."""
+    net = fb.Network([fb.RNN(3, 4, "tanh", return_sequences=True, bidirectional=True),
+                      fb.RNN(8, 5, "relu", return_sequences=return_sequences, bidirectional=True),
+                      fb.Dense(10, 2)], loss="softmax_cross_entropy", dtype=dtype, seed=6)
+    net.params[...] = np.random.default_rng(7).uniform(-0.6, 0.6, net.n_params)
+    assert_matches_predict(net, [(1, 1, 3), (5, 9, 3), (40, 2, 3)])
+
+
 @pytest.mark.parametrize("activation", R.RECURRENT_ACTIVATIONS)
 def test_fixed_point(backend, dtype, activation):
     tol = 1e-6 if dtype == np.float32 else 1e-11

@@ -227,12 +227,6 @@ def test_onnx_export_matches_predict(kind, bidirectional):
     np.testing.assert_allclose(session.run(None, {"X": X})[0], net.predict(X), rtol=1e-5, atol=1e-5)
 
 
-def test_onnx_bidirectional_rnn_refused():
-    pytest.importorskip("onnx")
-    with pytest.raises(NotImplementedError, match="bidirectional"):
-        fb.Network([fb.RNN(2, 3, bidirectional=True), fb.Dense(6, 1)]).to_onnx()
-
-
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_truncation_is_torch_with_the_early_states_detached(backend, kind):
     """truncate=k: torch run over the first T-k steps without gradient, then k steps from that state."""

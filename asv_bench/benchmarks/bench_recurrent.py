@@ -1,6 +1,7 @@
-"""Recurrent layers: the RNN's forward + backward pass (BPTT) at batch 64, time 50,
-hidden 128, n_in 32 (the peer comparison's shape), its kernels alone, and the
-FixedPoint layer's relaxation + adjoint."""
+"""Recurrent layers: the RNN's, the LSTM's and the GRU's forward + backward pass
+(BPTT) in a network at batch 64, time 50, hidden 128, n_in 32 (the peer
+comparison's shape, ``python -m fastbp.bench rnn``), their kernels alone, and
+the FixedPoint layer's relaxation + adjoint."""
 
 import timeit
 
@@ -45,9 +46,42 @@ class RNN(KernelBenchmark):
 
     def track_seconds_per_1000_samples(self, backend, dtype, threads, activation):
         """Best of 5 forward + backward passes, as time per 1,000 samples (lower is better)."""
-        runs = timeit.repeat(lambda: self.time_forward_backward(backend, dtype, threads, activation), number=1,
-                             repeat=5)
-        return min(runs) / BATCH * 1000
+        return seconds_per_1000_samples(self.net, self.X, self.y)
+
+    track_seconds_per_1000_samples.unit = "s"
+
+
+def seconds_per_1000_samples(net, X, y):
+    """Best of 5 forward + backward passes of ``net`` on the batch (X, y), per 1,000 samples."""
+    def forward_backward():
+        net.forward(X)
+        net.backward(y)
+
+    return min(timeit.repeat(forward_backward, number=1, repeat=5)) / len(X) * 1000
+
+
+class GatedNetwork(KernelBenchmark):
+    """One forward + backward of LSTM / GRU(32, 128) -> Dense(128, 10) on (64, 50, 32) sequences:
+    the layer as a network runs it (``bench rnn``'s shape), beside the kernels alone (``Gated``)."""
+
+    params = [BACKENDS, DTYPES, THREADS, ["LSTM", "GRU"]]
+    param_names = ["backend", "dtype", "threads", "kind"]
+
+    def setup(self, backend, dtype, threads, kind):
+        self.configure(backend, dtype, threads)
+        self.net = fb.Network([getattr(fb, kind)(N_IN, HIDDEN), fb.Dense(HIDDEN, 10)],
+                              loss="softmax_cross_entropy", dtype=dtype, seed=0)
+        self.X = random((BATCH, TIME, N_IN), dtype, 1)
+        self.y = np.random.default_rng(2).integers(0, 10, BATCH)
+        self.time_forward_backward(backend, dtype, threads, kind)  # JIT, buffers
+
+    def time_forward_backward(self, backend, dtype, threads, kind):
+        self.net.forward(self.X)
+        self.net.backward(self.y)
+
+    def track_seconds_per_1000_samples(self, backend, dtype, threads, kind):
+        """Best of 5 forward + backward passes, as time per 1,000 samples (lower is better)."""
+        return seconds_per_1000_samples(self.net, self.X, self.y)
 
     track_seconds_per_1000_samples.unit = "s"
 

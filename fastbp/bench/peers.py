@@ -1,7 +1,8 @@
 """Train the same MLP with the same data and the same SGD step on fastbp and its CPU peers.
 
 Usage: ``python -m fastbp.bench peers [--networks 784-256-128-10:128 ...] [--threads N] [--pipeline | --busy]``;
-``python -m fastbp.bench rnn [--threads N]`` for the recurrent comparison (see ``run_rnn``).
+``python -m fastbp.bench rnn [--threads N] [--kinds RNN LSTM GRU]`` for the recurrent comparison
+(see ``run_rnn``).
 
 ``--pipeline`` runs a NumPy matmul between training steps, ``--busy`` keeps one
 core busy with another process (see ``situations``); both print each system's
@@ -195,47 +196,76 @@ SYSTEMS = {
 
 
 # ------------------------------------------------------------------ recurrent comparison
-# A simple tanh RNN over (batch, time, features) sequences, its last state into
-# a linear softmax classifier, trained by full BPTT and plain SGD, float32.
+# One recurrent layer over (batch, time, features) sequences, its last state
+# into a linear softmax classifier, trained by full BPTT and plain SGD, float32:
+# the Elman RNN (tanh), the LSTM and the GRU, each against the torch.nn module
+# of the same name, from the same weights, on the same data in the same order.
 RNN_SHAPE = {"batch": 64, "time": 50, "n_in": 32, "hidden": 128, "classes": 10}
+RNN_GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}  # layer kind (fb.* and torch.nn.*): gate blocks of H columns
 
 
-def rnn_data(n_samples, seed=0):
-    s = RNN_SHAPE
+def rnn_data(n_samples, shape=RNN_SHAPE, seed=0):
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n_samples, s["time"], s["n_in"])).astype(np.float32)
-    return X, rng.integers(0, s["classes"], size=n_samples)
+    X = rng.standard_normal((n_samples, shape["time"], shape["n_in"])).astype(np.float32)
+    return X, rng.integers(0, shape["classes"], size=n_samples)
 
 
-def rnn_weights(seed=0):
-    """torch.nn.RNN's default U(-1/√H, 1/√H) draws for Wx, Wh, b and the classifier, shared by every system."""
-    s = RNN_SHAPE
+def rnn_weights(kind, shape=RNN_SHAPE, seed=0):
+    """torch's default U(-1/√H, 1/√H) draws, fastbp-shaped, shared by every system.
+
+    Returns ``(recurrent, classifier)``: {fastbp parameter name: array} of the
+    ``kind`` layer (Wx (n_in, G·H), Wh (H, G·H), b (G·H,), and the GRU's b_hn (H,))
+    and of the Dense layer (W (H, classes), b (classes,)).
+    """
     rng = np.random.default_rng(seed)
-    k = 1 / np.sqrt(s["hidden"])
-    u = lambda *shape: rng.uniform(-k, k, shape).astype(np.float32)  # noqa: E731
-    return u(s["n_in"], s["hidden"]), u(s["hidden"], s["hidden"]), u(s["hidden"]), u(s["hidden"], s["classes"]), \
-        u(s["classes"])
+    n_in, n, width = shape["n_in"], shape["hidden"], RNN_GATES[kind] * shape["hidden"]
+    k = 1 / np.sqrt(n)
+    u = lambda *size: rng.uniform(-k, k, size).astype(np.float32)  # noqa: E731
+    recurrent = {"Wx": u(n_in, width), "Wh": u(n, width), "b": u(width)}
+    if kind == "GRU":
+        recurrent["b_hn"] = u(n)
+    return recurrent, {"W": u(n, shape["classes"]), "b": u(shape["classes"])}
 
 
-def torch_rnn(threads):
+def torch_rnn(kind, threads, shape=RNN_SHAPE):
+    """torch.nn.<kind> + Linear with ``rnn_weights`` mapped as fastbp.layers.gated documents
+    (weight_ih = Wxᵀ, weight_hh = Whᵀ, bias_ih = b, bias_hh = 0 but the GRU's n block = b_hn).
+
+    torch has two biases where fastbp has one (b = bias_ih + bias_hh): trained
+    both, SGD would move the sum twice as far. So bias_hh's gradient is masked
+    to the GRU's n block (fastbp's b_hn), and the rest of it stays 0.
+
+    Returns ``(epoch, loss)``: one SGD epoch over (X, y), and the mean loss on (X, y).
+    """
     import torch
 
     torch.set_num_threads(threads)
-    s = RNN_SHAPE
-    wx, wh, b, w_out, b_out = rnn_weights()
-    rnn = torch.nn.RNN(s["n_in"], s["hidden"], nonlinearity="tanh", batch_first=True)
-    linear = torch.nn.Linear(s["hidden"], s["classes"])
+    recurrent, classifier = rnn_weights(kind, shape)
+    n = shape["hidden"]
+    rnn = getattr(torch.nn, kind)(shape["n_in"], n, batch_first=True)
+    linear = torch.nn.Linear(n, shape["classes"])
+    bias_hh = np.zeros_like(recurrent["b"])
+    if kind == "GRU":
+        bias_hh[2 * n:] = recurrent["b_hn"]
     with torch.no_grad():
-        rnn.weight_ih_l0.copy_(torch.from_numpy(wx.T))
-        rnn.weight_hh_l0.copy_(torch.from_numpy(wh.T))
-        rnn.bias_ih_l0.copy_(torch.from_numpy(b))
-        rnn.bias_hh_l0.zero_()
-        linear.weight.copy_(torch.from_numpy(w_out.T))
-        linear.bias.copy_(torch.from_numpy(b_out))
+        for name, value in [("weight_ih_l0", recurrent["Wx"].T), ("weight_hh_l0", recurrent["Wh"].T),
+                            ("bias_ih_l0", recurrent["b"]), ("bias_hh_l0", bias_hh)]:
+            getattr(rnn, name).copy_(torch.from_numpy(np.ascontiguousarray(value)))
+        linear.weight.copy_(torch.from_numpy(classifier["W"].T.copy()))
+        linear.bias.copy_(torch.from_numpy(classifier["b"]))
+    trained = torch.zeros_like(rnn.bias_hh_l0)
+    if kind == "GRU":
+        trained[2 * n:] = 1
+    rnn.bias_hh_l0.register_hook(lambda grad: grad * trained)
     params = list(rnn.parameters()) + list(linear.parameters())
     opt = torch.optim.SGD(params, lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
-    batch = s["batch"]
+    batch = shape["batch"]
+
+    def loss(X, y):
+        with torch.no_grad():
+            states, _ = rnn(torch.from_numpy(X))
+            return float(loss_fn(linear(states[:, -1]), torch.from_numpy(y)))
 
     def epoch(X, y):
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
@@ -245,26 +275,28 @@ def torch_rnn(threads):
             loss_fn(linear(states[:, -1]), yt[start:start + batch]).backward()
             opt.step()
 
-    return epoch
+    return epoch, loss
 
 
-def fastbp_rnn(name):
-    def build(threads):
+def fastbp_rnn(backend_name):
+    def build(kind, threads, shape=RNN_SHAPE):
+        """fb.<kind> + Dense with ``rnn_weights``; returns ``(epoch, loss)`` as ``torch_rnn``."""
         import fastbp as fb
 
-        fb.set_backend(name)
+        fb.set_backend(backend_name)
         fb.set_num_threads(threads)
-        s = RNN_SHAPE
-        net = fb.Network([fb.RNN(s["n_in"], s["hidden"], "tanh"), fb.Dense(s["hidden"], s["classes"])],
+        n = shape["hidden"]
+        net = fb.Network([getattr(fb, kind)(shape["n_in"], n), fb.Dense(n, shape["classes"])],
                          loss="softmax_cross_entropy", dtype=np.float32, seed=0)
-        rnn, dense = net.layers
-        rnn.Wx, rnn.Wh, rnn.b, dense.W, dense.b = rnn_weights()
+        for layer, weights in zip(net.layers, rnn_weights(kind, shape)):
+            for name, value in weights.items():
+                layer.param(name)[...] = value
         opt = fb.SGD(net, lr=LR)
 
         def epoch(X, y):
-            net.fit(X, y, optimizer=opt, epochs=1, batch_size=s["batch"], shuffle=False, verbose=0)
+            net.fit(X, y, optimizer=opt, epochs=1, batch_size=shape["batch"], shuffle=False, verbose=0)
 
-        return epoch
+        return epoch, net.evaluate
 
     return build
 
@@ -272,26 +304,31 @@ def fastbp_rnn(name):
 RNN_SYSTEMS = {"torch eager": torch_rnn, "fastbp cython": fastbp_rnn("cython"), "fastbp numba": fastbp_rnn("numba")}
 
 
-def run_rnn(threads, repeats, n_batches=20, systems=tuple(RNN_SYSTEMS)):
-    """Samples/s of one SGD epoch (n_batches batches) for each system; returns {system: samples/s}."""
-    s = RNN_SHAPE
-    X, y = rnn_data(n_batches * s["batch"])
-    result = {}
-    for name in systems:
-        try:
-            epoch = RNN_SYSTEMS[name](threads)
-        except ImportError as exc:
-            print(f"  skipping {name}: {exc}")
-            continue
-        epoch(X, y)  # warm-up
-        result[name] = len(X) / min(timed(epoch, X, y) for _ in range(repeats))
-    print(f"RNN tanh, batch {s['batch']}, time {s['time']}, n_in {s['n_in']}, hidden {s['hidden']} -> "
-          f"Dense {s['classes']}; float32, full BPTT, SGD lr={LR}, {threads} threads; samples/s")
-    peer = result.get("torch eager")
-    for name, value in result.items():
-        ratio = f"  {value / peer:5.2f}x torch.nn.RNN" if peer and name.startswith("fastbp") else ""
-        print(f"  {name:>14}: {value / 1e3:8.2f}k{ratio}", flush=True)
-    return result
+def run_rnn(threads, repeats, n_batches=20, systems=tuple(RNN_SYSTEMS), kinds=tuple(RNN_GATES), shape=RNN_SHAPE):
+    """Samples/s of one SGD epoch (n_batches batches) for each layer kind and system, one table per kind.
+
+    Returns {kind: {system: samples/s}}; fastbp's rows show the ratio to torch's.
+    """
+    X, y = rnn_data(n_batches * shape["batch"], shape)
+    results = {}
+    for kind in kinds:
+        result = results[kind] = {}
+        for name in systems:
+            try:
+                epoch, _ = RNN_SYSTEMS[name](kind, threads, shape)
+            except ImportError as exc:
+                print(f"  skipping {name}: {exc}")
+                continue
+            epoch(X, y)  # warm-up
+            result[name] = len(X) / min(timed(epoch, X, y) for _ in range(repeats))
+        print(f"{kind}{' tanh' if kind == 'RNN' else ''}, batch {shape['batch']}, time {shape['time']}, "
+              f"n_in {shape['n_in']}, hidden {shape['hidden']} -> Dense {shape['classes']}; float32, full BPTT, "
+              f"SGD lr={LR}, {threads} threads; samples/s")
+        peer = result.get("torch eager")
+        for name, value in result.items():
+            ratio = f"  {value / peer:5.2f}x torch.nn.{kind}" if peer and name.startswith("fastbp") else ""
+            print(f"  {name:>14}: {value / 1e3:8.2f}k{ratio}", flush=True)
+    return results
 
 
 def blas_threads(n):
@@ -405,12 +442,14 @@ def print_row(row, systems):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastbp.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["peers", "rnn"], help="which comparison to run: MLPs or the RNN")
+    parser.add_argument("what", choices=["peers", "rnn"], help="which comparison to run: MLPs or the recurrent layers")
     parser.add_argument("--networks", nargs="+", default=DEFAULT_NETWORKS, metavar="SIZES:BATCH")
     parser.add_argument("--threads", type=int, default=usable_cores())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gflop", type=float, default=40.0, help="work per epoch, sizing the sample count")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--kinds", nargs="+", default=list(RNN_GATES), choices=list(RNN_GATES),
+                        help="rnn: the recurrent layers to compare with torch.nn's of the same name")
     parser.add_argument("--rounds", type=int, default=2,
                         help="peers: measurements of each system, each in a fresh process, in rotating order")
     situation = parser.add_mutually_exclusive_group()
@@ -426,7 +465,7 @@ def main(argv=None):
     if args.what == "rnn":
         limiter = blas_threads(args.threads)
         try:
-            run_rnn(args.threads, args.repeats)
+            run_rnn(args.threads, args.repeats, kinds=args.kinds)
         finally:
             if limiter is not None:
                 limiter.restore_original_limits()

@@ -27,6 +27,7 @@ from libc.string cimport memcpy, memset
 from fastbp._kernels.cython._gemm cimport gemm_nogil
 from fastbp._kernels.cython._dense cimport dense_forward_nogil
 from fastbp._kernels.cython._activations cimport ACT_IDENTITY
+from fastbp._kernels.cython._threads cimport backing_off
 from fastbp._kernels.reference import GATED_WORK
 
 cdef extern from "gated_rows.h" nogil:
@@ -53,6 +54,12 @@ cdef extern from "gated_rows.h" nogil:
 
 # Below this many gate values per step, a row pass runs on the calling thread.
 cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 14
+# The bias gradients' column sums go parallel from this many values only: one
+# parallel region (a worker woken on this KVM machine) cost ~0.25 ms, where the
+# sums of the memory demo's 1600 x 96 gate gradients take ~0.1 ms alone, so
+# GRU backward there took 0.72 ms on 2 threads against 0.49 ms on 1; at the
+# bench's 3200 x 384 splitting them still saves ~0.4 ms of ~7 ms.
+cdef Py_ssize_t COLUMN_SUMS_PARALLEL_MIN_ELEMENTS = 1 << 20
 
 
 def _check_work(str kernel, Py_ssize_t size, Py_ssize_t m, Py_ssize_t n):
@@ -69,7 +76,9 @@ def _check(str kernel, str name, tuple shape, tuple expected):
 
 
 cdef inline int _row_threads(Py_ssize_t elements, int n_threads) noexcept nogil:
-    return n_threads if n_threads > 1 and elements >= PARALLEL_MIN_ELEMENTS else 1
+    """Threads of a row pass: 1 below PARALLEL_MIN_ELEMENTS and while the busy-machine back-off is on
+    (as every other kernel: a parallel region per step whose second thread has no core stalls every step)."""
+    return n_threads if n_threads > 1 and elements >= PARALLEL_MIN_ELEMENTS and not backing_off() else 1
 
 
 cdef void _zero_steps(floating* a, Py_ssize_t m, Py_ssize_t t_end, Py_ssize_t ld,
@@ -346,7 +355,8 @@ cdef void _column_sums(const floating* g, Py_ssize_t rows, Py_ssize_t cols, Py_s
     """out[j] := Σ_i g[i·ld + j], each column summed in row order in double (gated_rows.h),
     blocks of 64 columns split between threads."""
     cdef Py_ssize_t block, n_blocks = (cols + 63) // 64
-    cdef int threads = n_threads if n_blocks > 1 and rows * cols >= PARALLEL_MIN_ELEMENTS else 1
+    cdef int threads = (n_threads if n_blocks > 1 and rows * cols >= COLUMN_SUMS_PARALLEL_MIN_ELEMENTS
+                        and not backing_off() else 1)
     if threads < 2:
         for block in range(n_blocks):
             _column_sums_block(g, rows, cols, ld, block * 64, out)
