@@ -152,7 +152,7 @@ def test_gemm_waves_and_column_tasks_same_bits_for_any_thread_count(backend, dty
 # on AVX-512 float32 (MR 12, NR 32) at 2 threads: 1 = B packed by every thread, tasks over rows;
 # 2 = A packed by every thread, tasks over columns; 0 = the shared path.
 PRIVATE_CASES = [(32, 784, 256, 2), (128, 784, 256, 2), (784, 128, 256, 1), (128, 256, 128, 1),
-                 (784, 32, 256, 1), (97, 131, 257, 2), (128, 2048, 256, 0)]
+                 (784, 32, 256, 1), (97, 131, 257, 2), (256, 1024, 1024, 2), (256, 2048, 1024, 0)]
 
 
 @pytest.mark.parametrize("m,k,n,split", PRIVATE_CASES)

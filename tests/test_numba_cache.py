@@ -3,8 +3,10 @@
 A function whose cache key differs from process to process (for instance a closure
 capturing a dispatcher, whose pickle carries a per-process uuid) is compiled and
 saved again by every process: ~10 s at each start. The child below runs the GEMM
-driver on each path (unpacked, packed serial, packed parallel) in both dtypes and
-one training step; the first child may compile, the second must only load.
+driver on each path (unpacked, packed serial, packed parallel) in both dtypes, one
+training step of an MLP and one of a CNN whose convolution takes the block-parallel
+path (``conv._blocks_parallel``, 2 threads); the first child may compile, the second
+must only load.
 """
 
 import os
@@ -35,6 +37,11 @@ for dtype in (np.float32, np.float64):
                      dtype=dtype, seed=0)
     X, y = rng.standard_normal((32, 64)), rng.integers(0, 10, size=32)
     net.fit(X, y, optimizer=fb.Adam(net), epochs=1, batch_size=32, verbose=0)
+    # 32 x 8 x 8 output pixels, k = 3 * 3 * 32: five row blocks, enough for two threads to take whole ones
+    cnn = fb.Network([fb.Conv2D(32, 8, 3, padding="same", activation="relu"), fb.MaxPool2D(2), fb.Flatten(),
+                      fb.Dense(4 * 4 * 8, 10)], loss="softmax_cross_entropy", dtype=dtype, seed=0)
+    images = rng.standard_normal((32, 8, 8, 32))
+    cnn.fit(images, y, optimizer=fb.Adam(cnn), epochs=1, batch_size=32, verbose=0)
 """
 
 
@@ -55,3 +62,4 @@ def test_second_process_reuses_the_cache():
     loaded = [line for line in events if "data loaded" in line]
     assert any("_make_driver" in line for line in loaded), "the GEMM driver was not loaded from the cache"
     assert any("mlp" in line for line in loaded), "the training step's kernels were not loaded from the cache"
+    assert any("_blocks_parallel" in line for line in loaded), "the block-parallel convolution was not loaded"

@@ -37,3 +37,19 @@ def test_public_type_hints_resolve():
         typing.get_type_hints(method)
         checked += 1
     assert checked > 30
+
+
+def test_import_fastbp_imports_no_optional_dependency():
+    """The extras (SciPy, scikit-learn, PyTorch, ONNX, Dask) and Numba load only where they are used.
+
+    Each costs 0.1-1 s of import: ``import fastbp`` must not pay for them (a fresh
+    interpreter, so that this test session's own imports do not count).
+    """
+    import subprocess
+    import sys
+
+    heavy = ("scipy", "sklearn", "torch", "onnx", "onnxruntime", "dask", "distributed", "numba", "jax")
+    code = f"import sys, fastbp; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"import fastbp imported {out.strip()}"

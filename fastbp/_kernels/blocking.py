@@ -91,8 +91,9 @@ B_WAVE_VALUES = 1 << 21
 # cost ~30 us per call on a quiet 2-core Sapphire Rapids (the packed panels move
 # between the cores' caches, then the barrier): 128x256x128 ran no faster on 2
 # threads than on one, 784-256-128-10 at batch 128 trained 1.27x one thread.
-# 2^18 float32 values are 1 MiB: every operand of the peer networks' layers.
-PRIVATE_MAX_VALUES = 1 << 18
+# 2^19 float32 values are 2 MiB: every operand of the peer networks' layers
+# (256x1024x1024's A, 22 tiles of 12 rows x 1024, is just over 2^18: 234 -> 340 GFLOP/s).
+PRIVATE_MAX_VALUES = 1 << 19
 
 # The functions below are the decisions both backends make; the Numba backend
 # compiles these very functions, the Cython backend mirrors them in _gemm.pyx

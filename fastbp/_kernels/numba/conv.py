@@ -43,7 +43,8 @@ from ..blocking import block_sizes
 from ._threads import ISA, MAX_THREADS, clamp_threads, set_threads
 from .activations import _activation_backward, _activation_forward
 from .dense import _column_sums
-from .gemm import NO_ACTIVATION, driver, gemm, no_bias, run_driver
+from .gemm import NO_ACTIVATION, gemm, no_bias, run_driver
+from .mlp import _run_gemm
 
 CHUNK_VALUES = 1 << 17  # values of one block of cols (512 KiB in float32)
 ROW_ALIGN = 48  # block rows are a multiple of every ISA's MR
@@ -186,34 +187,29 @@ def _geometry(geometry):
 GATHER_MIN_CHANNELS = 16
 
 
-def _make_blocks_parallel(dtype):
-    """The block-parallel forward for ``dtype``: the serial GEMM driver called per block from a prange."""
-    gemm_serial = driver(np.dtype(dtype), parallel=False)
-    im2col = _im2col_serial
+# Cached like every kernel: the serial GEMM driver is reached through mlp._run_gemm
+# (an overload resolved by dtype at typing time) rather than captured in a closure,
+# whose dispatcher would pickle with a per-process uuid into the cache key and be
+# compiled again by every process (~5 s at the CNN demo's start).
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _blocks_parallel(x, kh, kw, weights, geometry, out_h, out_w, bias, act, zf, out, rows,
+                     cols_all, work_all, n_threads):
+    """zf := cols(x)·weights (+ bias), out := act(zf), one row block per task (serial GEMM in each).
 
-    def _blocks_parallel(x, kh, kw, weights, geometry, out_h, out_w, bias, act, zf, out, rows,
-                         cols_all, work_all, n_threads):
-        """zf := cols(x)·weights (+ bias), out := act(zf), one row block per task.
-
-        cols_all, work_all: MAX_THREADS equal slots, one per thread (gathered block, GEMM packing).
-        """
-        set_threads(n_threads)
-        m, k = zf.shape[0], weights.shape[0]
-        cols_slot = cols_all.shape[0] // MAX_THREADS
-        work_slot = work_all.shape[0] // MAX_THREADS
-        for s in prange(-(-m // rows)):
-            t = numba.get_thread_id()
-            r0 = s * rows
-            rr = min(rows, m - r0)
-            cols = cols_all[t * cols_slot:t * cols_slot + rr * k].reshape(rr, k)
-            im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, 1)
-            gemm_serial(cols, weights, zf[r0:r0 + rr], out[r0:r0 + rr], bias, 1.0, 0.0, act, 1,
-                        work_all[t * work_slot:(t + 1) * work_slot])
-
-    return numba.njit(nogil=True, parallel=True)(_blocks_parallel)
-
-
-_blocks_parallel = {}
+    cols_all, work_all: MAX_THREADS equal slots, one per thread (gathered block, GEMM packing).
+    """
+    set_threads(n_threads)
+    m, k = zf.shape[0], weights.shape[0]
+    cols_slot = cols_all.shape[0] // MAX_THREADS
+    work_slot = work_all.shape[0] // MAX_THREADS
+    for s in prange(-(-m // rows)):
+        t = numba.get_thread_id()
+        r0 = s * rows
+        rr = min(rows, m - r0)
+        cols = cols_all[t * cols_slot:t * cols_slot + rr * k].reshape(rr, k)
+        _im2col_serial(x, kh, kw, geometry, out_h, out_w, r0, cols, 1)
+        _run_gemm(cols, weights, zf[r0:r0 + rr], out[r0:r0 + rr], bias, 0.0, act, 1,
+                  work_all[t * work_slot:(t + 1) * work_slot])
 
 
 def _gemm_work_size(dtype, n):
@@ -233,13 +229,10 @@ def _conv_gemm(x, kh, kw, weights, geometry, out_h, out_w, bias, epilogue_act, z
         return
     rows = _block_rows(k, m)
     if n_threads > 1 and -(-m // rows) >= BLOCKS_PER_THREAD * n_threads:
-        compiled = _blocks_parallel.get(x.dtype)
-        if compiled is None:
-            compiled = _blocks_parallel[x.dtype] = _make_blocks_parallel(x.dtype)
         cols_all = _workspace(MAX_THREADS * rows * k, x.dtype, "blocks")
         work_all = _workspace(MAX_THREADS * _gemm_work_size(x.dtype, zf.shape[1]), x.dtype, "gemm")
-        compiled(x, kh, kw, weights, geometry, out_h, out_w, bias, epilogue_act, zf, out, rows,
-                 cols_all, work_all, n_threads)
+        _blocks_parallel(x, kh, kw, weights, geometry, out_h, out_w, bias, epilogue_act, zf, out, rows,
+                         cols_all, work_all, n_threads)
         return
     buf = _workspace(rows * k, x.dtype)
     for r0 in range(0, m, rows):

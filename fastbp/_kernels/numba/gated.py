@@ -32,6 +32,7 @@ from numba.extending import overload
 from .. import registry as R
 from ._arrays import writable
 from ._threads import clamp_threads, set_threads
+from .activations import tanh as gate_tanh
 from .gemm import NO_ACTIVATION, no_bias
 from .mlp import _dense_backward, _dense_forward, _run_gemm, _workspaces
 from .packing import data_pointer
@@ -45,50 +46,15 @@ _jit_parallel = numba.njit(cache=True, nogil=True, parallel=True, error_model="n
 
 
 # ---------------------------------------------------------------- gate nonlinearities
-# float32: tanh as the rational function of the Cython backend's _tanh_rational (Eigen's
-# minimax fit, |error| < 3.5e-7) and σ(z) = (1 + tanh(z/2))/2: branch-free, so the row loops
-# vectorise (Numba has no vector exp/tanh here: a libm call per element cost more than the
-# step's GEMM). float64: math.tanh and the exact two-branch sigmoid.
-_F = np.float32
-_CLAMP, _TINY, _HALF = _F(7.90531110763549805), _F(0.0004), _F(0.5)
-_P = tuple(_F(c) for c in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-                           5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
-                           4.89352455891786e-03))
-_Q = tuple(_F(c) for c in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
-                           4.89352518554385e-03))
-_P0, _P1, _P2, _P3, _P4, _P5, _P6 = _P
-_Q0, _Q1, _Q2, _Q3 = _Q
-
-
-def gate_tanh(x):
-    """tanh(x) for a gate (see above)."""
+# float32: tanh is activations.tanh (the Cython backend's rational function) and
+# σ(z) = (1 + tanh(z/2))/2: branch-free, so the row loops vectorise (Numba has no vector
+# exp/tanh here: a libm call per element cost more than the step's GEMM). float64:
+# math.tanh and the exact two-branch sigmoid.
+_HALF = np.float32(0.5)
 
 
 def gate_sigmoid(x):
     """σ(x) for a gate (see above)."""
-
-
-@overload(gate_tanh)
-def _gate_tanh(x):
-    if x == types.float32:
-        def impl(x):
-            v = -_CLAMP if x < -_CLAMP else x
-            v = _CLAMP if v > _CLAMP else v
-            x2 = v * v
-            p = x2 * _P0 + _P1
-            p = x2 * p + _P2
-            p = x2 * p + _P3
-            p = x2 * p + _P4
-            p = x2 * p + _P5
-            p = x2 * p + _P6
-            p = v * p
-            q = x2 * _Q0 + _Q1
-            q = x2 * q + _Q2
-            q = x2 * q + _Q3
-            r = p / q
-            return x if abs(x) < _TINY else r
-        return impl
-    return lambda x: math.tanh(x)
 
 
 @overload(gate_sigmoid)
