@@ -420,6 +420,16 @@ cdef inline Py_ssize_t wave_length(Py_ssize_t n_slices, Py_ssize_t slice_values,
     return min(n_slices, max(1, B_WAVE_VALUES // slice_values))
 
 
+cdef void judge_by_busiest(double wall, const double* stats, Py_ssize_t nt, Py_ssize_t n_tasks) noexcept nogil:
+    """The back-off's verdict on a parallel call of wall seconds and n_tasks tasks, from the thread
+    that took the most (stats: per thread, up to 64, seconds in tasks then tasks)."""
+    cdef Py_ssize_t tid, busiest = 0
+    for tid in range(min(nt, 64)):
+        if stats[2 * tid + 1] > stats[2 * busiest + 1]:
+            busiest = tid
+    judge_parallel_call(wall, stats[2 * busiest], <Py_ssize_t>stats[2 * busiest + 1], n_tasks)
+
+
 cdef inline int private_split(Py_ssize_t n_tiles, Py_ssize_t n_panels, Py_ssize_t k, Py_ssize_t mr,
                               Py_ssize_t nr, Py_ssize_t nt) noexcept nogil:
     """blocking.private_split: 0 (the shared path), 1 (B private, tasks over rows) or 2 (A private,
@@ -519,8 +529,8 @@ cdef int _gemm_private(Blocking* bs, bint b_private, Py_ssize_t m, Py_ssize_t n,
         return -1
     cdef char packed[64]
     cdef double stats[128]  # per thread (later ones share the last slot): time in tasks, tasks
-    cdef Py_ssize_t tid, task, busiest = 0
-    cdef double t_start, t_task, wall
+    cdef Py_ssize_t tid, task
+    cdef double t_start, t_task
     cdef floating* mine
     for tid in range(64):
         packed[tid] = 0
@@ -539,11 +549,7 @@ cdef int _gemm_private(Blocking* bs, bint b_private, Py_ssize_t m, Py_ssize_t n,
         tid = min(tid, 63)  # its task times, for the back-off
         stats[2 * tid] += fastbp_now() - t_task
         stats[2 * tid + 1] += 1
-    wall = fastbp_now() - t_start
-    for tid in range(min(nt, 64)):
-        if stats[2 * tid + 1] > stats[2 * busiest + 1]:
-            busiest = tid
-    judge_parallel_call(wall, stats[2 * busiest], <Py_ssize_t>stats[2 * busiest + 1], n_tasks)
+    judge_by_busiest(fastbp_now() - t_start, stats, nt, n_tasks)
     fastbp_workspace_release(work, work_bytes)
     return 0
 
@@ -610,7 +616,7 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     cdef double t_start, t_task, wall = 0
     # per thread (up to 64; later ones share the last slot): time in tasks, tasks
     cdef double stats[128]
-    cdef Py_ssize_t tid, busiest = 0
+    cdef Py_ssize_t tid
     for tid in range(128):
         stats[tid] = 0
     # 5th loop (jc, NC)
@@ -646,10 +652,7 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                 wall += fastbp_now() - t_start
                 all_tasks += n_items
     if nt > 1:
-        for tid in range(min(nt, 64)):
-            if stats[2 * tid + 1] > stats[2 * busiest + 1]:
-                busiest = tid
-        judge_parallel_call(wall, stats[2 * busiest], <Py_ssize_t>stats[2 * busiest + 1], all_tasks)
+        judge_by_busiest(wall, stats, nt, all_tasks)
     fastbp_workspace_release(work, work_bytes)
     return 0
 

@@ -83,6 +83,17 @@ _private_split = _jit(private_split)
 
 
 @_jit
+def judge_by_busiest(wall, stats, n_threads, n_tasks):
+    """The back-off's verdict on a parallel call of wall seconds and n_tasks tasks, from the thread
+    that took the most (stats: per thread, seconds in tasks then tasks)."""
+    busiest = 0
+    for t in range(n_threads):
+        if stats[2 * t + 1] > stats[2 * busiest + 1]:
+            busiest = t
+    judge_parallel_call(wall, stats[2 * busiest], stats[2 * busiest + 1], n_tasks)
+
+
+@_jit
 def store_edge_tile(ab, nr_block, rows, cols, z, c_off, ldc, beta):
     """z[tile] := ab[tile] + beta·z[tile] for the valid rows x cols of an edge tile (z unread if beta == 0).
 
@@ -327,12 +338,7 @@ def private_gemm(MR, NR, SIMD, one, b_private, a, b, n_slices, kc_max, zf, of, b
                          t * region + private_values, zf, of, bias, act, alpha_t, beta, finish)
             stats[2 * t] += monotonic_seconds() - t_task
             stats[2 * t + 1] += 1
-    wall = monotonic_seconds() - t_start
-    busiest = 0
-    for t in range(n_threads):
-        if stats[2 * t + 1] > stats[2 * busiest + 1]:
-            busiest = t
-    judge_parallel_call(wall, stats[2 * busiest], stats[2 * busiest + 1], n_tasks)
+    judge_by_busiest(monotonic_seconds() - t_start, stats, n_threads, n_tasks)
     return work
 
 
@@ -425,11 +431,7 @@ def _make_driver(dtype, parallel):
                 wall += monotonic_seconds() - t_start
                 all_tasks += n_items
         if PARALLEL and n_threads > 1:
-            busiest = 0
-            for t in range(n_threads):
-                if stats[2 * t + 1] > stats[2 * busiest + 1]:
-                    busiest = t
-            judge_parallel_call(wall, stats[2 * busiest], stats[2 * busiest + 1], all_tasks)
+            judge_by_busiest(wall, stats, n_threads, all_tasks)
         return work
 
     nb_dtype = numba.from_dtype(np.dtype(dtype))
