@@ -92,7 +92,8 @@ def _extensions():
             include_dirs=[KERNEL_DIR],
             depends=[os.path.join(KERNEL_DIR, header) for header in ("microkernels.h", "thread_workspace.h",
                                                                          "optimizer_steps.h", "conv_workspace.h",
-                                                                         "gated_rows.h", "tanh_rational.h")],
+                                                                         "gated_rows.h", "tanh_rational.h",
+                                                                         "pool_windows.h")],
         )
         for name in MODULES
     ]

@@ -217,3 +217,22 @@ def test_bad_input(rng, call, error, match):
     x = images(rng, CASES[1], np.float64)
     with pytest.raises(error, match=match):
         call(x)
+
+
+@pytest.mark.parametrize("channels", [1, 5, 8, 15, 16, 20, 33])
+def test_max_pool_nan_inf_and_ties_match_reference(backend, dtype, rng, channels):
+    # Both compiled paths: a pixel's channels in one masked vector (float32, fewer
+    # than 16 channels) and the channel loop (wider, or float64); torch's rules
+    # on NaN (the last one wins), -inf windows (their first pixel) and ties.
+    x = np.round(rng.standard_normal((2, 7, 9, channels))).astype(dtype)
+    x[0, 0, 0, :] = np.nan  # one NaN in a window
+    x[0, 2:4, 2:4, :] = np.nan  # a window of NaNs: the last one's position wins
+    x[1, :3, :3, :] = -np.inf  # windows of -inf (3x3 with stride 2 reaches them twice)
+    x[1, 4, 5, ::2] = np.inf
+    for pool_size, stride, padding in ((2, None, 0), (3, 2, 1)):
+        shape, geometry = _geometry.pool2d("test", x.shape, pool_size, stride, padding)
+        want, want_at = np.empty(shape, dtype), np.empty(shape, np.int64)
+        reference.max_pool2d_forward(x, geometry, want, want_at, 1)
+        got, got_at = kernels.max_pool2d_forward(x, pool_size, stride=stride, padding=padding)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_at, want_at)

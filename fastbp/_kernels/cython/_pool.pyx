@@ -15,9 +15,24 @@
 
 from cython.parallel cimport prange
 from cython cimport floating
-from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.string cimport memset
+
+cdef extern from "pool_windows.h" nogil:
+    void fastbp_max_pool_row_s(const float* x, Py_ssize_t width, Py_ssize_t c, Py_ssize_t hs, Py_ssize_t he,
+                               Py_ssize_t out_w, Py_ssize_t sw, Py_ssize_t pl, Py_ssize_t pw,
+                               float* o, int64_t* idx)
+    void fastbp_max_pool_row_d(const double* x, Py_ssize_t width, Py_ssize_t c, Py_ssize_t hs, Py_ssize_t he,
+                               Py_ssize_t out_w, Py_ssize_t sw, Py_ssize_t pl, Py_ssize_t pw,
+                               double* o, int64_t* idx)
+    void fastbp_max_pool_row_narrow_s(const float* x, Py_ssize_t width, Py_ssize_t c, Py_ssize_t hs,
+                                      Py_ssize_t he, Py_ssize_t out_w, Py_ssize_t sw, Py_ssize_t pl,
+                                      Py_ssize_t pw, float* o, int64_t* idx)
+    int fastbp_pool_narrow_ok()
+
+# float32 images of fewer channels than this take the masked AVX-512 row, where the CPU has it.
+DEF NARROW_CHANNELS = 16
+cdef bint _narrow_ok = fastbp_pool_narrow_ok()
 
 # Parallel regions below this many values run on the calling thread.
 DEF PARALLEL_MIN_VALUES = 32768
@@ -46,31 +61,17 @@ cdef inline int _threads(Pool* g, int n_threads) noexcept nogil:
 cdef void _max_row(Pool* g, const floating* x, Py_ssize_t row, floating* out, int64_t* argmax) noexcept nogil:
     """Output row ``row`` (image row // out_h, row % out_h) of max pooling and its arg-max."""
     cdef Py_ssize_t img = row // g.out_h, oh = row % g.out_h
-    cdef Py_ssize_t h0 = oh * g.sh - g.pt, hs = max(h0, 0), he = min(h0 + g.ph, g.h)
-    cdef Py_ssize_t ow, w0, ws, we, ih, iw, ch
-    cdef floating* o
-    cdef int64_t* idx
-    cdef const floating* src
-    cdef floating v
-    cdef int64_t pos
-    for ow in range(g.out_w):
-        w0 = ow * g.sw - g.pl
-        ws = max(w0, 0)
-        we = min(w0 + g.pw, g.w)
-        o = out + (row * g.out_w + ow) * g.c
-        idx = argmax + (row * g.out_w + ow) * g.c
-        for ch in range(g.c):
-            o[ch] = -INFINITY
-            idx[ch] = hs * g.w + ws
-        for ih in range(hs, he):
-            for iw in range(ws, we):
-                src = x + ((img * g.h + ih) * g.w + iw) * g.c
-                pos = ih * g.w + iw
-                for ch in range(g.c):
-                    v = src[ch]
-                    if v > o[ch] or v != v:
-                        o[ch] = v
-                        idx[ch] = pos
+    cdef Py_ssize_t h0 = oh * g.sh - g.pt, first = row * g.out_w * g.c
+    if floating is float:
+        if g.c < NARROW_CHANNELS and _narrow_ok:
+            fastbp_max_pool_row_narrow_s(x + img * g.h * g.w * g.c, g.w, g.c, max(h0, 0), min(h0 + g.ph, g.h),
+                                         g.out_w, g.sw, g.pl, g.pw, out + first, argmax + first)
+            return
+        fastbp_max_pool_row_s(x + img * g.h * g.w * g.c, g.w, g.c, max(h0, 0), min(h0 + g.ph, g.h),
+                              g.out_w, g.sw, g.pl, g.pw, out + first, argmax + first)
+    else:
+        fastbp_max_pool_row_d(x + img * g.h * g.w * g.c, g.w, g.c, max(h0, 0), min(h0 + g.ph, g.h),
+                              g.out_w, g.sw, g.pl, g.pw, out + first, argmax + first)
 
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x, tuple geometry, floating[:, :, :, ::1] out,
