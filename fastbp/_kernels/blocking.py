@@ -95,6 +95,23 @@ B_WAVE_VALUES = 1 << 21
 # (256x1024x1024's A, 22 tiles of 12 rows x 1024, is just over 2^18: 234 -> 340 GFLOP/s).
 PRIVATE_MAX_VALUES = 1 << 19
 
+# Float32 products of at most this many multiply-adds with k <= KC run unpacked
+# (with SIMD): the micro-kernel reads A and B where they lie, and packing both
+# would cost as much as the arithmetic (32x64x32 on one core: 4.3 -> ~1.9 us).
+DIRECT_MAX_MADDS = 1 << 20
+
+# Float32 products with at most this many NR-wide column panels run unpacked at
+# any size (Cython): a packed A serves one micro-kernel call per panel, so for
+# one or two panels packing it is a whole extra pass over A for one or two uses.
+# A convolution (A its gathered receptive fields, n its 32 or 64 channels) gains
+# most: the small VGG's 32- and 64-channel layers, one Zen 4 core, forward
+# 17.9 -> 15.6 ms and 14.3 -> 13.0 ms, dW 23 -> 18 ms.
+DIRECT_MAX_PANELS = 2
+
+# The unpacked path copies a B without unit column stride (δ·Wᵀ) row-major first
+# when it has at most this many values; larger ones take the packed path.
+DIRECT_B_COPY_MAX = 1 << 14
+
 # The functions below are the decisions both backends make; the Numba backend
 # compiles these very functions, the Cython backend mirrors them in _gemm.pyx
 # (tests/test_gemm.py checks it against them).

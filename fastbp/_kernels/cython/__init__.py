@@ -28,6 +28,8 @@ _gemm._configure_threads(
     _blocking_table.B_WAVE_VALUES,
     _blocking_table.PRIVATE_MAX_VALUES,
 )
+_gemm._configure_direct(_blocking_table.DIRECT_MAX_MADDS, _blocking_table.DIRECT_MAX_PANELS,
+                        _blocking_table.DIRECT_B_COPY_MAX)
 _threads._configure(_blocking_table.BACKOFF_MIN_CALLS, _blocking_table.BACKOFF_MAX_CALLS,
                     _blocking_table.BACKOFF_SLACK_SECONDS)
 OPENMP = _gemm._openmp()

@@ -90,13 +90,13 @@ cdef fastbp_ukr_d _ukr_d = NULL
 cdef Py_ssize_t GEMM_MADDS_PER_THREAD = 1 << 20
 cdef Py_ssize_t TASKS_PER_THREAD = 4
 cdef Py_ssize_t MIN_PART_COLUMNS = 128
-# Up to this many multiply-adds, with k <= KC and B's columns adjacent, a
-# float32 product runs unpacked (microkernels.h, AVX-512 and AVX2): same bits,
-# less time than packing (32x64x32 on one core: 4.3 -> ~1.9 us).
-cdef Py_ssize_t DIRECT_MAX_FLOPS = 1 << 20
-# A B of other strides is copied row-major first when it has at most this many values.
-# Products with at most this many columns run unpacked at any size.
-cdef Py_ssize_t DIRECT_NARROW_N = 16
+# The unpacked float32 path (microkernels.h, AVX-512 and AVX2), from
+# fastbp._kernels.blocking (set by _configure_direct): products of at most
+# DIRECT_MAX_MADDS multiply-adds with k <= KC, and products of at most
+# DIRECT_MAX_PANELS NR-wide column panels at any size; a B without unit column
+# stride is copied row-major first when it has at most DIRECT_B_COPY_MAX values.
+cdef Py_ssize_t DIRECT_MAX_MADDS = 1 << 20
+cdef Py_ssize_t DIRECT_MAX_PANELS = 2
 cdef Py_ssize_t DIRECT_B_COPY_MAX = 1 << 14
 cdef int _isa = 0
 # Values of packed B per wave of KC slices, about (blocking.B_WAVE_VALUES).
@@ -578,10 +578,10 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     cdef Py_ssize_t kc_max = (k + n_slices - 1) // n_slices
 
     if floating is float:
-        # Unpacked: small products, and narrow ones (n <= 16: a 12x16 tile instead of
-        # 12x32 with most columns padding; 256x1024x10 on 2 threads 0.30 -> 0.06 ms).
-        if _isa >= FASTBP_ISA_AVX2 and ((k <= bs.kc and m * n * k <= DIRECT_MAX_FLOPS)
-                                        or n <= DIRECT_NARROW_N):
+        # Unpacked: small products, and narrow ones, whose packed A would serve at most
+        # DIRECT_MAX_PANELS micro-panels of B (see blocking.DIRECT_MAX_PANELS).
+        if _isa >= FASTBP_ISA_AVX2 and ((k <= bs.kc and m * n * k <= DIRECT_MAX_MADDS)
+                                        or n <= DIRECT_MAX_PANELS * bs.nr):
             if _direct_s(m, n, k, kc_max, alpha, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, ldc,
                          bias, act, out, ldo, <int>nt) == 0:
                 return 0
@@ -736,6 +736,15 @@ def _configure_threads(Py_ssize_t madds_per_thread, Py_ssize_t tasks_per_thread,
     TASKS_PER_THREAD = tasks_per_thread
     MIN_PART_COLUMNS = min_part_columns
     B_WAVE_VALUES = b_wave_values
+
+
+def _configure_direct(Py_ssize_t max_madds, Py_ssize_t max_panels, Py_ssize_t b_copy_max):
+    """Set the unpacked path's limits of fastbp._kernels.blocking (DIRECT_MAX_MADDS,
+    DIRECT_MAX_PANELS, DIRECT_B_COPY_MAX)."""
+    global DIRECT_MAX_MADDS, DIRECT_MAX_PANELS, DIRECT_B_COPY_MAX
+    if min(max_madds, b_copy_max) < 1 or max_panels < 0:
+        raise ValueError(f"unpacked path limits must be positive, got {max_madds}, {max_panels}, {b_copy_max}")
+    DIRECT_MAX_MADDS, DIRECT_MAX_PANELS, DIRECT_B_COPY_MAX = max_madds, max_panels, b_copy_max
 
 
 def _blocking(dtype):

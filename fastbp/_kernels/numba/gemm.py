@@ -55,7 +55,8 @@ import numba
 import numpy as np
 from numba import prange, types
 
-from ..blocking import TASKS_PER_THREAD, block_sizes, gemm_tasks, gemm_threads, kc_slices, private_split, wave_slices
+from ..blocking import (DIRECT_MAX_MADDS, TASKS_PER_THREAD, block_sizes, gemm_tasks, gemm_threads, kc_slices,
+                        private_split, wave_slices)
 from .activations import activation_span
 from .microkernel import direct_kernel_simd, micro_kernel_loops, micro_kernel_simd
 from .packing import data_pointer, pack_a, pack_b_panel
@@ -64,11 +65,10 @@ from ._arrays import writable
 from ._threads import (ISA, VECTOR_LANES, clamp_threads, fetch_add, gemm_threads_now, judge_parallel_call,
                        monotonic_seconds, set_threads)
 
-# Up to this many multiply-adds (mnk) the GEMM runs unpacked (``direct_kernel_simd``):
-# packing both operands costs as much as the arithmetic of a small product. Always
-# below two threads' worth of blocking.GEMM_MADDS_PER_THREAD, so the unpacked path
-# is serial whatever n_threads.
-DIRECT_MAX_MADDS = 1 << 20
+# Up to blocking.DIRECT_MAX_MADDS multiply-adds (mnk) the GEMM runs unpacked
+# (``direct_kernel_simd``): packing both operands costs as much as the arithmetic
+# of a small product. Always below two threads' worth of
+# blocking.GEMM_MADDS_PER_THREAD, so the unpacked path is serial whatever n_threads.
 # ``act`` value of a plain GEMM: write C only, no activation output.
 NO_ACTIVATION = -1
 _RELU, _IDENTITY = R.RELU, R.IDENTITY
