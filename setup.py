@@ -93,7 +93,7 @@ def _extensions():
             depends=[os.path.join(KERNEL_DIR, header) for header in ("microkernels.h", "thread_workspace.h",
                                                                          "optimizer_steps.h", "conv_workspace.h",
                                                                          "gated_rows.h", "tanh_rational.h",
-                                                                         "pool_windows.h")],
+                                                                         "pool_windows.h", "conv_gather.h")],
         )
         for name in MODULES
     ]

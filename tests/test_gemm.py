@@ -271,16 +271,37 @@ for dtype in (np.float32, np.float64):
             assert np.all(np.abs(got - a.astype(np.float64) @ b) <= bound + 1e-30), (dtype, m, k, n)
         z = kernels.dense_forward(a, b, np.ones(n, dtype), "tanh")
         assert np.allclose(z, np.tanh(a.astype(np.float64) @ b + 1), rtol=1e-4, atol=1e-4)
-# small and narrow products (unpacked on AVX-512 and AVX2) give the bits of large ones (packed)
-big_a = rng.standard_normal((700, 200)).astype(np.float32)
-b = rng.standard_normal((200, 45)).astype(np.float32)
-for threads in (1, 2):
-    fastbp.set_num_threads(threads)
-    wide = kernels.gemm(big_a, b)
-    assert np.array_equal(kernels.gemm(big_a[:13], b), wide[:13])
-    assert np.array_equal(kernels.gemm(np.asfortranarray(big_a[:29]), b), wide[:29])
-    assert np.array_equal(kernels.gemm(big_a, b[:, 3:14]), wide[:, 3:14])
-    assert np.array_equal(kernels.gemm(big_a, np.asfortranarray(b[:, :7])), wide[:, :7])
+# small and narrow products (unpacked on AVX-512 and AVX2) give the bits of large ones
+# (packed: more than blocking.DIRECT_MAX_PANELS column panels), k within and beyond KC
+for k in (200, 700):
+    big_a = rng.standard_normal((700, k)).astype(np.float32)
+    b = rng.standard_normal((k, 150)).astype(np.float32)
+    for threads in (1, 2):
+        fastbp.set_num_threads(threads)
+        wide = kernels.gemm(big_a, b)
+        assert np.array_equal(kernels.gemm(big_a[:13], b), wide[:13])
+        assert np.array_equal(kernels.gemm(np.asfortranarray(big_a[:29]), b), wide[:29])
+        assert np.array_equal(kernels.gemm(big_a, b[:, 3:14]), wide[:, 3:14])
+        assert np.array_equal(kernels.gemm(big_a, b[:, :32]), wide[:, :32])
+        assert np.array_equal(kernels.gemm(big_a, b[:, 5:69]), wide[:, 5:69])
+        assert np.array_equal(kernels.gemm(big_a, np.asfortranarray(b[:, :7])), wide[:, :7])
+# the convolution's gather and max pooling without their AVX-512 paths
+from fastbp._kernels import reference
+for dtype in (np.float32, np.float64):
+    for shape, kernel, geometry in (((3, 11, 9, 1), (5, 5, 1, 6), (1, 1, 2, 0, 1, 1)),
+                                    ((2, 8, 7, 5), (3, 2, 5, 4), (2, 1, 1, 1, 2, 1))):
+        x = rng.standard_normal(shape).astype(dtype)
+        w = rng.standard_normal(kernel).astype(dtype)
+        bias = rng.standard_normal(kernel[3]).astype(dtype)
+        sh, sw, pt, pl, dh, dw = geometry
+        got = kernels.conv2d_forward(x, w, bias, stride=(sh, sw), padding=(pt, pl), dilation=(dh, dw))
+        want = np.empty_like(got)
+        reference.conv2d_forward(x, w, bias, geometry, 0, want, want, 1)
+        np.testing.assert_allclose(got, want, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-5)
+        out, argmax = kernels.max_pool2d_forward(x, 2)
+        want_out, want_at = np.empty_like(out), np.empty_like(argmax)
+        reference.max_pool2d_forward(x, (2, 2, 2, 2, 0, 0), want_out, want_at, 1)
+        assert np.array_equal(out, want_out) and np.array_equal(argmax, want_at)
 print("ok")
 """.format(isa=isa)
     env = dict(os.environ, FASTBP_CYTHON_ISA=isa)

@@ -36,10 +36,19 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from fastbp._kernels.cython._gemm cimport gemm_nogil
+from fastbp._kernels.cython._gemm import ISA_NAMES, _detect_isa
 from fastbp._kernels.cython._activations cimport (
     ACT_IDENTITY, ACT_SOFTMAX, N_ACTIVATIONS,
     activation_backward_nogil, activation_forward_nogil,
 )
+
+cdef extern from "conv_gather.h" nogil:
+    ctypedef struct fastbp_conv_shape:
+        Py_ssize_t h, w, c, kh, kw, out_h, out_w, sh, sw, pt, pl, dh, dw
+    void fastbp_im2col_rows_s(int avx512, const fastbp_conv_shape* g, const float* x, Py_ssize_t r0,
+                              Py_ssize_t r1, float* dst)
+    void fastbp_im2col_rows_d(int avx512, const fastbp_conv_shape* g, const double* x, Py_ssize_t r0,
+                              Py_ssize_t r1, double* dst)
 
 cdef extern from "conv_workspace.h" nogil:
     void* fastbp_conv_workspace(size_t nbytes)
@@ -65,6 +74,10 @@ DEF DW_GROUPS = 8
 # 32-64 channels the two measured level on this loaded 2-core machine).
 DEF GATHER_MIN_CHANNELS = 16
 
+# The gather's short copies are masked AVX-512 loads and stores where the GEMM runs AVX-512
+# (fastbp's one ISA choice: FASTBP_CYTHON_ISA=avx2 turns both off).
+cdef int _gather_avx512 = ISA_NAMES[_detect_isa()] == "avx512"
+
 
 cdef struct Geometry:
     Py_ssize_t n, h, w, c, kh, kw, f, out_h, out_w, sh, sw, pt, pl, dh, dw
@@ -81,42 +94,30 @@ cdef inline Py_ssize_t _block_rows(Py_ssize_t k, Py_ssize_t m) noexcept nogil:
     return min(max(rows, <Py_ssize_t>ROW_ALIGN), m)
 
 
-cdef void _im2col_row(Geometry* g, const floating* x, Py_ssize_t r, floating* dst) noexcept nogil:
-    """dst (kh·kw·c,) := the receptive field of output pixel r, zeros outside x."""
-    cdef Py_ssize_t pix = g.out_h * g.out_w
-    cdef Py_ssize_t img = r // pix, oh = (r % pix) // g.out_w, ow = r % g.out_w
-    cdef Py_ssize_t p, q, ih, iw, iw0 = ow * g.sw - g.pl
-    cdef Py_ssize_t span = g.kw * g.c
-    cdef const floating* src
-    cdef floating* out
-    for p in range(g.kh):
-        ih = oh * g.sh - g.pt + p * g.dh
-        out = dst + p * span
-        if ih < 0 or ih >= g.h:
-            memset(out, 0, span * sizeof(floating))
-            continue
-        src = x + (img * g.h + ih) * g.w * g.c
-        if g.dw == 1 and iw0 >= 0 and iw0 + g.kw <= g.w:  # the whole kernel row inside x: one copy
-            memcpy(out, src + iw0 * g.c, span * sizeof(floating))
-            continue
-        for q in range(g.kw):
-            iw = iw0 + q * g.dw
-            if iw < 0 or iw >= g.w:
-                memset(out + q * g.c, 0, g.c * sizeof(floating))
-            else:
-                memcpy(out + q * g.c, src + iw * g.c, g.c * sizeof(floating))
+cdef inline void _gather_rows(Geometry* g, const floating* x, Py_ssize_t r0, Py_ssize_t r1,
+                              floating* dst) noexcept nogil:
+    """dst[0:r1-r0] := the receptive fields (kh·kw·c each) of output pixels r0 .. r1-1, zeros outside x."""
+    cdef fastbp_conv_shape shape
+    shape.h, shape.w, shape.c, shape.kh, shape.kw = g.h, g.w, g.c, g.kh, g.kw
+    shape.out_h, shape.out_w, shape.sh, shape.sw = g.out_h, g.out_w, g.sh, g.sw
+    shape.pt, shape.pl, shape.dh, shape.dw = g.pt, g.pl, g.dh, g.dw
+    if floating is float:
+        fastbp_im2col_rows_s(_gather_avx512, &shape, x, r0, r1, dst)
+    else:
+        fastbp_im2col_rows_d(_gather_avx512, &shape, x, r0, r1, dst)
 
 
 cdef void _im2col(Geometry* g, const floating* x, Py_ssize_t r0, Py_ssize_t rows,
                   floating* cols, int n_threads) noexcept nogil:
-    """cols[0:rows] := receptive fields of output pixels r0 .. r0+rows-1 (row-parallel)."""
-    cdef Py_ssize_t i, k = g.kh * g.kw * g.c
+    """cols[0:rows] := receptive fields of output pixels r0 .. r0+rows-1 (n_threads parts of rows)."""
+    cdef Py_ssize_t t, lo, hi, k = g.kh * g.kw * g.c
     if n_threads > 1 and rows * k >= PARALLEL_MIN_VALUES:
-        for i in prange(rows, schedule="static", nogil=True, num_threads=n_threads):
-            _im2col_row(g, x, r0 + i, cols + i * k)
+        for t in prange(n_threads, schedule="static", nogil=True, num_threads=n_threads):
+            lo = t * rows // n_threads
+            hi = (t + 1) * rows // n_threads
+            _gather_rows(g, x, r0 + lo, r0 + hi, cols + lo * k)
     else:
-        for i in range(rows):
-            _im2col_row(g, x, r0 + i, cols + i * k)
+        _gather_rows(g, x, r0, r0 + rows, cols)
 
 
 cdef void _col2im_rows(Geometry* g, const floating* dcols, Py_ssize_t r0, Py_ssize_t lo, Py_ssize_t hi,

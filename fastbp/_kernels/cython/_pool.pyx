@@ -18,6 +18,8 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
+from fastbp._kernels.cython._gemm import ISA_NAMES, _detect_isa
+
 cdef extern from "pool_windows.h" nogil:
     void fastbp_max_pool_row_s(const float* x, Py_ssize_t width, Py_ssize_t c, Py_ssize_t hs, Py_ssize_t he,
                                Py_ssize_t out_w, Py_ssize_t sw, Py_ssize_t pl, Py_ssize_t pw,
@@ -28,11 +30,11 @@ cdef extern from "pool_windows.h" nogil:
     void fastbp_max_pool_row_narrow_s(const float* x, Py_ssize_t width, Py_ssize_t c, Py_ssize_t hs,
                                       Py_ssize_t he, Py_ssize_t out_w, Py_ssize_t sw, Py_ssize_t pl,
                                       Py_ssize_t pw, float* o, int64_t* idx)
-    int fastbp_pool_narrow_ok()
 
-# float32 images of fewer channels than this take the masked AVX-512 row, where the CPU has it.
+# float32 images of fewer channels than this take the masked AVX-512 row where the GEMM
+# runs AVX-512 (fastbp's one ISA choice: FASTBP_CYTHON_ISA=avx2 turns both off).
 DEF NARROW_CHANNELS = 16
-cdef bint _narrow_ok = fastbp_pool_narrow_ok()
+cdef bint _narrow_ok = ISA_NAMES[_detect_isa()] == "avx512"
 
 # Parallel regions below this many values run on the calling thread.
 DEF PARALLEL_MIN_VALUES = 32768

@@ -99,13 +99,6 @@ fastbp_max_pool_row_narrow_s(const float *restrict x, ptrdiff_t width, ptrdiff_t
     }
 }
 
-/* True when this CPU runs fastbp_max_pool_row_narrow_s. */
-static int fastbp_pool_narrow_ok(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-           && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
-}
 #else
 #define FASTBP_POOL_NARROW 0
 static void fastbp_max_pool_row_narrow_s(const float *x, ptrdiff_t width, ptrdiff_t c, ptrdiff_t hs,
@@ -114,6 +107,5 @@ static void fastbp_max_pool_row_narrow_s(const float *x, ptrdiff_t width, ptrdif
 {
     fastbp_max_pool_row_s(x, width, c, hs, he, out_w, sw, pl, pw, o, idx);
 }
-static int fastbp_pool_narrow_ok(void) { return 0; }
 #endif
 #endif

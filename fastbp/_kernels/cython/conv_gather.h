@@ -1,0 +1,161 @@
+/* The convolution's image-to-column gather: output pixels' receptive fields,
+ * row after row, into a block of the GEMM's A.
+ *
+ * In C, not Cython, for three things: the geometry in registers (through a
+ * struct pointer gcc reloaded it after every store), restrict pointers, and
+ * copies of the short runs of few-channel images as one masked AVX-512 load
+ * and store (memcpy's call, or a loop with its alias checks, cost more than
+ * the copy: LeNet's first layer, one channel and a 5x5 kernel, copies runs of
+ * 5 values, and the gather took 2.6x the GEMM's time). */
+#ifndef FASTBP_CONV_GATHER_H
+#define FASTBP_CONV_GATHER_H
+#include <stddef.h>
+#include <string.h>
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define FASTBP_GATHER_AVX512 1
+#else
+#define FASTBP_GATHER_AVX512 0
+#endif
+
+/* A convolution's shape: images (n, h, w, c), kernel (kh, kw), outputs
+ * (out_h, out_w), strides, top/left padding, dilations. */
+typedef struct {
+    ptrdiff_t h, w, c, kh, kw, out_h, out_w, sh, sw, pt, pl, dh, dw;
+} fastbp_conv_shape;
+
+static inline void fastbp_copy_values_s(float *restrict d, const float *restrict s, ptrdiff_t n,
+                                        const float *end)
+{
+    (void)end;
+    memcpy(d, s, (size_t)n * sizeof(float));
+}
+static inline void fastbp_copy_values_d(double *restrict d, const double *restrict s, ptrdiff_t n,
+                                        const double *end)
+{
+    (void)end;
+    memcpy(d, s, (size_t)n * sizeof(double));
+}
+static inline void fastbp_zero_values_s(float *d, ptrdiff_t n, const float *end)
+{
+    (void)end;
+    memset(d, 0, (size_t)n * sizeof(float));
+}
+static inline void fastbp_zero_values_d(double *d, ptrdiff_t n, const double *end)
+{
+    (void)end;
+    memset(d, 0, (size_t)n * sizeof(double));
+}
+
+#if FASTBP_GATHER_AVX512
+#define FASTBP_GATHER_TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
+/* Copies and zeros of n values at d, on AVX-512. A vector stored whole may run
+ * past the n values, up to ``end`` (the end of the rows this call writes): the
+ * gather writes in increasing order, so what it overwrote is written again
+ * after; only a store that would cross ``end`` is masked. Zen 4 takes a
+ * masked store several times slower than a whole one (LeNet's first layer:
+ * 37% of the gather's time in its masked stores). Loads stay masked: they
+ * must not read past the image. */
+FASTBP_GATHER_TARGET static inline void
+fastbp_copy_values_avx512_s(float *restrict d, const float *restrict s, ptrdiff_t n, const float *end)
+{
+    for (; n >= 16; n -= 16, d += 16, s += 16) _mm512_storeu_ps(d, _mm512_loadu_ps(s));
+    if (n) {
+        const __mmask16 m = (__mmask16)((1u << n) - 1);
+        const __m512 v = _mm512_maskz_loadu_ps(m, s);
+        if (d + 16 <= end) _mm512_storeu_ps(d, v);
+        else _mm512_mask_storeu_ps(d, m, v);
+    }
+}
+FASTBP_GATHER_TARGET static inline void
+fastbp_copy_values_avx512_d(double *restrict d, const double *restrict s, ptrdiff_t n, const double *end)
+{
+    for (; n >= 8; n -= 8, d += 8, s += 8) _mm512_storeu_pd(d, _mm512_loadu_pd(s));
+    if (n) {
+        const __mmask8 m = (__mmask8)((1u << n) - 1);
+        const __m512d v = _mm512_maskz_loadu_pd(m, s);
+        if (d + 8 <= end) _mm512_storeu_pd(d, v);
+        else _mm512_mask_storeu_pd(d, m, v);
+    }
+}
+FASTBP_GATHER_TARGET static inline void fastbp_zero_values_avx512_s(float *d, ptrdiff_t n, const float *end)
+{
+    for (; n >= 16; n -= 16, d += 16) _mm512_storeu_ps(d, _mm512_setzero_ps());
+    if (n) {
+        if (d + 16 <= end) _mm512_storeu_ps(d, _mm512_setzero_ps());
+        else _mm512_mask_storeu_ps(d, (__mmask16)((1u << n) - 1), _mm512_setzero_ps());
+    }
+}
+FASTBP_GATHER_TARGET static inline void fastbp_zero_values_avx512_d(double *d, ptrdiff_t n, const double *end)
+{
+    for (; n >= 8; n -= 8, d += 8) _mm512_storeu_pd(d, _mm512_setzero_pd());
+    if (n) {
+        if (d + 8 <= end) _mm512_storeu_pd(d, _mm512_setzero_pd());
+        else _mm512_mask_storeu_pd(d, (__mmask8)((1u << n) - 1), _mm512_setzero_pd());
+    }
+}
+#else
+#define FASTBP_GATHER_TARGET
+#endif
+
+/* dst[0 : r1-r0] := the receptive fields (kh*kw*c values each, in (kh, kw, c)
+ * order) of output pixels r0 .. r1-1 of images x, zeros outside x. */
+#define FASTBP_IM2COL_ROWS(NAME, T, ATTR, COPY, ZERO)                                       \
+ATTR static void NAME(const fastbp_conv_shape *shape, const T *restrict x,                  \
+                      ptrdiff_t r0, ptrdiff_t r1, T *restrict dst)                          \
+{                                                                                           \
+    const fastbp_conv_shape g = *shape;                                                     \
+    const ptrdiff_t pix = g.out_h * g.out_w, span = g.kw * g.c, k = g.kh * span;            \
+    ptrdiff_t img = r0 / pix, oh = (r0 % pix) / g.out_w, ow = r0 % g.out_w, r, p, q;        \
+    const T *const end = dst + (r1 - r0) * k;                                               \
+    for (r = r0; r < r1; r++, dst += k) {                                                   \
+        const ptrdiff_t iw0 = ow * g.sw - g.pl;                                             \
+        const int inside_w = g.dw == 1 && iw0 >= 0 && iw0 + g.kw <= g.w;                    \
+        for (p = 0; p < g.kh; p++) {                                                        \
+            const ptrdiff_t ih = oh * g.sh - g.pt + p * g.dh;                               \
+            T *out = dst + p * span;                                                        \
+            if (ih < 0 || ih >= g.h) { ZERO(out, span, end); continue; }                         \
+            const T *src = x + (img * g.h + ih) * g.w * g.c;                                \
+            if (inside_w) { COPY(out, src + iw0 * g.c, span, end); continue; }                   \
+            for (q = 0; q < g.kw; q++) {                                                    \
+                const ptrdiff_t iw = iw0 + q * g.dw;                                        \
+                if (iw < 0 || iw >= g.w) ZERO(out + q * g.c, g.c, end);                     \
+                else COPY(out + q * g.c, src + iw * g.c, g.c, end);                         \
+            }                                                                               \
+        }                                                                                   \
+        if (++ow == g.out_w) {  /* the next pixel, without divisions */                     \
+            ow = 0;                                                                         \
+            if (++oh == g.out_h) { oh = 0; img++; }                                         \
+        }                                                                                   \
+    }                                                                                       \
+}
+
+FASTBP_IM2COL_ROWS(fastbp_im2col_rows_generic_s, float, , fastbp_copy_values_s, fastbp_zero_values_s)
+FASTBP_IM2COL_ROWS(fastbp_im2col_rows_generic_d, double, , fastbp_copy_values_d, fastbp_zero_values_d)
+#if FASTBP_GATHER_AVX512
+FASTBP_IM2COL_ROWS(fastbp_im2col_rows_avx512_s, float, FASTBP_GATHER_TARGET, fastbp_copy_values_avx512_s,
+                   fastbp_zero_values_avx512_s)
+FASTBP_IM2COL_ROWS(fastbp_im2col_rows_avx512_d, double, FASTBP_GATHER_TARGET, fastbp_copy_values_avx512_d,
+                   fastbp_zero_values_avx512_d)
+#endif
+
+/* The gather, on AVX-512 when ``avx512`` (the CPU has it and fastbp's ISA choice allows it). */
+static void fastbp_im2col_rows_s(int avx512, const fastbp_conv_shape *g, const float *x,
+                                 ptrdiff_t r0, ptrdiff_t r1, float *dst)
+{
+#if FASTBP_GATHER_AVX512
+    if (avx512) { fastbp_im2col_rows_avx512_s(g, x, r0, r1, dst); return; }
+#endif
+    (void)avx512;
+    fastbp_im2col_rows_generic_s(g, x, r0, r1, dst);
+}
+static void fastbp_im2col_rows_d(int avx512, const fastbp_conv_shape *g, const double *x,
+                                 ptrdiff_t r0, ptrdiff_t r1, double *dst)
+{
+#if FASTBP_GATHER_AVX512
+    if (avx512) { fastbp_im2col_rows_avx512_d(g, x, r0, r1, dst); return; }
+#endif
+    (void)avx512;
+    fastbp_im2col_rows_generic_d(g, x, r0, r1, dst);
+}
+#endif
