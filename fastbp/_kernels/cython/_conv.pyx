@@ -36,6 +36,7 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from fastbp._kernels.cython._gemm cimport gemm_nogil
+from fastbp._kernels.cython._threads cimport gemm_threads_now, judge_by_busiest
 from fastbp._kernels.cython._gemm import ISA_NAMES, _detect_isa
 from fastbp._kernels.cython._activations cimport (
     ACT_IDENTITY, ACT_SOFTMAX, N_ACTIVATIONS,
@@ -49,6 +50,9 @@ cdef extern from "conv_gather.h" nogil:
                               Py_ssize_t r1, float* dst)
     void fastbp_im2col_rows_d(int avx512, const fastbp_conv_shape* g, const double* x, Py_ssize_t r0,
                               Py_ssize_t r1, double* dst)
+
+cdef extern from "microkernels.h" nogil:
+    double fastbp_now()
 
 cdef extern from "conv_workspace.h" nogil:
     void* fastbp_conv_workspace(size_t nbytes)
@@ -178,23 +182,32 @@ cdef int _conv_blocks_parallel(Geometry* g, const floating* x, const floating* w
     region per call, no barrier per block). Thread 0, the caller, uses ``cols``.
     Rows are independent, so the bits are those of the serial loop. Returns 0 or -1."""
     cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c, f = g.f
-    cdef Py_ssize_t s, r0, rr, n_blocks = (m + rows - 1) // rows
+    cdef Py_ssize_t s, r0, rr, tid, n_blocks = (m + rows - 1) // rows
     cdef size_t nbytes = rows * k * sizeof(floating)
     cdef floating* mine
     cdef int failed = 0
+    cdef double stats[128]  # per thread: seconds in blocks, blocks (for the back-off's verdict)
+    cdef double t_start = fastbp_now(), t_task
+    for tid in range(128):
+        stats[tid] = 0
     with parallel(num_threads=n_threads):
         mine = cols if threadid() == 0 else <floating*>fastbp_conv_workspace(nbytes)
-        for s in prange(n_blocks, schedule="static"):
+        for s in prange(n_blocks, schedule="dynamic"):  # a thread without a core takes fewer
             if mine == NULL:
                 failed += 1
                 continue
+            t_task = fastbp_now()
             r0 = s * rows
             rr = min(rows, m - r0)
             _im2col(g, x, r0, rr, mine, 1)
             failed += gemm_nogil(rr, f, k, <floating>1, mine, k, 1, w, f, 1, <floating>0, z + r0 * f, f,
                                  bias, epilogue_act, (a + r0 * f) if epilogue_act >= 0 else NULL, f, 1) != 0
+            tid = min(threadid(), 63)
+            stats[2 * tid] += fastbp_now() - t_task
+            stats[2 * tid + 1] += 1
         if mine != NULL and mine != cols:
             fastbp_conv_workspace_release(mine, nbytes)
+    judge_by_busiest(fastbp_now() - t_start, stats, n_threads, n_blocks)
     return -1 if failed else 0
 
 
@@ -231,6 +244,7 @@ cdef int conv2d_forward_nogil(Geometry* g, const floating* x, const floating* w,
     """z := conv(x, w) + bias; a := act(z).  Returns 0, or -1 when a workspace cannot be allocated."""
     cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c
     cdef int epilogue_act = act, status
+    n_threads = <int>gemm_threads_now(n_threads)  # one thread while the busy-machine back-off lasts
     cdef size_t nbytes = _block_rows(k, m) * k * sizeof(floating)
     cdef floating* cols = <floating*>fastbp_conv_workspace(nbytes)
     if cols == NULL:
@@ -305,17 +319,28 @@ cdef int _dw_grouped(Geometry* g, const floating* x, const floating* delta, Py_s
     cdef floating* mine
     cdef floating v
     cdef int failed = 0
+    cdef Py_ssize_t tid
+    cdef double stats[128]  # per thread: seconds in groups, groups (for the back-off's verdict)
+    cdef double t_start, t_task
     if n_threads > 1 and n_groups > 1:
+        for tid in range(128):
+            stats[tid] = 0
+        t_start = fastbp_now()
         with parallel(num_threads=n_threads):
             mine = cols if threadid() == 0 else <floating*>fastbp_conv_workspace(nbytes)
-            for gi in prange(n_groups, schedule="static"):
+            for gi in prange(n_groups, schedule="dynamic"):  # each group its own partial: any order
                 if mine == NULL:
                     failed += 1
                     continue
+                t_task = fastbp_now()
                 failed += _dw_group(g, x, delta, rows, gi * n_blocks // n_groups, (gi + 1) * n_blocks // n_groups,
                                     mine, parts + gi * k * f) != 0
+                tid = min(threadid(), 63)
+                stats[2 * tid] += fastbp_now() - t_task
+                stats[2 * tid + 1] += 1
             if mine != NULL and mine != cols:
                 fastbp_conv_workspace_release(mine, nbytes)
+        judge_by_busiest(fastbp_now() - t_start, stats, n_threads, n_groups)
     else:
         for gi in range(n_groups):
             failed += _dw_group(g, x, delta, rows, gi * n_blocks // n_groups, (gi + 1) * n_blocks // n_groups,
@@ -349,6 +374,7 @@ cdef int conv2d_backward_nogil(Geometry* g, const floating* x, const floating* w
     cdef floating* flipped
     cdef floating* parts
     cdef floating* cols
+    n_threads = <int>gemm_threads_now(n_threads)  # one thread while the busy-machine back-off lasts
     activation_backward_nogil(act, z, a, grad_a, grad_z, m, f, n_threads)
     rows = 0 if pointwise else _block_rows(k, m)
     col_values = rows * k

@@ -45,7 +45,7 @@ import os
 from cython.parallel cimport parallel, prange, threadid
 from libc.stddef cimport ptrdiff_t
 
-from fastbp._kernels.cython._threads cimport gemm_threads_now, judge_parallel_call
+from fastbp._kernels.cython._threads cimport gemm_threads_now, judge_by_busiest
 from fastbp._kernels.cython._activations cimport ACT_IDENTITY, ACT_RELU, act_row
 
 cdef extern from "microkernels.h" nogil:
@@ -418,16 +418,6 @@ cdef inline Py_ssize_t wave_length(Py_ssize_t n_slices, Py_ssize_t slice_values,
     if nt == 1:
         return 1
     return min(n_slices, max(1, B_WAVE_VALUES // slice_values))
-
-
-cdef void judge_by_busiest(double wall, const double* stats, Py_ssize_t nt, Py_ssize_t n_tasks) noexcept nogil:
-    """The back-off's verdict on a parallel call of wall seconds and n_tasks tasks, from the thread
-    that took the most (stats: per thread, up to 64, seconds in tasks then tasks)."""
-    cdef Py_ssize_t tid, busiest = 0
-    for tid in range(min(nt, 64)):
-        if stats[2 * tid + 1] > stats[2 * busiest + 1]:
-            busiest = tid
-    judge_parallel_call(wall, stats[2 * busiest], <Py_ssize_t>stats[2 * busiest + 1], n_tasks)
 
 
 cdef inline int private_split(Py_ssize_t n_tiles, Py_ssize_t n_panels, Py_ssize_t k, Py_ssize_t mr,

@@ -14,6 +14,8 @@
 # are all -inf keeps its first pixel of x.
 
 from cython.parallel cimport prange
+
+from fastbp._kernels.cython._threads cimport gemm_threads_now
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memset
@@ -55,8 +57,12 @@ cdef int _pool_geometry(Pool* g, tuple geometry, tuple x_shape, tuple out_shape)
     return 0
 
 
-cdef inline int _threads(Pool* g, int n_threads) noexcept nogil:
-    return n_threads if g.n * g.out_h * g.out_w * g.c >= PARALLEL_MIN_VALUES else 1
+cdef inline int _threads(int n_threads, Py_ssize_t tasks, Py_ssize_t values) noexcept nogil:
+    """Threads for a pass of ``tasks`` independent tasks over ``values`` values: one below
+    PARALLEL_MIN_VALUES or while the busy-machine back-off lasts (which counts this call)."""
+    if n_threads > 1 and tasks > 1 and values >= PARALLEL_MIN_VALUES:
+        return <int>gemm_threads_now(n_threads)
+    return 1
 
 
 # ---------------------------------------------------------------- max
@@ -89,7 +95,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, tuple geometry, floating[
     if out.size == 0:
         return
     cdef Py_ssize_t row
-    cdef int nt = _threads(&g, n_threads)
+    cdef int nt = _threads(n_threads, g.n * g.out_h, g.n * g.out_h * g.out_w * g.c)
     cdef const floating* px = &x[0, 0, 0, 0]
     cdef floating* po = &out[0, 0, 0, 0]
     cdef int64_t* pi = &argmax[0, 0, 0, 0]
@@ -131,8 +137,9 @@ def max_pool2d_backward(const floating[:, :, :, ::1] grad_out, const int64_t[:, 
     cdef const floating* pg = &grad_out[0, 0, 0, 0] if n_out > 0 and c > 0 else NULL
     cdef const int64_t* pi = &argmax[0, 0, 0, 0] if n_out > 0 and c > 0 else NULL
     cdef floating* pd = &dx[0, 0, 0, 0]
-    if n_threads > 1 and n > 1 and n * hw * c >= PARALLEL_MIN_VALUES:
-        for img in prange(n, schedule="static", nogil=True, num_threads=n_threads):
+    cdef int nt = _threads(n_threads, n, n * hw * c)
+    if nt > 1:
+        for img in prange(n, schedule="static", nogil=True, num_threads=nt):
             _max_backward_image(img, n_out, hw, c, pg, pi, pd)
     else:
         with nogil:
@@ -183,7 +190,7 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x, tuple geometry, bint coun
     if out.size == 0:
         return
     cdef Py_ssize_t row
-    cdef int nt = _threads(&g, n_threads)
+    cdef int nt = _threads(n_threads, g.n * g.out_h, g.n * g.out_h * g.out_w * g.c)
     cdef const floating* px = &x[0, 0, 0, 0]
     cdef floating* po = &out[0, 0, 0, 0]
     if nt > 1:
@@ -229,8 +236,9 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_out, tuple geometry, b
     cdef Py_ssize_t img
     cdef const floating* pg = &grad_out[0, 0, 0, 0] if grad_out.size > 0 else NULL
     cdef floating* pd = &dx[0, 0, 0, 0]
-    if n_threads > 1 and g.n > 1 and g.n * g.h * g.w * g.c >= PARALLEL_MIN_VALUES:
-        for img in prange(g.n, schedule="static", nogil=True, num_threads=n_threads):
+    cdef int nt = _threads(n_threads, g.n, g.n * g.h * g.w * g.c)
+    if nt > 1:
+        for img in prange(g.n, schedule="static", nogil=True, num_threads=nt):
             _avg_backward_image(&g, img, pg, count_include_pad, pd)
     else:
         with nogil:
@@ -261,8 +269,9 @@ def global_avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, ::1] o
         return
     cdef const floating* px = &x[0, 0, 0, 0]
     cdef floating* po = &out[0, 0]
-    if n_threads > 1 and n > 1 and n * hw * c >= PARALLEL_MIN_VALUES:
-        for img in prange(n, schedule="static", nogil=True, num_threads=n_threads):
+    cdef int nt = _threads(n_threads, n, n * hw * c)
+    if nt > 1:
+        for img in prange(n, schedule="static", nogil=True, num_threads=nt):
             _global_avg_image(px, img, hw, c, po)
     else:
         with nogil:

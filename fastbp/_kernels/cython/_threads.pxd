@@ -11,3 +11,7 @@ cdef bint backing_off() noexcept nogil
 # task times (master_time seconds) scaled to n_tasks.
 cdef void judge_parallel_call(double wall, double master_time, Py_ssize_t master_tasks,
                               Py_ssize_t n_tasks) noexcept nogil
+# The same verdict on a parallel call of wall seconds and n_tasks tasks (dynamically
+# scheduled), from the thread that took the most: stats holds, per thread (up to 64;
+# later ones share the last slot), its seconds in tasks then its task count.
+cdef void judge_by_busiest(double wall, const double* stats, Py_ssize_t nt, Py_ssize_t n_tasks) noexcept nogil

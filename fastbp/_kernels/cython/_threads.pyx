@@ -39,6 +39,16 @@ cdef void judge_parallel_call(double wall, double master_time, Py_ssize_t master
         _backoff_calls = BACKOFF_MIN_CALLS
 
 
+cdef void judge_by_busiest(double wall, const double* stats, Py_ssize_t nt, Py_ssize_t n_tasks) noexcept nogil:
+    """judge_parallel_call from the thread that took the most tasks (stats: per thread, up to
+    64, seconds in tasks then tasks)."""
+    cdef Py_ssize_t tid, busiest = 0
+    for tid in range(min(nt, 64)):
+        if stats[2 * tid + 1] > stats[2 * busiest + 1]:
+            busiest = tid
+    judge_parallel_call(wall, stats[2 * busiest], <Py_ssize_t>stats[2 * busiest + 1], n_tasks)
+
+
 def _configure(Py_ssize_t backoff_min_calls, Py_ssize_t backoff_max_calls, double slack_seconds):
     """Set blocking.BACKOFF_MIN_CALLS, BACKOFF_MAX_CALLS, BACKOFF_SLACK_SECONDS; ends any back-off."""
     global BACKOFF_MIN_CALLS, BACKOFF_MAX_CALLS, BACKOFF_SLACK_SECONDS, _backoff_calls, _serial_calls_left
