@@ -27,10 +27,13 @@ KC slice passes beta = 1; edge tiles go through a buffer, ``store_edge_tile``);
 after the last KC slice ``finish_tile`` adds the bias and writes act(z) while
 the tile is still in L1, so the dense layer's forward is one pass over C.
 
-Small products (at most DIRECT_MAX_MADDS multiply-adds, with SIMD) skip the
+Small products (at most DIRECT_MAX_MADDS multiply-adds) and float32 products
+of at most DIRECT_MAX_PANELS NR-wide panels (any size), with SIMD, skip the
 packing: ``direct_kernel_simd`` reads A in place (broadcasts, any strides) and
 B's rows as masked vectors (B is copied row-major first if its columns are not
-contiguous), over the same MR x NR tiles and KC slices, so with the same bits.
+contiguous, when it has at most DIRECT_B_COPY_MAX values), over the same
+MR x NR tiles and KC slices, so with the same bits; on several threads over
+blocks of whole MR-row tiles.
 
 Layout: A and B may have any strides (C, F, transposed, negative), read only
 by the packing routines; C (z) and the activation output are C-contiguous and
@@ -40,7 +43,7 @@ The block sizes are closure constants of the driver, so they are baked into
 the compiled code and part of Numba's cache key. That key hashes the pickled
 closure, so the closure holds plain values only: a captured dispatcher pickles
 with a per-process uuid, which made every process miss the cache and compile
-the driver again (~10 s). Jitted helpers are module globals; ``direct_gemm``
+the driver again (~10 s). Jitted helpers are module globals; ``direct_rows``
 gets the block sizes as literal arguments.
 
 Determinism: every C element is summed over k in KC slices in increasing
@@ -55,8 +58,8 @@ import numba
 import numpy as np
 from numba import prange, types
 
-from ..blocking import (DIRECT_MAX_MADDS, TASKS_PER_THREAD, block_sizes, gemm_tasks, gemm_threads, kc_slices,
-                        private_split, wave_slices)
+from ..blocking import (DIRECT_B_COPY_MAX, DIRECT_MAX_MADDS, DIRECT_MAX_PANELS, TASKS_PER_THREAD, block_sizes,
+                        gemm_tasks, gemm_threads, kc_slices, private_split, wave_slices)
 from .activations import activation_span
 from .microkernel import direct_kernel_simd, micro_kernel_loops, micro_kernel_simd
 from .packing import data_pointer, pack_a, pack_b_panel
@@ -65,10 +68,10 @@ from ._arrays import writable
 from ._threads import (ISA, VECTOR_LANES, clamp_threads, fetch_add, gemm_threads_now, judge_parallel_call,
                        monotonic_seconds, set_threads)
 
-# Up to blocking.DIRECT_MAX_MADDS multiply-adds (mnk) the GEMM runs unpacked
-# (``direct_kernel_simd``): packing both operands costs as much as the arithmetic
-# of a small product. Always below two threads' worth of
-# blocking.GEMM_MADDS_PER_THREAD, so the unpacked path is serial whatever n_threads.
+# The unpacked path (``direct_kernel_simd``) serves products whose packing would cost
+# as much as their arithmetic: small ones (blocking.DIRECT_MAX_MADDS, below two
+# threads' worth of GEMM_MADDS_PER_THREAD, so serial) and narrow float32 ones
+# (blocking.DIRECT_MAX_PANELS), which a packed A would serve once or twice.
 # ``act`` value of a plain GEMM: write C only, no activation output.
 NO_ACTIVATION = -1
 _RELU, _IDENTITY = R.RELU, R.IDENTITY
@@ -154,48 +157,54 @@ def finish_tile(rows, cols, z, out, c_off, ldc, bias, col0, act):
 
 
 @_jit
-def direct_gemm(MR, NV, LANES, KC, a, b, zf, alpha, beta, one, work):
-    """zf := alpha·a·b + beta·zf unpacked (zf flat m*n, not read when beta == 0).  Returns the workspace.
+def direct_b(b, work):
+    """(B's rows, their row stride, the workspace) for the unpacked path: B itself when its
+    columns are contiguous, else (δ·Wᵀ: B = Wᵀ) a row-major copy in work, grown if needed."""
+    k, n = b.shape
+    item = b.itemsize
+    if b.strides[1] == item:
+        return b, b.strides[0] // item, work
+    if work.shape[0] < k * n:
+        work = np.empty(k * n, dtype=work.dtype)
+    src = data_pointer(b)
+    dst = data_pointer(work)
+    b_rs, b_cs = b.strides[0] // item, b.strides[1] // item
+    for j in range(n):  # along B's columns: contiguous reads when B is a transpose
+        for p in range(k):
+            dst[p * n + j] = src[p * b_rs + j * b_cs]
+    return work[:k * n].reshape(k, n), n, work
 
-    A is read in place; B too when its columns are contiguous, else it is first
-    copied row-major into work (δ·Wᵀ: B = Wᵀ). The tiles and the KC slices are the
-    packed path's, each element summed in the same order: the same bits.
 
-    MR, NV (vectors of LANES per tile row), KC: the driver's block sizes, passed
-    as compile-time constants (the driver's closure constants arrive as literals,
-    so each driver compiles its own specialization); ``one`` is 1 in zf's dtype.
+@_jit
+def direct_rows(MR, NV, LANES, kc_max, a, b_rows, rs_b, i0, i1, zf, alpha, beta, one):
+    """zf[i0:i1] := alpha·a[i0:i1]·b + beta·zf[i0:i1] unpacked (zf flat m*n, not read when beta == 0).
+
+    A is read in place, B from b_rows (unit column stride, row stride rs_b: see
+    ``direct_b``). The tiles and the KC slices (of kc_max) are the packed path's,
+    each element summed in the same order: the same bits. i0 is a multiple of MR.
+
+    MR, NV (vectors of LANES per tile row): the driver's block sizes, passed as
+    compile-time constants (the driver's closure constants arrive as literals, so
+    each driver compiles its own specialization); ``one`` is 1 in zf's dtype.
     """
     NR = NV * LANES
-    m, k = a.shape
-    n = b.shape[1]
-    kc_max = _kc_slices(k, KC)[1]
+    k = a.shape[1]
+    n = b_rows.shape[1]
     item = a.itemsize
     rs_a, cs_a = a.strides[0] // item, a.strides[1] // item
-    b_src, rs_b = b, b.strides[0] // item
-    if b.strides[1] != item:
-        if work.shape[0] < k * n:
-            work = np.empty(k * n, dtype=work.dtype)
-        src = data_pointer(b)
-        dst = data_pointer(work)
-        b_rs, b_cs = b.strides[0] // item, b.strides[1] // item
-        for j in range(n):  # along B's columns: contiguous reads when B is a transpose
-            for p in range(k):
-                dst[p * n + j] = src[p * b_rs + j * b_cs]
-        b_src, rs_b = work[:k * n].reshape(k, n), n
-    for jc in range(0, n, NR):
-        cols = min(NR, n - jc)
-        for ic in range(0, m, MR):
-            rows = min(MR, m - ic)
-            for pc in range(0, k, kc_max):  # the packed path's KC slices; later ones accumulate
-                kc = min(kc_max, k - pc)
-                beta_t = beta if pc == 0 else one
+    for pc in range(0, k, kc_max):  # the packed path's KC slices, in increasing order; later ones accumulate
+        kc = min(kc_max, k - pc)
+        beta_t = beta if pc == 0 else one
+        for ic in range(i0, i1, MR):  # B's slice stays in cache for all the tiles
+            rows = min(MR, i1 - ic)
+            for jc in range(0, n, NR):
+                cols = min(NR, n - jc)
                 if cols <= LANES:
-                    direct_kernel_simd(MR, 1, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_src, pc * rs_b + jc,
+                    direct_kernel_simd(MR, 1, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_rows, pc * rs_b + jc,
                                        rs_b, rows, cols, zf, ic * n + jc, n, alpha, beta_t)
                 else:
-                    direct_kernel_simd(MR, NV, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_src,
+                    direct_kernel_simd(MR, NV, kc, a, ic * rs_a + pc * cs_a, rs_a, cs_a, b_rows,
                                        pc * rs_b + jc, rs_b, rows, cols, zf, ic * n + jc, n, alpha, beta_t)
-    return work
 
 
 @_jit
@@ -207,7 +216,7 @@ def gemm_task(MR, NR, SIMD, one, task, n_blocks, n_tiles, n_parts, n_panels, m, 
     order, packs that block of A at work[pa_off:] and runs the 2nd and 1st loops on it.
 
     MR, NR, SIMD: the driver's tile and instruction set, compile-time constants as for
-    direct_gemm; ``one`` is 1 in zf's dtype."""
+    direct_rows; ``one`` is 1 in zf's dtype."""
     blk, part = task // n_parts, task % n_parts
     i0 = (blk * n_tiles // n_blocks) * MR
     i1 = min(((blk + 1) * n_tiles // n_blocks) * MR, m)
@@ -355,6 +364,7 @@ def _make_driver(dtype, parallel):
     SCALAR = np.float32 if dtype == "float32" else np.float64
     LANES = VECTOR_LANES[dtype]
     NV = NR // LANES  # vectors per tile row
+    NARROW = dtype == "float32"  # narrow products run unpacked at any size (blocking.DIRECT_MAX_PANELS)
 
     def _gemm(a, b, z, out, bias, alpha, beta, act, n_threads, work):
         """z := alpha·a·b + beta·z + bias; out := act(z) unless act < 0.  Returns the workspace used.
@@ -376,10 +386,37 @@ def _make_driver(dtype, parallel):
         alpha_t = SCALAR(alpha)
         finish = bias.shape[0] > 0 or act >= 0
 
-        if SIMD and m * n * k <= DIRECT_MAX_MADDS:
-            work = direct_gemm(MR, NV, LANES, KC, a, b, zf, alpha_t, SCALAR(beta), SCALAR(1.0), work)
-            if finish:
-                finish_tile(m, n, zf, of, 0, n, bias, 0, act)
+        if SIMD and (m * n * k <= DIRECT_MAX_MADDS or (NARROW and n <= DIRECT_MAX_PANELS * NR)) and (
+                b.strides[1] == b.itemsize or k * n <= DIRECT_B_COPY_MAX):
+            b_rows, rs_b, work = direct_b(b, work)
+            kc_max = _kc_slices(k, KC)[1]
+            n_tiles = -(-m // MR)
+            n_chunks = min(n_tiles, TASKS_PER_THREAD * n_threads) if PARALLEL and n_threads > 1 else 1
+            if n_chunks < 2:
+                direct_rows(MR, NV, LANES, kc_max, a, b_rows, rs_b, 0, m, zf, alpha_t, SCALAR(beta), SCALAR(1.0))
+                if finish:
+                    finish_tile(m, n, zf, of, 0, n, bias, 0, act)
+                return work
+            # Blocks of whole MR-row tiles, taken from a counter; each finishes its rows.
+            # Timed like the packed path's tasks, for the busy-machine back-off.
+            counter = np.zeros(1, dtype=np.int64)
+            stats = np.zeros(2 * n_threads)
+            t_start = monotonic_seconds()
+            for t in prange(n_threads):
+                while True:
+                    chunk = fetch_add(counter, 1)
+                    if chunk >= n_chunks:
+                        break
+                    t_task = monotonic_seconds()
+                    i0 = (chunk * n_tiles // n_chunks) * MR
+                    i1 = min(((chunk + 1) * n_tiles // n_chunks) * MR, m)
+                    direct_rows(MR, NV, LANES, kc_max, a, b_rows, rs_b, i0, i1, zf, alpha_t, SCALAR(beta),
+                                SCALAR(1.0))
+                    if finish:
+                        finish_tile(i1 - i0, n, zf, of, i0 * n, n, bias, 0, act)
+                    stats[2 * t] += monotonic_seconds() - t_task
+                    stats[2 * t + 1] += 1
+            judge_by_busiest(monotonic_seconds() - t_start, stats, n_threads, n_chunks)
             return work
 
         n_slices, kc_max = _kc_slices(k, KC)

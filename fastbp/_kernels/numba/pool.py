@@ -15,12 +15,47 @@ Each kernel has a parallel and a serial twin (a parallel region costs ~1.5 µs).
 import numba
 import numpy as np
 from numba import prange
+from numba.core import types
+from numba.extending import intrinsic
 
 from ..blocking import PARALLEL_MIN_ELEMENTS as PARALLEL_MIN_VALUES  # the one threshold table
 from ._arrays import writable
 from ._threads import clamp_threads, set_threads
 
 _jit = dict(cache=True, nogil=True, error_model="numpy")
+
+# Max pooling over fewer channels than this (no full vector) scans each channel's
+# window with the running max in a register; wider images update a row of maxima
+# with the channel loop vectorised. Both use selects: a branch on "is this value
+# larger" is a coin toss on random data.
+NARROW_CHANNELS = 8
+
+
+@intrinsic
+def _wins(typingctx, v_ty, best_ty):
+    """v > best or v is NaN (torch's rule for max pooling), as a flag, not a branch."""
+    if not (isinstance(v_ty, types.Float) and v_ty == best_ty):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v, best = args
+        return builder.or_(builder.fcmp_ordered(">", v, best), builder.fcmp_unordered("uno", v, v))
+
+    return types.boolean(v_ty, best_ty), codegen
+
+
+@intrinsic
+def _select(typingctx, take_ty, a_ty, b_ty):
+    """a if take else b, as LLVM's select: Numba's own ternary becomes a branch, which
+    on random data mispredicts half the time and keeps the loop from vectorising."""
+    if not (isinstance(take_ty, types.Boolean) and a_ty == b_ty):
+        return None
+
+    def codegen(context, builder, signature, args):
+        take = context.cast(builder, args[0], signature.args[0], types.boolean)
+        return builder.select(take, args[1], args[2])
+
+    return a_ty(take_ty, a_ty, b_ty), codegen
 
 
 def _make_max_forward(PARALLEL):
@@ -34,22 +69,48 @@ def _make_max_forward(PARALLEL):
             img, oh = row // out_h, row % out_h
             h0 = oh * sh - pt
             hs, he = max(h0, 0), min(h0 + ph, h)
+            pixels = x[img].reshape(h * w, c)
+            o, idx = out[img, oh], argmax[img, oh]
             for ow in range(out_w):
-                w0 = ow * sw - pl
-                ws, we = max(w0, 0), min(w0 + pw, w)
-                o, idx = out[img, oh, ow], argmax[img, oh, ow]
+                first = hs * w + max(ow * sw - pl, 0)
                 for ch in range(c):
-                    o[ch] = -np.inf
-                    idx[ch] = hs * w + ws
+                    o[ow, ch] = -np.inf
+                    idx[ow, ch] = first
+            if c < NARROW_CHANNELS:
+                # Each channel scans its window with the max and arg-max in
+                # registers (the arg-max as a float64, exact below 2^53, so that
+                # both selects take the same vector-register mask).
+                for ow in range(out_w):
+                    w0 = ow * sw - pl
+                    ws, we = max(w0, 0), min(w0 + pw, w)
+                    for ch in range(c):
+                        best, at = o[ow, ch], np.float64(idx[ow, ch])
+                        for ih in range(hs, he):
+                            for iw in range(ws, we):
+                                pos = ih * w + iw
+                                v = pixels[pos, ch]
+                                take = _wins(v, best)
+                                best = _select(take, v, best)
+                                at = _select(take, np.float64(pos), at)
+                        o[ow, ch] = best
+                        idx[ow, ch] = np.int64(at)
+            else:
+                # The row's maxima are updated one window pixel (ih, dw) at a
+                # time over all its windows: each step is a vector loop over the
+                # channels, and no step waits on the one before it.
                 for ih in range(hs, he):
-                    for iw in range(ws, we):
-                        src = x[img, ih, iw]
-                        pos = ih * w + iw
-                        for ch in range(c):
-                            v = src[ch]
-                            if v > o[ch] or v != v:
-                                o[ch] = v
-                                idx[ch] = pos
+                    for dw in range(pw):
+                        for ow in range(out_w):
+                            iw = ow * sw - pl + dw
+                            if iw < 0 or iw >= w:
+                                continue
+                            pos = ih * w + iw
+                            src, ob, ib = pixels[pos], o[ow], idx[ow]
+                            for ch in range(c):
+                                v, best = src[ch], ob[ch]
+                                take = _wins(v, best)
+                                ob[ch] = _select(take, v, best)
+                                ib[ch] = _select(take, pos, ib[ch])
 
     return numba.njit(parallel=PARALLEL, **_jit)(_max_forward)
 
