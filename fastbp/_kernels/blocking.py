@@ -64,6 +64,24 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 # 17k parameters, took 3-4x longer per step on 2 threads with a busy core).
 OPTIMIZER_PARALLEL_MIN_VALUES = 1 << 17
 
+# Convolutions (both backends): the image-to-column matrix is gathered a block
+# of CONV_BLOCK_VALUES values at a time (512 KiB in float32: in L2 beside the
+# GEMM's packed panels), blocks of a multiple of CONV_ROW_ALIGN rows (a common
+# multiple of every ISA's MR). Forward blocks are shared out among the threads
+# (each gathers and multiplies its own on one thread, one parallel region per
+# call) from CONV_BLOCKS_PER_THREAD blocks per thread; fewer run one at a time,
+# each block's GEMM on all the threads. dW is summed in CONV_DW_GROUPS partial
+# sums over fixed runs of blocks, then added in order (Cython; the runs depend
+# on the shapes only, so the bits do not depend on the thread count). dx is
+# gathered as a convolution of δ from CONV_GATHER_MIN_CHANNELS input channels
+# (the GEMM's n is c_in; a narrower one ran slower than col2im's scatter:
+# LeNet's 12x12x6 -> 16@5x5, batch 64, one thread, 0.9 ms scatter, 1.8 ms gather).
+CONV_BLOCK_VALUES = 1 << 17
+CONV_ROW_ALIGN = 48
+CONV_BLOCKS_PER_THREAD = 2
+CONV_DW_GROUPS = 8
+CONV_GATHER_MIN_CHANNELS = 16
+
 
 # Busy machine: a parallel GEMM that took longer than its work would have taken
 # on one thread (the other threads did not get a core in time) sends the next

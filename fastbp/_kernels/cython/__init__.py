@@ -55,9 +55,13 @@ from ._pool import (  # noqa: E402
     max_pool2d_backward,
     max_pool2d_forward,
 )
-from . import _optim  # noqa: E402
+from . import _conv, _optim, _pool  # noqa: E402
 
 _optim._configure_threads(_blocking_table.OPTIMIZER_PARALLEL_MIN_VALUES)
+_conv._configure(_blocking_table.CONV_BLOCK_VALUES, _blocking_table.CONV_ROW_ALIGN,
+                 _blocking_table.PARALLEL_MIN_ELEMENTS, _blocking_table.CONV_BLOCKS_PER_THREAD,
+                 _blocking_table.CONV_DW_GROUPS, _blocking_table.CONV_GATHER_MIN_CHANNELS)
+_pool._configure(_blocking_table.PARALLEL_MIN_ELEMENTS)
 from ._rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_forward  # noqa: E402
 from ._gated import gru_backward, gru_forward, lstm_backward, lstm_forward  # noqa: E402
 

@@ -58,25 +58,26 @@ cdef extern from "conv_workspace.h" nogil:
     void* fastbp_conv_workspace(size_t nbytes)
     void fastbp_conv_workspace_release(void* p, size_t nbytes)
 
-# Values of one block of cols (512 KiB in float32: in L2 with the GEMM's packed panels).
-DEF CHUNK_VALUES = 131072
-# Block rows are a multiple of this (a common multiple of every ISA's MR).
-DEF ROW_ALIGN = 48
-# Gathers and scatters of fewer values run on the calling thread.
-DEF PARALLEL_MIN_VALUES = 32768
-# Forward blocks are shared out among the threads (each gathers and multiplies
-# its own) from this many blocks per thread; fewer run one at a time, each
-# block's GEMM on all the threads.
-DEF BLOCKS_PER_THREAD = 2
-# dW is summed in this many partial sums, each over a fixed run of row blocks
-# (shared out among the threads), then added in order: the groups depend on the
-# shapes only, so the bits do not depend on the thread count.
-DEF DW_GROUPS = 8
-# dx is gathered (a convolution of δ) from this many input channels: the GEMM's
-# n is c_in, and a narrower one runs slower than col2im's scatter (LeNet's
-# 12x12x6 -> 16@5x5, batch 64, one thread: 0.9 ms scatter, 1.8 ms gather; at
-# 32-64 channels the two measured level on this loaded 2-core machine).
-DEF GATHER_MIN_CHANNELS = 16
+# Block sizes and thread thresholds, from fastbp._kernels.blocking (CONV_* and
+# PARALLEL_MIN_ELEMENTS, set by _configure): see there.
+cdef Py_ssize_t CHUNK_VALUES = 1 << 17
+cdef Py_ssize_t ROW_ALIGN = 48
+cdef Py_ssize_t PARALLEL_MIN_VALUES = 1 << 15
+cdef Py_ssize_t BLOCKS_PER_THREAD = 2
+cdef Py_ssize_t DW_GROUPS = 8
+cdef Py_ssize_t GATHER_MIN_CHANNELS = 16
+
+
+def _configure(Py_ssize_t block_values, Py_ssize_t row_align, Py_ssize_t parallel_min_values,
+               Py_ssize_t blocks_per_thread, Py_ssize_t dw_groups, Py_ssize_t gather_min_channels):
+    """Set blocking.CONV_BLOCK_VALUES, CONV_ROW_ALIGN, PARALLEL_MIN_ELEMENTS, CONV_BLOCKS_PER_THREAD,
+    CONV_DW_GROUPS and CONV_GATHER_MIN_CHANNELS."""
+    global CHUNK_VALUES, ROW_ALIGN, PARALLEL_MIN_VALUES, BLOCKS_PER_THREAD, DW_GROUPS, GATHER_MIN_CHANNELS
+    if min(block_values, row_align, parallel_min_values, blocks_per_thread, dw_groups) < 1:
+        raise ValueError(f"convolution sizes must be positive, got {block_values}, {row_align}, "
+                         f"{parallel_min_values}, {blocks_per_thread}, {dw_groups}")
+    CHUNK_VALUES, ROW_ALIGN, PARALLEL_MIN_VALUES = block_values, row_align, parallel_min_values
+    BLOCKS_PER_THREAD, DW_GROUPS, GATHER_MIN_CHANNELS = blocks_per_thread, dw_groups, gather_min_channels
 
 # The gather's short copies are masked AVX-512 loads and stores where the GEMM runs AVX-512
 # (fastbp's one ISA choice: FASTBP_CYTHON_ISA=avx2 turns both off).
@@ -306,7 +307,7 @@ cdef int _dw_group(Geometry* g, const floating* x, const floating* delta, Py_ssi
 
 
 cdef inline Py_ssize_t _dw_groups(Py_ssize_t n_blocks) noexcept nogil:
-    return min(<Py_ssize_t>DW_GROUPS, n_blocks)
+    return min(DW_GROUPS, n_blocks)
 
 
 cdef int _dw_grouped(Geometry* g, const floating* x, const floating* delta, Py_ssize_t rows,

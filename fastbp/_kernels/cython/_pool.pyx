@@ -38,8 +38,17 @@ cdef extern from "pool_windows.h" nogil:
 DEF NARROW_CHANNELS = 16
 cdef bint _narrow_ok = ISA_NAMES[_detect_isa()] == "avx512"
 
-# Parallel regions below this many values run on the calling thread.
-DEF PARALLEL_MIN_VALUES = 32768
+# Parallel regions below this many values run on the calling thread
+# (blocking.PARALLEL_MIN_ELEMENTS, set by _configure).
+cdef Py_ssize_t PARALLEL_MIN_VALUES = 1 << 15
+
+
+def _configure(Py_ssize_t parallel_min_values):
+    """Set blocking.PARALLEL_MIN_ELEMENTS."""
+    global PARALLEL_MIN_VALUES
+    if parallel_min_values < 1:
+        raise ValueError(f"parallel_min_values must be positive, got {parallel_min_values}")
+    PARALLEL_MIN_VALUES = parallel_min_values
 
 
 cdef struct Pool:

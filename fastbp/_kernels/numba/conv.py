@@ -39,19 +39,16 @@ from numba import prange
 from .. import registry as R
 from ._arrays import writable
 from ..blocking import PARALLEL_MIN_ELEMENTS as PARALLEL_MIN_VALUES  # gathers, scatters: serial below
+from ..blocking import CONV_BLOCK_VALUES as CHUNK_VALUES  # the one tuning table: see there
+from ..blocking import CONV_BLOCKS_PER_THREAD as BLOCKS_PER_THREAD
+from ..blocking import CONV_GATHER_MIN_CHANNELS as GATHER_MIN_CHANNELS
+from ..blocking import CONV_ROW_ALIGN as ROW_ALIGN
 from ..blocking import block_sizes
 from ._threads import ISA, MAX_THREADS, clamp_threads, set_threads
 from .activations import _activation_backward, _activation_forward
 from .dense import _column_sums
 from .gemm import NO_ACTIVATION, gemm, no_bias, run_driver
 from .mlp import _run_gemm
-
-CHUNK_VALUES = 1 << 17  # values of one block of cols (512 KiB in float32)
-ROW_ALIGN = 48  # block rows are a multiple of every ISA's MR
-# Forward blocks are shared out among the threads (each gathers and multiplies its
-# own with the serial GEMM driver, one parallel region per call) from this many
-# blocks per thread; fewer run one at a time, each block's GEMM on all the threads.
-BLOCKS_PER_THREAD = 2
 
 
 def _block_rows(k, m):
@@ -179,12 +176,6 @@ def _col2im(dcols, kh, kw, geometry, out_h, out_w, r0, dx, n_threads):
 
 def _geometry(geometry):
     return tuple(int(v) for v in geometry)
-
-
-# dx is gathered (a convolution of δ with the flipped kernel) from this many input
-# channels, as in the Cython backend: the GEMM's n is c_in, and a narrower one
-# runs slower than col2im's scatter.
-GATHER_MIN_CHANNELS = 16
 
 
 # Cached like every kernel: the serial GEMM driver is reached through mlp._run_gemm
