@@ -184,14 +184,11 @@ _RMSPROP = _twins(_make_rmsprop)
 
 
 def _make_adam(PARALLEL):
-    def _adam(p_all, g_all, m_all, v_all, hyper, f_all, a_all, lam, ewc, n_chunks, n_threads):
+    def _adam(p_all, g_all, m_all, v_all, step_size, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2,
+              eps, inv_eps, half_max, wd, f_all, a_all, lam, ewc, n_chunks, n_threads):
         """m := β1·m + (1-β1)·g'; v := β2·v + (1-β2)·g'²; p -= step_size·m / (√v/sqrt_bias2 + eps).  IN/OUT p, m, v.
 
-        hyper: (step_size, β1, 1-β1, β2, 1-β2, sqrt_bias2, eps, inv_eps, half_max, wd), one tuple
-        because Numba 0.68's dispatcher keeps every argument tuple of a call with exactly 20
-        arguments (200 bytes a step; tests/test_network.py's allocation test caught it).
         Returns False, with nothing written, if g or a new p, m or v is not finite."""
-        step_size, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2, eps, inv_eps, half_max, wd = hyper
         if PARALLEL:
             set_threads(n_threads)
         n = p_all.shape[0]
@@ -344,7 +341,6 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_de
     step_size = t(lr / (1 - beta1**step))
     sqrt_bias2 = t(math.sqrt(1 - beta2**step))
     inv_eps, half_max = _sure_finite(param.dtype, eps)
-    hyper = (step_size, t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), sqrt_bias2, t(eps), inv_eps, half_max,
-             t(weight_decay))
-    return bool(_ADAM[threads == 1](param, writable(grad), exp_avg, exp_avg_sq, hyper,
+    return bool(_ADAM[threads == 1](param, writable(grad), exp_avg, exp_avg_sq, step_size, t(beta1), t(1 - beta1),
+                                    t(beta2), t(1 - beta2), sqrt_bias2, t(eps), inv_eps, half_max, t(weight_decay),
                                     *_penalty(param, fisher, anchor, lam), n_chunks, threads))
