@@ -1,6 +1,6 @@
 """Train the same convolutional networks with the same data, weights and SGD step on fastbp and its peers.
 
-Usage: ``python -m fastbp.bench cnn [--networks lenet vgg] [--threads N] [--repeats R]``.
+Usage: ``python -m fastbp.bench cnn [--networks lenet vgg] [--threads N] [--repeats R] [--busy]``.
 
 * ``lenet``: LeNet-5's shape, 28×28×1 → Conv 6@5×5 → max-pool 2 → Conv 16@5×5 →
   max-pool 2 → 120 → 84 → 10, relu, batch 64;
@@ -13,6 +13,9 @@ initial weights everywhere; the figure is samples per second of the fastest of
 Peers: torch eager (oneDNN) and JAX ``jit``, each on the same thread count;
 one that is not installed is skipped. Images are channels-last in fastbp and
 JAX, channels-first in torch (its default), the weights permuted to match.
+``--busy`` measures every system again with one CPU-bound process on one core
+(``situations.busy_core``) and prints, in brackets, its ratio to the same
+system alone.
 """
 
 import argparse
@@ -20,7 +23,9 @@ import os
 
 import numpy as np
 
+from . import situations
 from ._common import jax_sgd_step, timed, usable_cores
+from .machine import describe
 
 LR = 0.01
 BATCH = 64
@@ -218,13 +223,14 @@ SYSTEMS = {"torch eager": torch_eager, "jax jit": jax_jit,
 PEERS = ("torch eager", "jax jit")
 
 
-def run(name, threads, repeats, systems=tuple(SYSTEMS)):
-    """{system: samples/s} for network ``name``, printing a table row per system with its ratio to the best peer."""
+def run(name, threads, repeats, systems=tuple(SYSTEMS), busy=False):
+    """{system: samples/s} for network ``name``, printing a table row per system with its ratio to the
+    best peer; with ``busy``, {system: (alone, busy)} and the busy figure's ratio to alone."""
     X, y = make_data(name)
-    result = {}
+    result, epochs = {}, {}
     for system in systems:
         try:
-            epoch = SYSTEMS[system](name, threads)
+            epochs[system] = epoch = SYSTEMS[system](name, threads)
         except ImportError as exc:
             print(f"  skipping {system}: {exc}")
             continue
@@ -237,7 +243,15 @@ def run(name, threads, repeats, systems=tuple(SYSTEMS)):
     for system, value in result.items():
         ratio = f"  {value / best:5.2f}x" if best and system.startswith("fastbp") else ""
         print(f"  {system:>14}: {value:10.0f}{ratio}", flush=True)
-    return result
+    if not busy:
+        return result
+    with situations.busy_core():
+        loaded = {system: len(X) / min(timed(epoch, X, y) for _ in range(repeats))
+                  for system, epoch in epochs.items()}
+    print(f"{name}, one core busy with another process; samples/s (ratio to the same system alone)")
+    for system, value in loaded.items():
+        print(f"  {system:>14}: {value:10.0f} ({value / result[system]:4.2f}x)", flush=True)
+    return {system: (result[system], loaded[system]) for system in loaded}
 
 
 def main(argv=None):
@@ -246,9 +260,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=usable_cores())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--busy", action="store_true",
+                        help="also measure with one CPU-bound process on one core, as a ratio to alone")
     args = parser.parse_args(argv)
+    print(describe())
     for name in args.networks:
-        run(name, args.threads, args.repeats, args.systems)
+        run(name, args.threads, args.repeats, args.systems, busy=args.busy)
 
 
 if __name__ == "__main__":
