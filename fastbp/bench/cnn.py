@@ -11,7 +11,8 @@ float32, softmax cross-entropy, plain SGD (lr 0.01), synthetic data, the same
 initial weights everywhere; the figure is samples per second of the fastest of
 ``--repeats`` epochs after a warm-up epoch (JIT compilation not counted).
 Peers: torch eager (oneDNN) and JAX ``jit``, each on the same thread count;
-one that is not installed is skipped. Images are channels-last in fastbp and
+one that is not installed is skipped; each system runs in a spawned process of
+its own, so no other library's thread pool spins beside it. Images are channels-last in fastbp and
 JAX, channels-first in torch (its default), the weights permuted to match.
 ``--busy`` measures every system again with one CPU-bound process on one core
 (``situations.busy_core``) and prints, in brackets, its ratio to the same
@@ -19,6 +20,8 @@ system alone.
 """
 
 import argparse
+import contextlib
+import multiprocessing
 import os
 
 import numpy as np
@@ -223,19 +226,32 @@ SYSTEMS = {"torch eager": torch_eager, "jax jit": jax_jit,
 PEERS = ("torch eager", "jax jit")
 
 
+def _measure_in_child(system, name, threads, repeats):
+    """samples/s of ``system`` on network ``name``: the best of ``repeats`` epochs after a warm-up one."""
+    X, y = make_data(name)
+    epoch = SYSTEMS[system](name, threads)
+    epoch(X, y)  # warm-up: JIT compilation, buffers
+    return len(X) / min(timed(epoch, X, y) for _ in range(repeats))
+
+
+def measure_isolated(system, name, threads, repeats, busy=False):
+    """``_measure_in_child`` in a spawned process of its own (as ``peers.measure_isolated``): no
+    thread pool of another system (torch's OpenMP, XLA's) is left spinning on the cores it needs.
+    With ``busy``, a CPU-bound process keeps one core busy meanwhile. ImportError: not installed."""
+    loaded = situations.busy_core() if busy else contextlib.nullcontext()
+    with multiprocessing.get_context("spawn").Pool(1) as pool, loaded:
+        return pool.apply(_measure_in_child, (system, name, threads, repeats))
+
+
 def run(name, threads, repeats, systems=tuple(SYSTEMS), busy=False):
     """{system: samples/s} for network ``name``, printing a table row per system with its ratio to the
     best peer; with ``busy``, {system: (alone, busy)} and the busy figure's ratio to alone."""
-    X, y = make_data(name)
-    result, epochs = {}, {}
+    result = {}
     for system in systems:
         try:
-            epochs[system] = epoch = SYSTEMS[system](name, threads)
+            result[system] = measure_isolated(system, name, threads, repeats)
         except ImportError as exc:
             print(f"  skipping {system}: {exc}")
-            continue
-        epoch(X, y)  # warm-up: JIT compilation, buffers
-        result[system] = len(X) / min(timed(epoch, X, y) for _ in range(repeats))
     peers = {s: v for s, v in result.items() if s in PEERS}
     best = max(peers.values()) if peers else None
     print(f"{name}: batch {BATCH}, float32, SGD lr={LR}, {threads} threads; samples/s"
@@ -245,9 +261,7 @@ def run(name, threads, repeats, systems=tuple(SYSTEMS), busy=False):
         print(f"  {system:>14}: {value:10.0f}{ratio}", flush=True)
     if not busy:
         return result
-    with situations.busy_core():
-        loaded = {system: len(X) / min(timed(epoch, X, y) for _ in range(repeats))
-                  for system, epoch in epochs.items()}
+    loaded = {system: measure_isolated(system, name, threads, repeats, busy=True) for system in result}
     print(f"{name}, one core busy with another process; samples/s (ratio to the same system alone)")
     for system, value in loaded.items():
         print(f"  {system:>14}: {value:10.0f} ({value / result[system]:4.2f}x)", flush=True)
