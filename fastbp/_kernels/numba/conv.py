@@ -44,10 +44,10 @@ from ..blocking import CONV_BLOCKS_PER_THREAD as BLOCKS_PER_THREAD
 from ..blocking import CONV_GATHER_MIN_CHANNELS as GATHER_MIN_CHANNELS
 from ..blocking import CONV_ROW_ALIGN as ROW_ALIGN
 from ..blocking import block_sizes
-from ._threads import ISA, MAX_THREADS, clamp_threads, set_threads
+from ._threads import ISA, MAX_THREADS, clamp_threads, fetch_add, gemm_threads_now, monotonic_seconds, set_threads
 from .activations import _activation_backward, _activation_forward
 from .dense import _column_sums
-from .gemm import NO_ACTIVATION, gemm, no_bias, run_driver
+from .gemm import NO_ACTIVATION, gemm, judge_by_busiest, no_bias, run_driver
 from .mlp import _run_gemm
 
 
@@ -193,14 +193,27 @@ def _blocks_parallel(x, kh, kw, weights, geometry, out_h, out_w, bias, act, zf, 
     m, k = zf.shape[0], weights.shape[0]
     cols_slot = cols_all.shape[0] // MAX_THREADS
     work_slot = work_all.shape[0] // MAX_THREADS
-    for s in prange(-(-m // rows)):
-        t = numba.get_thread_id()
-        r0 = s * rows
-        rr = min(rows, m - r0)
-        cols = cols_all[t * cols_slot:t * cols_slot + rr * k].reshape(rr, k)
-        _im2col_serial(x, kh, kw, geometry, out_h, out_w, r0, cols, 1)
-        _run_gemm(cols, weights, zf[r0:r0 + rr], out[r0:r0 + rr], bias, 0.0, act, 1,
-                  work_all[t * work_slot:(t + 1) * work_slot])
+    n_blocks = -(-m // rows)
+    # Blocks taken from a counter (a thread without a core takes fewer), each timed
+    # for the busy-machine back-off; rows are independent, so the bits do not change.
+    counter = np.zeros(1, dtype=np.int64)
+    stats = np.zeros(2 * n_threads)
+    t_start = monotonic_seconds()
+    for t in prange(n_threads):
+        while True:
+            s = fetch_add(counter, 1)
+            if s >= n_blocks:
+                break
+            t_task = monotonic_seconds()
+            r0 = s * rows
+            rr = min(rows, m - r0)
+            cols = cols_all[t * cols_slot:t * cols_slot + rr * k].reshape(rr, k)
+            _im2col_serial(x, kh, kw, geometry, out_h, out_w, r0, cols, 1)
+            _run_gemm(cols, weights, zf[r0:r0 + rr], out[r0:r0 + rr], bias, 0.0, act, 1,
+                      work_all[t * work_slot:(t + 1) * work_slot])
+            stats[2 * t] += monotonic_seconds() - t_task
+            stats[2 * t + 1] += 1
+    judge_by_busiest(monotonic_seconds() - t_start, stats, n_threads, n_blocks)
 
 
 def _gemm_work_size(dtype, n):
@@ -239,7 +252,7 @@ def conv2d_forward(x, w, bias, geometry, act, z, a, n_threads):
     IN x (n, h, w, c_in), w (kh, kw, c_in, c_out), bias (c_out,);
     OUT z, a (n, out_h, out_w, c_out), may be the same array.
     """
-    n_threads = clamp_threads(n_threads)
+    n_threads = gemm_threads_now(clamp_threads(n_threads))  # one thread while the busy-machine back-off lasts
     x, w, bias = writable(x), writable(w), writable(bias)
     geometry = _geometry(geometry)
     kh, kw, c, f = w.shape
@@ -283,7 +296,7 @@ def conv2d_backward(x, w, z, a, grad_a, act, geometry, grad_z, dw, db, dx, compu
     OUT grad_z like z (may alias grad_a), dw like w, db (c_out,) (accumulated into when
     accumulate), dx like x (untouched, may be None, unless compute_dx).
     """
-    n_threads = clamp_threads(n_threads)
+    n_threads = gemm_threads_now(clamp_threads(n_threads))  # one thread while the busy-machine back-off lasts
     x, w = writable(x), writable(w)
     geometry = _geometry(geometry)
     sh, sw, pt, pl, dh, dw_ = geometry

@@ -20,7 +20,7 @@ from numba.extending import intrinsic
 
 from ..blocking import PARALLEL_MIN_ELEMENTS as PARALLEL_MIN_VALUES  # the one threshold table
 from ._arrays import writable
-from ._threads import clamp_threads, set_threads
+from ._threads import clamp_threads, gemm_threads_now, set_threads
 
 _jit = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -233,9 +233,12 @@ _GLOBAL_BACKWARD = _twins(_make_global_backward)
 
 
 def _run(twins, size, n_threads, *args):
-    """The parallel twin on n_threads from PARALLEL_MIN_VALUES values, else the serial one."""
+    """The parallel twin on n_threads from PARALLEL_MIN_VALUES values, else the serial one; a
+    would-be parallel call counts as one of the busy-machine back-off, and runs serial while it lasts."""
     n_threads = clamp_threads(n_threads)
     if n_threads > 1 and size >= PARALLEL_MIN_VALUES:
+        n_threads = gemm_threads_now(n_threads)
+    if n_threads > 1:
         twins[0](*args, n_threads)
     else:
         twins[1](*args, 1)
