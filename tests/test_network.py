@@ -279,16 +279,32 @@ def _kernels_without_allocations(monkeypatch, backend):
     monkeypatch.setitem(fb._backend._modules, backend, noop)
 
 
-def _fill_tuple_free_lists():
-    """Fill CPython's free lists of tuples before tracing.
+def _traced_steps(step, sizes, warm_up):
+    """(retained, peak) bytes that tracemalloc sees over 5 rounds of ``step(size)`` for each size,
+    after ``warm_up`` untraced rounds (JIT dispatch, NumPy's small-block caches).
 
     CPython keeps up to 2000 freed tuples of each length (1 to 20) for reuse, and
     tracemalloc counts a kept tuple as allocated: a step whose calls free more
     argument tuples than they take (a Numba dispatcher call with 20 arguments,
-    say) would look as if it allocated, up to ~400 kB, though nothing grows.
+    say) would look as if it allocated, up to ~400 kB, though nothing grows. So
+    the free lists are filled before tracing.
     """
+    for _ in range(warm_up):
+        for size in sizes:
+            step(size)
     held = [tuple(range(length)) for length in range(1, 21) for _ in range(2000)]
     del held
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for _ in range(5):
+            for size in sizes:
+                step(size)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return current - base, peak - base
 
 
 def test_a_training_step_allocates_nothing(backend, dtype, monkeypatch):
@@ -320,22 +336,9 @@ def test_a_training_step_allocates_nothing(backend, dtype, monkeypatch):
         return _training.train_step(net, net._workspaces[(size, width)], gather_x[:size], gather_y[:size],
                                     loss_kernel, optimizer, backend_module, n_threads)
 
-    for _ in range(20):  # warm up: JIT dispatch, NumPy's small-block caches
-        for size in sizes:
-            step(size)
-    _fill_tuple_free_lists()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        for _ in range(5):
-            for size in sizes:
-                step(size)
-        current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert current - base < 1024
-    assert peak - base < min(8192, smallest_buffer // 2), (peak - base)
+    retained, peak = _traced_steps(step, sizes, warm_up=20)
+    assert retained < 1024
+    assert peak < min(8192, smallest_buffer // 2), peak
 
 
 def test_a_convolutional_training_step_allocates_nothing(backend, dtype):
@@ -363,22 +366,9 @@ def test_a_convolutional_training_step_allocates_nothing(backend, dtype):
         return _training.train_step(net, net._workspace((size,) + X.shape[1:]), gather_x[:size], gather_y[:size],
                                     loss_kernel, optimizer, backend_module, n_threads)
 
-    for _ in range(10):  # warm up: JIT dispatch, NumPy's small-block caches
-        for size in (64, 32):
-            step(size)
-    _fill_tuple_free_lists()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        for _ in range(5):
-            for size in (64, 32):
-                step(size)
-        current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert current - base < 1024
-    assert peak - base < 4096, (peak - base)
+    retained, peak = _traced_steps(step, (64, 32), warm_up=10)
+    assert retained < 1024
+    assert peak < 4096, peak
 
 
 def test_fit_reuses_its_buffers_across_epochs(backend):
