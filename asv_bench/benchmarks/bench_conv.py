@@ -63,22 +63,23 @@ class Conv2D(KernelBenchmark):
                                 grad_preactivation_out=self.delta, dw_out=self.dw, db_out=self.db,
                                 dx_out=self.dx if self.compute_dx else None, compute_dx=self.compute_dx)
 
-    def _gflops(self, run, flops):
+    def _seconds_per_gflop(self, run, flops):
+        """The inverse of GFLOP/s, best of 5, so that lower is better as asv assumes for every track_."""
         best = np.inf
         for _ in range(5):
             start = time.perf_counter()
             run(None, None, None, None)
             best = min(best, time.perf_counter() - start)
-        return flops / best / 1e9
+        return best / (flops / 1e9)
 
-    def track_forward_gflops(self, backend, dtype, threads, shape):
-        return self._gflops(self.time_forward, self.flops)
+    def track_forward_seconds_per_gflop(self, backend, dtype, threads, shape):
+        return self._seconds_per_gflop(self.time_forward, self.flops)
 
-    def track_backward_gflops(self, backend, dtype, threads, shape):
-        return self._gflops(self.time_backward, (2 if self.compute_dx else 1) * self.flops)
+    def track_backward_seconds_per_gflop(self, backend, dtype, threads, shape):
+        return self._seconds_per_gflop(self.time_backward, (2 if self.compute_dx else 1) * self.flops)
 
-    track_forward_gflops.unit = "GFLOP/s"
-    track_backward_gflops.unit = "GFLOP/s"
+    track_forward_seconds_per_gflop.unit = "s/GFLOP"
+    track_backward_seconds_per_gflop.unit = "s/GFLOP"
 
 
 class Pool2D(KernelBenchmark):
