@@ -309,3 +309,18 @@ def test_bad_input_is_refused_before_anything_is_written(backend, kind, rng):
         backward(p["x"], p["w_ih"], p["w_hh"], *fwd, p["grad_hs"], *states, work=np.empty(5))
     with pytest.raises(ValueError, match="must not overlap"):
         backward(p["x"], p["w_ih"], p["w_hh"], *fwd, p["grad_hs"], *states, dx_out=p["x"])
+
+
+def test_thread_thresholds_are_the_blocking_table():
+    """Both backends' row passes and bias column sums use blocking.py's thresholds (the Cython
+    module receives them at import through _configure; the Numba module imports them)."""
+    from fastbp._kernels import blocking
+    from fastbp._kernels.cython import _gated
+    from fastbp._kernels.numba import gated as numba_gated
+
+    assert _gated._thresholds() == (blocking.RECURRENT_PARALLEL_MIN_ELEMENTS,
+                                    blocking.GATED_COLUMN_SUMS_PARALLEL_MIN_ELEMENTS)
+    assert numba_gated.RECURRENT_PARALLEL_MIN_ELEMENTS == blocking.RECURRENT_PARALLEL_MIN_ELEMENTS
+    assert not hasattr(numba_gated, "PARALLEL_MIN_ELEMENTS")  # no second, local table
+    with pytest.raises(ValueError, match="positive"):
+        _gated._configure(0, 1)

@@ -176,6 +176,21 @@ def seq_net(dtype, return_sequences, act="tanh", truncate=None, loss="mse", n_ou
                        fb.Dense(5, n_out)], loss=loss, dtype=dtype, seed=0)
 
 
+def test_thread_thresholds_are_the_blocking_table():
+    """Both backends' recurrent row passes and fixed-point sweeps use blocking.py's thresholds (the
+    Cython module receives its own at import through _configure; the Numba module imports them)."""
+    from fastbp._kernels import blocking
+    from fastbp._kernels.cython import _rnn
+    from fastbp._kernels.numba import rnn as numba_rnn
+
+    assert _rnn._thresholds() == (blocking.PARALLEL_MIN_ELEMENTS,)
+    assert numba_rnn.RECURRENT_PARALLEL_MIN_ELEMENTS == blocking.RECURRENT_PARALLEL_MIN_ELEMENTS
+    assert numba_rnn.FIXED_POINT_PARALLEL_MIN_FLOPS == blocking.FIXED_POINT_PARALLEL_MIN_FLOPS
+    assert not hasattr(numba_rnn, "PARALLEL_MIN_ELEMENTS") and not hasattr(numba_rnn, "PARALLEL_MIN_FLOPS")
+    with pytest.raises(ValueError, match="positive"):
+        _rnn._configure(0)
+
+
 @pytest.mark.parametrize("return_sequences", [False, True])
 def test_network_gradients_match_finite_differences(backend, dtype, rng, return_sequences):
     net = seq_net(dtype, return_sequences)

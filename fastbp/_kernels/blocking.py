@@ -27,7 +27,8 @@ depends on the thread count, so neither do the results.
 Threads: a parallel region costs ~2 µs to enter on a quiet machine and, on a
 busy one, a scheduler time slice (ms) whenever one of its threads waits for
 a core, so work goes parallel only when each thread gets enough of it
-(``gemm_threads``, ``PARALLEL_MIN_ELEMENTS``, ``OPTIMIZER_PARALLEL_MIN_VALUES``).
+(``gemm_threads``, ``PARALLEL_MIN_ELEMENTS``, ``RECURRENT_PARALLEL_MIN_ELEMENTS``,
+``OPTIMIZER_PARALLEL_MIN_VALUES``).
 Tasks are shared out dynamically (a thread that lost its core takes fewer),
 at least TASKS_PER_THREAD per thread when the product has that many blocks.
 """
@@ -55,9 +56,30 @@ TASKS_PER_THREAD = 4
 # A column part of a task is at least this wide: every part packs its rows of A
 # again, about as costly as 1/MIN_PART_COLUMNS of the part's arithmetic x ~20.
 MIN_PART_COLUMNS = 128
-# Element-wise kernels (activations, losses, column sums, RNN steps) go
-# parallel from this many values.
+# Element-wise kernels (activations, losses, column sums, pooling, the Cython
+# RNN's row loops) go parallel from this many values.
 PARALLEL_MIN_ELEMENTS = 1 << 15
+# Recurrent kernels (both backends): a time step's row pass (an LSTM/GRU step's
+# gate nonlinearities and cell update over batch x 4H or 3H gate values; a Numba
+# RNN step's activation over batch x hidden states, added to the step's GEMM)
+# runs on the calling thread below this many values per step, and while the
+# busy-machine back-off lasts (one parallel region per step, T of them per pass:
+# a region whose second thread has no core stalls every step). The value is the
+# one the kernels were written with (af3d830, d32a536); no measurement of it is
+# recorded. (The Cython RNN applies a step's activation in the GEMM epilogue;
+# its remaining row loops use PARALLEL_MIN_ELEMENTS.)
+RECURRENT_PARALLEL_MIN_ELEMENTS = 1 << 14
+# The LSTM/GRU bias gradients' column sums (Cython) go parallel from this many
+# values only: one parallel region (a worker woken on this KVM machine) cost
+# ~0.25 ms, where the sums of the memory demo's 1600 x 96 gate gradients take
+# ~0.1 ms alone, so GRU backward there took 0.72 ms on 2 threads against 0.49 ms
+# on 1; at the bench's 3200 x 384 splitting them still saves ~0.4 ms of ~7 ms.
+GATED_COLUMN_SUMS_PARALLEL_MIN_ELEMENTS = 1 << 20
+# A fixed-point sweep of the Numba backend (src_row·W per row of the batch,
+# 2·m·n² flops, no GEMM) runs on the calling thread below this many flops per
+# sweep (the value since 98c04e3; no measurement recorded). The Cython sweep is
+# a GEMM, whose threads are gemm_threads'.
+FIXED_POINT_PARALLEL_MIN_FLOPS = 1 << 16
 # Optimizer steps go parallel from this many parameters: a step is ~1 load and
 # store per array per value, memory-bound, ~10 µs per 2^15 values; below this
 # two parallel regions per step cost more than they save (the digits network,

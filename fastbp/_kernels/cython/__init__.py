@@ -64,6 +64,11 @@ _conv._configure(_blocking_table.CONV_BLOCK_VALUES, _blocking_table.CONV_ROW_ALI
 _pool._configure(_blocking_table.PARALLEL_MIN_ELEMENTS)
 from ._rnn import fixed_point_adjoint, fixed_point_forward, rnn_backward, rnn_forward  # noqa: E402
 from ._gated import gru_backward, gru_forward, lstm_backward, lstm_forward  # noqa: E402
+from . import _gated, _rnn  # noqa: E402
+
+_rnn._configure(_blocking_table.PARALLEL_MIN_ELEMENTS)
+_gated._configure(_blocking_table.RECURRENT_PARALLEL_MIN_ELEMENTS,
+                  _blocking_table.GATED_COLUMN_SUMS_PARALLEL_MIN_ELEMENTS)
 
 if _registry.SOFTMAX != 10 or len(_registry.ACTIVATIONS) != 11:  # ids compiled into _activations.pxd
     raise AssertionError("fastbp._kernels.registry's activation ids differ from _activations.pxd")

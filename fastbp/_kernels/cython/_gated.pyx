@@ -52,14 +52,26 @@ cdef extern from "gated_rows.h" nogil:
                                const double* carry, double* direct, int has_carry, double* dgate, double* dghh,
                                Py_ssize_t n)
 
-# Below this many gate values per step, a row pass runs on the calling thread.
+# Thread thresholds, from fastbp._kernels.blocking (set by _configure; see there):
+# a step's row pass runs on the calling thread below RECURRENT_PARALLEL_MIN_ELEMENTS
+# gate values, the bias gradients' column sums below GATED_COLUMN_SUMS_PARALLEL_MIN_ELEMENTS.
 cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 14
-# The bias gradients' column sums go parallel from this many values only: one
-# parallel region (a worker woken on this KVM machine) cost ~0.25 ms, where the
-# sums of the memory demo's 1600 x 96 gate gradients take ~0.1 ms alone, so
-# GRU backward there took 0.72 ms on 2 threads against 0.49 ms on 1; at the
-# bench's 3200 x 384 splitting them still saves ~0.4 ms of ~7 ms.
 cdef Py_ssize_t COLUMN_SUMS_PARALLEL_MIN_ELEMENTS = 1 << 20
+
+
+def _configure(Py_ssize_t parallel_min_elements, Py_ssize_t column_sums_parallel_min_elements):
+    """Set blocking.RECURRENT_PARALLEL_MIN_ELEMENTS and GATED_COLUMN_SUMS_PARALLEL_MIN_ELEMENTS."""
+    global PARALLEL_MIN_ELEMENTS, COLUMN_SUMS_PARALLEL_MIN_ELEMENTS
+    if min(parallel_min_elements, column_sums_parallel_min_elements) < 1:
+        raise ValueError(f"thread thresholds must be positive, got {parallel_min_elements}, "
+                         f"{column_sums_parallel_min_elements}")
+    PARALLEL_MIN_ELEMENTS = parallel_min_elements
+    COLUMN_SUMS_PARALLEL_MIN_ELEMENTS = column_sums_parallel_min_elements
+
+
+def _thresholds():
+    """(row pass, column sums) thresholds in use, for tests."""
+    return PARALLEL_MIN_ELEMENTS, COLUMN_SUMS_PARALLEL_MIN_ELEMENTS
 
 
 def _check_work(str kernel, Py_ssize_t size, Py_ssize_t m, Py_ssize_t n):
@@ -76,8 +88,9 @@ def _check(str kernel, str name, tuple shape, tuple expected):
 
 
 cdef inline int _row_threads(Py_ssize_t elements, int n_threads) noexcept nogil:
-    """Threads of a row pass: 1 below PARALLEL_MIN_ELEMENTS and while the busy-machine back-off is on
-    (as every other kernel: a parallel region per step whose second thread has no core stalls every step)."""
+    """Threads of a row pass: 1 below PARALLEL_MIN_ELEMENTS (blocking.RECURRENT_PARALLEL_MIN_ELEMENTS)
+    and while the busy-machine back-off is on (as every other kernel: a parallel region per step
+    whose second thread has no core stalls every step)."""
     return n_threads if n_threads > 1 and elements >= PARALLEL_MIN_ELEMENTS and not backing_off() else 1
 
 

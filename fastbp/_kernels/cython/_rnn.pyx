@@ -29,8 +29,22 @@ from libc.string cimport memcpy, memset
 from fastbp._kernels.cython._gemm cimport gemm_nogil
 from fastbp._kernels.cython._activations cimport ACT_GELU, ACT_SOFTMAX, N_ACTIVATIONS, act_grad_row, act_row
 
-# Below this many elements a row loop runs on the calling thread.
+# Below this many elements a row loop runs on the calling thread
+# (blocking.PARALLEL_MIN_ELEMENTS, set by _configure).
 cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+def _configure(Py_ssize_t parallel_min_elements):
+    """Set blocking.PARALLEL_MIN_ELEMENTS."""
+    global PARALLEL_MIN_ELEMENTS
+    if parallel_min_elements < 1:
+        raise ValueError(f"parallel_min_elements must be positive, got {parallel_min_elements}")
+    PARALLEL_MIN_ELEMENTS = parallel_min_elements
+
+
+def _thresholds():
+    """(row loop threshold,) in use, for tests."""
+    return (PARALLEL_MIN_ELEMENTS,)
 
 
 def _check_act(int act):

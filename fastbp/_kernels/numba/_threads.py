@@ -185,6 +185,16 @@ def backing_off():
 
 
 @numba.njit(cache=True, nogil=True)
+def region_threads(values, min_values, n_threads):
+    """Threads of a parallel region over ``values`` values: n_threads, or 1 below min_values
+    (a blocking.py threshold) and while a back-off lasts (the Cython kernels' rule: a
+    region whose second thread has no core stalls the call)."""
+    if n_threads > 1 and values >= min_values and not backing_off():
+        return n_threads
+    return 1
+
+
+@numba.njit(cache=True, nogil=True)
 def judge_parallel_call(wall, busiest_time, busiest_tasks, n_tasks):
     """Back off when the call took longer than n_tasks x the busiest thread's mean task time
     by more than BACKOFF_SLACK_SECONDS (times in seconds): the other threads did not get a

@@ -8,7 +8,9 @@ the recurrent product (the same serial/parallel twin and threshold as
 ``gemm.run_driver``, through ``mlp._run_gemm``) into a contiguous (batch, ·)
 block of ``work``, and ONE ``prange`` over the rows of the batch that adds it
 to the step's gate tile, applies the gate nonlinearities and the cell update
-while the row is in L1. A row's result does not depend on the thread that
+while the row is in L1 (on one thread below blocking.RECURRENT_PARALLEL_MIN_ELEMENTS
+gate values per step and while the busy-machine back-off lasts, decided per step
+as the Cython kernels do). A row's result does not depend on the thread that
 computes it, and the GEMM only partitions its output, so nothing depends on
 n_threads. Backward runs the loop in reverse keeping only the element-wise
 gate gradients; dx, dw_ih, dbias are then one dense backward over the batch·T
@@ -30,14 +32,14 @@ from numba import prange, types
 from numba.extending import overload
 
 from .. import registry as R
+from ..blocking import RECURRENT_PARALLEL_MIN_ELEMENTS
 from ._arrays import writable
-from ._threads import clamp_threads, set_threads
+from ._threads import clamp_threads, region_threads, set_threads
 from .activations import tanh as gate_tanh
 from .gemm import NO_ACTIVATION, no_bias
 from .mlp import _dense_backward, _dense_forward, _run_gemm, _workspaces
 from .packing import data_pointer
 
-PARALLEL_MIN_ELEMENTS = 1 << 14  # gate values per step: below this a row pass runs on one thread
 _IDENTITY = R.IDENTITY
 
 # error_model="numpy": no exception branch for a division, so the row loops vectorise.
@@ -131,7 +133,6 @@ def _lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads, g
     rec = work[:m * width].reshape(m, width)
     gf, cf, hf, c0f = gates.reshape(-1), cs.reshape(-1), hs.reshape(-1), c0.reshape(-1)
     ldg, ldh = n_steps * width, n_steps * n
-    threads = n_threads if m * width >= PARALLEL_MIN_ELEMENTS else 1
     for t in range(n_steps):
         # rec := h_{t-1}·w_hh
         if t == 0:
@@ -139,7 +140,7 @@ def _lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads, g
         else:
             gemm_work = _run_gemm(hs[:, t - 1], w_hh, rec, rec, bias0, 0.0, NO_ACTIVATION, n_threads, gemm_work)
         recf = rec.reshape(-1)
-        set_threads(threads)
+        set_threads(region_threads(m * width, RECURRENT_PARALLEL_MIN_ELEMENTS, n_threads))
         for b in prange(m):
             if t == 0:
                 _lstm_cell_row(gf, b * ldg, recf, b * width, c0f, b * n, cf, b * ldh, hf, b * ldh, n)
@@ -197,13 +198,12 @@ def _lstm_backward(x, w_ih, w_hh_t, h0, c0, hs, cs, gates, grad_hs, t0, dgates, 
     ldg, ldh = n_steps * width, n_steps * n
     _zero_steps(dgates, t0)
     dc[:] = 0.0
-    threads = n_threads if m * width >= PARALLEL_MIN_ELEMENTS else 1
     for t in range(n_steps - 1, t0 - 1, -1):
         has_carry = t < n_steps - 1
         if has_carry:  # dh := dgates_{t+1}·w_hhᵀ; the row pass adds grad_hs_t
             gemm_work = _run_gemm(dgates[:, t + 1], w_hh_t, dh, dh, bias0, 0.0, NO_ACTIVATION, n_threads,
                                   gemm_work)
-        set_threads(threads)
+        set_threads(region_threads(m * width, RECURRENT_PARALLEL_MIN_ELEMENTS, n_threads))
         for b in prange(m):
             if t == 0:
                 _lstm_grad_row(gf, b * ldg, c0f, b * n, cf, b * ldh, gradf, b * n, dhf, dc, tanh_c, has_carry,
@@ -252,7 +252,6 @@ def _gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_thread
     rec = work[:m * width].reshape(m, width)
     gf, hf, hnf, h0f = gates.reshape(-1), hs.reshape(-1), hn.reshape(-1), h0.reshape(-1)
     ldg, ldh = n_steps * width, n_steps * n
-    threads = n_threads if m * width >= PARALLEL_MIN_ELEMENTS else 1
     for t in range(n_steps):
         # rec := h_{t-1}·w_hh (kept apart: its n block is gated by r)
         if t == 0:
@@ -260,7 +259,7 @@ def _gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_thread
         else:
             gemm_work = _run_gemm(hs[:, t - 1], w_hh, rec, rec, bias0, 0.0, NO_ACTIVATION, n_threads, gemm_work)
         recf = rec.reshape(-1)
-        set_threads(threads)
+        set_threads(region_threads(m * width, RECURRENT_PARALLEL_MIN_ELEMENTS, n_threads))
         for b in prange(m):
             if t == 0:
                 _gru_cell_row(gf, b * ldg, recf, b * width, bias_hn, h0f, b * n, hnf, hf, b * ldh, n)
@@ -310,13 +309,12 @@ def _gru_backward(x, w_ih, w_hh_t, h0, hs, gates, hn, grad_hs, t0, dgates, dghh,
     ldg, ldh = n_steps * width, n_steps * n
     _zero_steps(dgates, t0)
     _zero_steps(dghh, t0)
-    threads = n_threads if m * width >= PARALLEL_MIN_ELEMENTS else 1
     for t in range(n_steps - 1, t0 - 1, -1):
         has_carry = t < n_steps - 1
         if has_carry:  # carry := dghh_{t+1}·w_hhᵀ
             gemm_work = _run_gemm(dghh[:, t + 1], w_hh_t, carry, carry, bias0, 0.0, NO_ACTIVATION, n_threads,
                                   gemm_work)
-        set_threads(threads)
+        set_threads(region_threads(m * width, RECURRENT_PARALLEL_MIN_ELEMENTS, n_threads))
         for b in prange(m):
             if t == 0:
                 _gru_grad_row(gf, b * ldg, hnf, b * ldh, h0f, b * n, gradf, carryf, direct, b * n, has_carry,

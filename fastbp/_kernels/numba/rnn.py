@@ -26,14 +26,12 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..blocking import FIXED_POINT_PARALLEL_MIN_FLOPS, RECURRENT_PARALLEL_MIN_ELEMENTS
 from ._arrays import writable
-from ._threads import backing_off, clamp_threads, set_threads
+from ._threads import clamp_threads, region_threads, set_threads
 from .activations import activation_span, derivative_span
 from .gemm import NO_ACTIVATION, gemm, no_bias
 from .mlp import _run_gemm, _workspaces
-
-PARALLEL_MIN_FLOPS = 1 << 16  # per step: below this, a fixed-point sweep runs on one thread
-PARALLEL_MIN_ELEMENTS = 1 << 14  # states per step: below this, an RNN step's row pass runs on one thread
 
 _jit = numba.njit(cache=True, nogil=True)
 
@@ -51,7 +49,6 @@ def row_times_matrix(src, src_off, w, n, dst, dst_off):
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _rnn_forward(act, x_proj, wh, hs, n_threads, gemm_work, bias0):
     m, n_steps, n = x_proj.shape
-    threads = n_threads if m * n >= PARALLEL_MIN_ELEMENTS and not backing_off() else 1
     xf = x_proj.reshape(m * n_steps * n)
     hf = hs.reshape(m * n_steps * n)
     rec = np.empty((m, n), dtype=hs.dtype)  # h_{t-1}·wh, once per call
@@ -60,7 +57,7 @@ def _rnn_forward(act, x_proj, wh, hs, n_threads, gemm_work, bias0):
     for t in range(n_steps):
         if t > 0:
             gemm_work = _run_gemm(hs[:, t - 1], wh, rec, rec, bias0, 0.0, NO_ACTIVATION, n_threads, gemm_work)
-        set_threads(threads)
+        set_threads(region_threads(m * n, RECURRENT_PARALLEL_MIN_ELEMENTS, n_threads))
         for i in prange(m):
             off = i * ld + t * n
             if t > 0:
@@ -75,7 +72,6 @@ def _rnn_forward(act, x_proj, wh, hs, n_threads, gemm_work, bias0):
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _bptt_deltas(act, hs, wh_t, grad_hs, t0, delta, n_threads, gemm_work, bias0):
     m, n_steps, n = hs.shape
-    threads = n_threads if m * n >= PARALLEL_MIN_ELEMENTS and not backing_off() else 1
     hf = hs.reshape(m * n_steps * n)
     gf = grad_hs.reshape(m * n_steps * n)
     df = delta.reshape(m * n_steps * n)
@@ -85,7 +81,7 @@ def _bptt_deltas(act, hs, wh_t, grad_hs, t0, delta, n_threads, gemm_work, bias0)
     for t in range(n_steps - 1, t0 - 1, -1):
         if t < n_steps - 1:
             gemm_work = _run_gemm(delta[:, t + 1], wh_t, rec, rec, bias0, 0.0, NO_ACTIVATION, n_threads, gemm_work)
-        set_threads(threads)
+        set_threads(region_threads(m * n, RECURRENT_PARALLEL_MIN_ELEMENTS, n_threads))
         for i in prange(m):
             off = i * ld + t * n
             if t < n_steps - 1:
@@ -168,7 +164,7 @@ def _max_abs_diff(x, y):
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _fixed_point_forward(act, x_proj, wh, tol, max_iter, h, scratch, n_threads):
     m, n = x_proj.shape
-    set_threads(n_threads if 2 * m * n * n >= PARALLEL_MIN_FLOPS and not backing_off() else 1)
+    set_threads(region_threads(2 * m * n * n, FIXED_POINT_PARALLEL_MIN_FLOPS, n_threads))
     xf = x_proj.reshape(m * n)
     hf = h.reshape(m * n)
     sf = scratch.reshape(m * n)
@@ -194,7 +190,7 @@ def _fixed_point_forward(act, x_proj, wh, tol, max_iter, h, scratch, n_threads):
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _fixed_point_adjoint(act, h, wh_t, grad_h, tol, max_iter, delta, scratch, n_threads):
     m, n = h.shape
-    set_threads(n_threads if 2 * m * n * n >= PARALLEL_MIN_FLOPS and not backing_off() else 1)
+    set_threads(region_threads(2 * m * n * n, FIXED_POINT_PARALLEL_MIN_FLOPS, n_threads))
     hf = h.reshape(m * n)
     gf = grad_h.reshape(m * n)
     df = delta.reshape(m * n)
