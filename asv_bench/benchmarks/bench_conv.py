@@ -1,8 +1,10 @@
 """2-D convolution forward/backward and pooling at the LeNet-5 and small-VGG shapes.
 
-``track_*_gflops`` report 2·m·n·k / t for the convolution's GEMM (m output
-pixels, n output channels, k = kh·kw·in_channels), forward and backward (dW and
-dx: twice the forward's flops), timed over a few repeats in one process. A
+``track_*_seconds_per_gflop`` report t / (2·m·n·k / 1e9), the inverse of the
+GFLOP/s of the convolution's GEMM (m output pixels, n output channels, k =
+kh·kw·in_channels), so that lower is better as asv assumes for every track_,
+forward and backward (dW and dx: twice the forward's flops), timed over a few
+repeats in one process. A
 network's first convolution (``c1``) needs no dx, so its backward computes dW
 and db only (the forward's flops), as in training.
 """
