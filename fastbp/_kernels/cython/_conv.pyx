@@ -8,10 +8,11 @@
 # (CHUNK_VALUES values, a multiple of ROW_ALIGN rows) into a per-thread
 # workspace kept between calls (conv_workspace.h), and fastbp's GEMM
 # (gemm_nogil, with its bias + activation epilogue on each tile) runs on each
-# block: in forward, each thread takes whole blocks (gather and one-thread GEMM
-# on its own core, one parallel region per call) when there are enough of
-# them, else each block's gather and GEMM use all the threads. A 1x1 kernel
-# with stride 1 and no padding skips the gather (x is the matrix).
+# block: in forward, the threads take whole blocks dynamically (gather and
+# one-thread GEMM on their own core, one parallel region per call, timed for
+# the busy-machine back-off) when there are enough of them, else each block's
+# gather and GEMM use all the threads. A 1x1 kernel with stride 1 and no
+# padding skips the gather (x is the matrix). The gather is C (conv_gather.h).
 #   forward:  per block, cols := im2col(x); z[block] := cols·W + b; a := act(z)
 #   backward: δ := grad_a ⊙ act'(z) (row-parallel); db := Σ_rows δ (serial,
 #             float64 accumulators, row order); dW: the row blocks are cut into
@@ -28,8 +29,11 @@
 # value is summed over the blocks of a run in order, inside a block by a
 # one-thread GEMM, and over the runs in order; dx is a GEMM (gathered) or gets its terms in row order (col2im).
 # So the results are bitwise the same for any n_threads.
-# This is the "blocked im2col + GEMM" form: the gather is not fused into the
-# GEMM's A packing (that would need a new packing entry point in _gemm.pyx).
+# This is the "blocked im2col + GEMM" form. For float32 with at most
+# blocking.DIRECT_MAX_PANELS column panels (up to 64 output channels on
+# AVX-512) the GEMM reads the gathered block unpacked, so the gather is the
+# only copy of A; otherwise the block is packed again (fusing the gather into
+# the packing of A would need a new packing entry point in _gemm.pyx).
 
 from cython.parallel cimport parallel, prange, threadid
 from cython cimport floating
