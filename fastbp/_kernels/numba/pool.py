@@ -235,9 +235,7 @@ _GLOBAL_BACKWARD = _twins(_make_global_backward)
 def _run(twins, size, n_threads, *args):
     """The parallel twin on n_threads from PARALLEL_MIN_VALUES values, else the serial one; a
     would-be parallel call counts as one of the busy-machine back-off, and runs serial while it lasts."""
-    n_threads = clamp_threads(n_threads)
-    if n_threads > 1 and size >= PARALLEL_MIN_VALUES:
-        n_threads = gemm_threads_now(n_threads)
+    n_threads = gemm_threads_now(clamp_threads(n_threads)) if size >= PARALLEL_MIN_VALUES else 1
     if n_threads > 1:
         twins[0](*args, n_threads)
     else:
