@@ -39,9 +39,8 @@ from cython.parallel cimport parallel, prange, threadid
 from cython cimport floating
 from libc.string cimport memcpy, memset
 
-from fastbp._kernels.cython._gemm cimport gemm_nogil
+from fastbp._kernels.cython._gemm cimport gemm_nogil, isa_is_avx512
 from fastbp._kernels.cython._threads cimport gemm_threads_now, judge_by_busiest
-from fastbp._kernels.cython._gemm import ISA_NAMES, _detect_isa
 from fastbp._kernels.cython._activations cimport (
     ACT_IDENTITY, ACT_SOFTMAX, N_ACTIVATIONS,
     activation_backward_nogil, activation_forward_nogil,
@@ -83,10 +82,6 @@ def _configure(Py_ssize_t block_values, Py_ssize_t row_align, Py_ssize_t paralle
     CHUNK_VALUES, ROW_ALIGN, PARALLEL_MIN_VALUES = block_values, row_align, parallel_min_values
     BLOCKS_PER_THREAD, DW_GROUPS, GATHER_MIN_CHANNELS = blocks_per_thread, dw_groups, gather_min_channels
 
-# The gather's short copies are masked AVX-512 loads and stores where the GEMM runs AVX-512
-# (fastbp's one ISA choice: FASTBP_CYTHON_ISA=avx2 turns both off).
-cdef int _gather_avx512 = ISA_NAMES[_detect_isa()] == "avx512"
-
 
 cdef struct Geometry:
     Py_ssize_t n, h, w, c, kh, kw, f, out_h, out_w, sh, sw, pt, pl, dh, dw
@@ -105,15 +100,16 @@ cdef inline Py_ssize_t _block_rows(Py_ssize_t k, Py_ssize_t m) noexcept nogil:
 
 cdef inline void _gather_rows(Geometry* g, const floating* x, Py_ssize_t r0, Py_ssize_t r1,
                               floating* dst) noexcept nogil:
-    """dst[0:r1-r0] := the receptive fields (kh·kw·c each) of output pixels r0 .. r1-1, zeros outside x."""
+    """dst[0:r1-r0] := the receptive fields (kh·kw·c each) of output pixels r0 .. r1-1, zeros outside x;
+    the short copies as masked AVX-512 loads and stores where the GEMM runs AVX-512."""
     cdef fastbp_conv_shape shape
     shape.h, shape.w, shape.c, shape.kh, shape.kw = g.h, g.w, g.c, g.kh, g.kw
     shape.out_h, shape.out_w, shape.sh, shape.sw = g.out_h, g.out_w, g.sh, g.sw
     shape.pt, shape.pl, shape.dh, shape.dw = g.pt, g.pl, g.dh, g.dw
     if floating is float:
-        fastbp_im2col_rows_s(_gather_avx512, &shape, x, r0, r1, dst)
+        fastbp_im2col_rows_s(isa_is_avx512(), &shape, x, r0, r1, dst)
     else:
-        fastbp_im2col_rows_d(_gather_avx512, &shape, x, r0, r1, dst)
+        fastbp_im2col_rows_d(isa_is_avx512(), &shape, x, r0, r1, dst)
 
 
 cdef void _im2col(Geometry* g, const floating* x, Py_ssize_t r0, Py_ssize_t rows,

@@ -17,3 +17,7 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                     floating beta, floating* c, Py_ssize_t ldc,
                     const floating* bias, int act, floating* out, Py_ssize_t ldo,
                     int n_threads) noexcept nogil
+
+# Whether the GEMM runs its AVX-512 kernels (the CPU has them and FASTBP_CYTHON_ISA allows
+# them): the one ISA choice that the convolution's gather and max pooling follow too.
+cdef bint isa_is_avx512() noexcept nogil

@@ -380,6 +380,10 @@ cdef int _direct_s(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kc_max, 
     return 0
 
 
+cdef bint isa_is_avx512() noexcept nogil:
+    return _isa >= FASTBP_ISA_AVX512
+
+
 cdef inline Py_ssize_t gemm_threads(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int n_threads) noexcept nogil:
     """blocking.gemm_threads: one thread per GEMM_MADDS_PER_THREAD multiply-adds, in [1, n_threads]."""
     return max(1, min(<Py_ssize_t>n_threads, (m * n * k) // GEMM_MADDS_PER_THREAD))

@@ -20,7 +20,7 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
-from fastbp._kernels.cython._gemm import ISA_NAMES, _detect_isa
+from fastbp._kernels.cython._gemm cimport isa_is_avx512
 
 cdef extern from "pool_windows.h" nogil:
     void fastbp_max_pool_row_s(const float* x, Py_ssize_t width, Py_ssize_t c, Py_ssize_t hs, Py_ssize_t he,
@@ -34,9 +34,8 @@ cdef extern from "pool_windows.h" nogil:
                                       Py_ssize_t pw, float* o, int64_t* idx)
 
 # float32 images of fewer channels than this take the masked AVX-512 row where the GEMM
-# runs AVX-512 (fastbp's one ISA choice: FASTBP_CYTHON_ISA=avx2 turns both off).
+# runs AVX-512 (isa_is_avx512: FASTBP_CYTHON_ISA=avx2 turns it off).
 DEF NARROW_CHANNELS = 16
-cdef bint _narrow_ok = ISA_NAMES[_detect_isa()] == "avx512"
 
 # Parallel regions below this many values run on the calling thread
 # (blocking.PARALLEL_MIN_ELEMENTS, set by _configure).
@@ -80,7 +79,7 @@ cdef void _max_row(Pool* g, const floating* x, Py_ssize_t row, floating* out, in
     cdef Py_ssize_t img = row // g.out_h, oh = row % g.out_h
     cdef Py_ssize_t h0 = oh * g.sh - g.pt, first = row * g.out_w * g.c
     if floating is float:
-        if g.c < NARROW_CHANNELS and _narrow_ok:
+        if g.c < NARROW_CHANNELS and isa_is_avx512():
             fastbp_max_pool_row_narrow_s(x + img * g.h * g.w * g.c, g.w, g.c, max(h0, 0), min(h0 + g.ph, g.h),
                                          g.out_w, g.sw, g.pl, g.pw, out + first, argmax + first)
             return
