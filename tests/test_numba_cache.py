@@ -41,6 +41,10 @@ for dtype in (np.float32, np.float64):
     cnn = fb.Network([fb.Conv2D(32, 8, 3, padding="same", activation="relu"), fb.MaxPool2D(2), fb.Flatten(),
                       fb.Dense(4 * 4 * 8, 10)], loss="softmax_cross_entropy", dtype=dtype, seed=0)
     images = rng.standard_normal((32, 8, 8, 32))
+    # A busy machine may have started the back-off, which would run the convolution on one
+    # thread: end it, so that the first layer's forward takes the block-parallel path.
+    from fastbp._kernels.numba._threads import BACKOFF
+    BACKOFF[0] = 0
     cnn.fit(images, y, optimizer=fb.Adam(cnn), epochs=1, batch_size=32, verbose=0)
 """
 
