@@ -183,6 +183,30 @@ def test_gemm_private_paths_same_bits_for_any_thread_count(backend, dtype, rng, 
         np.testing.assert_array_equal(a, np.maximum(plain[0] + bias, 0))
 
 
+@pytest.mark.parametrize("m,k,n", [(64, 128, 512), (64, 512, 128), (13, 1100, 97), (1, 7, 70), (97, 40, 33)])
+def test_cython_once_packed_b_gives_the_bits_of_gemm(dtype, rng, m, k, n):
+    """The recurrent layers pack their weight once per sequence and multiply by it at every step
+    (_gemm.pack_b_once, gemm_packed_b): the bits of gemm, on 1, 2 and 3 threads, for B read as
+    is and transposed (w_hhᵀ going back), k past KC, m and n past no block size or many."""
+    from fastbp._kernels.cython import _gemm
+
+    a = random_matrix(rng, (m, k), dtype)
+    for b in (random_matrix(rng, (k, n), dtype), random_matrix(rng, (n, k), dtype).T):
+        c0 = random_matrix(rng, (m, n), dtype)
+        expected = c0.copy()
+        _gemm.gemm(a, b, expected, 1.0, 1.0, 1)
+        packed_at_all = False
+        for n_threads in (1, 2, 3):
+            c = c0.copy()
+            packed_at_all |= _gemm._gemm_packed_b(a, b, c, 1.0, 1.0, n_threads)
+            np.testing.assert_array_equal(c, expected)
+        # the float32 unpacked path (AVX2 and up) reads B as is: nothing is packed for it
+        _, nr, kc, _, _ = _gemm._blocking(dtype.name)
+        unpacked = (dtype == np.float32 and fastbp._kernels.cython.ISA != "generic"
+                    and (k <= kc and m * n * k <= blocking.DIRECT_MAX_MADDS or n <= blocking.DIRECT_MAX_PANELS * nr))
+        assert packed_at_all == (not unpacked)
+
+
 @pytest.mark.parametrize("k", [1, 64, 511])
 def test_gemm_small_products_give_the_bits_of_large_ones(backend, dtype, rng, k):
     """Small products may take another path (cython: unpacked AVX-512 float32); the rows of

@@ -18,13 +18,15 @@ float32 and float64 (PyTorch's equations and gate order; see reference.py)."""
 # Layout: every array C-contiguous; sequences batch-major (batch, T, ·), so the
 # rows of step t are a matrix with row stride T·width, used in place. ``work``
 # is caller-provided scratch cut into contiguous (batch, ·) blocks: nothing is
-# allocated in the time loop (the GEMM keeps its packing workspace).
+# allocated in the time loop (the GEMM keeps its packing workspace). w_hh, the
+# B of every step's product (w_hhᵀ going back), is packed once per pass
+# (_gemm.pack_b_once), not once per step: a fifth of the time at batch 64, H 128.
 
 from cython.parallel cimport prange
 from cython cimport floating
 from libc.string cimport memcpy, memset
 
-from fastbp._kernels.cython._gemm cimport gemm_nogil
+from fastbp._kernels.cython._gemm cimport gemm_nogil, gemm_packed_b, pack_b_once, release_packed_b
 from fastbp._kernels.cython._dense cimport dense_forward_nogil
 from fastbp._kernels.cython._activations cimport ACT_IDENTITY
 from fastbp._kernels.cython._threads cimport backing_off
@@ -219,19 +221,22 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const
     cdef floating* pg = &gates[0, 0, 0]
     cdef floating* ph = &hs[0, 0, 0]
     cdef floating* pc = &cs[0, 0, 0]
+    cdef floating* w_packed
     cdef int status
     with nogil:
         # every step's input projection, one GEMM over the batch·T rows
         status = dense_forward_nogil(m * n_steps, 4 * n, k, &x[0, 0, 0], k, 1, &w_ih[0, 0], 4 * n, 1,
                                      &bias[0], ACT_IDENTITY, pg, pg, n_threads)
+        w_packed = pack_b_once(m, 4 * n, n, &w_hh[0, 0], 4 * n, 1)
         t = 0
         while status == 0 and t < n_steps:
             # gates_t += h_{t-1}·w_hh
-            status = gemm_nogil(m, 4 * n, n, <floating>1, &h0[0, 0] if t == 0 else ph + (t - 1) * n,
-                                n if t == 0 else ldh, 1, &w_hh[0, 0], 4 * n, 1,
-                                <floating>1, pg + t * 4 * n, ldg, NULL, -1, NULL, 0, n_threads)
+            status = gemm_packed_b(m, 4 * n, n, <floating>1, &h0[0, 0] if t == 0 else ph + (t - 1) * n,
+                                   n if t == 0 else ldh, 1, &w_hh[0, 0], 4 * n, 1, w_packed,
+                                   <floating>1, pg + t * 4 * n, ldg, n_threads)
             _lstm_cells(pg, &c0[0, 0], pc, ph, m, n_steps, n, t, n_threads)
             t += 1
+        release_packed_b(w_packed, 4 * n, n)
     if status != 0:
         raise MemoryError("lstm_forward: cannot allocate the GEMM workspace")
 
@@ -271,28 +276,31 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, cons
     cdef floating* dh = &work[0]
     cdef floating* dc = dh + m * n
     cdef floating* saved = dc + 2 * m * n  # work: dh, dc, (unused here: numba's tanh(c)), saved rows
+    cdef floating* w_packed
     cdef int status = 0
     with nogil:
         _zero_steps(pd, m, t0, ldg, 4 * n)
         memset(dc, 0, m * n * sizeof(floating))
+        w_packed = pack_b_once(m, n, 4 * n, &w_hh[0, 0], 1, 4 * n)  # w_hhᵀ (swapped strides)
         t = n_steps - 1
         while status == 0 and t >= t0:
-            # dh := grad_hs_t + dgates_{t+1}·w_hhᵀ (w_hh read through swapped strides)
+            # dh := grad_hs_t + dgates_{t+1}·w_hhᵀ
             _copy_step(&grad_hs[0, 0, 0] + t * n, ldh, dh, m, n)
             if t < n_steps - 1:
-                status = gemm_nogil(m, n, 4 * n, <floating>1, pd + (t + 1) * 4 * n, ldg, 1, &w_hh[0, 0], 1, 4 * n,
-                                    <floating>1, dh, n, NULL, -1, NULL, 0, n_threads)
+                status = gemm_packed_b(m, n, 4 * n, <floating>1, pd + (t + 1) * 4 * n, ldg, 1, &w_hh[0, 0], 1,
+                                       4 * n, w_packed, <floating>1, dh, n, n_threads)
             _lstm_grads(&gates[0, 0, 0], &c0[0, 0], &cs[0, 0, 0], dh, dc, pd, m, n_steps, n, t,
                         n_threads)
             t -= 1
         if status == 0:
             if t0 == 0:  # dh0 := dgates_0·w_hhᵀ; dc0 := dc_0⊙f_0 (the carry)
-                status = gemm_nogil(m, n, 4 * n, <floating>1, pd, ldg, 1, &w_hh[0, 0], 1, 4 * n,
-                                    <floating>0, &dh0[0, 0], n, NULL, -1, NULL, 0, n_threads)
+                status = gemm_packed_b(m, n, 4 * n, <floating>1, pd, ldg, 1, &w_hh[0, 0], 1, 4 * n, w_packed,
+                                       <floating>0, &dh0[0, 0], n, n_threads)
                 memcpy(&dc0[0, 0], dc, m * n * sizeof(floating))
             else:
                 memset(&dh0[0, 0], 0, m * n * sizeof(floating))
                 memset(&dc0[0, 0], 0, m * n * sizeof(floating))
+        release_packed_b(w_packed, n, 4 * n)
         if status == 0:  # dx, dw_ih, dbias over the batch·T rows
             status = _input_side_backward(m * n_steps, 4 * n, k, &x[0, 0, 0], &w_ih[0, 0], pd, &dx[0, 0, 0],
                                           &dw_ih[0, 0], &dbias[0], n_threads)
@@ -427,18 +435,21 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const 
     cdef floating* pg = &gates[0, 0, 0]
     cdef floating* ph = &hs[0, 0, 0]
     cdef floating* rec = &work[0]
+    cdef floating* w_packed
     cdef int status
     with nogil:
         status = dense_forward_nogil(m * n_steps, 3 * n, k, &x[0, 0, 0], k, 1, &w_ih[0, 0], 3 * n, 1,
                                      &bias[0], ACT_IDENTITY, pg, pg, n_threads)
+        w_packed = pack_b_once(m, 3 * n, n, &w_hh[0, 0], 3 * n, 1)
         t = 0
         while status == 0 and t < n_steps:
             # rec := h_{t-1}·w_hh (kept apart: its n block is gated by r)
-            status = gemm_nogil(m, 3 * n, n, <floating>1, &h0[0, 0] if t == 0 else ph + (t - 1) * n,
-                                n if t == 0 else ldh, 1, &w_hh[0, 0], 3 * n, 1,
-                                <floating>0, rec, 3 * n, NULL, -1, NULL, 0, n_threads)
+            status = gemm_packed_b(m, 3 * n, n, <floating>1, &h0[0, 0] if t == 0 else ph + (t - 1) * n,
+                                   n if t == 0 else ldh, 1, &w_hh[0, 0], 3 * n, 1, w_packed,
+                                   <floating>0, rec, 3 * n, n_threads)
             _gru_cells(pg, rec, &bias_hn[0], &h0[0, 0], &hn[0, 0, 0], ph, m, n_steps, n, t, n_threads)
             t += 1
+        release_packed_b(w_packed, 3 * n, n)
     if status != 0:
         raise MemoryError("gru_forward: cannot allocate the GEMM workspace")
 
@@ -479,28 +490,31 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const
     cdef floating* carry = &work[0]
     cdef floating* direct = carry + m * n
     cdef floating* saved = direct + m * n
+    cdef floating* w_packed
     cdef int status = 0
     with nogil:
         _zero_steps(pd, m, t0, ldg, 3 * n)
         _zero_steps(pdh, m, t0, ldg, 3 * n)
+        w_packed = pack_b_once(m, n, 3 * n, &w_hh[0, 0], 1, 3 * n)  # w_hhᵀ (swapped strides)
         t = n_steps - 1
         while status == 0 and t >= t0:
             # carry := dghh_{t+1}·w_hhᵀ; the row pass adds grad_hs_t and direct = dh_{t+1}⊙z_{t+1}
             if t < n_steps - 1:
-                status = gemm_nogil(m, n, 3 * n, <floating>1, pdh + (t + 1) * 3 * n, ldg, 1, &w_hh[0, 0], 1,
-                                    3 * n, <floating>0, carry, n, NULL, -1, NULL, 0, n_threads)
+                status = gemm_packed_b(m, n, 3 * n, <floating>1, pdh + (t + 1) * 3 * n, ldg, 1, &w_hh[0, 0], 1,
+                                       3 * n, w_packed, <floating>0, carry, n, n_threads)
             _gru_grads(&gates[0, 0, 0], &hn[0, 0, 0], &h0[0, 0], &hs[0, 0, 0], &grad_hs[0, 0, 0], carry, direct,
                        pd, pdh, m, n_steps, n, t, n_threads)
             t -= 1
         if status == 0:
             if t0 == 0:  # dh0 := dghh_0·w_hhᵀ + dh_0⊙z_0
-                status = gemm_nogil(m, n, 3 * n, <floating>1, pdh, ldg, 1, &w_hh[0, 0], 1, 3 * n,
-                                    <floating>0, &dh0[0, 0], n, NULL, -1, NULL, 0, n_threads)
+                status = gemm_packed_b(m, n, 3 * n, <floating>1, pdh, ldg, 1, &w_hh[0, 0], 1, 3 * n, w_packed,
+                                       <floating>0, &dh0[0, 0], n, n_threads)
                 for b in range(m):
                     for j in range(n):
                         dh0[b, j] = dh0[b, j] + direct[b * n + j]
             else:
                 memset(&dh0[0, 0], 0, m * n * sizeof(floating))
+        release_packed_b(w_packed, n, 3 * n)
         if status == 0:  # dx, dw_ih, dbias over the batch·T rows
             status = _input_side_backward(m * n_steps, 3 * n, k, &x[0, 0, 0], &w_ih[0, 0], pd, &dx[0, 0, 0],
                                           &dw_ih[0, 0], &dbias[0], n_threads)

@@ -18,6 +18,19 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                     const floating* bias, int act, floating* out, Py_ssize_t ldo,
                     int n_threads) noexcept nogil
 
+# The same product, many times with one B (a recurrent weight, at every step): pack_b_once packs
+# B (k, n) whole for A of m rows into the calling thread's second workspace, or returns NULL where
+# that saves nothing (B read unpacked) or memory is short; gemm_packed_b multiplies by it (by b
+# through gemm_nogil when packed is NULL), with gemm_nogil's tiles and KC slices: the same bits;
+# release_packed_b gives it back. No bias or activation epilogue.
+cdef floating* pack_b_once(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* b, Py_ssize_t rs_b,
+                           Py_ssize_t cs_b) noexcept nogil
+cdef void release_packed_b(floating* packed, Py_ssize_t n, Py_ssize_t k) noexcept nogil
+cdef int gemm_packed_b(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+                       const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                       const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b, const floating* packed,
+                       floating beta, floating* c, Py_ssize_t ldc, int n_threads) noexcept nogil
+
 # Whether the GEMM runs its AVX-512 kernels (the CPU has them and FASTBP_CYTHON_ISA allows
 # them): the one ISA choice that the convolution's gather and max pooling follow too.
 cdef bint isa_is_avx512() noexcept nogil

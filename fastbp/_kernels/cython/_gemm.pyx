@@ -74,6 +74,8 @@ cdef extern from "microkernels.h" nogil:
     double fastbp_now()
     void* fastbp_workspace(size_t nbytes)
     void fastbp_workspace_release(void* p, size_t nbytes)
+    void* fastbp_packed_b_workspace(size_t nbytes)
+    void fastbp_packed_b_workspace_release(void* p, size_t nbytes)
 
 
 cdef struct Blocking:
@@ -548,6 +550,98 @@ cdef int _gemm_private(Blocking* bs, bint b_private, Py_ssize_t m, Py_ssize_t n,
     return 0
 
 
+# ---------------------------------------------------------------- B packed once, used many times
+cdef floating* pack_b_once(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* b, Py_ssize_t rs_b,
+                           Py_ssize_t cs_b) noexcept nogil:
+    """B (k, n) packed whole, as the private path packs it (every KC slice, every NR micro-panel),
+    into the calling thread's packed-B workspace, for gemm_packed_b with A of m rows: a recurrent
+    weight multiplied at every step is packed once per sequence instead of once per step.
+
+    Returns NULL where the product reads B unpacked (nothing to save: the float32 unpacked path)
+    or memory is short; call gemm_nogil with B then. Give the buffer back with release_packed_b.
+    """
+    cdef Blocking bs
+    if floating is float:
+        bs = _BLOCKING_S
+    else:
+        bs = _BLOCKING_D
+    if m <= 0 or n <= 0 or k <= 0:
+        return NULL
+    if floating is float:
+        if _isa >= FASTBP_ISA_AVX2 and ((k <= bs.kc and m * n * k <= DIRECT_MAX_MADDS)
+                                        or n <= DIRECT_MAX_PANELS * bs.nr):
+            return NULL
+    cdef Py_ssize_t n_slices = (k + bs.kc - 1) // bs.kc
+    cdef Py_ssize_t kc_max = (k + n_slices - 1) // n_slices
+    cdef floating* packed = <floating*>fastbp_packed_b_workspace(_packed_b_bytes(&bs, n, k, sizeof(floating)))
+    if packed != NULL:
+        _pack_private(&bs, True, m, n, k, n_slices, kc_max, NULL, 0, 0, b, rs_b, cs_b, packed)
+    return packed
+
+
+cdef inline size_t _packed_b_bytes(Blocking* bs, Py_ssize_t n, Py_ssize_t k, size_t itemsize) noexcept nogil:
+    return ((n + bs.nr - 1) // bs.nr) * bs.nr * k * itemsize
+
+
+cdef void release_packed_b(floating* packed, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """Give back what pack_b_once returned (NULL is fine)."""
+    if packed != NULL:
+        if floating is float:
+            fastbp_packed_b_workspace_release(packed, _packed_b_bytes(&_BLOCKING_S, n, k, sizeof(float)))
+        else:
+            fastbp_packed_b_workspace_release(packed, _packed_b_bytes(&_BLOCKING_D, n, k, sizeof(double)))
+
+
+cdef int gemm_packed_b(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+                       const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                       const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b, const floating* packed,
+                       floating beta, floating* c, Py_ssize_t ldc, int n_threads) noexcept nogil:
+    """C := alpha*A·B + beta*C with B as pack_b_once packed it for (m, n, k), or, when packed is
+    NULL, read from b by gemm_nogil. The tasks cut rows of A (whole MR tiles), each packing its
+    rows slice by slice, over the KC slices in increasing order: the tiles and slices of
+    gemm_nogil, so the same bits. 0, or -1 if out of memory."""
+    if packed == NULL:
+        return gemm_nogil(m, n, k, alpha, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, ldc, NULL, -1, NULL, 0,
+                          n_threads)
+    cdef Blocking bs
+    if floating is float:
+        bs = _BLOCKING_S
+    else:
+        bs = _BLOCKING_D
+    cdef Py_ssize_t nt = gemm_threads_now(gemm_threads(m, n, k, n_threads))
+    cdef Py_ssize_t n_slices = (k + bs.kc - 1) // bs.kc
+    cdef Py_ssize_t kc_max = (k + n_slices - 1) // n_slices
+    cdef Py_ssize_t n_tiles = (m + bs.mr - 1) // bs.mr
+    cdef Py_ssize_t n_tasks = min(n_tiles, TASKS_PER_THREAD * nt) if nt > 1 else 1
+    nt = min(nt, n_tasks)
+    cdef Py_ssize_t region = (((n_tiles + n_tasks - 1) // n_tasks) * bs.mr * kc_max + 15) // 16 * 16
+    cdef size_t work_bytes = nt * region * sizeof(floating)
+    cdef floating* work = <floating*>fastbp_workspace(work_bytes)
+    if work == NULL:
+        return -1
+    cdef double stats[128]  # per thread (later ones share the last slot): time in tasks, tasks
+    cdef Py_ssize_t tid, task
+    cdef double t_start, t_task
+    if nt == 1:
+        _private_task(&bs, True, 0, 1, m, n, k, n_slices, kc_max, alpha, a, rs_a, cs_a, NULL, 0, 0,
+                      beta, c, ldc, NULL, -1, NULL, 0, packed, work)
+    else:
+        for tid in range(128):
+            stats[tid] = 0
+        t_start = fastbp_now()
+        for task in prange(n_tasks, schedule="dynamic", num_threads=nt):
+            t_task = fastbp_now()
+            tid = threadid()
+            _private_task(&bs, True, task, n_tasks, m, n, k, n_slices, kc_max, alpha, a, rs_a, cs_a,
+                          NULL, 0, 0, beta, c, ldc, NULL, -1, NULL, 0, packed, work + tid * region)
+            tid = min(tid, 63)  # its task times, for the back-off
+            stats[2 * tid] += fastbp_now() - t_task
+            stats[2 * tid + 1] += 1
+        judge_by_busiest(fastbp_now() - t_start, stats, nt, n_tasks)
+    fastbp_workspace_release(work, work_bytes)
+    return 0
+
+
 cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                     const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
                     const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
@@ -675,6 +769,29 @@ def gemm(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
                             <floating>beta, &c[0, 0], n, NULL, -1, NULL, 0, n_threads)
     if status != 0:
         raise MemoryError("gemm: cannot allocate the packing workspace")
+
+
+def _gemm_packed_b(const floating[:, :] a, const floating[:, :] b, floating[:, ::1] c,
+                   double alpha, double beta, int n_threads):
+    """c := alpha*a·b + beta*c through pack_b_once and gemm_packed_b, for the test that it gives
+    gemm's bits. Returns whether B was packed once (False: the product reads B unpacked)."""
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], n = b.shape[1]
+    if b.shape[0] != k or c.shape[0] != m or c.shape[1] != n or min(m, n, k) == 0:
+        raise ValueError(f"_gemm_packed_b: shapes a {tuple(a.shape)[:2]}, b {tuple(b.shape)[:2]}, "
+                         f"c {tuple(c.shape)[:2]} do not agree or are empty")
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    cdef Py_ssize_t rs_b = b.strides[0] // itemsize, cs_b = b.strides[1] // itemsize
+    cdef floating* packed
+    cdef int status
+    with nogil:
+        packed = pack_b_once(m, n, k, &b[0, 0], rs_b, cs_b)
+        status = gemm_packed_b(m, n, k, <floating>alpha, &a[0, 0], a.strides[0] // itemsize,
+                               a.strides[1] // itemsize, &b[0, 0], rs_b, cs_b, packed, <floating>beta,
+                               &c[0, 0], n, n_threads)
+        release_packed_b(packed, n, k)
+    if status != 0:
+        raise MemoryError("_gemm_packed_b: cannot allocate the packing workspace")
+    return packed != NULL
 
 
 # ---------------------------------------------------------------- set-up

@@ -623,6 +623,10 @@ FASTBP_EDGE(fastbp_edge_d, double, fastbp_ukr_d)
 #include "thread_workspace.h"
 #define FASTBP_WORKSPACE_KEEP ((size_t)64 << 20)
 FASTBP_THREAD_WORKSPACE(fastbp_workspace, FASTBP_WORKSPACE_KEEP)
+/* A second buffer per calling thread: a B packed once and multiplied many
+ * times (a recurrent weight, at every step of a sequence) while the GEMM's own
+ * workspace holds the A blocks of each product. */
+FASTBP_THREAD_WORKSPACE(fastbp_packed_b_workspace, FASTBP_WORKSPACE_KEEP)
 
 /* Whether any of n floats/doubles (given as their bits) is NaN or infinite:
  * (bits & exponent mask) + the exponent's lowest bit carries into the sign
