@@ -220,6 +220,25 @@ def test_gemm_small_products_give_the_bits_of_large_ones(backend, dtype, rng, k)
         np.testing.assert_array_equal(kernels.gemm(a_small, bb), expected)
 
 
+def test_gemm_short_tiles_give_the_bits_of_full_ones(backend, dtype, rng):
+    """The last tile of an m that is not a multiple of MR (cython AVX-512: the 4- and 8-row
+    kernels) computes each row as a full tile does: every row count from 1 to 25, past KC, C
+    read (beta = 1) and not, on the packed path (n over two panels, k over KC)."""
+    a = rng.standard_normal((25, 600)).astype(dtype)
+    b = rng.standard_normal((600, 70)).astype(dtype)
+    c0 = rng.standard_normal((25, 70)).astype(dtype)
+    compiled = fastbp._backend.backend_module()
+    full = {}
+    for beta in (0.0, 1.0):
+        full[beta] = c0.copy()
+        compiled.gemm(a, b, full[beta], 1.0, beta, 1)
+    for m in range(1, 26):
+        for beta in (0.0, 1.0):
+            c = c0[:m].copy()
+            compiled.gemm(a[:m], b, c, 1.0, beta, 1)
+            np.testing.assert_array_equal(c, full[beta][:m], err_msg=f"{m} rows, beta {beta}")
+
+
 def test_gemm_narrow_products_give_the_bits_of_wide_ones(backend, dtype, rng, threads):
     """Products of at most 16 columns may take another path at any size (cython: unpacked,
     over the same KC slices); their columns equal those of a wide product, bit for bit."""

@@ -58,6 +58,8 @@ cdef extern from "microkernels.h" nogil:
     void fastbp_tile(int isa, int double_, int* mr, int* nr)
     fastbp_ukr_s fastbp_select_ukr_s(int isa)
     fastbp_ukr_d fastbp_select_ukr_d(int isa)
+    fastbp_ukr_s fastbp_select_short_ukr_s(int isa, int rows)
+    fastbp_ukr_d fastbp_select_short_ukr_d(int isa, int rows)
     void fastbp_edge_s(fastbp_ukr_s ukr, int MR, int NR, int mr, int nr, ptrdiff_t kc,
                        const float* ap, const float* bp, float* c, ptrdiff_t ldc,
                        float alpha, float beta)
@@ -85,6 +87,9 @@ cdef struct Blocking:
 cdef Blocking _BLOCKING_S, _BLOCKING_D
 cdef fastbp_ukr_s _ukr_s = NULL
 cdef fastbp_ukr_d _ukr_d = NULL
+# Short-tile kernels for the first 4 or 8 rows of a tile (NULL where the ISA has none).
+cdef fastbp_ukr_s _ukr4_s = NULL, _ukr8_s = NULL
+cdef fastbp_ukr_d _ukr4_d = NULL, _ukr8_d = NULL
 
 # Thread decisions, from fastbp._kernels.blocking (set by _configure_threads):
 # one thread per GEMM_MADDS_PER_THREAD multiply-adds, about TASKS_PER_THREAD
@@ -190,17 +195,26 @@ cdef void pack_b(const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b,
 cdef inline void micro_kernel(Blocking* bs, Py_ssize_t mr, Py_ssize_t nr, Py_ssize_t kc,
                               const floating* ap, const floating* bp, floating* c,
                               Py_ssize_t ldc, floating alpha, floating beta) noexcept nogil:
-    """C[0:mr, 0:nr] := alpha*ap·bp + beta*C, through the MR x NR kernel of the ISA."""
+    """C[0:mr, 0:nr] := alpha*ap·bp + beta*C, through the MR x NR kernel of the ISA, or for a
+    tile of at most 4 or 8 rows its short twin (same arithmetic per element, less of it); a
+    tile narrower than NR, or shorter than its kernel, goes through a temporary tile."""
+    cdef fastbp_ukr_s ukr_s = _ukr_s
+    cdef fastbp_ukr_d ukr_d = _ukr_d
+    cdef Py_ssize_t rows = bs.mr
     if floating is float:
-        if mr == bs.mr and nr == bs.nr:
-            _ukr_s(kc, ap, bp, c, ldc, alpha, beta)
+        if mr < bs.mr and mr <= 8 and _ukr8_s != NULL:
+            rows, ukr_s = (4, _ukr4_s) if mr <= 4 else (8, _ukr8_s)
+        if mr == rows and nr == bs.nr:
+            ukr_s(kc, ap, bp, c, ldc, alpha, beta)
         else:
-            fastbp_edge_s(_ukr_s, <int>bs.mr, <int>bs.nr, <int>mr, <int>nr, kc, ap, bp, c, ldc, alpha, beta)
+            fastbp_edge_s(ukr_s, <int>bs.mr, <int>bs.nr, <int>mr, <int>nr, kc, ap, bp, c, ldc, alpha, beta)
     else:
-        if mr == bs.mr and nr == bs.nr:
-            _ukr_d(kc, ap, bp, c, ldc, alpha, beta)
+        if mr < bs.mr and mr <= 8 and _ukr8_d != NULL:
+            rows, ukr_d = (4, _ukr4_d) if mr <= 4 else (8, _ukr8_d)
+        if mr == rows and nr == bs.nr:
+            ukr_d(kc, ap, bp, c, ldc, alpha, beta)
         else:
-            fastbp_edge_d(_ukr_d, <int>bs.mr, <int>bs.nr, <int>mr, <int>nr, kc, ap, bp, c, ldc, alpha, beta)
+            fastbp_edge_d(ukr_d, <int>bs.mr, <int>bs.nr, <int>mr, <int>nr, kc, ap, bp, c, ldc, alpha, beta)
 
 
 cdef inline void epilogue(floating* c, Py_ssize_t ldc, const floating* bias, int act,
@@ -811,7 +825,7 @@ def _configure(int isa, sizes_s, sizes_d):
 
     Raises AssertionError when the table's MR, NR are not those compiled for ``isa``.
     """
-    global _BLOCKING_S, _BLOCKING_D, _ukr_s, _ukr_d, _isa
+    global _BLOCKING_S, _BLOCKING_D, _ukr_s, _ukr_d, _ukr4_s, _ukr8_s, _ukr4_d, _ukr8_d, _isa
     cdef int mr, nr
     cdef Blocking bs
     for is_double, sizes in ((0, sizes_s), (1, sizes_d)):
@@ -830,6 +844,8 @@ def _configure(int isa, sizes_s, sizes_d):
             _BLOCKING_S = bs
     _ukr_s = fastbp_select_ukr_s(isa)
     _ukr_d = fastbp_select_ukr_d(isa)
+    _ukr4_s, _ukr8_s = fastbp_select_short_ukr_s(isa, 4), fastbp_select_short_ukr_s(isa, 8)
+    _ukr4_d, _ukr8_d = fastbp_select_short_ukr_d(isa, 4), fastbp_select_short_ukr_d(isa, 8)
     _isa = isa
 
 

@@ -185,6 +185,49 @@ fastbp_ukr_d_avx512(ptrdiff_t kc, const double *ap, const double *bp, double *c,
     }
 }
 
+/* Short tiles: the first ROWS (4 or 8) rows of a 12-row packed A micro-panel
+ * (stride 12), for the last tile of an m that is not a multiple of MR (batch
+ * 64 is 5 x 12 + 4; 32 is 2 x 12 + 8): each element gets the 12-row kernel's
+ * arithmetic (fma over p from 0, then alpha*acc [+ beta*C]), hence its bits,
+ * for a third or two thirds of the work the full kernel spends on the tile.
+ * The constant-bound row loops unroll, the accumulators stay in registers. */
+#define FASTBP_SHORT_UKR(NAME, T, V, LANES, ROWS, ZERO, LOAD, SET1, FMA, MUL, STORE)   \
+FASTBP_TARGET_AVX512 static void                                                       \
+NAME(ptrdiff_t kc, const T *ap, const T *bp, T *c, ptrdiff_t ldc, T alpha, T beta)      \
+{                                                                                      \
+    V c0[ROWS], c1[ROWS], va = SET1(alpha), vb = SET1(beta);                           \
+    ptrdiff_t p;                                                                       \
+    int i;                                                                             \
+    for (i = 0; i < ROWS; i++) { c0[i] = ZERO(); c1[i] = ZERO(); }                     \
+    for (p = 0; p < kc; p++) {                                                         \
+        V b0 = LOAD(bp), b1 = LOAD(bp + LANES);                                        \
+        for (i = 0; i < ROWS; i++) {                                                   \
+            V a = SET1(ap[i]);                                                         \
+            c0[i] = FMA(a, b0, c0[i]);                                                 \
+            c1[i] = FMA(a, b1, c1[i]);                                                 \
+        }                                                                              \
+        ap += 12;                                                                      \
+        bp += 2 * LANES;                                                               \
+    }                                                                                  \
+    for (i = 0; i < ROWS; i++) {                                                       \
+        if (beta == 0) {                                                               \
+            STORE(c + i * ldc, MUL(va, c0[i]));                                        \
+            STORE(c + i * ldc + LANES, MUL(va, c1[i]));                                \
+        } else {                                                                       \
+            STORE(c + i * ldc, FMA(vb, LOAD(c + i * ldc), MUL(va, c0[i])));            \
+            STORE(c + i * ldc + LANES, FMA(vb, LOAD(c + i * ldc + LANES), MUL(va, c1[i]))); \
+        }                                                                              \
+    }                                                                                  \
+}
+FASTBP_SHORT_UKR(fastbp_ukr4_s_avx512, float, __m512, 16, 4, _mm512_setzero_ps, _mm512_loadu_ps,
+                 _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_storeu_ps)
+FASTBP_SHORT_UKR(fastbp_ukr8_s_avx512, float, __m512, 16, 8, _mm512_setzero_ps, _mm512_loadu_ps,
+                 _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_storeu_ps)
+FASTBP_SHORT_UKR(fastbp_ukr4_d_avx512, double, __m512d, 8, 4, _mm512_setzero_pd, _mm512_loadu_pd,
+                 _mm512_set1_pd, _mm512_fmadd_pd, _mm512_mul_pd, _mm512_storeu_pd)
+FASTBP_SHORT_UKR(fastbp_ukr8_d_avx512, double, __m512d, 8, 8, _mm512_setzero_pd, _mm512_loadu_pd,
+                 _mm512_set1_pd, _mm512_fmadd_pd, _mm512_mul_pd, _mm512_storeu_pd)
+
 /* ------------------------------------------------------------ AVX-512, unpacked */
 /* Small float32 products read A and B where they lie, without packing: below
  * about a million multiply-adds, packing both operands costs as much as the
@@ -582,6 +625,28 @@ static fastbp_ukr_s fastbp_select_ukr_s(int isa)
 #endif
     (void)isa;
     return fastbp_ukr_s_generic;
+}
+
+/* The short-tile kernel for the first `rows` rows of a tile (see FASTBP_SHORT_UKR),
+ * or NULL: then the full kernel runs on a temporary tile. */
+static fastbp_ukr_s fastbp_select_short_ukr_s(int isa, int rows)
+{
+#if FASTBP_X86
+    if (isa == FASTBP_ISA_AVX512 && rows <= 4) return fastbp_ukr4_s_avx512;
+    if (isa == FASTBP_ISA_AVX512 && rows <= 8) return fastbp_ukr8_s_avx512;
+#endif
+    (void)isa; (void)rows;
+    return NULL;
+}
+
+static fastbp_ukr_d fastbp_select_short_ukr_d(int isa, int rows)
+{
+#if FASTBP_X86
+    if (isa == FASTBP_ISA_AVX512 && rows <= 4) return fastbp_ukr4_d_avx512;
+    if (isa == FASTBP_ISA_AVX512 && rows <= 8) return fastbp_ukr8_d_avx512;
+#endif
+    (void)isa; (void)rows;
+    return NULL;
 }
 
 static fastbp_ukr_d fastbp_select_ukr_d(int isa)
