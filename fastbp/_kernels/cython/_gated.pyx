@@ -3,30 +3,32 @@
 float32 and float64 (PyTorch's equations and gate order; see reference.py)."""
 # Design: each pass is one nogil call. The input projection of every batch·T
 # row is ONE dense_forward_nogil (x·w_ih + bias) written into the gate cache;
-# the time loop then does, per step, one GEMM for the recurrent product (rows
-# of the batch split between threads by gemm_nogil) and ONE row pass over the
-# step's gate tile that applies the gate nonlinearities and the cell update
-# while the tile is in cache (rows in parallel; a row's result does not depend
-# on the thread that computes it). Backward runs the same loop in reverse and
-# keeps per step only the element-wise gate gradients; dx, dw_ih and dbias are
-# then two GEMMs and a column sum over the batch·T rows, dw_hh one GEMM over the
-# flat arrays shifted by one row: row r of the gate gradients pairs with row
-# r-1 of hs, except the first step of each sequence, which pairs with h0 (one
-# small GEMM h0ᵀ·dgates_0 first; those rows are zeroed for the big GEMM and
-# restored after). Every sum runs in a fixed order: results do not depend on
-# n_threads, bit for bit.
+# the time loop then does, per step, one GEMM for the recurrent product against
+# w_hh packed once per pass (_gemm.pack_b_once / gemm_packed_b; w_hhᵀ going
+# back), its tasks cutting the batch rows between threads, and fused into it the
+# step's row pass: as soon as a task's rows of the product are final, the same
+# thread applies the gate nonlinearities and the cell update (going back: the
+# gate gradients) to those rows while they are in cache (_step_rows). One
+# parallel region per step, not two; a row's result does not depend on the
+# thread that computes it. Backward runs the same loop in reverse and keeps per
+# step only the element-wise gate gradients; dx, dw_ih and dbias are then two
+# GEMMs and a column sum over the batch·T rows, dw_hh one GEMM over the flat
+# arrays shifted by one row: row r of the gate gradients pairs with row r-1 of
+# hs, except the first step of each sequence, which pairs with h0 (one small
+# GEMM h0ᵀ·dgates_0 first; those rows are zeroed for the big GEMM and restored
+# after). Every sum runs in a fixed order: results do not depend on n_threads,
+# bit for bit. (Batch 64, H 128, Zen 4, 2 threads: packing w_hh per step and a
+# separate row pass cost the LSTM ~40 % of its time.)
 # Layout: every array C-contiguous; sequences batch-major (batch, T, ·), so the
 # rows of step t are a matrix with row stride T·width, used in place. ``work``
 # is caller-provided scratch cut into contiguous (batch, ·) blocks: nothing is
-# allocated in the time loop (the GEMM keeps its packing workspace). w_hh, the
-# B of every step's product (w_hhᵀ going back), is packed once per pass
-# (_gemm.pack_b_once), not once per step: a fifth of the time at batch 64, H 128.
+# allocated in the time loop (the GEMM keeps its packing workspaces).
 
 from cython.parallel cimport prange
 from cython cimport floating
 from libc.string cimport memcpy, memset
 
-from fastbp._kernels.cython._gemm cimport gemm_nogil, gemm_packed_b, pack_b_once, release_packed_b
+from fastbp._kernels.cython._gemm cimport gemm_nogil, gemm_packed_b, pack_b_once, release_packed_b, rows_done_fn
 from fastbp._kernels.cython._dense cimport dense_forward_nogil
 from fastbp._kernels.cython._activations cimport ACT_IDENTITY
 from fastbp._kernels.cython._threads cimport backing_off
@@ -143,6 +145,118 @@ cdef int _previous_states_product(Py_ssize_t m, Py_ssize_t n_steps, Py_ssize_t n
     return status
 
 
+# ---------------------------------------------------------------- a step's row pass
+# The element-wise part of step t (the cell update going forward, the gate gradients going
+# back) for the rows of one batch block: run by gemm_packed_b on each row block of the step's
+# recurrent product as soon as the block is final, on the thread that computed it, while its
+# rows are in cache, instead of in a second parallel region after the product. A row's pass
+# reads that row of the product only, so no row depends on which thread or block ran it.
+cdef enum StepKind:
+    LSTM_CELL
+    LSTM_GRAD
+    GRU_CELL
+    GRU_GRAD
+
+
+cdef struct StepRows:
+    StepKind kind
+    bint is_double
+    Py_ssize_t n_steps, n, t, m
+    # the arrays of the kind's row kernel (NULL where unused); sequences are (batch, T, ·)
+    void* gates      # (batch, T, G·H)
+    void* state0     # h0 (GRU) or c0 (LSTM), (batch, H)
+    void* cs         # LSTM: cell states (batch, T, H)
+    void* hs         # hidden states (batch, T, H)
+    void* step       # (batch, G·H or H) for step t: GRU_CELL rec; LSTM_GRAD dh; GRU_GRAD carry
+    void* carry      # (batch, H): LSTM_GRAD dc; GRU_GRAD direct
+    void* dgates     # (batch, T, G·H)
+    void* dghh       # GRU_GRAD (batch, T, 3H)
+    void* hn         # GRU (batch, T, H)
+    void* grad_hs    # GRU_GRAD (batch, T, H)
+    void* bias_hn    # GRU_CELL (H,)
+
+
+cdef StepRows _step_kind(StepKind kind, floating* gates, Py_ssize_t m, Py_ssize_t n_steps,
+                         Py_ssize_t n) noexcept nogil:
+    """A StepRows of ``kind`` over ``gates``, every other array NULL (the caller sets its own)."""
+    cdef StepRows s
+    memset(&s, 0, sizeof(StepRows))
+    s.kind, s.is_double, s.gates, s.m, s.n_steps, s.n = kind, floating is double, gates, m, n_steps, n
+    return s
+
+
+cdef void _step_rows(void* ctx, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    """Rows [i0, i1) of the step described by ctx (a StepRows); a rows_done_fn."""
+    cdef StepRows* s = <StepRows*>ctx
+    if s.is_double:
+        _step_rows_typed(s, <double*>NULL, i0, i1)
+    else:
+        _step_rows_typed(s, <float*>NULL, i0, i1)
+
+
+cdef void _step_rows_typed(StepRows* s, floating* dtype, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    cdef Py_ssize_t b, n = s.n, t = s.t, ldh = s.n_steps * s.n
+    cdef Py_ssize_t g = 4 * n if s.kind == LSTM_CELL or s.kind == LSTM_GRAD else 3 * n
+    cdef Py_ssize_t ldg = s.n_steps * g
+    cdef floating* gates = <floating*>s.gates
+    cdef floating* state0 = <floating*>s.state0
+    cdef floating* cs = <floating*>s.cs
+    cdef floating* hs = <floating*>s.hs
+    cdef floating* step = <floating*>s.step
+    cdef floating* carry = <floating*>s.carry
+    cdef floating* dgates = <floating*>s.dgates
+    cdef floating* dghh = <floating*>s.dghh
+    cdef floating* hn = <floating*>s.hn
+    cdef floating* grad_hs = <floating*>s.grad_hs
+    cdef floating* prev  # the state before step t: (h or c)_{t-1}, or state0 at t = 0
+    for b in range(i0, i1):
+        if s.kind == LSTM_CELL:
+            prev = state0 + b * n if t == 0 else cs + b * ldh + (t - 1) * n
+            _lstm_cell_row(gates + b * ldg + t * g, prev, cs + b * ldh + t * n, hs + b * ldh + t * n, n)
+        elif s.kind == LSTM_GRAD:
+            prev = state0 + b * n if t == 0 else cs + b * ldh + (t - 1) * n
+            _lstm_grad_row(gates + b * ldg + t * g, prev, cs + b * ldh + t * n, step + b * n, carry + b * n,
+                           dgates + b * ldg + t * g, n)
+        elif s.kind == GRU_CELL:
+            prev = state0 + b * n if t == 0 else hs + b * ldh + (t - 1) * n
+            _gru_cell_row(gates + b * ldg + t * g, step + b * g, <floating*>s.bias_hn, prev,
+                          hn + b * ldh + t * n, hs + b * ldh + t * n, n)
+        else:
+            prev = state0 + b * n if t == 0 else hs + b * ldh + (t - 1) * n
+            _gru_grad_row(gates + b * ldg + t * g, hn + b * ldh + t * n, prev, grad_hs + b * ldh + t * n,
+                          step + b * n, carry + b * n, t < s.n_steps - 1, dgates + b * ldg + t * g,
+                          dghh + b * ldg + t * g, n)
+
+
+cdef void _rows_pass(StepRows* s, int n_threads) noexcept nogil:
+    """Every row of the step, apart from its product: rows in parallel from
+    PARALLEL_MIN_ELEMENTS gate values (where no product runs: the last step going back, or
+    one whose B is read unpacked)."""
+    cdef Py_ssize_t b, g = 4 if s.kind == LSTM_CELL or s.kind == LSTM_GRAD else 3
+    cdef int threads = _row_threads(s.m * g * s.n, n_threads)
+    if threads < 2:
+        _step_rows(s, 0, s.m)
+    else:
+        for b in prange(s.m, schedule="static", num_threads=threads):
+            _step_rows(s, b, b + 1)
+
+
+cdef int _step_product(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a, Py_ssize_t lda,
+                       const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b, const floating* packed,
+                       floating beta, floating* c, Py_ssize_t ldc, StepRows* rows, int n_threads) noexcept nogil:
+    """C := A·B + beta*C, the step's recurrent product, then its row pass: fused into the
+    product's row blocks when B is packed once; after it otherwise. 0, or -1."""
+    cdef int status
+    if packed != NULL:
+        return gemm_packed_b(m, n, k, <floating>1, a, lda, 1, b, rs_b, cs_b, packed, beta, c, ldc,
+                             n_threads, _step_rows, rows)
+    status = gemm_nogil(m, n, k, <floating>1, a, lda, 1, b, rs_b, cs_b, beta, c, ldc, NULL, -1, NULL, 0,
+                        n_threads)
+    if status == 0:
+        _rows_pass(rows, n_threads)
+    return status
+
+
 # ---------------------------------------------------------------- LSTM
 cdef inline void _lstm_cell_row(floating* z, const floating* c_prev, floating* c, floating* h,
                                 Py_ssize_t n) noexcept nogil:
@@ -154,22 +268,6 @@ cdef inline void _lstm_cell_row(floating* z, const floating* c_prev, floating* c
         fastbp_lstm_cell_row_d(z, c_prev, c, h, n)
 
 
-cdef void _lstm_cells(floating* gates, const floating* c0, floating* cs, floating* hs, Py_ssize_t m,
-                      Py_ssize_t n_steps, Py_ssize_t n, Py_ssize_t t, int n_threads) noexcept nogil:
-    cdef Py_ssize_t b, ldg = n_steps * 4 * n, ldh = n_steps * n
-    cdef int threads = _row_threads(m * 4 * n, n_threads)
-    if threads < 2:
-        for b in range(m):
-            _lstm_cell_row(gates + b * ldg + t * 4 * n,
-                           c0 + b * n if t == 0 else cs + b * ldh + (t - 1) * n,
-                           cs + b * ldh + t * n, hs + b * ldh + t * n, n)
-    else:
-        for b in prange(m, schedule="static", num_threads=threads):
-            _lstm_cell_row(gates + b * ldg + t * 4 * n,
-                           c0 + b * n if t == 0 else cs + b * ldh + (t - 1) * n,
-                           cs + b * ldh + t * n, hs + b * ldh + t * n, n)
-
-
 cdef inline void _lstm_grad_row(const floating* gate, const floating* c_prev, const floating* c,
                                 const floating* dh, floating* dc, floating* dgate, Py_ssize_t n) noexcept nogil:
     """One row of one backward step (gated_rows.h): dgate := the gate pre-activation gradients;
@@ -178,21 +276,6 @@ cdef inline void _lstm_grad_row(const floating* gate, const floating* c_prev, co
         fastbp_lstm_grad_row_s(gate, c_prev, c, dh, dc, dgate, n)
     else:
         fastbp_lstm_grad_row_d(gate, c_prev, c, dh, dc, dgate, n)
-
-
-cdef void _lstm_grads(const floating* gates, const floating* c0, const floating* cs, const floating* dh,
-                      floating* dc, floating* dgates, Py_ssize_t m, Py_ssize_t n_steps,
-                      Py_ssize_t n, Py_ssize_t t, int n_threads) noexcept nogil:
-    cdef Py_ssize_t b, ldg = n_steps * 4 * n, ldh = n_steps * n
-    cdef int threads = _row_threads(m * 4 * n, n_threads)
-    if threads < 2:
-        for b in range(m):
-            _lstm_grad_row(gates + b * ldg + t * 4 * n, c0 + b * n if t == 0 else cs + b * ldh + (t - 1) * n,
-                           cs + b * ldh + t * n, dh + b * n, dc + b * n, dgates + b * ldg + t * 4 * n, n)
-    else:
-        for b in prange(m, schedule="static", num_threads=threads):
-            _lstm_grad_row(gates + b * ldg + t * 4 * n, c0 + b * n if t == 0 else cs + b * ldh + (t - 1) * n,
-                           cs + b * ldh + t * n, dh + b * n, dc + b * n, dgates + b * ldg + t * 4 * n, n)
 
 
 def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const floating[:, ::1] w_hh,
@@ -222,6 +305,8 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const
     cdef floating* ph = &hs[0, 0, 0]
     cdef floating* pc = &cs[0, 0, 0]
     cdef floating* w_packed
+    cdef StepRows rows = _step_kind(LSTM_CELL, pg, m, n_steps, n)
+    rows.state0, rows.cs, rows.hs = <floating*>&c0[0, 0], pc, ph
     cdef int status
     with nogil:
         # every step's input projection, one GEMM over the batch·T rows
@@ -230,11 +315,11 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const
         w_packed = pack_b_once(m, 4 * n, n, &w_hh[0, 0], 4 * n, 1)
         t = 0
         while status == 0 and t < n_steps:
-            # gates_t += h_{t-1}·w_hh
-            status = gemm_packed_b(m, 4 * n, n, <floating>1, &h0[0, 0] if t == 0 else ph + (t - 1) * n,
-                                   n if t == 0 else ldh, 1, &w_hh[0, 0], 4 * n, 1, w_packed,
-                                   <floating>1, pg + t * 4 * n, ldg, n_threads)
-            _lstm_cells(pg, &c0[0, 0], pc, ph, m, n_steps, n, t, n_threads)
+            # gates_t += h_{t-1}·w_hh, then the cell update of its rows
+            rows.t = t
+            status = _step_product(m, 4 * n, n, &h0[0, 0] if t == 0 else ph + (t - 1) * n, n if t == 0 else ldh,
+                                   &w_hh[0, 0], 4 * n, 1, w_packed, <floating>1, pg + t * 4 * n, ldg, &rows,
+                                   n_threads)
             t += 1
         release_packed_b(w_packed, 4 * n, n)
     if status != 0:
@@ -277,6 +362,8 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, cons
     cdef floating* dc = dh + m * n
     cdef floating* saved = dc + 2 * m * n  # work: dh, dc, (unused here: numba's tanh(c)), saved rows
     cdef floating* w_packed
+    cdef StepRows rows = _step_kind(LSTM_GRAD, <floating*>&gates[0, 0, 0], m, n_steps, n)
+    rows.state0, rows.cs, rows.step, rows.carry, rows.dgates = <floating*>&c0[0, 0], <floating*>&cs[0, 0, 0], dh, dc, pd
     cdef int status = 0
     with nogil:
         _zero_steps(pd, m, t0, ldg, 4 * n)
@@ -284,18 +371,19 @@ def lstm_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, cons
         w_packed = pack_b_once(m, n, 4 * n, &w_hh[0, 0], 1, 4 * n)  # w_hhᵀ (swapped strides)
         t = n_steps - 1
         while status == 0 and t >= t0:
-            # dh := grad_hs_t + dgates_{t+1}·w_hhᵀ
+            # dh := grad_hs_t + dgates_{t+1}·w_hhᵀ, then the gate gradients of its rows
+            rows.t = t
             _copy_step(&grad_hs[0, 0, 0] + t * n, ldh, dh, m, n)
             if t < n_steps - 1:
-                status = gemm_packed_b(m, n, 4 * n, <floating>1, pd + (t + 1) * 4 * n, ldg, 1, &w_hh[0, 0], 1,
-                                       4 * n, w_packed, <floating>1, dh, n, n_threads)
-            _lstm_grads(&gates[0, 0, 0], &c0[0, 0], &cs[0, 0, 0], dh, dc, pd, m, n_steps, n, t,
-                        n_threads)
+                status = _step_product(m, n, 4 * n, pd + (t + 1) * 4 * n, ldg, &w_hh[0, 0], 1, 4 * n, w_packed,
+                                       <floating>1, dh, n, &rows, n_threads)
+            else:
+                _rows_pass(&rows, n_threads)
             t -= 1
         if status == 0:
             if t0 == 0:  # dh0 := dgates_0·w_hhᵀ; dc0 := dc_0⊙f_0 (the carry)
                 status = gemm_packed_b(m, n, 4 * n, <floating>1, pd, ldg, 1, &w_hh[0, 0], 1, 4 * n, w_packed,
-                                       <floating>0, &dh0[0, 0], n, n_threads)
+                                       <floating>0, &dh0[0, 0], n, n_threads, NULL, NULL)
                 memcpy(&dc0[0, 0], dc, m * n * sizeof(floating))
             else:
                 memset(&dh0[0, 0], 0, m * n * sizeof(floating))
@@ -322,23 +410,6 @@ cdef inline void _gru_cell_row(floating* gate, const floating* rec, const floati
         fastbp_gru_cell_row_d(gate, rec, bias_hn, h_prev, hn, h, n)
 
 
-cdef void _gru_cells(floating* gates, const floating* rec, const floating* bias_hn, const floating* h0,
-                     floating* hn, floating* hs, Py_ssize_t m, Py_ssize_t n_steps, Py_ssize_t n, Py_ssize_t t,
-                     int n_threads) noexcept nogil:
-    cdef Py_ssize_t b, ldg = n_steps * 3 * n, ldh = n_steps * n
-    cdef int threads = _row_threads(m * 3 * n, n_threads)
-    if threads < 2:
-        for b in range(m):
-            _gru_cell_row(gates + b * ldg + t * 3 * n, rec + b * 3 * n, bias_hn,
-                          h0 + b * n if t == 0 else hs + b * ldh + (t - 1) * n,
-                          hn + b * ldh + t * n, hs + b * ldh + t * n, n)
-    else:
-        for b in prange(m, schedule="static", num_threads=threads):
-            _gru_cell_row(gates + b * ldg + t * 3 * n, rec + b * 3 * n, bias_hn,
-                          h0 + b * n if t == 0 else hs + b * ldh + (t - 1) * n,
-                          hn + b * ldh + t * n, hs + b * ldh + t * n, n)
-
-
 cdef inline void _gru_grad_row(const floating* gate, const floating* hn, const floating* h_prev,
                                const floating* grad, const floating* carry, floating* direct, bint has_carry,
                                floating* dgate, floating* dghh, Py_ssize_t n) noexcept nogil:
@@ -348,27 +419,6 @@ cdef inline void _gru_grad_row(const floating* gate, const floating* hn, const f
         fastbp_gru_grad_row_s(gate, hn, h_prev, grad, carry, direct, has_carry, dgate, dghh, n)
     else:
         fastbp_gru_grad_row_d(gate, hn, h_prev, grad, carry, direct, has_carry, dgate, dghh, n)
-
-
-cdef void _gru_grads(const floating* gates, const floating* hn, const floating* h0, const floating* hs,
-                     const floating* grad_hs, const floating* carry, floating* direct, floating* dgates,
-                     floating* dghh, Py_ssize_t m, Py_ssize_t n_steps, Py_ssize_t n, Py_ssize_t t,
-                     int n_threads) noexcept nogil:
-    cdef Py_ssize_t b, ldg = n_steps * 3 * n, ldh = n_steps * n
-    cdef int threads = _row_threads(m * 3 * n, n_threads)
-    cdef bint has_carry = t < n_steps - 1
-    if threads < 2:
-        for b in range(m):
-            _gru_grad_row(gates + b * ldg + t * 3 * n, hn + b * ldh + t * n,
-                          h0 + b * n if t == 0 else hs + b * ldh + (t - 1) * n, grad_hs + b * ldh + t * n,
-                          carry + b * n, direct + b * n, has_carry, dgates + b * ldg + t * 3 * n,
-                          dghh + b * ldg + t * 3 * n, n)
-    else:
-        for b in prange(m, schedule="static", num_threads=threads):
-            _gru_grad_row(gates + b * ldg + t * 3 * n, hn + b * ldh + t * n,
-                          h0 + b * n if t == 0 else hs + b * ldh + (t - 1) * n, grad_hs + b * ldh + t * n,
-                          carry + b * n, direct + b * n, has_carry, dgates + b * ldg + t * 3 * n,
-                          dghh + b * ldg + t * 3 * n, n)
 
 
 cdef void _column_sums(const floating* g, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
@@ -436,6 +486,8 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const 
     cdef floating* ph = &hs[0, 0, 0]
     cdef floating* rec = &work[0]
     cdef floating* w_packed
+    cdef StepRows rows = _step_kind(GRU_CELL, pg, m, n_steps, n)
+    rows.state0, rows.hs, rows.step, rows.hn, rows.bias_hn = <floating*>&h0[0, 0], ph, rec, &hn[0, 0, 0], <floating*>&bias_hn[0]
     cdef int status
     with nogil:
         status = dense_forward_nogil(m * n_steps, 3 * n, k, &x[0, 0, 0], k, 1, &w_ih[0, 0], 3 * n, 1,
@@ -443,11 +495,10 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const 
         w_packed = pack_b_once(m, 3 * n, n, &w_hh[0, 0], 3 * n, 1)
         t = 0
         while status == 0 and t < n_steps:
-            # rec := h_{t-1}·w_hh (kept apart: its n block is gated by r)
-            status = gemm_packed_b(m, 3 * n, n, <floating>1, &h0[0, 0] if t == 0 else ph + (t - 1) * n,
-                                   n if t == 0 else ldh, 1, &w_hh[0, 0], 3 * n, 1, w_packed,
-                                   <floating>0, rec, 3 * n, n_threads)
-            _gru_cells(pg, rec, &bias_hn[0], &h0[0, 0], &hn[0, 0, 0], ph, m, n_steps, n, t, n_threads)
+            # rec := h_{t-1}·w_hh (kept apart: its n block is gated by r), then the cell update
+            rows.t = t
+            status = _step_product(m, 3 * n, n, &h0[0, 0] if t == 0 else ph + (t - 1) * n, n if t == 0 else ldh,
+                                   &w_hh[0, 0], 3 * n, 1, w_packed, <floating>0, rec, 3 * n, &rows, n_threads)
             t += 1
         release_packed_b(w_packed, 3 * n, n)
     if status != 0:
@@ -491,6 +542,9 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const
     cdef floating* direct = carry + m * n
     cdef floating* saved = direct + m * n
     cdef floating* w_packed
+    cdef StepRows rows = _step_kind(GRU_GRAD, <floating*>&gates[0, 0, 0], m, n_steps, n)
+    rows.state0, rows.hs, rows.step, rows.carry = <floating*>&h0[0, 0], <floating*>&hs[0, 0, 0], carry, direct
+    rows.dgates, rows.dghh, rows.hn, rows.grad_hs = pd, pdh, <floating*>&hn[0, 0, 0], <floating*>&grad_hs[0, 0, 0]
     cdef int status = 0
     with nogil:
         _zero_steps(pd, m, t0, ldg, 3 * n)
@@ -499,16 +553,17 @@ def gru_backward(const floating[:, :, ::1] x, const floating[:, ::1] w_ih, const
         t = n_steps - 1
         while status == 0 and t >= t0:
             # carry := dghh_{t+1}·w_hhᵀ; the row pass adds grad_hs_t and direct = dh_{t+1}⊙z_{t+1}
+            rows.t = t
             if t < n_steps - 1:
-                status = gemm_packed_b(m, n, 3 * n, <floating>1, pdh + (t + 1) * 3 * n, ldg, 1, &w_hh[0, 0], 1,
-                                       3 * n, w_packed, <floating>0, carry, n, n_threads)
-            _gru_grads(&gates[0, 0, 0], &hn[0, 0, 0], &h0[0, 0], &hs[0, 0, 0], &grad_hs[0, 0, 0], carry, direct,
-                       pd, pdh, m, n_steps, n, t, n_threads)
+                status = _step_product(m, n, 3 * n, pdh + (t + 1) * 3 * n, ldg, &w_hh[0, 0], 1, 3 * n, w_packed,
+                                       <floating>0, carry, n, &rows, n_threads)
+            else:
+                _rows_pass(&rows, n_threads)
             t -= 1
         if status == 0:
             if t0 == 0:  # dh0 := dghh_0·w_hhᵀ + dh_0⊙z_0
                 status = gemm_packed_b(m, n, 3 * n, <floating>1, pdh, ldg, 1, &w_hh[0, 0], 1, 3 * n, w_packed,
-                                       <floating>0, &dh0[0, 0], n, n_threads)
+                                       <floating>0, &dh0[0, 0], n, n_threads, NULL, NULL)
                 for b in range(m):
                     for j in range(n):
                         dh0[b, j] = dh0[b, j] + direct[b * n + j]

@@ -22,14 +22,19 @@ cdef int gemm_nogil(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
 # B (k, n) whole for A of m rows into the calling thread's second workspace, or returns NULL where
 # that saves nothing (B read unpacked) or memory is short; gemm_packed_b multiplies by it (by b
 # through gemm_nogil when packed is NULL), with gemm_nogil's tiles and KC slices: the same bits;
-# release_packed_b gives it back. No bias or activation epilogue.
+# release_packed_b gives it back. No bias or activation epilogue; instead, rows_done(ctx, i0, i1)
+# (when not NULL) runs on each block of rows [i0, i1) of C as soon as the block is final, on the
+# thread that computed it: a recurrent step's row pass, fused into its product (blocks are whole
+# MR tiles; a row's pass must depend on that row of C alone).
+ctypedef void (*rows_done_fn)(void* ctx, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil
 cdef floating* pack_b_once(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* b, Py_ssize_t rs_b,
                            Py_ssize_t cs_b) noexcept nogil
 cdef void release_packed_b(floating* packed, Py_ssize_t n, Py_ssize_t k) noexcept nogil
 cdef int gemm_packed_b(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                        const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
                        const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b, const floating* packed,
-                       floating beta, floating* c, Py_ssize_t ldc, int n_threads) noexcept nogil
+                       floating beta, floating* c, Py_ssize_t ldc, int n_threads,
+                       rows_done_fn rows_done, void* ctx) noexcept nogil
 
 # Whether the GEMM runs its AVX-512 kernels (the CPU has them and FASTBP_CYTHON_ISA allows
 # them): the one ISA choice that the convolution's gather and max pooling follow too.

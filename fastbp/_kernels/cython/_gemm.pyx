@@ -609,14 +609,20 @@ cdef void release_packed_b(floating* packed, Py_ssize_t n, Py_ssize_t k) noexcep
 cdef int gemm_packed_b(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                        const floating* a, Py_ssize_t rs_a, Py_ssize_t cs_a,
                        const floating* b, Py_ssize_t rs_b, Py_ssize_t cs_b, const floating* packed,
-                       floating beta, floating* c, Py_ssize_t ldc, int n_threads) noexcept nogil:
+                       floating beta, floating* c, Py_ssize_t ldc, int n_threads,
+                       rows_done_fn rows_done, void* ctx) noexcept nogil:
     """C := alpha*A·B + beta*C with B as pack_b_once packed it for (m, n, k), or, when packed is
-    NULL, read from b by gemm_nogil. The tasks cut rows of A (whole MR tiles), each packing its
-    rows slice by slice, over the KC slices in increasing order: the tiles and slices of
-    gemm_nogil, so the same bits. 0, or -1 if out of memory."""
+    NULL, read from b by gemm_nogil; then rows_done(ctx, i0, i1) on each finished row block.
+    The tasks cut rows of A (whole MR tiles), each packing its rows slice by slice, over the KC
+    slices in increasing order: the tiles and slices of gemm_nogil, so the same bits. 0, or -1
+    if out of memory."""
+    cdef int status
     if packed == NULL:
-        return gemm_nogil(m, n, k, alpha, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, ldc, NULL, -1, NULL, 0,
-                          n_threads)
+        status = gemm_nogil(m, n, k, alpha, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, ldc, NULL, -1, NULL, 0,
+                            n_threads)
+        if status == 0 and rows_done != NULL:
+            rows_done(ctx, 0, m)
+        return status
     cdef Blocking bs
     if floating is float:
         bs = _BLOCKING_S
@@ -639,6 +645,8 @@ cdef int gemm_packed_b(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
     if nt == 1:
         _private_task(&bs, True, 0, 1, m, n, k, n_slices, kc_max, alpha, a, rs_a, cs_a, NULL, 0, 0,
                       beta, c, ldc, NULL, -1, NULL, 0, packed, work)
+        if rows_done != NULL:
+            rows_done(ctx, 0, m)
     else:
         for tid in range(128):
             stats[tid] = 0
@@ -648,6 +656,9 @@ cdef int gemm_packed_b(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
             tid = threadid()
             _private_task(&bs, True, task, n_tasks, m, n, k, n_slices, kc_max, alpha, a, rs_a, cs_a,
                           NULL, 0, 0, beta, c, ldc, NULL, -1, NULL, 0, packed, work + tid * region)
+            if rows_done != NULL:  # the rows of this task (as _private_task cuts them)
+                rows_done(ctx, (task * n_tiles // n_tasks) * bs.mr,
+                          min(((task + 1) * n_tiles // n_tasks) * bs.mr, m))
             tid = min(tid, 63)  # its task times, for the back-off
             stats[2 * tid] += fastbp_now() - t_task
             stats[2 * tid + 1] += 1
@@ -801,7 +812,7 @@ def _gemm_packed_b(const floating[:, :] a, const floating[:, :] b, floating[:, :
         packed = pack_b_once(m, n, k, &b[0, 0], rs_b, cs_b)
         status = gemm_packed_b(m, n, k, <floating>alpha, &a[0, 0], a.strides[0] // itemsize,
                                a.strides[1] // itemsize, &b[0, 0], rs_b, cs_b, packed, <floating>beta,
-                               &c[0, 0], n, n_threads)
+                               &c[0, 0], n, n_threads, NULL, NULL)
         release_packed_b(packed, n, k)
     if status != 0:
         raise MemoryError("_gemm_packed_b: cannot allocate the packing workspace")
