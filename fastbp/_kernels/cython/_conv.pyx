@@ -129,25 +129,30 @@ cdef void _col2im_rows(Geometry* g, const floating* dcols, Py_ssize_t r0, Py_ssi
                        floating* dx) noexcept nogil:
     """dx += the receptive-field values dcols[r - r0] of output pixels lo .. hi-1 (one image), in row order."""
     cdef Py_ssize_t pix = g.out_h * g.out_w, k = g.kh * g.kw * g.c
-    cdef Py_ssize_t r, img, oh, ow, p, q, ih, iw, ch
+    cdef Py_ssize_t r, img, oh, ow, p, q, q0, q1, ih, iw0, ch
     cdef const floating* src
     cdef floating* dst
     for r in range(lo, hi):
         img = r // pix
         oh = (r % pix) // g.out_w
         ow = r % g.out_w
+        iw0 = ow * g.sw - g.pl  # input column of kernel column 0
+        # kernel columns whose input column lies inside the image: [q0, q1)
+        q0 = 0 if iw0 >= 0 else (-iw0 + g.dw - 1) // g.dw
+        q1 = min(g.kw, (g.w - iw0 + g.dw - 1) // g.dw) if g.w > iw0 else 0
         for p in range(g.kh):
             ih = oh * g.sh - g.pt + p * g.dh
-            if ih < 0 or ih >= g.h:
+            if ih < 0 or ih >= g.h or q1 <= q0:
                 continue
-            for q in range(g.kw):
-                iw = ow * g.sw - g.pl + q * g.dw
-                if iw < 0 or iw >= g.w:
-                    continue
-                src = dcols + (r - r0) * k + (p * g.kw + q) * g.c
-                dst = dx + ((img * g.h + ih) * g.w + iw) * g.c
-                for ch in range(g.c):
+            src = dcols + (r - r0) * k + (p * g.kw + q0) * g.c
+            dst = dx + ((img * g.h + ih) * g.w + iw0 + q0 * g.dw) * g.c
+            if g.dw == 1:  # the run's columns are adjacent pixels: one contiguous run of values
+                for ch in range((q1 - q0) * g.c):
                     dst[ch] = dst[ch] + src[ch]
+            else:
+                for q in range(q1 - q0):
+                    for ch in range(g.c):
+                        dst[q * g.dw * g.c + ch] = dst[q * g.dw * g.c + ch] + src[q * g.c + ch]
 
 
 cdef void _col2im(Geometry* g, const floating* dcols, Py_ssize_t r0, Py_ssize_t rows,
