@@ -27,6 +27,14 @@ CASES = [
     # and scattered (col2im) where the padding exceeds the kernel's span.
     (1, 9, 7, 16, 5, (3, 4), 1, (2, 0, 1, 3), 2, "elu"),
     (1, 5, 5, 16, 3, (2, 2), 1, 2, 1, "softplus"),
+    # one input channel at stride 1 (cython AVX-512 float32 gathers up to 16 pixels of a row
+    # at once by register transposes): LeNet's first layer; padding, where the windows at
+    # the borders take the pixel-by-pixel path; rows of more than 16 pixels with a
+    # remainder; fewer than 16 taps; more than 32 (three tap groups and a part)
+    (2, 28, 28, 1, 6, (5, 5), 1, "valid", 1, "relu"),
+    (1, 21, 19, 1, 3, (3, 3), 1, "same", 1, "identity"),
+    (1, 6, 37, 1, 2, (2, 6), 1, (1, 0, 2, 3), 1, "tanh"),
+    (1, 9, 40, 1, 2, (7, 7), 1, "same", 1, "identity"),
 ]
 
 

@@ -61,6 +61,7 @@ typedef void (*fastbp_ukr_d)(ptrdiff_t kc, const double *ap, const double *bp,
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define FASTBP_X86 1
 #include <immintrin.h>
+#include "register_transpose.h"
 #else
 #define FASTBP_X86 0
 #endif
@@ -308,8 +309,8 @@ fastbp_direct_s_avx512(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
 /* ------------------------------------------------------------ AVX-512 packing */
 /* Transposing copy for the packing routines: dst[p*ld + i] := src[i*rs + p]
  * for i < rows (<= 16) and p < kc, lanes rows..nw-1 zero, nw <= 16 lanes
- * stored per p. 16x16 blocks are transposed in registers (unpack 32-bit,
- * unpack 64-bit, two 128-bit shuffles), so a row-major A (or a column-major
+ * stored per p. 16x16 blocks are transposed in registers
+ * (register_transpose.h), so a row-major A (or a column-major
  * B) is packed with vector loads and stores instead of one scalar store per
  * value (pack_a was ~9% of a 784-256-128-10 training step). Values are only
  * moved, so the packed panels are the same as the scalar loops'. */
@@ -318,7 +319,7 @@ fastbp_pack_transpose_s_avx512(const float *src, ptrdiff_t rs, int rows, ptrdiff
                                float *dst, ptrdiff_t ld, int nw)
 {
     const __mmask16 store = (__mmask16)(nw >= 16 ? 0xFFFF : (1u << nw) - 1);
-    __m512 r[16], t[16], u[16];
+    __m512 r[16];
     ptrdiff_t p;
     int i, q;
     for (p = 0; p < kc; p += 16) {
@@ -326,31 +327,7 @@ fastbp_pack_transpose_s_avx512(const float *src, ptrdiff_t rs, int rows, ptrdiff
         const __mmask16 load = (__mmask16)(width == 16 ? 0xFFFF : (1u << width) - 1);
         for (i = 0; i < 16; i++)
             r[i] = i < rows ? _mm512_maskz_loadu_ps(load, src + i * rs + p) : _mm512_setzero_ps();
-        for (i = 0; i < 16; i += 2) {
-            t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-            t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-        }
-        for (i = 0; i < 16; i += 4) {
-            __m512d a0 = _mm512_castps_pd(t[i]), a1 = _mm512_castps_pd(t[i + 1]);
-            __m512d b0 = _mm512_castps_pd(t[i + 2]), b1 = _mm512_castps_pd(t[i + 3]);
-            u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, b0));
-            u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, b0));
-            u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, b1));
-            u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, b1));
-        }
-        /* u[4g + c] holds, in each 128-bit lane L, column 4L + c of rows 4g..4g+3 */
-        for (i = 0; i < 4; i++) {
-            t[i] = _mm512_shuffle_f32x4(u[i], u[i + 4], 0x88);
-            t[i + 4] = _mm512_shuffle_f32x4(u[i], u[i + 4], 0xdd);
-            t[i + 8] = _mm512_shuffle_f32x4(u[i + 8], u[i + 12], 0x88);
-            t[i + 12] = _mm512_shuffle_f32x4(u[i + 8], u[i + 12], 0xdd);
-        }
-        for (i = 0; i < 4; i++) {
-            r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-            r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
-            r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-            r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
-        }
+        fastbp_transpose16_s_avx512(r);
         for (q = 0; q < width; q++)
             _mm512_mask_storeu_ps(dst + (p + q) * ld, store, r[q]);
     }
