@@ -1,5 +1,7 @@
 """GEMM against a float64 NumPy product, on both backends, both dtypes, every layout."""
 
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -183,28 +185,41 @@ def test_gemm_private_paths_same_bits_for_any_thread_count(backend, dtype, rng, 
         np.testing.assert_array_equal(a, np.maximum(plain[0] + bias, 0))
 
 
-@pytest.mark.parametrize("m,k,n", [(64, 128, 512), (64, 512, 128), (13, 1100, 97), (1, 7, 70), (97, 40, 33)])
-def test_cython_once_packed_b_gives_the_bits_of_gemm(dtype, rng, m, k, n):
-    """The recurrent layers pack their weight once per sequence and multiply by it at every step
-    (_gemm.pack_b_once, gemm_packed_b): the bits of gemm, on 1, 2 and 3 threads, for B read as
-    is and transposed (w_hhᵀ going back), k past KC, m and n past no block size or many."""
-    from fastbp._kernels.cython import _gemm
+# Each backend's GEMM module, with gemm(a, b, c, alpha, beta, n_threads) and the test hook
+# _gemm_packed_b(a, b, c, alpha, beta, n_threads) of the once-packed B.
+GEMM_MODULES = {"cython": "fastbp._kernels.cython._gemm", "numba": "fastbp._kernels.numba.gemm"}
 
+
+def reads_b_unpacked(backend, dtype, m, n, k, b):
+    """Whether the backend's GEMM runs an (m x k)·b product unpacked (so nothing is packed once)."""
+    isa = fastbp._backend.backend_module(backend).ISA
+    _, nr, kc, _, _ = blocking.block_sizes(isa, dtype.name)
+    narrow = dtype == np.float32 and n <= blocking.DIRECT_MAX_PANELS * nr
+    if backend == "cython":  # float32 only, with AVX2 and up
+        return dtype == np.float32 and isa != "generic" and (k <= kc and m * n * k <= blocking.DIRECT_MAX_MADDS
+                                                             or narrow)
+    b_rows = b.strides[1] == b.itemsize or k * n <= blocking.DIRECT_B_COPY_MAX  # as is, or copied row-major
+    return isa != "generic" and (m * n * k <= blocking.DIRECT_MAX_MADDS or narrow) and b_rows
+
+
+@pytest.mark.parametrize("m,k,n", [(64, 128, 512), (64, 512, 128), (13, 1100, 97), (1, 7, 70), (97, 40, 33)])
+def test_once_packed_b_gives_the_bits_of_gemm(backend, dtype, rng, m, k, n):
+    """The recurrent layers pack their weight once per sequence and multiply by it at every step
+    (cython: _gemm.pack_b_once, gemm_packed_b; numba: gemm.pack_b_once and the packed-B driver):
+    the bits of gemm, on 1, 2 and 3 threads, for B read as is and transposed (w_hhᵀ going back),
+    k past KC, m and n past no block size or many; B is packed unless the product reads it unpacked."""
+    module = importlib.import_module(GEMM_MODULES[backend])
     a = random_matrix(rng, (m, k), dtype)
     for b in (random_matrix(rng, (k, n), dtype), random_matrix(rng, (n, k), dtype).T):
         c0 = random_matrix(rng, (m, n), dtype)
         expected = c0.copy()
-        _gemm.gemm(a, b, expected, 1.0, 1.0, 1)
+        module.gemm(a, b, expected, 1.0, 1.0, 1)
         packed_at_all = False
         for n_threads in (1, 2, 3):
             c = c0.copy()
-            packed_at_all |= _gemm._gemm_packed_b(a, b, c, 1.0, 1.0, n_threads)
+            packed_at_all |= module._gemm_packed_b(a, b, c, 1.0, 1.0, n_threads)
             np.testing.assert_array_equal(c, expected)
-        # the float32 unpacked path (AVX2 and up) reads B as is: nothing is packed for it
-        _, nr, kc, _, _ = _gemm._blocking(dtype.name)
-        unpacked = (dtype == np.float32 and fastbp._kernels.cython.ISA != "generic"
-                    and (k <= kc and m * n * k <= blocking.DIRECT_MAX_MADDS or n <= blocking.DIRECT_MAX_PANELS * nr))
-        assert packed_at_all == (not unpacked)
+        assert packed_at_all == (not reads_b_unpacked(backend, dtype, m, n, k, b))
 
 
 @pytest.mark.parametrize("k", [1, 64, 511])

@@ -3,12 +3,12 @@
 
 Design: each pass is ONE jitted function. The input projection of every
 batch·T row is one dense forward (x·w_ih + bias, the GEMM driver) into the
-gate cache; the time loop then does, per step, one call of the GEMM driver for
-the recurrent product (the same serial/parallel twin and threshold as
-``gemm.run_driver``, through ``mlp._run_gemm``) into a contiguous (batch, ·)
-block of ``work``, and ONE ``prange`` over the rows of the batch that adds it
-to the step's gate tile, applies the gate nonlinearities and the cell update
-while the row is in L1 (on one thread below blocking.RECURRENT_PARALLEL_MIN_ELEMENTS
+gate cache; the time loop then does, per step, one GEMM for the recurrent
+product (the same serial/parallel twin and threshold as ``gemm.run_driver``,
+through ``mlp._run_gemm_packed_b``) into a contiguous (batch, ·) block of
+``work``, and ONE ``prange`` over the rows of the batch that adds it to the
+step's gate tile, applies the gate nonlinearities and the cell update while
+the row is in L1 (on one thread below blocking.RECURRENT_PARALLEL_MIN_ELEMENTS
 gate values per step and while the busy-machine back-off lasts, decided per step
 as the Cython kernels do). A row's result does not depend on the thread that
 computes it, and the GEMM only partitions its output, so nothing depends on
@@ -22,9 +22,14 @@ Layout: every array C-contiguous, read as flat arrays through raw pointers in
 the row passes (flat indexing keeps a wraparound test that blocks
 vectorisation); sequences batch-major, so step t's rows are a strided view.
 ``work`` is caller-provided scratch: nothing is allocated in the time loop.
+w_hh, the B of every step's product (w_hhᵀ going back), is packed once per pass
+(``mlp._pack_b_once``) into ``packed``, a buffer kept per calling thread and
+dtype like the GEMM's workspace, not once per step: the private path's layout,
+so the products give the driver's bits.
 """
 
 import math
+import threading
 
 import numba
 import numpy as np
@@ -37,7 +42,7 @@ from ._arrays import writable
 from ._threads import clamp_threads, region_threads, set_threads
 from .activations import tanh as gate_tanh
 from .gemm import NO_ACTIVATION, no_bias
-from .mlp import _dense_backward, _dense_forward, _run_gemm, _workspaces
+from .mlp import _dense_backward, _dense_forward, _pack_b_once, _run_gemm, _run_gemm_packed_b, _workspaces
 from .packing import data_pointer
 
 _IDENTITY = R.IDENTITY
@@ -123,7 +128,7 @@ def _lstm_cell_row(gf, g, rec, r, c_prev, p, cf, c, hf, h, n):
 
 
 @_jit_parallel
-def _lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads, gemm_work, bias0):
+def _lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads, gemm_work, packed):
     m, n_steps, k = x.shape
     n = h0.shape[1]
     width = 4 * n
@@ -133,12 +138,13 @@ def _lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads, g
     rec = work[:m * width].reshape(m, width)
     gf, cf, hf, c0f = gates.reshape(-1), cs.reshape(-1), hs.reshape(-1), c0.reshape(-1)
     ldg, ldh = n_steps * width, n_steps * n
+    packed, is_packed = _pack_b_once(m, w_hh, packed)
     for t in range(n_steps):
         # rec := h_{t-1}·w_hh
         if t == 0:
-            gemm_work = _run_gemm(h0, w_hh, rec, rec, bias0, 0.0, NO_ACTIVATION, n_threads, gemm_work)
+            gemm_work = _run_gemm_packed_b(h0, w_hh, packed, is_packed, rec, 0.0, n_threads, gemm_work)
         else:
-            gemm_work = _run_gemm(hs[:, t - 1], w_hh, rec, rec, bias0, 0.0, NO_ACTIVATION, n_threads, gemm_work)
+            gemm_work = _run_gemm_packed_b(hs[:, t - 1], w_hh, packed, is_packed, rec, 0.0, n_threads, gemm_work)
         recf = rec.reshape(-1)
         set_threads(region_threads(m * width, RECURRENT_PARALLEL_MIN_ELEMENTS, n_threads))
         for b in prange(m):
@@ -147,7 +153,7 @@ def _lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads, g
             else:
                 _lstm_cell_row(gf, b * ldg + t * width, recf, b * width, cf, b * ldh + (t - 1) * n,
                                cf, b * ldh + t * n, hf, b * ldh + t * n, n)
-    return gemm_work
+    return gemm_work, packed
 
 
 @_jit
@@ -183,7 +189,7 @@ def _lstm_grad_row(gf, g, c_prev, p, cf, c, gradf, dh, dhp, dc, tanh_c, has_carr
 
 @_jit_parallel
 def _lstm_backward(x, w_ih, w_hh_t, h0, c0, hs, cs, gates, grad_hs, t0, dgates, dx, dw_ih, dw_hh, dbias, dh0,
-                   dc0, work, n_threads, gemm_work, bias0):
+                   dc0, work, n_threads, gemm_work, packed, bias0):
     m, n_steps, k = x.shape
     n = h0.shape[1]
     width = 4 * n
@@ -198,11 +204,12 @@ def _lstm_backward(x, w_ih, w_hh_t, h0, c0, hs, cs, gates, grad_hs, t0, dgates, 
     ldg, ldh = n_steps * width, n_steps * n
     _zero_steps(dgates, t0)
     dc[:] = 0.0
+    packed, is_packed = _pack_b_once(m, w_hh_t, packed)
     for t in range(n_steps - 1, t0 - 1, -1):
         has_carry = t < n_steps - 1
         if has_carry:  # dh := dgates_{t+1}·w_hhᵀ; the row pass adds grad_hs_t
-            gemm_work = _run_gemm(dgates[:, t + 1], w_hh_t, dh, dh, bias0, 0.0, NO_ACTIVATION, n_threads,
-                                  gemm_work)
+            gemm_work = _run_gemm_packed_b(dgates[:, t + 1], w_hh_t, packed, is_packed, dh, 0.0, n_threads,
+                                           gemm_work)
         set_threads(region_threads(m * width, RECURRENT_PARALLEL_MIN_ELEMENTS, n_threads))
         for b in prange(m):
             if t == 0:
@@ -212,7 +219,7 @@ def _lstm_backward(x, w_ih, w_hh_t, h0, c0, hs, cs, gates, grad_hs, t0, dgates, 
                 _lstm_grad_row(gf, b * ldg + t * width, cf, b * ldh + (t - 1) * n, cf, b * ldh + t * n, gradf,
                                b * n, dhf, dc, tanh_c, has_carry, dgf, n)
     if t0 == 0:  # dh0 := dgates_0·w_hhᵀ; dc0 := dc_0⊙f_0 (the carry)
-        gemm_work = _run_gemm(dgates[:, 0], w_hh_t, dh0, dh0, bias0, 0.0, NO_ACTIVATION, n_threads, gemm_work)
+        gemm_work = _run_gemm_packed_b(dgates[:, 0], w_hh_t, packed, is_packed, dh0, 0.0, n_threads, gemm_work)
         dc0.reshape(-1)[:] = dc
     else:
         dh0[:] = 0.0
@@ -220,7 +227,7 @@ def _lstm_backward(x, w_ih, w_hh_t, h0, c0, hs, cs, gates, grad_hs, t0, dgates, 
     flat_dg = dgates.reshape(m * n_steps, width)
     gemm_work = _dense_backward(x.reshape(m * n_steps, k), w_ih, flat_dg, flat_dg, flat_dg, _IDENTITY, flat_dg,
                                 dw_ih, dbias, dx.reshape(m * n_steps, k), True, n_threads, gemm_work, bias0)
-    return _previous_states_product(h0, hs, dgates, saved, t0 == 0, dw_hh, n_threads, gemm_work, bias0)
+    return _previous_states_product(h0, hs, dgates, saved, t0 == 0, dw_hh, n_threads, gemm_work, bias0), packed
 
 
 # ---------------------------------------------------------------- GRU
@@ -242,7 +249,7 @@ def _gru_cell_row(gf, g, rec, r, bias_hn, h_prev, p, hnf, hf, h, n):
 
 
 @_jit_parallel
-def _gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_threads, gemm_work, bias0):
+def _gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_threads, gemm_work, packed):
     m, n_steps, k = x.shape
     n = h0.shape[1]
     width = 3 * n
@@ -252,12 +259,13 @@ def _gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_thread
     rec = work[:m * width].reshape(m, width)
     gf, hf, hnf, h0f = gates.reshape(-1), hs.reshape(-1), hn.reshape(-1), h0.reshape(-1)
     ldg, ldh = n_steps * width, n_steps * n
+    packed, is_packed = _pack_b_once(m, w_hh, packed)
     for t in range(n_steps):
         # rec := h_{t-1}·w_hh (kept apart: its n block is gated by r)
         if t == 0:
-            gemm_work = _run_gemm(h0, w_hh, rec, rec, bias0, 0.0, NO_ACTIVATION, n_threads, gemm_work)
+            gemm_work = _run_gemm_packed_b(h0, w_hh, packed, is_packed, rec, 0.0, n_threads, gemm_work)
         else:
-            gemm_work = _run_gemm(hs[:, t - 1], w_hh, rec, rec, bias0, 0.0, NO_ACTIVATION, n_threads, gemm_work)
+            gemm_work = _run_gemm_packed_b(hs[:, t - 1], w_hh, packed, is_packed, rec, 0.0, n_threads, gemm_work)
         recf = rec.reshape(-1)
         set_threads(region_threads(m * width, RECURRENT_PARALLEL_MIN_ELEMENTS, n_threads))
         for b in prange(m):
@@ -266,7 +274,7 @@ def _gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_thread
             else:
                 _gru_cell_row(gf, b * ldg + t * width, recf, b * width, bias_hn, hf, b * ldh + (t - 1) * n,
                               hnf, hf, b * ldh + t * n, n)
-    return gemm_work
+    return gemm_work, packed
 
 
 @_jit
@@ -294,7 +302,7 @@ def _gru_grad_row(gf, g, hnf, s, h_prev, p, gradf, carry, direct, q, has_carry, 
 
 @_jit_parallel
 def _gru_backward(x, w_ih, w_hh_t, h0, hs, gates, hn, grad_hs, t0, dgates, dghh, dx, dw_ih, dw_hh, dbias,
-                  dbias_hn, dh0, work, n_threads, gemm_work, bias0):
+                  dbias_hn, dh0, work, n_threads, gemm_work, packed, bias0):
     m, n_steps, k = x.shape
     n = h0.shape[1]
     width = 3 * n
@@ -309,11 +317,12 @@ def _gru_backward(x, w_ih, w_hh_t, h0, hs, gates, hn, grad_hs, t0, dgates, dghh,
     ldg, ldh = n_steps * width, n_steps * n
     _zero_steps(dgates, t0)
     _zero_steps(dghh, t0)
+    packed, is_packed = _pack_b_once(m, w_hh_t, packed)
     for t in range(n_steps - 1, t0 - 1, -1):
         has_carry = t < n_steps - 1
         if has_carry:  # carry := dghh_{t+1}·w_hhᵀ
-            gemm_work = _run_gemm(dghh[:, t + 1], w_hh_t, carry, carry, bias0, 0.0, NO_ACTIVATION, n_threads,
-                                  gemm_work)
+            gemm_work = _run_gemm_packed_b(dghh[:, t + 1], w_hh_t, packed, is_packed, carry, 0.0, n_threads,
+                                           gemm_work)
         set_threads(region_threads(m * width, RECURRENT_PARALLEL_MIN_ELEMENTS, n_threads))
         for b in prange(m):
             if t == 0:
@@ -323,7 +332,7 @@ def _gru_backward(x, w_ih, w_hh_t, h0, hs, gates, hn, grad_hs, t0, dgates, dghh,
                 _gru_grad_row(gf, b * ldg + t * width, hnf, b * ldh + t * n, hf, b * ldh + (t - 1) * n, gradf,
                               carryf, direct, b * n, has_carry, dgf, dghf, n)
     if t0 == 0:  # dh0 := dghh_0·w_hhᵀ + dh_0⊙z_0
-        gemm_work = _run_gemm(dghh[:, 0], w_hh_t, dh0, dh0, bias0, 0.0, NO_ACTIVATION, n_threads, gemm_work)
+        gemm_work = _run_gemm_packed_b(dghh[:, 0], w_hh_t, packed, is_packed, dh0, 0.0, n_threads, gemm_work)
         dh0f = dh0.reshape(-1)
         for i in range(size):
             dh0f[i] = dh0f[i] + direct[i]
@@ -338,13 +347,28 @@ def _gru_backward(x, w_ih, w_hh_t, h0, hs, gates, hn, grad_hs, t0, dgates, dghh,
             sums[j] += dghf[r * width + 2 * n + j]
     for j in range(n):
         dbias_hn[j] = sums[j]
-    return _previous_states_product(h0, hs, dghh, saved, t0 == 0, dw_hh, n_threads, gemm_work, bias0)
+    return _previous_states_product(h0, hs, dghh, saved, t0 == 0, dw_hh, n_threads, gemm_work, bias0), packed
 
 
 # ---------------------------------------------------------------- the contract's entry points
 def _gemm_workspace(dtype):
     work = _workspaces.__dict__.get(dtype)
     return np.empty(0, dtype) if work is None else work
+
+
+# The packed w_hh of a pass (``mlp._pack_b_once``), one buffer per calling thread and
+# dtype, grown on demand and kept, like the GEMM's workspace.
+_packed_weights = threading.local()
+
+
+def _packed_workspace(dtype):
+    packed = _packed_weights.__dict__.get(dtype)
+    return np.empty(0, dtype) if packed is None else packed
+
+
+def _keep(dtype, workspaces):
+    """Keep a pass's (GEMM workspace, packed-weight buffer) for the next pass of this thread."""
+    _workspaces.__dict__[dtype], _packed_weights.__dict__[dtype] = workspaces
 
 
 def lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads):
@@ -354,9 +378,9 @@ def lstm_forward(x, w_ih, w_hh, bias, h0, c0, hs, cs, gates, work, n_threads):
     OUT hs, cs (batch, T, H), gates (batch, T, 4H) activated; work (4·batch·H,) scratch.
     """
     dtype = x.dtype
-    _workspaces.__dict__[dtype] = _lstm_forward(
+    _keep(dtype, _lstm_forward(
         writable(x), writable(w_ih), writable(w_hh), writable(bias), writable(h0), writable(c0), hs, cs, gates,
-        work, clamp_threads(n_threads), _gemm_workspace(dtype), no_bias(dtype))
+        work, clamp_threads(n_threads), _gemm_workspace(dtype), _packed_workspace(dtype)))
 
 
 def lstm_backward(x, w_ih, w_hh, h0, c0, hs, cs, gates, grad_hs, truncate, dgates, dx, dw_ih, dw_hh, dbias,
@@ -366,10 +390,11 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, hs, cs, gates, grad_hs, truncate, dgate
     OUT dgates (batch, T, 4H), dx (batch, T, n_in), dw_ih, dw_hh, dbias, dh0, dc0; work (7·batch·H,).
     """
     dtype = x.dtype
-    _workspaces.__dict__[dtype] = _lstm_backward(
+    _keep(dtype, _lstm_backward(
         writable(x), writable(w_ih), np.ascontiguousarray(w_hh.T), writable(h0), writable(c0), writable(hs),
         writable(cs), writable(gates), writable(grad_hs), x.shape[1] - int(truncate), dgates, dx, dw_ih, dw_hh,
-        dbias, dh0, dc0, work, clamp_threads(n_threads), _gemm_workspace(dtype), no_bias(dtype))
+        dbias, dh0, dc0, work, clamp_threads(n_threads), _gemm_workspace(dtype), _packed_workspace(dtype),
+        no_bias(dtype)))
 
 
 def gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_threads):
@@ -379,9 +404,9 @@ def gru_forward(x, w_ih, w_hh, bias, bias_hn, h0, hs, gates, hn, work, n_threads
     OUT hs (batch, T, H), gates (batch, T, 3H) activated, hn (batch, T, H); work (3·batch·H,).
     """
     dtype = x.dtype
-    _workspaces.__dict__[dtype] = _gru_forward(
+    _keep(dtype, _gru_forward(
         writable(x), writable(w_ih), writable(w_hh), writable(bias), writable(bias_hn), writable(h0), hs, gates,
-        hn, work, clamp_threads(n_threads), _gemm_workspace(dtype), no_bias(dtype))
+        hn, work, clamp_threads(n_threads), _gemm_workspace(dtype), _packed_workspace(dtype)))
 
 
 def gru_backward(x, w_ih, w_hh, h0, hs, gates, hn, grad_hs, truncate, dgates, dghh, dx, dw_ih, dw_hh, dbias,
@@ -391,7 +416,8 @@ def gru_backward(x, w_ih, w_hh, h0, hs, gates, hn, grad_hs, truncate, dgates, dg
     OUT dgates, dghh (batch, T, 3H), dx (batch, T, n_in), dw_ih, dw_hh, dbias, dbias_hn, dh0; work (5·batch·H,).
     """
     dtype = x.dtype
-    _workspaces.__dict__[dtype] = _gru_backward(
+    _keep(dtype, _gru_backward(
         writable(x), writable(w_ih), np.ascontiguousarray(w_hh.T), writable(h0), writable(hs), writable(gates),
         writable(hn), writable(grad_hs), x.shape[1] - int(truncate), dgates, dghh, dx, dw_ih, dw_hh, dbias,
-        dbias_hn, dh0, work, clamp_threads(n_threads), _gemm_workspace(dtype), no_bias(dtype))
+        dbias_hn, dh0, work, clamp_threads(n_threads), _gemm_workspace(dtype), _packed_workspace(dtype),
+        no_bias(dtype)))

@@ -20,7 +20,10 @@ call). The thread count comes from the work (``gemm_threads``). The KC loop is
 never split. Products whose smaller packed operand is small take the private
 path (``private_split``, ``private_gemm``): each thread packs that operand for
 itself on its first task and the tasks cut the other one, so no packed panel
-moves between cores and there is no barrier inside the call.
+moves between cores and there is no barrier inside the call. A B multiplied
+many times (a recurrent weight, at every step) can be packed once in that
+path's layout (``pack_b_once``) and used by the packed-B driver
+(``_make_packed_b_driver``), whose tasks are the private path's, over rows.
 
 Epilogue: the micro-kernel applies alpha and beta on the registers (a later
 KC slice passes beta = 1; edge tiles go through a buffer, ``store_edge_tile``);
@@ -157,6 +160,15 @@ def finish_tile(rows, cols, z, out, c_off, ldc, bias, col0, act):
 
 
 @_jit
+def reads_b_unpacked(SIMD, NARROW, NR, m, n, k, b):
+    """Whether the driver runs an (m x k)·b product unpacked (``direct_rows``): with SIMD, small
+    products, and narrow float32 ones (NARROW) of at most DIRECT_MAX_PANELS NR-wide panels,
+    when b's columns are contiguous or b is small enough to copy (``direct_b``)."""
+    return SIMD and (m * n * k <= DIRECT_MAX_MADDS or (NARROW and n <= DIRECT_MAX_PANELS * NR)) and (
+        b.strides[1] == b.itemsize or k * n <= DIRECT_B_COPY_MAX)
+
+
+@_jit
 def direct_b(b, work):
     """(B's rows, their row stride, the workspace) for the unpacked path: B itself when its
     columns are contiguous, else (δ·Wᵀ: B = Wᵀ) a row-major copy in work, grown if needed."""
@@ -264,28 +276,39 @@ def macro_kernel(MR, NR, SIMD, one, kc, pa, pa_off, pb, pb_off, i0, mb, j0, nb, 
 
 
 @_jit
-def pack_private(MR, NR, b_private, a, b, n_slices, kc_max, work, off):
-    """Pack all of B (b_private) or all of A at work[off:], slice by slice: slice s at
-    off + width·pc, width the padded column count of B or row count of A."""
-    m, k = a.shape
-    n = b.shape[1]
-    width = -(-n // NR) * NR if b_private else -(-m // MR) * MR
+def pack_b_whole(NR, b, n_slices, kc_max, work, off):
+    """Pack all of B (k, n) at work[off:] in NR-wide micro-panels, slice by slice: KC slice s
+    (pc = s·kc_max) at off + n_panels·NR·pc, its panel at column jr at + jr·kc."""
+    k, n = b.shape
+    width = -(-n // NR) * NR
     for s in range(n_slices):
         pc = s * kc_max
         kc = min(kc_max, k - pc)
-        if b_private:
-            for jr in range(0, n, NR):
-                pack_b_panel(b, pc, kc, jr, min(NR, n - jr), NR, work, off + width * pc + jr * kc)
-        else:
-            pack_a(a, 0, m, pc, kc, MR, work, off + width * pc)
+        for jr in range(0, n, NR):
+            pack_b_panel(b, pc, kc, jr, min(NR, n - jr), NR, work, off + width * pc + jr * kc)
 
 
 @_jit
-def private_task(MR, NR, SIMD, one, b_private, task, n_tasks, a, b, n_slices, kc_max, work, packed_off,
+def pack_private(MR, NR, b_private, a, b, n_slices, kc_max, work, off):
+    """Pack all of B (b_private, ``pack_b_whole``) or all of A at work[off:], slice by slice:
+    slice s at off + width·pc, width the padded column count of B or row count of A."""
+    if b_private:
+        pack_b_whole(NR, b, n_slices, kc_max, work, off)
+        return
+    m, k = a.shape
+    width = -(-m // MR) * MR
+    for s in range(n_slices):
+        pc = s * kc_max
+        kc = min(kc_max, k - pc)
+        pack_a(a, 0, m, pc, kc, MR, work, off + width * pc)
+
+
+@_jit
+def private_task(MR, NR, SIMD, one, b_private, task, n_tasks, a, b, n_slices, kc_max, packed, packed_off, work,
                  scratch_off, zf, of, bias, act, alpha_t, beta, finish):
     """One task of the private path: rows of whole MR tiles (b_private) or columns of whole NR
     panels, over every KC slice in increasing order; the other operand's part packed at
-    work[scratch_off:] per slice, this thread's private operand at work[packed_off:]."""
+    work[scratch_off:] per slice, the private operand (``pack_private``) at packed[packed_off:]."""
     m, k = a.shape
     n = b.shape[1]
     n_tiles, n_panels = -(-m // MR), -(-n // NR)
@@ -304,12 +327,12 @@ def private_task(MR, NR, SIMD, one, b_private, task, n_tasks, a, b, n_slices, kc
         kc = min(kc_max, k - pc)
         if b_private:
             pack_a(a, i0, i1 - i0, pc, kc, MR, work, scratch_off)
-            pa_off, pb_off = scratch_off, packed_off + n_panels * NR * pc
+            pa, pa_off, pb, pb_off = work, scratch_off, packed, packed_off + n_panels * NR * pc
         else:
             for jr in range(j0, j1, NR):
                 pack_b_panel(b, pc, kc, jr, min(NR, j1 - jr), NR, work, scratch_off + (jr - j0) * kc)
-            pa_off, pb_off = packed_off + n_tiles * MR * pc, scratch_off
-        macro_kernel(MR, NR, SIMD, one, kc, work, pa_off, work, pb_off, i0, i1 - i0, j0, j1 - j0, n, zf, of,
+            pa, pa_off, pb, pb_off = packed, packed_off + n_tiles * MR * pc, work, scratch_off
+        macro_kernel(MR, NR, SIMD, one, kc, pa, pa_off, pb, pb_off, i0, i1 - i0, j0, j1 - j0, n, zf, of,
                      bias, act, alpha_t, beta if pc == 0 else one, pc + kc == k and finish, work,
                      scratch_off + part)
 
@@ -344,11 +367,19 @@ def private_gemm(MR, NR, SIMD, one, b_private, a, b, n_slices, kc_max, zf, of, b
                 pack_private(MR, NR, b_private, a, b, n_slices, kc_max, work, t * region)
                 packed = True
             private_task(MR, NR, SIMD, one, b_private, task, n_tasks, a, b, n_slices, kc_max, work, t * region,
-                         t * region + private_values, zf, of, bias, act, alpha_t, beta, finish)
+                         work, t * region + private_values, zf, of, bias, act, alpha_t, beta, finish)
             stats[2 * t] += monotonic_seconds() - t_task
             stats[2 * t + 1] += 1
     judge_by_busiest(monotonic_seconds() - t_start, stats, n_threads, n_tasks)
     return work
+
+
+def _constants(dtype):
+    """The drivers' compile-time constants for ``dtype`` on this ISA: the block sizes
+    (MR, NR, KC, MC, NC), SIMD (the micro-kernel has vectors), SCALAR (the dtype's scalar
+    type) and NARROW (narrow products run unpacked at any size: blocking.DIRECT_MAX_PANELS)."""
+    return (block_sizes(ISA, dtype), ISA != "generic", np.float32 if dtype == "float32" else np.float64,
+            dtype == "float32")
 
 
 def _make_driver(dtype, parallel):
@@ -359,12 +390,9 @@ def _make_driver(dtype, parallel):
     small GEMM, so one-thread and small calls take the serial driver.
     """
     PARALLEL = parallel
-    MR, NR, KC, MC, NC = block_sizes(ISA, dtype)
-    SIMD = ISA != "generic"
-    SCALAR = np.float32 if dtype == "float32" else np.float64
+    (MR, NR, KC, MC, NC), SIMD, SCALAR, NARROW = _constants(dtype)
     LANES = VECTOR_LANES[dtype]
     NV = NR // LANES  # vectors per tile row
-    NARROW = dtype == "float32"  # narrow products run unpacked at any size (blocking.DIRECT_MAX_PANELS)
 
     def _gemm(a, b, z, out, bias, alpha, beta, act, n_threads, work):
         """z := alpha·a·b + beta·z + bias; out := act(z) unless act < 0.  Returns the workspace used.
@@ -386,8 +414,7 @@ def _make_driver(dtype, parallel):
         alpha_t = SCALAR(alpha)
         finish = bias.shape[0] > 0 or act >= 0
 
-        if SIMD and (m * n * k <= DIRECT_MAX_MADDS or (NARROW and n <= DIRECT_MAX_PANELS * NR)) and (
-                b.strides[1] == b.itemsize or k * n <= DIRECT_B_COPY_MAX):
+        if reads_b_unpacked(SIMD, NARROW, NR, m, n, k, b):
             b_rows, rs_b, work = direct_b(b, work)
             kc_max = _kc_slices(k, KC)[1]
             n_tiles = -(-m // MR)
@@ -480,8 +507,97 @@ def _make_driver(dtype, parallel):
     return numba.njit([signature], cache=True, nogil=True, parallel=parallel)(_gemm)
 
 
+def _make_b_packer(dtype):
+    """Compile-on-first-use ``pack_b_once`` for ``dtype`` (see ``_make_driver``)."""
+    (MR, NR, KC, MC, NC), SIMD, SCALAR, NARROW = _constants(dtype)
+
+    def pack_b_once(m, b, packed):
+        """B packed whole, as the private path packs it (``pack_b_whole``: every KC slice, every
+        NR micro-panel), for products with an A of m rows by the packed-B driver: a recurrent
+        weight multiplied at every step is packed once per pass instead of once per step.
+
+        Returns (the buffer used, whether B is in it): not where such a product reads B
+        unpacked (``reads_b_unpacked``: nothing to save); multiply by B itself then.
+        IN b (k, n) any strides, k >= 1; IN packed: a buffer the caller keeps for the pass,
+        used if large enough, else replaced by a new one (returned).
+        """
+        k, n = b.shape
+        if reads_b_unpacked(SIMD, NARROW, NR, m, n, k, b):
+            return packed, False
+        size = -(-n // NR) * NR * k
+        if packed.shape[0] < size:
+            packed = np.empty(size, dtype=packed.dtype)
+        n_slices, kc_max = _kc_slices(k, KC)
+        pack_b_whole(NR, b, n_slices, kc_max, packed, 0)
+        return packed, True
+
+    nb_dtype = numba.from_dtype(np.dtype(dtype))
+    vector = types.Array(nb_dtype, 1, "C")
+    signature = types.Tuple((vector, types.boolean))(types.int64, types.Array(nb_dtype, 2, "A"), vector)
+    return numba.njit([signature], cache=True, nogil=True)(pack_b_once)
+
+
+def _make_packed_b_driver(dtype, parallel):
+    """Compile-on-first-use driver of products by a B that ``pack_b_once`` packed, for
+    ``dtype``; ``parallel=False`` compiles the serial twin (see ``_make_driver``)."""
+    PARALLEL = parallel
+    (MR, NR, KC, MC, NC), SIMD, SCALAR, NARROW = _constants(dtype)
+
+    def _gemm_packed_b(a, b, packed, z, alpha, beta, n_threads, work):
+        """z := alpha·a·b + beta·z, B read from ``packed`` (``pack_b_once`` for a's m rows; b
+        gives its shape only).  Returns the workspace used.
+
+        The private path's tasks with B private (``private_task``): rows of A in whole MR
+        tiles, each packed slice by slice, over the KC slices in increasing order, taken from
+        an atomic counter (one task on one thread): the tiles and slices of the driver, so the
+        bits of ``_gemm``, whatever the thread count.
+        IN a (m, k) any strides; IN/OUT z (m, n) C-contiguous, not read when beta == 0;
+        IN work: a scratch buffer, used if large enough, else replaced by a new one (returned).
+        """
+        m, k = a.shape
+        n = b.shape[1]
+        n_tiles = -(-m // MR)
+        n_threads = min(gemm_threads_now(n_threads), n_tiles) if PARALLEL else 1
+        n_tasks = min(n_tiles, TASKS_PER_THREAD * n_threads) if n_threads > 1 else 1
+        n_slices, kc_max = _kc_slices(k, KC)
+        # per thread: its rows of A packed (one slice), edge tile and scratch, on its own cache lines
+        region = -(-(-(-n_tiles // n_tasks) * MR * kc_max + 2 * MR * NR) // 16) * 16
+        if work.shape[0] < n_threads * region:
+            work = np.empty(n_threads * region, dtype=z.dtype)
+        zf = z.reshape(m * n)
+        empty_bias = zf[:0]
+        if n_threads == 1:
+            private_task(MR, NR, SIMD, SCALAR(1.0), True, 0, 1, a, b, n_slices, kc_max, packed, 0, work, 0, zf,
+                         zf, empty_bias, NO_ACTIVATION, SCALAR(alpha), SCALAR(beta), False)
+            return work
+        set_threads(n_threads)
+        counter = np.zeros(1, dtype=np.int64)
+        stats = np.zeros(2 * n_threads)  # per thread: seconds in tasks, tasks (the back-off's test)
+        t_start = monotonic_seconds()
+        for t in prange(n_threads):
+            while True:
+                task = fetch_add(counter, 1)
+                if task >= n_tasks:
+                    break
+                t_task = monotonic_seconds()
+                private_task(MR, NR, SIMD, SCALAR(1.0), True, task, n_tasks, a, b, n_slices, kc_max, packed, 0,
+                             work, t * region, zf, zf, empty_bias, NO_ACTIVATION, SCALAR(alpha), SCALAR(beta), False)
+                stats[2 * t] += monotonic_seconds() - t_task
+                stats[2 * t + 1] += 1
+        judge_by_busiest(monotonic_seconds() - t_start, stats, n_threads, n_tasks)
+        return work
+
+    nb_dtype = numba.from_dtype(np.dtype(dtype))
+    matrix_any = types.Array(nb_dtype, 2, "A")
+    vector = types.Array(nb_dtype, 1, "C")
+    signature = vector(matrix_any, matrix_any, vector, types.Array(nb_dtype, 2, "C"), types.float64,
+                       types.float64, types.int64, vector)
+    return numba.njit([signature], cache=True, nogil=True, parallel=parallel)(_gemm_packed_b)
+
+
 _drivers = {}
 _serial_drivers = {}
+_compiled = {}  # (factory, dtype, its arguments): the packed-B drivers and packers
 
 
 def driver(dtype, parallel=True):
@@ -492,6 +608,24 @@ def driver(dtype, parallel=True):
     if compiled is None:
         compiled = table[dtype] = _make_driver(np.dtype(dtype).name, parallel)
     return compiled
+
+
+def _compile_once(factory, dtype, *args):
+    key = (factory, np.dtype(dtype), args)
+    compiled = _compiled.get(key)
+    if compiled is None:
+        compiled = _compiled[key] = factory(np.dtype(dtype).name, *args)
+    return compiled
+
+
+def b_packer(dtype):
+    """The compiled ``pack_b_once`` for ``dtype`` (compiled, or loaded from cache, on first use)."""
+    return _compile_once(_make_b_packer, dtype)
+
+
+def packed_b_driver(dtype, parallel=True):
+    """The compiled driver of products by a B packed once, for ``dtype`` (see ``driver``)."""
+    return _compile_once(_make_packed_b_driver, dtype, parallel)
 
 
 _no_bias = {}
@@ -528,3 +662,19 @@ def run_driver(a, b, z, out, bias, alpha, beta, act, n_threads):
 def gemm(a, b, c, alpha, beta, n_threads):
     """c := alpha*a·b + beta*c.  IN a (m, k), b (k, n) any strides, k >= 1; IN/OUT c (m, n), not read if beta == 0."""
     run_driver(a, b, c, c, no_bias(c.dtype), alpha, beta, NO_ACTIVATION, n_threads)
+
+
+def _gemm_packed_b(a, b, c, alpha, beta, n_threads):
+    """c := alpha*a·b + beta*c through ``pack_b_once`` and the packed-B driver, the recurrent
+    layers' way, for the test that it gives gemm's bits. Returns whether B was packed once
+    (False: the product reads B unpacked, and runs as ``gemm``)."""
+    m, k = a.shape
+    dtype = c.dtype
+    packed, is_packed = b_packer(dtype)(m, writable(b), np.empty(0, dtype))
+    if not is_packed:
+        gemm(a, b, c, alpha, beta, n_threads)
+        return False
+    n_threads = gemm_threads(m, b.shape[1], k, clamp_threads(n_threads))
+    packed_b_driver(dtype, n_threads > 1)(writable(a), writable(b), packed, c, float(alpha), float(beta),
+                                          n_threads, np.empty(0, dtype))
+    return True

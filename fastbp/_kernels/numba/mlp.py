@@ -35,7 +35,7 @@ from .activations import (
 )
 from .dense import PARALLEL_MIN_ELEMENTS as COLUMN_SUMS_PARALLEL_MIN_ELEMENTS
 from .dense import _column_sums_parallel, _column_sums_serial
-from .gemm import NO_ACTIVATION, driver, gemm_threads_jitted
+from .gemm import NO_ACTIVATION, b_packer, driver, gemm_threads_jitted, packed_b_driver
 from .losses import PARALLEL_MIN_ELEMENTS as LOSS_PARALLEL_MIN_ELEMENTS
 from .losses import (
     _binary_cross_entropy_parallel,
@@ -79,6 +79,42 @@ def _run_gemm_overload(a, b, z, out, bias, beta, act, n_threads, work):
         if threads > 1:
             return parallel_driver(a, b, z, out, bias, 1.0, beta, act, threads, work)
         return serial_driver(a, b, z, out, bias, 1.0, beta, act, 1, work)
+
+    return impl
+
+
+def _pack_b_once(m, b, packed):
+    """``gemm.pack_b_once`` of packed's dtype: (the buffer used, whether B is in it)."""
+
+
+@overload(_pack_b_once)
+def _pack_b_once_overload(m, b, packed):
+    packer = b_packer(np.dtype(str(packed.dtype)))
+
+    def impl(m, b, packed):
+        return packer(m, b, packed)
+
+    return impl
+
+
+def _run_gemm_packed_b(a, b, packed, is_packed, z, beta, n_threads, work):
+    """z := a·b + beta·z, B read from ``packed`` where ``_pack_b_once`` put it (is_packed), else from b
+    by ``_run_gemm``; the packed-B driver's twin chosen as ``_run_gemm`` chooses.  Returns the workspace."""
+
+
+@overload(_run_gemm_packed_b)
+def _run_gemm_packed_b_overload(a, b, packed, is_packed, z, beta, n_threads, work):
+    dtype = np.dtype(str(z.dtype))
+    parallel_driver, serial_driver = packed_b_driver(dtype, True), packed_b_driver(dtype, False)
+
+    def impl(a, b, packed, is_packed, z, beta, n_threads, work):
+        if not is_packed:
+            return _run_gemm(a, b, z, z, packed[:0], beta, NO_ACTIVATION, n_threads, work)
+        m, k = a.shape
+        threads = gemm_threads_jitted(m, b.shape[1], k, n_threads)
+        if threads > 1:
+            return parallel_driver(a, b, packed, z, 1.0, beta, threads, work)
+        return serial_driver(a, b, packed, z, 1.0, beta, 1, work)
 
     return impl
 
