@@ -24,7 +24,10 @@
 #             its channel axes swapped, padded by the kernel's span less the
 #             forward's padding. Otherwise, per block: dcols := δ[block]·Wᵀ into
 #             the workspace; dx += col2im(dcols), the rows of one image on one
-#             thread, in row order.
+#             thread, in row order. Where blocks can hold whole images, each
+#             block (its GEMM on one thread, then its scatter) is one task, the
+#             blocks shared out among the threads: their images of dx are
+#             disjoint, so no two threads add to one value.
 # Determinism: block and run boundaries depend on the shapes only; every dW
 # value is summed over the blocks of a run in order, inside a block by a
 # one-thread GEMM, and over the runs in order; dx is a GEMM (gathered) or gets its terms in row order (col2im).
@@ -165,6 +168,56 @@ cdef void _col2im(Geometry* g, const floating* dcols, Py_ssize_t r0, Py_ssize_t 
             _col2im_rows(g, dcols, r0, max(r0, img * pix), min(r0 + rows, (img + 1) * pix), dx)
     else:
         _col2im_rows(g, dcols, r0, r0, r0 + rows, dx)
+
+
+cdef int _col2im_blocks_parallel(Geometry* g, const floating* delta, const floating* w, floating* cols,
+                                 Py_ssize_t images, floating* dx, int n_threads) noexcept nogil:
+    """dx += col2im(δ·Wᵀ) with blocks of ``images`` whole images shared out among the threads:
+    each computes its block's dcols with a one-thread GEMM into its own workspace (thread 0,
+    the caller: ``cols``) and scatters them into its images of dx, which no other block
+    touches; each dx value gets its terms in row order, as in the serial loop, so the same
+    bits. One parallel region, no barrier per block. Returns 0 or -1."""
+    cdef Py_ssize_t pix = g.out_h * g.out_w, k = g.kh * g.kw * g.c, f = g.f, rows = images * pix
+    cdef Py_ssize_t s, r0, rr, tid, m = g.n * pix, n_blocks = (g.n + images - 1) // images
+    cdef size_t nbytes = rows * k * sizeof(floating)
+    cdef floating* mine
+    cdef int failed = 0
+    cdef double stats[128]  # per thread: seconds in blocks, blocks (for the back-off's verdict)
+    cdef double t_start = fastbp_now(), t_task
+    for tid in range(128):
+        stats[tid] = 0
+    with parallel(num_threads=n_threads):
+        mine = cols if threadid() == 0 else <floating*>fastbp_conv_workspace(nbytes)
+        for s in prange(n_blocks, schedule="dynamic"):  # a thread without a core takes fewer
+            if mine == NULL:
+                failed += 1
+                continue
+            t_task = fastbp_now()
+            r0 = s * rows
+            rr = min(rows, m - r0)
+            # dcols := δ[block]·Wᵀ (W read through swapped strides), then scattered into dx
+            failed += gemm_nogil(rr, k, f, <floating>1, delta + r0 * f, f, 1, w, 1, f, <floating>0, mine, k,
+                                 NULL, -1, NULL, 0, 1) != 0
+            _col2im_rows(g, mine, r0, r0, r0 + rr, dx)
+            tid = min(threadid(), 63)
+            stats[2 * tid] += fastbp_now() - t_task
+            stats[2 * tid + 1] += 1
+        if mine != NULL and mine != cols:
+            fastbp_conv_workspace_release(mine, nbytes)
+    judge_by_busiest(fastbp_now() - t_start, stats, n_threads, n_blocks)
+    return -1 if failed else 0
+
+
+cdef Py_ssize_t _col2im_block_images(Geometry* g, Py_ssize_t rows, int n_threads) noexcept nogil:
+    """Images per block of _col2im_blocks_parallel: blocks of whole images, at most ``rows``
+    output pixels (the workspace's block), at least BLOCKS_PER_THREAD per thread, their count
+    a multiple of n_threads; 0 where one image does not fit a block or there are too few."""
+    cdef Py_ssize_t pix = g.out_h * g.out_w, fit = rows // pix, n_blocks
+    if n_threads < 2 or fit < 1 or g.n < 2:
+        return 0
+    n_blocks = max((g.n + fit - 1) // fit, BLOCKS_PER_THREAD * n_threads)
+    n_blocks = (n_blocks + n_threads - 1) // n_threads * n_threads
+    return max(1, (g.n + n_blocks - 1) // n_blocks)
 
 
 cdef void _column_sums(const floating* grad, Py_ssize_t m, Py_ssize_t f, double* acc,
@@ -370,7 +423,8 @@ cdef int conv2d_backward_nogil(Geometry* g, const floating* x, const floating* w
     Returns 0, or -1 when a workspace cannot be allocated.
     """
     cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c, f = g.f
-    cdef Py_ssize_t rows, s, r0, rr, acc_values = (f + 7) // 8 * 8, col_values, flip_values = 0, part_values = 0
+    cdef Py_ssize_t rows, s, r0, rr, images, acc_values = (f + 7) // 8 * 8, col_values, flip_values = 0
+    cdef Py_ssize_t part_values = 0
     cdef floating beta = 1 if accumulate else 0
     cdef int status = 0
     cdef bint pointwise = _pointwise(g), gather = dx != NULL and _gather_dx(g)
@@ -412,6 +466,11 @@ cdef int conv2d_backward_nogil(Geometry* g, const floating* x, const floating* w
         status = _conv_gemm(&t, grad_z, flipped, NULL, -1, dx, dx, cols, n_threads)
     elif status == 0 and dx != NULL:
         memset(dx, 0, g.n * g.h * g.w * g.c * sizeof(floating))
+        images = _col2im_block_images(g, rows, n_threads)
+        if images > 0:  # the blocks' dx do not overlap: one block per task, on one thread each
+            status = _col2im_blocks_parallel(g, grad_z, w, cols, images, dx, n_threads)
+            fastbp_conv_workspace_release(acc, nbytes)
+            return status
         for s in range((m + rows - 1) // rows):
             r0 = s * rows
             rr = min(rows, m - r0)
