@@ -304,18 +304,25 @@ def pack_private(MR, NR, b_private, a, b, n_slices, kc_max, work, off):
 
 
 @_jit
+def task_rows(MR, task, n_tasks, m):
+    """Rows [i0, i1) of ``task`` of n_tasks cutting m rows in whole MR tiles (the private path's
+    tasks with B private)."""
+    n_tiles = -(-m // MR)
+    return (task * n_tiles // n_tasks) * MR, min(((task + 1) * n_tiles // n_tasks) * MR, m)
+
+
+@_jit
 def private_task(MR, NR, SIMD, one, b_private, task, n_tasks, a, b, n_slices, kc_max, packed, packed_off, work,
                  scratch_off, zf, of, bias, act, alpha_t, beta, finish):
-    """One task of the private path: rows of whole MR tiles (b_private) or columns of whole NR
-    panels, over every KC slice in increasing order; the other operand's part packed at
-    work[scratch_off:] per slice, the private operand (``pack_private``) at packed[packed_off:]."""
+    """One task of the private path: rows of whole MR tiles (b_private, ``task_rows``) or columns
+    of whole NR panels, over every KC slice in increasing order; the other operand's part packed
+    at work[scratch_off:] per slice, the private operand (``pack_private``) at packed[packed_off:]."""
     m, k = a.shape
     n = b.shape[1]
     n_tiles, n_panels = -(-m // MR), -(-n // NR)
     i0, i1, j0, j1 = 0, m, 0, n
     if b_private:
-        i0 = (task * n_tiles // n_tasks) * MR
-        i1 = min(((task + 1) * n_tiles // n_tasks) * MR, m)
+        i0, i1 = task_rows(MR, task, n_tasks, m)
     else:
         j0 = (task * n_panels // n_tasks) * NR
         j1 = min(((task + 1) * n_panels // n_tasks) * NR, n)
