@@ -185,9 +185,11 @@ def test_gemm_private_paths_same_bits_for_any_thread_count(backend, dtype, rng, 
         np.testing.assert_array_equal(a, np.maximum(plain[0] + bias, 0))
 
 
-# Each backend's GEMM module, with gemm(a, b, c, alpha, beta, n_threads) and the test hook
-# _gemm_packed_b(a, b, c, alpha, beta, n_threads) of the once-packed B.
+# Each backend's GEMM module, with gemm(a, b, c, alpha, beta, n_threads), and the module with the test
+# hook _gemm_packed_b(a, b, c, alpha, beta, n_threads) of the once-packed B (numba: the recurrent
+# layers', whose row pass the packed-B driver is compiled with).
 GEMM_MODULES = {"cython": "fastbp._kernels.cython._gemm", "numba": "fastbp._kernels.numba.gemm"}
+PACKED_B_MODULES = {"cython": "fastbp._kernels.cython._gemm", "numba": "fastbp._kernels.numba.gated"}
 
 
 def reads_b_unpacked(backend, dtype, m, n, k, b):
@@ -209,6 +211,7 @@ def test_once_packed_b_gives_the_bits_of_gemm(backend, dtype, rng, m, k, n):
     the bits of gemm, on 1, 2 and 3 threads, for B read as is and transposed (w_hhᵀ going back),
     k past KC, m and n past no block size or many; B is packed unless the product reads it unpacked."""
     module = importlib.import_module(GEMM_MODULES[backend])
+    hooks = importlib.import_module(PACKED_B_MODULES[backend])
     a = random_matrix(rng, (m, k), dtype)
     for b in (random_matrix(rng, (k, n), dtype), random_matrix(rng, (n, k), dtype).T):
         c0 = random_matrix(rng, (m, n), dtype)
@@ -217,7 +220,7 @@ def test_once_packed_b_gives_the_bits_of_gemm(backend, dtype, rng, m, k, n):
         packed_at_all = False
         for n_threads in (1, 2, 3):
             c = c0.copy()
-            packed_at_all |= module._gemm_packed_b(a, b, c, 1.0, 1.0, n_threads)
+            packed_at_all |= hooks._gemm_packed_b(a, b, c, 1.0, 1.0, n_threads)
             np.testing.assert_array_equal(c, expected)
         assert packed_at_all == (not reads_b_unpacked(backend, dtype, m, n, k, b))
 

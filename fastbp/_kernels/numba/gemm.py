@@ -23,7 +23,9 @@ itself on its first task and the tasks cut the other one, so no packed panel
 moves between cores and there is no barrier inside the call. A B multiplied
 many times (a recurrent weight, at every step) can be packed once in that
 path's layout (``pack_b_once``) and used by the packed-B driver
-(``_make_packed_b_driver``), whose tasks are the private path's, over rows.
+(``_make_packed_b_driver``), whose tasks are the private path's, over rows;
+each task ends with the caller's pass over its rows (``rows_done``: a
+recurrent step's row pass, on the rows just computed, in the same region).
 
 Epilogue: the micro-kernel applies alpha and beta on the registers (a later
 KC slice passes beta = 1; edge tiles go through a buffer, ``store_edge_tile``);
@@ -304,18 +306,25 @@ def pack_private(MR, NR, b_private, a, b, n_slices, kc_max, work, off):
 
 
 @_jit
+def task_rows(MR, task, n_tasks, m):
+    """Rows [i0, i1) of ``task`` of n_tasks cutting m rows in whole MR tiles (the private path's
+    tasks with B private)."""
+    n_tiles = -(-m // MR)
+    return (task * n_tiles // n_tasks) * MR, min(((task + 1) * n_tiles // n_tasks) * MR, m)
+
+
+@_jit
 def private_task(MR, NR, SIMD, one, b_private, task, n_tasks, a, b, n_slices, kc_max, packed, packed_off, work,
                  scratch_off, zf, of, bias, act, alpha_t, beta, finish):
-    """One task of the private path: rows of whole MR tiles (b_private) or columns of whole NR
-    panels, over every KC slice in increasing order; the other operand's part packed at
-    work[scratch_off:] per slice, the private operand (``pack_private``) at packed[packed_off:]."""
+    """One task of the private path: rows of whole MR tiles (b_private, ``task_rows``) or columns
+    of whole NR panels, over every KC slice in increasing order; the other operand's part packed
+    at work[scratch_off:] per slice, the private operand (``pack_private``) at packed[packed_off:]."""
     m, k = a.shape
     n = b.shape[1]
     n_tiles, n_panels = -(-m // MR), -(-n // NR)
     i0, i1, j0, j1 = 0, m, 0, n
     if b_private:
-        i0 = (task * n_tiles // n_tasks) * MR
-        i1 = min(((task + 1) * n_tiles // n_tasks) * MR, m)
+        i0, i1 = task_rows(MR, task, n_tasks, m)
     else:
         j0 = (task * n_panels // n_tasks) * NR
         j1 = min(((task + 1) * n_panels // n_tasks) * NR, n)
@@ -537,20 +546,31 @@ def _make_b_packer(dtype):
     return numba.njit([signature], cache=True, nogil=True)(pack_b_once)
 
 
-def _make_packed_b_driver(dtype, parallel):
+def rows_done(rows, i0, i1):
+    """Rows [i0, i1) of a packed-B product's C are final (whole MR tiles, as ``task_rows`` cuts
+    them): run the caller's pass over them, on the thread that computed them, while they are in
+    cache (a recurrent step's row pass, fused into its product: one parallel region per step, not
+    two). ``rows`` describes the pass; its module overloads this hook for the type of ``rows``
+    (the Cython backend's rows_done callback and ctx). A row's pass may read that row of C only."""
+
+
+def _make_packed_b_driver(dtype, parallel, rows_type):
     """Compile-on-first-use driver of products by a B that ``pack_b_once`` packed, for
-    ``dtype``; ``parallel=False`` compiles the serial twin (see ``_make_driver``)."""
+    ``dtype``, whose row blocks end with ``rows_done`` on a ``rows`` of Numba type ``rows_type``;
+    ``parallel=False`` compiles the serial twin (see ``_make_driver``)."""
     PARALLEL = parallel
     (MR, NR, KC, MC, NC), SIMD, SCALAR, NARROW = _constants(dtype)
 
-    def _gemm_packed_b(a, b, packed, z, alpha, beta, n_threads, work):
+    def _gemm_packed_b(a, b, packed, z, alpha, beta, n_threads, work, rows):
         """z := alpha·a·b + beta·z, B read from ``packed`` (``pack_b_once`` for a's m rows; b
-        gives its shape only).  Returns the workspace used.
+        gives its shape only), then ``rows_done(rows, i0, i1)`` on each task's rows.  Returns
+        the workspace used.
 
         The private path's tasks with B private (``private_task``): rows of A in whole MR
-        tiles, each packed slice by slice, over the KC slices in increasing order, taken from
-        an atomic counter (one task on one thread): the tiles and slices of the driver, so the
-        bits of ``_gemm``, whatever the thread count.
+        tiles (``task_rows``), each packed slice by slice, over the KC slices in increasing
+        order, taken from an atomic counter (one task on one thread): the tiles and slices of
+        the driver, so the bits of ``_gemm``, whatever the thread count. A task's time, timed
+        for the back-off, includes its rows' pass.
         IN a (m, k) any strides; IN/OUT z (m, n) C-contiguous, not read when beta == 0;
         IN work: a scratch buffer, used if large enough, else replaced by a new one (returned).
         """
@@ -569,6 +589,7 @@ def _make_packed_b_driver(dtype, parallel):
         if n_threads == 1:
             private_task(MR, NR, SIMD, SCALAR(1.0), True, 0, 1, a, b, n_slices, kc_max, packed, 0, work, 0, zf,
                          zf, empty_bias, NO_ACTIVATION, SCALAR(alpha), SCALAR(beta), False)
+            rows_done(rows, 0, m)
             return work
         set_threads(n_threads)
         counter = np.zeros(1, dtype=np.int64)
@@ -582,6 +603,8 @@ def _make_packed_b_driver(dtype, parallel):
                 t_task = monotonic_seconds()
                 private_task(MR, NR, SIMD, SCALAR(1.0), True, task, n_tasks, a, b, n_slices, kc_max, packed, 0,
                              work, t * region, zf, zf, empty_bias, NO_ACTIVATION, SCALAR(alpha), SCALAR(beta), False)
+                i0, i1 = task_rows(MR, task, n_tasks, m)
+                rows_done(rows, i0, i1)
                 stats[2 * t] += monotonic_seconds() - t_task
                 stats[2 * t + 1] += 1
         judge_by_busiest(monotonic_seconds() - t_start, stats, n_threads, n_tasks)
@@ -591,7 +614,7 @@ def _make_packed_b_driver(dtype, parallel):
     matrix_any = types.Array(nb_dtype, 2, "A")
     vector = types.Array(nb_dtype, 1, "C")
     signature = vector(matrix_any, matrix_any, vector, types.Array(nb_dtype, 2, "C"), types.float64,
-                       types.float64, types.int64, vector)
+                       types.float64, types.int64, vector, rows_type)
     return numba.njit([signature], cache=True, nogil=True, parallel=parallel)(_gemm_packed_b)
 
 
@@ -623,9 +646,10 @@ def b_packer(dtype):
     return _compile_once(_make_b_packer, dtype)
 
 
-def packed_b_driver(dtype, parallel=True):
-    """The compiled driver of products by a B packed once, for ``dtype`` (see ``driver``)."""
-    return _compile_once(_make_packed_b_driver, dtype, parallel)
+def packed_b_driver(dtype, parallel, rows_type):
+    """The compiled driver of products by a B packed once, for ``dtype``, with the row pass
+    ``rows_done`` on a ``rows`` of Numba type ``rows_type`` (see ``driver``)."""
+    return _compile_once(_make_packed_b_driver, dtype, parallel, rows_type)
 
 
 _no_bias = {}
@@ -663,18 +687,3 @@ def gemm(a, b, c, alpha, beta, n_threads):
     """c := alpha*a·b + beta*c.  IN a (m, k), b (k, n) any strides, k >= 1; IN/OUT c (m, n), not read if beta == 0."""
     run_driver(a, b, c, c, no_bias(c.dtype), alpha, beta, NO_ACTIVATION, n_threads)
 
-
-def _gemm_packed_b(a, b, c, alpha, beta, n_threads):
-    """c := alpha*a·b + beta*c through ``pack_b_once`` and the packed-B driver, the recurrent
-    layers' way, for the test that it gives gemm's bits. Returns whether B was packed once
-    (False: the product reads B unpacked, and runs as ``gemm``)."""
-    m, k = a.shape
-    dtype = c.dtype
-    packed, is_packed = b_packer(dtype)(m, writable(b), np.empty(0, dtype))
-    if not is_packed:
-        gemm(a, b, c, alpha, beta, n_threads)
-        return False
-    n_threads = gemm_threads(m, b.shape[1], k, clamp_threads(n_threads))
-    packed_b_driver(dtype, n_threads > 1)(writable(a), writable(b), packed, c, float(alpha), float(beta),
-                                          n_threads, np.empty(0, dtype))
-    return True

@@ -35,7 +35,7 @@ from .activations import (
 )
 from .dense import PARALLEL_MIN_ELEMENTS as COLUMN_SUMS_PARALLEL_MIN_ELEMENTS
 from .dense import _column_sums_parallel, _column_sums_serial
-from .gemm import NO_ACTIVATION, b_packer, driver, gemm_threads_jitted, packed_b_driver
+from .gemm import NO_ACTIVATION, b_packer, driver, gemm_threads_jitted, packed_b_driver, rows_done
 from .losses import PARALLEL_MIN_ELEMENTS as LOSS_PARALLEL_MIN_ELEMENTS
 from .losses import (
     _binary_cross_entropy_parallel,
@@ -97,24 +97,29 @@ def _pack_b_once_overload(m, b, packed):
     return impl
 
 
-def _run_gemm_packed_b(a, b, packed, is_packed, z, beta, n_threads, work):
+def _run_gemm_packed_b(a, b, packed, is_packed, z, beta, n_threads, work, rows):
     """z := a·b + beta·z, B read from ``packed`` where ``_pack_b_once`` put it (is_packed), else from b
-    by ``_run_gemm``; the packed-B driver's twin chosen as ``_run_gemm`` chooses.  Returns the workspace."""
+    by ``_run_gemm``; the packed-B driver's twin chosen as ``_run_gemm`` chooses; then
+    ``gemm.rows_done(rows, ·)`` over every row of z: fused into the driver's tasks, or after
+    ``_run_gemm``.  Returns the workspace."""
 
 
 @overload(_run_gemm_packed_b)
-def _run_gemm_packed_b_overload(a, b, packed, is_packed, z, beta, n_threads, work):
+def _run_gemm_packed_b_overload(a, b, packed, is_packed, z, beta, n_threads, work, rows):
     dtype = np.dtype(str(z.dtype))
-    parallel_driver, serial_driver = packed_b_driver(dtype, True), packed_b_driver(dtype, False)
+    parallel_driver = packed_b_driver(dtype, True, rows)
+    serial_driver = packed_b_driver(dtype, False, rows)
 
-    def impl(a, b, packed, is_packed, z, beta, n_threads, work):
-        if not is_packed:
-            return _run_gemm(a, b, z, z, packed[:0], beta, NO_ACTIVATION, n_threads, work)
+    def impl(a, b, packed, is_packed, z, beta, n_threads, work, rows):
         m, k = a.shape
+        if not is_packed:
+            work = _run_gemm(a, b, z, z, packed[:0], beta, NO_ACTIVATION, n_threads, work)
+            rows_done(rows, 0, m)
+            return work
         threads = gemm_threads_jitted(m, b.shape[1], k, n_threads)
         if threads > 1:
-            return parallel_driver(a, b, packed, z, 1.0, beta, threads, work)
-        return serial_driver(a, b, packed, z, 1.0, beta, 1, work)
+            return parallel_driver(a, b, packed, z, 1.0, beta, threads, work, rows)
+        return serial_driver(a, b, packed, z, 1.0, beta, 1, work, rows)
 
     return impl
 
