@@ -49,6 +49,7 @@ from .activations import _activation_backward, _activation_forward
 from .dense import _column_sums
 from .gemm import NO_ACTIVATION, gemm, judge_by_busiest, no_bias, run_driver
 from .mlp import _run_gemm
+from .runs import add_run, copy_run, zero_run
 
 
 def _block_rows(k, m):
@@ -121,6 +122,39 @@ def _make_im2col(PARALLEL):
     return numba.njit(cache=True, nogil=True, parallel=PARALLEL)(_im2col)
 
 
+@numba.njit(cache=True, nogil=True)
+def _col2im_rows(dcols, kh, kw, geometry, out_h, out_w, r0, lo, hi, dx):
+    """dx += the receptive-field values dcols[r - r0] of output pixels lo .. hi-1 (one image), in row order.
+
+    IN dcols (rows, kh·kw·c); IN/OUT dx (n, h, w, c) C-contiguous.
+    """
+    sh, sw, pt, pl, dh, dw = geometry
+    h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
+    pix = out_h * out_w
+    k = kh * kw * c
+    dcf = dcols.reshape(dcols.size)
+    dxf = dx.reshape(dx.size)
+    for r in range(lo, hi):
+        img = r // pix
+        oh = (r % pix) // out_w
+        ow = r % out_w
+        iw0 = ow * sw - pl  # input column of kernel column 0
+        # kernel columns whose input column lies inside the image: [q0, q1), found once per pixel
+        q0 = 0 if iw0 >= 0 else (-iw0 + dw - 1) // dw
+        q1 = min(kw, (w - iw0 + dw - 1) // dw) if w > iw0 else 0
+        for p in range(kh):
+            ih = oh * sh - pt + p * dh
+            if ih < 0 or ih >= h or q1 <= q0:
+                continue
+            src = (r - r0) * k + (p * kw + q0) * c
+            dst = ((img * h + ih) * w + iw0 + q0 * dw) * c
+            if dw == 1:  # the run's columns are adjacent pixels: one contiguous run of values
+                add_run(dxf, dst, dcf, src, (q1 - q0) * c)
+            else:
+                for q in range(q1 - q0):
+                    add_run(dxf, dst + q * dw * c, dcf, src + q * c, c)
+
+
 def _make_col2im(PARALLEL):
     def _col2im(dcols, kh, kw, geometry, out_h, out_w, r0, dx, n_threads):
         """dx += col2im(dcols) for output pixels r0 .. r0 + rows - 1; one image per task, rows in order.
@@ -129,29 +163,13 @@ def _make_col2im(PARALLEL):
         """
         if PARALLEL:
             set_threads(n_threads)
-        sh, sw, pt, pl, dh, dw = geometry
-        h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
         pix = out_h * out_w
         rows = dcols.shape[0]
         img0 = r0 // pix
         img1 = (r0 + rows - 1) // pix + 1
         for img in prange(img0, img1):
-            for r in range(max(r0, img * pix), min(r0 + rows, (img + 1) * pix)):
-                oh = (r % pix) // out_w
-                ow = r % out_w
-                row = dcols[r - r0]
-                for p in range(kh):
-                    ih = oh * sh - pt + p * dh
-                    if ih < 0 or ih >= h:
-                        continue
-                    for q in range(kw):
-                        iw = ow * sw - pl + q * dw
-                        if iw < 0 or iw >= w:
-                            continue
-                        dst = dx[img, ih, iw]
-                        base = (p * kw + q) * c
-                        for ch in range(c):
-                            dst[ch] += row[base + ch]
+            _col2im_rows(dcols, kh, kw, geometry, out_h, out_w, r0, max(r0, img * pix),
+                         min(r0 + rows, (img + 1) * pix), dx)
 
     return numba.njit(cache=True, nogil=True, parallel=PARALLEL)(_col2im)
 
