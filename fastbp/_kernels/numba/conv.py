@@ -20,12 +20,16 @@ accumulating). dx, for stride 1 and at least GATHER_MIN_CHANNELS input
 channels, is itself a convolution (a gather, through the forward's code): δ
 with the kernel flipped and its channel axes swapped, padded by the kernel's
 span less the forward's padding. Otherwise, per block: dcols := δ[block]·Wᵀ into
-the buffer; dx += col2im(dcols) (``_col2im``: one image per task, rows in order).
+the buffer; dx += col2im(dcols) (``_col2im``: one image per task, rows in order);
+where blocks can hold whole images, after dW, each block of whole images (its
+dcols GEMM on one thread, then its scatter) is one task, the blocks shared out
+among the threads (``_col2im_blocks_parallel``): their images of dx are disjoint.
 
 Determinism: block boundaries depend on K and the dtype only, dW sums the blocks
 in order and the GEMM inside a block does not depend on the thread count, and
-every dx value is a GEMM's (gathered) or gets its terms in row order (col2im):
-bitwise the same for any n_threads.
+every dx value is a GEMM's (gathered) or gets its terms in row order (col2im),
+each a value of δ·Wᵀ, whose rows do not depend on the block they fall in (the
+GEMM sums over f the same way for any m): bitwise the same for any n_threads.
 This is the "blocked im2col + GEMM" form; the gather is not fused into the
 GEMM's packing of A.
 """
@@ -234,6 +238,59 @@ def _blocks_parallel(x, kh, kw, weights, geometry, out_h, out_w, bias, act, zf, 
     judge_by_busiest(monotonic_seconds() - t_start, stats, n_threads, n_blocks)
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _col2im_blocks_parallel(delta, weights_t, kh, kw, geometry, out_h, out_w, images, no_bias, dx,
+                            cols_all, work_all, n_threads):
+    """dx += col2im(δ·Wᵀ), one block of ``images`` whole images per task: its dcols by a serial
+    GEMM into the thread's own slot, then scattered into its images of dx.
+
+    IN delta (n·out_h·out_w, f), weights_t (f, kh·kw·c) (Wᵀ, any strides); IN/OUT dx (n, h, w, c).
+    cols_all, work_all: MAX_THREADS equal slots, one per thread (dcols block, GEMM packing).
+    """
+    set_threads(n_threads)
+    k = weights_t.shape[1]
+    pix = out_h * out_w
+    m, rows = delta.shape[0], images * pix
+    cols_slot = cols_all.shape[0] // MAX_THREADS
+    work_slot = work_all.shape[0] // MAX_THREADS
+    n_blocks = -(-dx.shape[0] // images)
+    # Blocks taken from a counter (a thread without a core takes fewer), each timed for the
+    # busy-machine back-off. No other block touches a block's images of dx, and each dx value
+    # gets its terms in row order, as in the serial loop: the bits do not change.
+    counter = np.zeros(1, dtype=np.int64)
+    stats = np.zeros(2 * n_threads)
+    t_start = monotonic_seconds()
+    for t in prange(n_threads):
+        while True:
+            s = fetch_add(counter, 1)
+            if s >= n_blocks:
+                break
+            t_task = monotonic_seconds()
+            r0 = s * rows
+            rr = min(rows, m - r0)
+            cols = cols_all[t * cols_slot:t * cols_slot + rr * k].reshape(rr, k)
+            _run_gemm(delta[r0:r0 + rr], weights_t, cols, cols, no_bias, 0.0, NO_ACTIVATION, 1,
+                      work_all[t * work_slot:(t + 1) * work_slot])
+            _col2im_rows(cols, kh, kw, geometry, out_h, out_w, r0, r0, r0 + rr, dx)
+            stats[2 * t] += monotonic_seconds() - t_task
+            stats[2 * t + 1] += 1
+    judge_by_busiest(monotonic_seconds() - t_start, stats, n_threads, n_blocks)
+
+
+def _col2im_block_images(n, pix, rows, n_threads):
+    """Images per block of ``_col2im_blocks_parallel`` (the Cython backend's rule): blocks of whole
+    images, at most ``rows`` output pixels (a workspace block), at least BLOCKS_PER_THREAD per
+    thread, their count a multiple of n_threads; 0 where one image does not fit a block or there
+    are too few images. Each block's dcols GEMM (LeNet's 12x12x6 -> 16@5x5: under 2^21
+    multiply-adds) is too small to share out, so the blocks are."""
+    fit = rows // pix
+    if n_threads < 2 or fit < 1 or n < 2:
+        return 0
+    n_blocks = max(-(-n // fit), BLOCKS_PER_THREAD * n_threads)
+    n_blocks = -(-n_blocks // n_threads) * n_threads
+    return max(1, -(-n // n_blocks))
+
+
 def _gemm_work_size(dtype, n):
     """Values of the GEMM driver's workspace for one task with n columns (see gemm._gemm)."""
     MR, NR, KC, MC, NC = block_sizes(ISA, np.dtype(dtype).name)
@@ -335,17 +392,25 @@ def conv2d_backward(x, w, z, a, grad_a, act, geometry, grad_z, dw, db, dx, compu
         return
     gather = (compute_dx and sh == 1 and sw == 1 and pt <= dh * (kh - 1) and pl <= dw_ * (kw - 1)
               and c >= GATHER_MIN_CHANNELS)
-    if compute_dx and not gather:
+    scatter = compute_dx and not gather
+    if scatter:
         dx.fill(0)
     rows = _block_rows(k, m)
+    # dx by col2im: where blocks can hold whole images, after dW, one block per task (see there)
+    images = _col2im_block_images(n, out_h * out_w, rows, n_threads) if scatter else 0
     buf = _workspace(rows * k, x.dtype)
     for r0 in range(0, m, rows):
         rr = min(rows, m - r0)
         cols = buf[:rr * k].reshape(rr, k)
         _im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, n_threads)
         gemm(cols.T, delta[r0:r0 + rr], dweights, 1.0, beta if r0 == 0 else 1.0, n_threads)
-        if compute_dx and not gather:
+        if scatter and not images:
             gemm(delta[r0:r0 + rr], weights.T, cols, 1.0, 0.0, n_threads)
             _col2im(cols, kh, kw, geometry, out_h, out_w, r0, dx, n_threads)
+    if images:
+        cols_all = _workspace(MAX_THREADS * rows * k, x.dtype, "blocks")
+        work_all = _workspace(MAX_THREADS * _gemm_work_size(x.dtype, k), x.dtype, "gemm")
+        _col2im_blocks_parallel(delta, weights.T, kh, kw, geometry, out_h, out_w, images, no_bias(x.dtype), dx,
+                                cols_all, work_all, n_threads)
     if gather:
         _gather_dx(grad_z, w, geometry, dx, n_threads)
