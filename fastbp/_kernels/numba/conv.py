@@ -304,14 +304,15 @@ def _col2im_blocks_parallel(delta, weights_t, kh, kw, geometry, out_h, out_w, im
     judge_by_busiest(monotonic_seconds() - t_start, stats, n_threads, n_blocks)
 
 
-def _col2im_block_images(n, pix, rows, n_threads):
+def _col2im_block_images(n, pix, k, rows, n_threads):
     """Images per block of ``_col2im_blocks_parallel`` (the Cython backend's rule): blocks of whole
     images, at most ``rows`` output pixels (a workspace block), at least BLOCKS_PER_THREAD per
-    thread, their count a multiple of n_threads; 0 where one image does not fit a block or there
-    are too few images. Each block's dcols GEMM (LeNet's 12x12x6 -> 16@5x5: under 2^21
-    multiply-adds) is too small to share out, so the blocks are."""
+    thread, their count a multiple of n_threads; 0 where one image does not fit a block, there
+    are too few images, or dcols (n·pix x k) has fewer than PARALLEL_MIN_VALUES values, below
+    which col2im runs serial (as ``_col2im``). Each block's dcols GEMM (LeNet's 12x12x6 ->
+    16@5x5: under 2^21 multiply-adds) is too small to share out, so the blocks are."""
     fit = rows // pix
-    if n_threads < 2 or fit < 1 or n < 2:
+    if n_threads < 2 or fit < 1 or n < 2 or n * pix * k < PARALLEL_MIN_VALUES:
         return 0
     n_blocks = max(-(-n // fit), BLOCKS_PER_THREAD * n_threads)
     n_blocks = -(-n_blocks // n_threads) * n_threads
@@ -424,7 +425,7 @@ def conv2d_backward(x, w, z, a, grad_a, act, geometry, grad_z, dw, db, dx, compu
         dx.fill(0)
     rows = _block_rows(k, m)
     # dx by col2im: where blocks can hold whole images, after dW, one block per task (see there)
-    images = _col2im_block_images(n, out_h * out_w, rows, n_threads) if scatter else 0
+    images = _col2im_block_images(n, out_h * out_w, k, rows, n_threads) if scatter else 0
     buf = _workspace(rows * k, x.dtype)
     for r0 in range(0, m, rows):
         rr = min(rows, m - r0)
