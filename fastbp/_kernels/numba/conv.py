@@ -11,7 +11,9 @@ each block: with at least BLOCKS_PER_THREAD blocks per thread, each thread
 takes whole blocks (``_blocks_parallel``: gather and the serial driver on its
 own core, one parallel region per call); otherwise each block's gather
 (``_im2col``, row-parallel) and GEMM (``gemm.run_driver``) use all the threads.
-A 1x1 kernel with stride 1 and no padding skips the gather.
+A 1x1 kernel with stride 1 and no padding skips the gather. The gather copies,
+and col2im adds, each kernel row's values as a run (``runs``: whole vectors and
+one masked one), for a window inside x in a loop with nothing else in it.
 
 Backward: δ = grad_a ⊙ act'(z) (activation kernel); db = column sums of δ
 (``dense._column_sums``: rows in order); per block, in order: cols :=
@@ -20,12 +22,16 @@ accumulating). dx, for stride 1 and at least GATHER_MIN_CHANNELS input
 channels, is itself a convolution (a gather, through the forward's code): δ
 with the kernel flipped and its channel axes swapped, padded by the kernel's
 span less the forward's padding. Otherwise, per block: dcols := δ[block]·Wᵀ into
-the buffer; dx += col2im(dcols) (``_col2im``: one image per task, rows in order).
+the buffer; dx += col2im(dcols) (``_col2im``: one image per task, rows in order);
+where blocks can hold whole images, after dW, each block of whole images (its
+dcols GEMM on one thread, then its scatter) is one task, the blocks shared out
+among the threads (``_col2im_blocks_parallel``): their images of dx are disjoint.
 
 Determinism: block boundaries depend on K and the dtype only, dW sums the blocks
 in order and the GEMM inside a block does not depend on the thread count, and
-every dx value is a GEMM's (gathered) or gets its terms in row order (col2im):
-bitwise the same for any n_threads.
+every dx value is a GEMM's (gathered) or gets its terms in row order (col2im),
+each a value of δ·Wᵀ, whose rows do not depend on the block they fall in (the
+GEMM sums over f the same way for any m): bitwise the same for any n_threads.
 This is the "blocked im2col + GEMM" form; the gather is not fused into the
 GEMM's packing of A.
 """
@@ -49,6 +55,7 @@ from .activations import _activation_backward, _activation_forward
 from .dense import _column_sums
 from .gemm import NO_ACTIVATION, gemm, judge_by_busiest, no_bias, run_driver
 from .mlp import _run_gemm
+from .runs import add_run, copy_run, zero_run
 
 
 def _block_rows(k, m):
@@ -74,51 +81,109 @@ def _workspace(size, dtype, role="cols"):
     return buf
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _inside(i0, taps, size, dilation):
+    """(t0, t1), t0 <= t1: the kernel taps t (rows or columns) whose input index i0 + t·dilation
+    lies inside [0, size)."""
+    if dilation == 1:  # no divisions (they cost as much as a short run's copy)
+        t0 = min(taps, max(0, -i0))
+        return t0, max(t0, min(taps, size - i0))
+    t0 = 0 if i0 >= 0 else min(taps, (-i0 + dilation - 1) // dilation)
+    t1 = min(taps, (size - i0 + dilation - 1) // dilation) if size > i0 else 0
+    return t0, max(t0, t1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_border(xf, cf, at, img, ih0, iw0, h, w, c, kh, kw, dh, dw):
+    """cf[at : at + kh·kw·c] := the receptive field whose kernel tap (0, 0) reads x[img, ih0, iw0],
+    zeros outside x (a window that leaves x: padding, or dilation). IN xf (n·h·w·c) flat; OUT cf flat."""
+    span = kw * c
+    q0, q1 = _inside(iw0, kw, w, dw)
+    for p in range(kh):
+        ih = ih0 + p * dh
+        row = at + p * span
+        if ih < 0 or ih >= h:
+            zero_run(cf, row, span)
+            continue
+        src = ((img * h + ih) * w + iw0) * c
+        if dw == 1:  # the columns inside x are adjacent pixels: one run, zeros either side
+            zero_run(cf, row, q0 * c)
+            copy_run(cf, row + q0 * c, xf, src + q0 * c, (q1 - q0) * c)
+            zero_run(cf, row + q1 * c, (kw - q1) * c)
+        else:
+            for q in range(kw):
+                if q0 <= q < q1:
+                    copy_run(cf, row + q * c, xf, src + q * dw * c, c)
+                else:
+                    zero_run(cf, row + q * c, c)
+
+
 def _make_im2col(PARALLEL):
     def _im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, n_threads):
         """cols[i] := the receptive field of output pixel r0 + i in (kh, kw, c) order, zeros outside x.
 
-        IN x (n, h, w, c) C-contiguous; OUT cols (rows, kh·kw·c). A kernel row that lies
-        inside x (dilation 1) is one contiguous copy of kw·c values.
+        IN x (n, h, w, c) C-contiguous; OUT cols (rows, kh·kw·c) C-contiguous. A window inside x
+        (dilation 1) is kh runs of kw·c values, each one ``runs.copy_run``, in a loop of its own
+        (with the border's zeros in it, the loop's values no longer fitted the registers: LeNet's
+        first gather, runs of 5 values, 0.55 instead of 0.39 ms); other windows: ``_gather_border``.
         """
         if PARALLEL:
             set_threads(n_threads)
         sh, sw, pt, pl, dh, dw = geometry
         h, w, c = x.shape[1], x.shape[2], x.shape[3]
         xf = x.reshape(x.size)
+        cf = cols.reshape(cols.size)
         pix = out_h * out_w
         span = kw * c
+        k = kh * span
+        row_step = dh * w * c  # from one kernel row's values in x to the next's
         for i in prange(cols.shape[0]):
             r = r0 + i
             img = r // pix
-            oh = (r % pix) // out_w
-            ow = r % out_w
-            row = cols[i]
-            iw0 = ow * sw - pl
-            contiguous = dw == 1 and iw0 >= 0 and iw0 + kw <= w
-            for p in range(kh):
-                ih = oh * sh - pt + p * dh
-                base = p * span
-                if ih < 0 or ih >= h:
-                    for t in range(span):
-                        row[base + t] = 0.0
-                elif contiguous:
-                    src = ((img * h + ih) * w + iw0) * c
-                    for t in range(span):
-                        row[base + t] = xf[src + t]
-                else:
-                    for q in range(kw):
-                        iw = iw0 + q * dw
-                        at = base + q * c
-                        if iw < 0 or iw >= w:
-                            for ch in range(c):
-                                row[at + ch] = 0.0
-                        else:
-                            src = ((img * h + ih) * w + iw) * c
-                            for ch in range(c):
-                                row[at + ch] = xf[src + ch]
+            ih0 = (r % pix) // out_w * sh - pt  # input row and column of kernel tap (0, 0)
+            iw0 = r % out_w * sw - pl
+            at = i * k
+            if dw == 1 and ih0 >= 0 and ih0 + (kh - 1) * dh < h and iw0 >= 0 and iw0 + kw <= w:
+                src = ((img * h + ih0) * w + iw0) * c
+                for p in range(kh):
+                    copy_run(cf, at, xf, src, span)
+                    at += span
+                    src += row_step
+            else:
+                _gather_border(xf, cf, at, img, ih0, iw0, h, w, c, kh, kw, dh, dw)
 
     return numba.njit(cache=True, nogil=True, parallel=PARALLEL)(_im2col)
+
+
+@numba.njit(cache=True, nogil=True)
+def _col2im_rows(dcols, kh, kw, geometry, out_h, out_w, r0, lo, hi, dx):
+    """dx += the receptive-field values dcols[r - r0] of output pixels lo .. hi-1 (one image), in row order.
+
+    IN dcols (rows, kh·kw·c); IN/OUT dx (n, h, w, c) C-contiguous.
+    """
+    sh, sw, pt, pl, dh, dw = geometry
+    h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
+    pix = out_h * out_w
+    k = kh * kw * c
+    dcf = dcols.reshape(dcols.size)
+    dxf = dx.reshape(dx.size)
+    for r in range(lo, hi):
+        img = r // pix
+        oh = (r % pix) // out_w
+        ow = r % out_w
+        iw0 = ow * sw - pl  # input column of kernel column 0
+        q0, q1 = _inside(iw0, kw, w, dw)  # found once per pixel
+        for p in range(kh):
+            ih = oh * sh - pt + p * dh
+            if ih < 0 or ih >= h or q1 <= q0:
+                continue
+            src = (r - r0) * k + (p * kw + q0) * c
+            dst = ((img * h + ih) * w + iw0 + q0 * dw) * c
+            if dw == 1:  # the run's columns are adjacent pixels: one contiguous run of values
+                add_run(dxf, dst, dcf, src, (q1 - q0) * c)
+            else:
+                for q in range(q1 - q0):
+                    add_run(dxf, dst + q * dw * c, dcf, src + q * c, c)
 
 
 def _make_col2im(PARALLEL):
@@ -129,29 +194,13 @@ def _make_col2im(PARALLEL):
         """
         if PARALLEL:
             set_threads(n_threads)
-        sh, sw, pt, pl, dh, dw = geometry
-        h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
         pix = out_h * out_w
         rows = dcols.shape[0]
         img0 = r0 // pix
         img1 = (r0 + rows - 1) // pix + 1
         for img in prange(img0, img1):
-            for r in range(max(r0, img * pix), min(r0 + rows, (img + 1) * pix)):
-                oh = (r % pix) // out_w
-                ow = r % out_w
-                row = dcols[r - r0]
-                for p in range(kh):
-                    ih = oh * sh - pt + p * dh
-                    if ih < 0 or ih >= h:
-                        continue
-                    for q in range(kw):
-                        iw = ow * sw - pl + q * dw
-                        if iw < 0 or iw >= w:
-                            continue
-                        dst = dx[img, ih, iw]
-                        base = (p * kw + q) * c
-                        for ch in range(c):
-                            dst[ch] += row[base + ch]
+            _col2im_rows(dcols, kh, kw, geometry, out_h, out_w, r0, max(r0, img * pix),
+                         min(r0 + rows, (img + 1) * pix), dx)
 
     return numba.njit(cache=True, nogil=True, parallel=PARALLEL)(_col2im)
 
@@ -214,6 +263,60 @@ def _blocks_parallel(x, kh, kw, weights, geometry, out_h, out_w, bias, act, zf, 
             stats[2 * t] += monotonic_seconds() - t_task
             stats[2 * t + 1] += 1
     judge_by_busiest(monotonic_seconds() - t_start, stats, n_threads, n_blocks)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _col2im_blocks_parallel(delta, weights_t, kh, kw, geometry, out_h, out_w, images, no_bias, dx,
+                            cols_all, work_all, n_threads):
+    """dx += col2im(δ·Wᵀ), one block of ``images`` whole images per task: its dcols by a serial
+    GEMM into the thread's own slot, then scattered into its images of dx.
+
+    IN delta (n·out_h·out_w, f), weights_t (f, kh·kw·c) (Wᵀ, any strides); IN/OUT dx (n, h, w, c).
+    cols_all, work_all: MAX_THREADS equal slots, one per thread (dcols block, GEMM packing).
+    """
+    set_threads(n_threads)
+    k = weights_t.shape[1]
+    pix = out_h * out_w
+    m, rows = delta.shape[0], images * pix
+    cols_slot = cols_all.shape[0] // MAX_THREADS
+    work_slot = work_all.shape[0] // MAX_THREADS
+    n_blocks = -(-dx.shape[0] // images)
+    # Blocks taken from a counter (a thread without a core takes fewer), each timed for the
+    # busy-machine back-off. No other block touches a block's images of dx, and each dx value
+    # gets its terms in row order, as in the serial loop: the bits do not change.
+    counter = np.zeros(1, dtype=np.int64)
+    stats = np.zeros(2 * n_threads)
+    t_start = monotonic_seconds()
+    for t in prange(n_threads):
+        while True:
+            s = fetch_add(counter, 1)
+            if s >= n_blocks:
+                break
+            t_task = monotonic_seconds()
+            r0 = s * rows
+            rr = min(rows, m - r0)
+            cols = cols_all[t * cols_slot:t * cols_slot + rr * k].reshape(rr, k)
+            _run_gemm(delta[r0:r0 + rr], weights_t, cols, cols, no_bias, 0.0, NO_ACTIVATION, 1,
+                      work_all[t * work_slot:(t + 1) * work_slot])
+            _col2im_rows(cols, kh, kw, geometry, out_h, out_w, r0, r0, r0 + rr, dx)
+            stats[2 * t] += monotonic_seconds() - t_task
+            stats[2 * t + 1] += 1
+    judge_by_busiest(monotonic_seconds() - t_start, stats, n_threads, n_blocks)
+
+
+def _col2im_block_images(n, pix, k, rows, n_threads):
+    """Images per block of ``_col2im_blocks_parallel`` (the Cython backend's rule): blocks of whole
+    images, at most ``rows`` output pixels (a workspace block), at least BLOCKS_PER_THREAD per
+    thread, their count a multiple of n_threads; 0 where one image does not fit a block, there
+    are too few images, or dcols (n·pix x k) has fewer than PARALLEL_MIN_VALUES values, below
+    which col2im runs serial (as ``_col2im``). Each block's dcols GEMM (LeNet's 12x12x6 ->
+    16@5x5: under 2^21 multiply-adds) is too small to share out, so the blocks are."""
+    fit = rows // pix
+    if n_threads < 2 or fit < 1 or n < 2 or n * pix * k < PARALLEL_MIN_VALUES:
+        return 0
+    n_blocks = max(-(-n // fit), BLOCKS_PER_THREAD * n_threads)
+    n_blocks = -(-n_blocks // n_threads) * n_threads
+    return max(1, -(-n // n_blocks))
 
 
 def _gemm_work_size(dtype, n):
@@ -317,17 +420,25 @@ def conv2d_backward(x, w, z, a, grad_a, act, geometry, grad_z, dw, db, dx, compu
         return
     gather = (compute_dx and sh == 1 and sw == 1 and pt <= dh * (kh - 1) and pl <= dw_ * (kw - 1)
               and c >= GATHER_MIN_CHANNELS)
-    if compute_dx and not gather:
+    scatter = compute_dx and not gather
+    if scatter:
         dx.fill(0)
     rows = _block_rows(k, m)
+    # dx by col2im: where blocks can hold whole images, after dW, one block per task (see there)
+    images = _col2im_block_images(n, out_h * out_w, k, rows, n_threads) if scatter else 0
     buf = _workspace(rows * k, x.dtype)
     for r0 in range(0, m, rows):
         rr = min(rows, m - r0)
         cols = buf[:rr * k].reshape(rr, k)
         _im2col(x, kh, kw, geometry, out_h, out_w, r0, cols, n_threads)
         gemm(cols.T, delta[r0:r0 + rr], dweights, 1.0, beta if r0 == 0 else 1.0, n_threads)
-        if compute_dx and not gather:
+        if scatter and not images:
             gemm(delta[r0:r0 + rr], weights.T, cols, 1.0, 0.0, n_threads)
             _col2im(cols, kh, kw, geometry, out_h, out_w, r0, dx, n_threads)
+    if images:
+        cols_all = _workspace(MAX_THREADS * rows * k, x.dtype, "blocks")
+        work_all = _workspace(MAX_THREADS * _gemm_work_size(x.dtype, k), x.dtype, "gemm")
+        _col2im_blocks_parallel(delta, weights.T, kh, kw, geometry, out_h, out_w, images, no_bias(x.dtype), dx,
+                                cols_all, work_all, n_threads)
     if gather:
         _gather_dx(grad_z, w, geometry, dx, n_threads)
