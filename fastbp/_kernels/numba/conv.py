@@ -266,13 +266,13 @@ def _blocks_parallel(x, kh, kw, weights, geometry, out_h, out_w, bias, act, zf, 
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _col2im_blocks_parallel(delta, weights_t, kh, kw, geometry, out_h, out_w, images, no_bias, dx,
+def _col2im_blocks_parallel(delta, weights_t, kh, kw, geometry, out_h, out_w, images, empty, dx,
                             cols_all, work_all, n_threads):
     """dx += col2im(δ·Wᵀ), one block of ``images`` whole images per task: its dcols by a serial
     GEMM into the thread's own slot, then scattered into its images of dx.
 
-    IN delta (n·out_h·out_w, f), weights_t (f, kh·kw·c) (Wᵀ, any strides); IN/OUT dx (n, h, w, c).
-    cols_all, work_all: MAX_THREADS equal slots, one per thread (dcols block, GEMM packing).
+    IN delta (n·out_h·out_w, f), weights_t (f, kh·kw·c) (Wᵀ, any strides), empty (0,) (no bias);
+    IN/OUT dx (n, h, w, c). cols_all, work_all: MAX_THREADS equal slots, one per thread (dcols block, GEMM packing).
     """
     set_threads(n_threads)
     k = weights_t.shape[1]
@@ -296,7 +296,7 @@ def _col2im_blocks_parallel(delta, weights_t, kh, kw, geometry, out_h, out_w, im
             r0 = s * rows
             rr = min(rows, m - r0)
             cols = cols_all[t * cols_slot:t * cols_slot + rr * k].reshape(rr, k)
-            _run_gemm(delta[r0:r0 + rr], weights_t, cols, cols, no_bias, 0.0, NO_ACTIVATION, 1,
+            _run_gemm(delta[r0:r0 + rr], weights_t, cols, cols, empty, 0.0, NO_ACTIVATION, 1,
                       work_all[t * work_slot:(t + 1) * work_slot])
             _col2im_rows(cols, kh, kw, geometry, out_h, out_w, r0, r0, r0 + rr, dx)
             stats[2 * t] += monotonic_seconds() - t_task
