@@ -170,46 +170,8 @@ cdef void _col2im(Geometry* g, const floating* dcols, Py_ssize_t r0, Py_ssize_t 
         _col2im_rows(g, dcols, r0, r0, r0 + rows, dx)
 
 
-cdef int _col2im_blocks_parallel(Geometry* g, const floating* delta, const floating* w, floating* cols,
-                                 Py_ssize_t images, floating* dx, int n_threads) noexcept nogil:
-    """dx += col2im(δ·Wᵀ) with blocks of ``images`` whole images shared out among the threads:
-    each computes its block's dcols with a one-thread GEMM into its own workspace (thread 0,
-    the caller: ``cols``) and scatters them into its images of dx, which no other block
-    touches; each dx value gets its terms in row order, as in the serial loop, so the same
-    bits. One parallel region, no barrier per block. Returns 0 or -1."""
-    cdef Py_ssize_t pix = g.out_h * g.out_w, k = g.kh * g.kw * g.c, f = g.f, rows = images * pix
-    cdef Py_ssize_t s, r0, rr, tid, m = g.n * pix, n_blocks = (g.n + images - 1) // images
-    cdef size_t nbytes = rows * k * sizeof(floating)
-    cdef floating* mine
-    cdef int failed = 0
-    cdef double stats[128]  # per thread: seconds in blocks, blocks (for the back-off's verdict)
-    cdef double t_start = fastbp_now(), t_task
-    for tid in range(128):
-        stats[tid] = 0
-    with parallel(num_threads=n_threads):
-        mine = cols if threadid() == 0 else <floating*>fastbp_conv_workspace(nbytes)
-        for s in prange(n_blocks, schedule="dynamic"):  # a thread without a core takes fewer
-            if mine == NULL:
-                failed += 1
-                continue
-            t_task = fastbp_now()
-            r0 = s * rows
-            rr = min(rows, m - r0)
-            # dcols := δ[block]·Wᵀ (W read through swapped strides), then scattered into dx
-            failed += gemm_nogil(rr, k, f, <floating>1, delta + r0 * f, f, 1, w, 1, f, <floating>0, mine, k,
-                                 NULL, -1, NULL, 0, 1) != 0
-            _col2im_rows(g, mine, r0, r0, r0 + rr, dx)
-            tid = min(threadid(), 63)
-            stats[2 * tid] += fastbp_now() - t_task
-            stats[2 * tid + 1] += 1
-        if mine != NULL and mine != cols:
-            fastbp_conv_workspace_release(mine, nbytes)
-    judge_by_busiest(fastbp_now() - t_start, stats, n_threads, n_blocks)
-    return -1 if failed else 0
-
-
 cdef Py_ssize_t _col2im_block_images(Geometry* g, Py_ssize_t rows, int n_threads) noexcept nogil:
-    """Images per block of _col2im_blocks_parallel: blocks of whole images, at most ``rows``
+    """Images per block of col2im's _blocks_parallel: blocks of whole images, at most ``rows``
     output pixels (the workspace's block), at least BLOCKS_PER_THREAD per thread, their count
     a multiple of n_threads; 0 where one image does not fit a block or there are too few."""
     cdef Py_ssize_t pix = g.out_h * g.out_w, fit = rows // pix, n_blocks
@@ -233,14 +195,34 @@ cdef void _column_sums(const floating* grad, Py_ssize_t m, Py_ssize_t f, double*
         db[j] = <floating>(acc[j] + db[j]) if accumulate else <floating>acc[j]
 
 
-cdef int _conv_blocks_parallel(Geometry* g, const floating* x, const floating* w, const floating* bias,
-                               int epilogue_act, floating* z, floating* a, floating* cols, Py_ssize_t rows,
-                               int n_threads) noexcept nogil:
-    """_conv_gemm with one block per task: each thread gathers its block into its own
-    workspace and runs a one-thread GEMM on it while it is in its L2 (one parallel
-    region per call, no barrier per block). Thread 0, the caller, uses ``cols``.
-    Rows are independent, so the bits are those of the serial loop. Returns 0 or -1."""
-    cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c, f = g.f
+cdef int _block_task(Geometry* g, bint forward, const floating* src, const floating* w, const floating* bias,
+                     int act, floating* z, floating* a, Py_ssize_t r0, Py_ssize_t rr,
+                     floating* mine) noexcept nogil:
+    """One block of output pixels r0 .. r0+rr-1 on the calling thread, through its workspace
+    ``mine``. forward: z := cols(x)·W (+ bias), a := act(z) (src is x). Otherwise dx (z) +=
+    col2im(δ·Wᵀ) (src is δ; the block holds whole images). Returns 0 or -1."""
+    cdef Py_ssize_t k = g.kh * g.kw * g.c, f = g.f
+    cdef int status
+    if forward:
+        _im2col(g, src, r0, rr, mine, 1)
+        return gemm_nogil(rr, f, k, <floating>1, mine, k, 1, w, f, 1, <floating>0, z + r0 * f, f,
+                          bias, act, (a + r0 * f) if act >= 0 else NULL, f, 1)
+    # dcols := δ[block]·Wᵀ (W read through swapped strides), then scattered into dx
+    status = gemm_nogil(rr, k, f, <floating>1, src + r0 * f, f, 1, w, 1, f, <floating>0, mine, k,
+                        NULL, -1, NULL, 0, 1)
+    _col2im_rows(g, mine, r0, r0, r0 + rr, z)
+    return status
+
+
+cdef int _blocks_parallel(Geometry* g, bint forward, const floating* src, const floating* w,
+                          const floating* bias, int act, floating* z, floating* a, floating* cols,
+                          Py_ssize_t rows, int n_threads) noexcept nogil:
+    """_block_task on every block of ``rows`` output pixels, one block per task: each thread
+    works in its own workspace (thread 0, the caller, in ``cols``) while the block is in its
+    L2, one parallel region per call, no barrier per block. Forward rows are independent;
+    col2im's blocks hold whole images, whose dx no other block touches. So the bits are those
+    of the serial loop. Returns 0 or -1."""
+    cdef Py_ssize_t m = g.n * g.out_h * g.out_w, k = g.kh * g.kw * g.c
     cdef Py_ssize_t s, r0, rr, tid, n_blocks = (m + rows - 1) // rows
     cdef size_t nbytes = rows * k * sizeof(floating)
     cdef floating* mine
@@ -258,9 +240,7 @@ cdef int _conv_blocks_parallel(Geometry* g, const floating* x, const floating* w
             t_task = fastbp_now()
             r0 = s * rows
             rr = min(rows, m - r0)
-            _im2col(g, x, r0, rr, mine, 1)
-            failed += gemm_nogil(rr, f, k, <floating>1, mine, k, 1, w, f, 1, <floating>0, z + r0 * f, f,
-                                 bias, epilogue_act, (a + r0 * f) if epilogue_act >= 0 else NULL, f, 1) != 0
+            failed += _block_task(g, forward, src, w, bias, act, z, a, r0, rr, mine) != 0
             tid = min(threadid(), 63)
             stats[2 * tid] += fastbp_now() - t_task
             stats[2 * tid + 1] += 1
@@ -286,7 +266,7 @@ cdef int _conv_gemm(Geometry* g, const floating* x, const floating* w, const flo
                           bias, epilogue_act, a, f, n_threads)
     rows = _block_rows(k, m)
     if n_threads > 1 and (m + rows - 1) // rows >= BLOCKS_PER_THREAD * n_threads:
-        return _conv_blocks_parallel(g, x, w, bias, epilogue_act, z, a, cols, rows, n_threads)
+        return _blocks_parallel(g, True, x, w, bias, epilogue_act, z, a, cols, rows, n_threads)
     for s in range((m + rows - 1) // rows):
         r0 = s * rows
         rr = min(rows, m - r0)
@@ -468,7 +448,8 @@ cdef int conv2d_backward_nogil(Geometry* g, const floating* x, const floating* w
         memset(dx, 0, g.n * g.h * g.w * g.c * sizeof(floating))
         images = _col2im_block_images(g, rows, n_threads)
         if images > 0:  # the blocks' dx do not overlap: one block per task, on one thread each
-            status = _col2im_blocks_parallel(g, grad_z, w, cols, images, dx, n_threads)
+            status = _blocks_parallel(g, False, grad_z, w, NULL, -1, dx, NULL, cols,
+                                      images * g.out_h * g.out_w, n_threads)
             fastbp_conv_workspace_release(acc, nbytes)
             return status
         for s in range((m + rows - 1) // rows):
