@@ -371,6 +371,39 @@ def test_a_convolutional_training_step_allocates_nothing(backend, dtype):
     assert peak < 4096, peak
 
 
+def test_a_recurrent_training_step_allocates_nothing(backend, dtype):
+    """The same for stacked recurrent layers (bidirectional LSTM, truncated GRU, RNN) with Adam.
+
+    Backpropagation through time reads w_hhᵀ, and the kernels keep its
+    transposed copy, like their packing workspaces, per thread between calls:
+    every per-step buffer here is at least 32 kB, and the traced peak (the
+    layers' transient Python objects) stays under 8 kB. FixedPoint is left
+    out: its spectral constraint takes an SVD of Wh on every step, which NumPy
+    allocates.
+    """
+    if getattr(fb._backend.backend_module().gemm, "__module__", None) == reference.__name__:
+        pytest.skip("the NumPy reference allocates")
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((96, 8, 5)).astype(dtype), rng.integers(0, 16, 96)
+    net = fb.Network([fb.LSTM(5, 32, return_sequences=True, bidirectional=True),
+                      fb.GRU(64, 32, return_sequences=True, truncate=4), fb.RNN(32, 32),
+                      fb.Dense(32, 16)], loss="softmax_cross_entropy", dtype=dtype, seed=0)
+    optimizer = fb.Adam(net, lr=1e-3)
+    net.fit(X, y, optimizer=optimizer, epochs=1, batch_size=64, verbose=0)  # makes the buffers
+    backend_module, n_threads = fb._backend.runtime()
+    X, (y, loss_kernel) = net._check_X(X), net._check_y(y, 96)
+    gather_x, gather_y = net._gather
+    gather_x[:96], gather_y[:96] = X, y
+
+    def step(size):
+        return _training.train_step(net, net._workspace((size,) + X.shape[1:]), gather_x[:size], gather_y[:size],
+                                    loss_kernel, optimizer, backend_module, n_threads)
+
+    retained, peak = _traced_steps(step, (64, 32), warm_up=10)
+    assert retained < 1024
+    assert peak < 8192, peak
+
+
 def test_fit_reuses_its_buffers_across_epochs(backend):
     rng = np.random.default_rng(0)
     X, y = rng.random((50, 4)), rng.integers(0, 3, 50)

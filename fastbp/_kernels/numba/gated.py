@@ -45,7 +45,7 @@ from numba.extending import overload, register_jitable
 
 from .. import registry as R
 from ..blocking import RECURRENT_PARALLEL_MIN_ELEMENTS
-from ._arrays import writable
+from ._arrays import transposed, writable
 from ._threads import clamp_threads, region_threads, set_threads
 from .activations import tanh as gate_tanh
 from .gemm import NO_ACTIVATION, no_bias, rows_done
@@ -503,7 +503,7 @@ def lstm_backward(x, w_ih, w_hh, h0, c0, hs, cs, gates, grad_hs, truncate, dgate
     """
     dtype = x.dtype
     _keep(dtype, _lstm_backward(
-        writable(x), writable(w_ih), np.ascontiguousarray(w_hh.T), writable(h0), writable(c0), writable(hs),
+        writable(x), writable(w_ih), transposed(w_hh), writable(h0), writable(c0), writable(hs),
         writable(cs), writable(gates), writable(grad_hs), x.shape[1] - int(truncate), dgates, dx, dw_ih, dw_hh,
         dbias, dh0, dc0, work, clamp_threads(n_threads), _gemm_workspace(dtype), _packed_workspace(dtype),
         no_bias(dtype)))
@@ -529,7 +529,7 @@ def gru_backward(x, w_ih, w_hh, h0, hs, gates, hn, grad_hs, truncate, dgates, dg
     """
     dtype = x.dtype
     _keep(dtype, _gru_backward(
-        writable(x), writable(w_ih), np.ascontiguousarray(w_hh.T), writable(h0), writable(hs), writable(gates),
+        writable(x), writable(w_ih), transposed(w_hh), writable(h0), writable(hs), writable(gates),
         writable(hn), writable(grad_hs), x.shape[1] - int(truncate), dgates, dghh, dx, dw_ih, dw_hh, dbias,
         dbias_hn, dh0, work, clamp_threads(n_threads), _gemm_workspace(dtype), _packed_workspace(dtype),
         no_bias(dtype)))

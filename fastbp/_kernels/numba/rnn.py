@@ -27,7 +27,7 @@ import numpy as np
 from numba import prange
 
 from ..blocking import FIXED_POINT_PARALLEL_MIN_FLOPS, RECURRENT_PARALLEL_MIN_ELEMENTS
-from ._arrays import writable
+from ._arrays import kept_array, kept_copy, transposed, writable
 from ._threads import clamp_threads, region_threads, set_threads
 from .activations import activation_span, derivative_span
 from .gemm import NO_ACTIVATION, gemm, no_bias
@@ -47,11 +47,10 @@ def row_times_matrix(src, src_off, w, n, dst, dst_off):
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _rnn_forward(act, x_proj, wh, hs, n_threads, gemm_work, bias0):
+def _rnn_forward(act, x_proj, wh, hs, rec, n_threads, gemm_work, bias0):
     m, n_steps, n = x_proj.shape
     xf = x_proj.reshape(m * n_steps * n)
     hf = hs.reshape(m * n_steps * n)
-    rec = np.empty((m, n), dtype=hs.dtype)  # h_{t-1}·wh, once per call
     rf = rec.reshape(m * n)
     ld = n_steps * n
     for t in range(n_steps):
@@ -70,12 +69,11 @@ def _rnn_forward(act, x_proj, wh, hs, n_threads, gemm_work, bias0):
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _bptt_deltas(act, hs, wh_t, grad_hs, t0, delta, n_threads, gemm_work, bias0):
+def _bptt_deltas(act, hs, wh_t, grad_hs, t0, delta, rec, n_threads, gemm_work, bias0):
     m, n_steps, n = hs.shape
     hf = hs.reshape(m * n_steps * n)
     gf = grad_hs.reshape(m * n_steps * n)
     df = delta.reshape(m * n_steps * n)
-    rec = np.empty((m, n), dtype=hs.dtype)  # δ_{t+1}·whᵀ, once per call
     rf = rec.reshape(m * n)
     ld = n_steps * n
     for t in range(n_steps - 1, t0 - 1, -1):
@@ -104,6 +102,11 @@ def _gemm_workspace(dtype):
     return np.empty(0, dtype) if work is None else work
 
 
+def _step_product(hs):
+    """Scratch for one step's recurrent product, (batch, hidden), kept between calls."""
+    return kept_array("step product", (hs.shape[0], hs.shape[2]), hs.dtype)
+
+
 def rnn_forward(x_proj, wh, act, hs, n_threads):
     """hs[:, t] := act(x_proj[:, t] + hs[:, t-1]·wh), t = 0..T-1, from h_{-1} = 0.
 
@@ -111,8 +114,8 @@ def rnn_forward(x_proj, wh, act, hs, n_threads):
     """
     if hs.size:
         dtype = hs.dtype
-        _workspaces.__dict__[dtype] = _rnn_forward(act, writable(x_proj), writable(wh), hs, clamp_threads(n_threads),
-                                                   _gemm_workspace(dtype), no_bias(dtype))
+        _workspaces.__dict__[dtype] = _rnn_forward(act, writable(x_proj), writable(wh), hs, _step_product(hs),
+                                                   clamp_threads(n_threads), _gemm_workspace(dtype), no_bias(dtype))
 
 
 def rnn_backward(hs, wh, act, grad_hs, truncate, delta, dwh, n_threads):
@@ -129,19 +132,20 @@ def rnn_backward(hs, wh, act, grad_hs, truncate, delta, dwh, n_threads):
     if m == 0 or n_steps == 0 or n_steps == 1:
         if m and n_steps:
             _workspaces.__dict__[hs.dtype] = _bptt_deltas(
-                act, writable(hs), np.ascontiguousarray(wh.T), writable(grad_hs), 0, delta, clamp_threads(n_threads),
-                _gemm_workspace(hs.dtype), no_bias(hs.dtype))
+                act, writable(hs), transposed(wh), writable(grad_hs), 0, delta, _step_product(hs),
+                clamp_threads(n_threads), _gemm_workspace(hs.dtype), no_bias(hs.dtype))
         dwh.fill(0)
         return
     n_threads = clamp_threads(n_threads)
     t0 = n_steps - truncate
-    _workspaces.__dict__[hs.dtype] = _bptt_deltas(act, writable(hs), np.ascontiguousarray(wh.T), writable(grad_hs),
-                                                  t0, delta, n_threads, _gemm_workspace(hs.dtype), no_bias(hs.dtype))
+    _workspaces.__dict__[hs.dtype] = _bptt_deltas(act, writable(hs), transposed(wh), writable(grad_hs), t0, delta,
+                                                  _step_product(hs), n_threads, _gemm_workspace(hs.dtype),
+                                                  no_bias(hs.dtype))
     flat_h = writable(hs).reshape(m * n_steps, n)
     flat_d = delta.reshape(m * n_steps, n)
     saved = None
     if t0 == 0 and m > 1:
-        saved = delta[1:, 0].copy()
+        saved = kept_copy(delta[1:, 0], "first deltas")
         delta[1:, 0] = 0
     gemm(flat_h[:-1].T, flat_d[1:], dwh, 1.0, 0.0, n_threads)
     if saved is not None:
@@ -239,6 +243,6 @@ def fixed_point_adjoint(h, wh, act, grad_h, tol, max_iter, delta, scratch, n_thr
     """
     if h.size == 0:
         return (1 if max_iter > 0 else 0), 0.0
-    it, residual = _fixed_point_adjoint(act, writable(h), np.ascontiguousarray(wh.T), writable(grad_h),
+    it, residual = _fixed_point_adjoint(act, writable(h), transposed(wh), writable(grad_h),
                                         float(tol), int(max_iter), delta, scratch, clamp_threads(n_threads))
     return int(it), float(residual)
