@@ -10,8 +10,8 @@ SSA values carried by phi nodes, which the register allocator keeps in
 registers (AVX-512 float32 12 x 32: 24 zmm accumulators + 2 B loads + 1
 broadcast). ``micro_kernel_loops`` is the plain-loop fallback for 'generic'.
 ``direct_kernel_simd`` is the same tile for small products, read unpacked:
-A broadcast from any strides, B's rows loaded as masked vectors (llvm.masked.load),
-C stored through masks, so edge tiles need no buffer.
+A broadcast from any strides, B's rows loaded as whole vectors (a full-width tile) or
+masked ones (llvm.masked.load), C stored through masks, so edge tiles need no buffer.
 
 Layout: packed A micro-panel ``pa[pa_off + p*MR + i]``, packed B micro-panel
 ``pb[pb_off + p*NR + j]`` (both zero-padded to full MR / NR), C tile
@@ -166,7 +166,7 @@ def direct_kernel_simd(typingctx, mr_ty, nv_ty, kc_ty, a_ty, a_off_ty, rs_a_ty, 
     IN a (flat) with element strides rs_a, cs_a from a_off; IN b (flat), unit column
     stride, row stride rs_b from b_off; IN/OUT c (flat) rows of stride ldc from c_off,
     not read when beta == 0. Rows of B are loaded as NV vectors, the lanes past cols
-    masked off; tile rows past ``rows`` re-read A's first row and are not stored.
+    masked off (plain loads when cols == NV·W); tile rows past ``rows`` re-read A's first row and are not stored.
     Each element is the packed kernel's arithmetic for kc = k (acc from 0, one fma per
     p in increasing order, then alpha·acc [+ beta·C as mul, mul, add]): the same bits.
     """
@@ -217,37 +217,56 @@ def direct_kernel_simd(typingctx, mr_ty, nv_ty, kc_ty, a_ty, a_off_ty, rs_a_ty, 
             a_rows.append(builder.gep(a_ptr, [builder.select(valid, builder.mul(ir.Constant(i64, i), rs_a),
                                                             ir.Constant(i64, 0))]))
 
+        # Two copies of the k loop: B's rows as plain loads where the tile is NV whole vectors
+        # wide, masked loads where it is narrower. In one masked loop LLVM rebuilt the masks
+        # from cols on every k step (4 more port-5 operations beside the FMAs), which held a
+        # 12 x 32 tile to ~130 GFLOP/s. Same arithmetic in both, so the same bits.
         entry = builder.block
-        loop = builder.append_basic_block("dk.k_loop")
+        full_loop = builder.append_basic_block("dk.k_loop_full")
+        masked_loop = builder.append_basic_block("dk.k_loop_masked")
         done = builder.append_basic_block("dk.done")
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        p = builder.phi(i64, name="p")
-        p.add_incoming(ir.Constant(i64, 0), entry)
-        acc = []
-        for t in range(mr * nv):
-            phi = builder.phi(vty, name=f"acc{t}")
-            phi.add_incoming(zero, entry)
-            acc.append(phi)
-        b_row = builder.gep(b_ptr, [builder.mul(p, rs_b)])
-        b_vec = [builder.call(masked_load, [builder.bitcast(builder.gep(b_row, [ir.Constant(i64, v * lanes)]), vptr),
-                                            align_arg, col_mask[v], zero])
-                 for v in range(nv)]
-        a_step = builder.mul(p, cs_a)
+        builder.cbranch(builder.icmp_signed("==", cols, ir.Constant(i64, nv * lanes)), full_loop, masked_loop)
+
+        def k_loop(loop, load_b):
+            """The k loop in block ``loop`` with B's vector v of a row loaded by load_b(pointer, v);
+            returns the accumulators after the last step and the block that exits to ``done``."""
+            builder.position_at_end(loop)
+            p = builder.phi(i64, name="p")
+            p.add_incoming(ir.Constant(i64, 0), entry)
+            acc = []
+            for t in range(mr * nv):
+                phi = builder.phi(vty, name=f"acc{t}")
+                phi.add_incoming(zero, entry)
+                acc.append(phi)
+            b_row = builder.gep(b_ptr, [builder.mul(p, rs_b)])
+            b_vec = [load_b(builder.bitcast(builder.gep(b_row, [ir.Constant(i64, v * lanes)]), vptr), v)
+                     for v in range(nv)]
+            a_step = builder.mul(p, cs_a)
+            new_acc = []
+            for i in range(mr):
+                a_val = builder.load(builder.gep(a_rows[i], [a_step]), align=align)
+                a_bcast = _splat(builder, a_val, undef, splat)
+                for v in range(nv):
+                    new_acc.append(builder.call(fma, [a_bcast, b_vec[v], acc[i * nv + v]]))
+            p_next = builder.add(p, ir.Constant(i64, 1))
+            builder.cbranch(builder.icmp_signed("<", p_next, kc), loop, done)
+            p.add_incoming(p_next, builder.block)
+            for phi, value in zip(acc, new_acc):
+                phi.add_incoming(value, builder.block)
+            return new_acc, builder.block
+
+        full_acc, full_exit = k_loop(full_loop, lambda ptr, v: builder.load(ptr, align=align))
+        masked_acc, masked_exit = k_loop(
+            masked_loop, lambda ptr, v: builder.call(masked_load, [ptr, align_arg, col_mask[v], zero]))
+        builder.position_at_end(done)
         new_acc = []
-        for i in range(mr):
-            a_val = builder.load(builder.gep(a_rows[i], [a_step]), align=align)
-            a_bcast = _splat(builder, a_val, undef, splat)
-            for v in range(nv):
-                new_acc.append(builder.call(fma, [a_bcast, b_vec[v], acc[i * nv + v]]))
-        p_next = builder.add(p, ir.Constant(i64, 1))
-        builder.cbranch(builder.icmp_signed("<", p_next, kc), loop, done)
-        p.add_incoming(p_next, builder.block)
-        for phi, value in zip(acc, new_acc):
-            phi.add_incoming(value, builder.block)
+        for t in range(mr * nv):
+            phi = builder.phi(vty, name=f"sum{t}")
+            phi.add_incoming(full_acc[t], full_exit)
+            phi.add_incoming(masked_acc[t], masked_exit)
+            new_acc.append(phi)
 
         # Epilogue, as micro_kernel_simd's, through masked stores (and loads when beta != 0).
-        builder.position_at_end(done)
         alpha_v = _splat(builder, alpha, undef, splat)
         beta_v = _splat(builder, beta, undef, splat)
         no_lanes = ir.Constant(mty, [0] * lanes)
