@@ -152,11 +152,14 @@ def finish_tile(rows, cols, z, out, c_off, ldc, bias, col0, act):
                 for j in range(cols):
                     zp[c + j] = zp[c + j] + bp[col0 + j]
         return
+    # Other activations: the bias through pointers too (a flat-indexed loop ran scalar: a
+    # 3->32 conv's forward with the step activation spent 1.5 ms of its 2.8 ms GEMM here).
+    zp, bp = data_pointer(z), data_pointer(bias)
     for i in range(rows):
         c = c_off + i * ldc
         if has_bias:
             for j in range(cols):
-                z[c + j] = z[c + j] + bias[col0 + j]
+                zp[c + j] = zp[c + j] + bp[col0 + j]
         if act >= 0:
             activation_span(act, z, c, out, c, cols)
 
