@@ -12,6 +12,7 @@ goes into a buffer kept per calling thread, so that after warm-up a training
 step allocates nothing; so does a kernel's per-call scratch.
 """
 
+import math
 import threading
 
 import numpy as np
@@ -38,7 +39,7 @@ _kept = threading.local()
 def kept_array(slot, shape, dtype):
     """An uninitialised C-contiguous array in a buffer kept per calling thread, ``slot`` and dtype,
     grown on demand: valid until this thread's next call for the slot, so for use within one kernel call."""
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     key = (slot, dtype)
     buffer = _kept.__dict__.get(key)
     if buffer is None or buffer.size < size:
