@@ -6,6 +6,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -270,11 +271,22 @@ def test_model_checkpoint_survives_a_failed_save(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- Ctrl-C
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test: a process started in the background by a
+    non-interactive shell inherits SIGINT ignored, and fit rightly leaves an ignored SIGINT alone."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 CHILD = r"""
+import signal
 import sys
 import numpy as np
 import fastbp as fb
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # not an ignored SIGINT inherited from a background shell
 fb.set_backend(sys.argv[1])
 X = np.random.default_rng(0).standard_normal((64, 6))
 y = np.sin(X[:, :2])
@@ -293,7 +305,7 @@ for trial in range(int(sys.argv[3])):
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_weights_moments_and_step_consistent(backend, tmp_path):
+def test_ctrl_c_leaves_weights_moments_and_step_consistent(backend, tmp_path, python_sigint):
     """Real SIGINTs at random moments of fit: the saved Adam state replays exactly.
 
     Full-batch training makes step k the k-th epoch, so a fresh run of ``step``
@@ -305,6 +317,9 @@ def test_ctrl_c_leaves_weights_moments_and_step_consistent(backend, tmp_path):
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     child = subprocess.Popen([sys.executable, "-c", CHILD, backend, str(tmp_path), str(trials)],
                              stdout=subprocess.PIPE, text=True, env=env)
+    # the child trains for 10**7 epochs unless interrupted: whatever fails here, it must not outlive the test
+    watchdog = threading.Timer(600, child.kill)
+    watchdog.start()
     delays = random.Random(0)
     try:
         for _ in range(trials):
@@ -313,7 +328,11 @@ def test_ctrl_c_leaves_weights_moments_and_step_consistent(backend, tmp_path):
             os.kill(child.pid, signal.SIGINT)
             assert child.stdout.readline().split()[0] == "interrupted"
     finally:
-        out, _ = child.communicate(timeout=120)
+        try:
+            out, _ = child.communicate(timeout=120)
+        finally:
+            watchdog.cancel()
+            child.kill()  # no-op once it has exited
     assert child.returncode == 0
     X = np.random.default_rng(0).standard_normal((64, 6))
     y = np.sin(X[:, :2])
@@ -326,10 +345,21 @@ def test_ctrl_c_leaves_weights_moments_and_step_consistent(backend, tmp_path):
         assert_same_training_state(replay, replay_opt, net, opt)
 
 
-def test_fit_in_another_thread_leaves_signals_alone():
-    """Only the main thread may set handlers: elsewhere fit defers nothing and does not fail."""
-    import threading
+def test_fit_leaves_an_ignored_sigint_ignored():
+    """A process that ignores SIGINT (started with nohup, or in the background by a script) keeps ignoring it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        X, y = classification()
+        net = make_net()
+        history = net.fit(X, y, epochs=2, verbose=0, callbacks=[lambda *args: os.kill(os.getpid(), signal.SIGINT)])
+        assert len(history["loss"]) == 2  # the SIGINTs after each epoch interrupted nothing
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
+
+def test_fit_in_another_thread_leaves_signals_alone(python_sigint):
+    """Only the main thread may set handlers: elsewhere fit defers nothing and does not fail."""
     X, y = classification()
     net = make_net()
     errors = []
@@ -340,7 +370,7 @@ def test_fit_in_another_thread_leaves_signals_alone():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_sigint_handler_is_restored_and_deferred_interrupt_raises(backend):
+def test_sigint_handler_is_restored_and_deferred_interrupt_raises(backend, python_sigint):
     """The deferring handler lives only while fit runs; a SIGINT during fit surfaces as KeyboardInterrupt
     after a whole step."""
     X, y = classification()
