@@ -341,6 +341,22 @@ def test_a_training_step_allocates_nothing(backend, dtype, monkeypatch):
     assert peak < min(8192, smallest_buffer // 2), peak
 
 
+def _traced_fit_steps(net, X, y, optimizer):
+    """``_traced_steps`` of fit's training step on batches of 64 and 32 of X's first 96 samples,
+    after one epoch of fit has made the buffers."""
+    net.fit(X, y, optimizer=optimizer, epochs=1, batch_size=64, verbose=0)
+    backend_module, n_threads = fb._backend.runtime()
+    X, (y, loss_kernel) = net._check_X(X), net._check_y(y, 96)
+    gather_x, gather_y = net._gather  # fit's buffers of rows, as fit slices them
+    gather_x[:96], gather_y[:96] = X, y
+
+    def step(size):
+        return _training.train_step(net, net._workspace((size,) + X.shape[1:]), gather_x[:size], gather_y[:size],
+                                    loss_kernel, optimizer, backend_module, n_threads)
+
+    return _traced_steps(step, (64, 32), warm_up=10)
+
+
 def test_a_convolutional_training_step_allocates_nothing(backend, dtype):
     """The same for a small CNN (conv, max-pool, average-pool, flatten, dense) with SGD and momentum.
 
@@ -355,18 +371,7 @@ def test_a_convolutional_training_step_allocates_nothing(backend, dtype):
     net = fb.Network([fb.Conv2D(2, 8, 3, padding="same", activation="relu"), fb.MaxPool2D(2),  # 10x9 -> 5x4
                       fb.Conv2D(8, 16, (3, 2), activation="tanh"), fb.AvgPool2D(2, stride=1),  # 3x3 -> 2x2
                       fb.Flatten(), fb.Dense(64, 64)], loss="softmax_cross_entropy", dtype=dtype, seed=0)
-    optimizer = fb.SGD(net, lr=1e-2, momentum=0.9)
-    net.fit(X, y, optimizer=optimizer, epochs=1, batch_size=64, verbose=0)  # makes the buffers
-    backend_module, n_threads = fb._backend.runtime()
-    X, (y, loss_kernel) = net._check_X(X), net._check_y(y, 96)
-    gather_x, gather_y = net._gather
-    gather_x[:96], gather_y[:96] = X, y
-
-    def step(size):
-        return _training.train_step(net, net._workspace((size,) + X.shape[1:]), gather_x[:size], gather_y[:size],
-                                    loss_kernel, optimizer, backend_module, n_threads)
-
-    retained, peak = _traced_steps(step, (64, 32), warm_up=10)
+    retained, peak = _traced_fit_steps(net, X, y, fb.SGD(net, lr=1e-2, momentum=0.9))
     assert retained < 1024
     assert peak < 4096, peak
 
@@ -388,18 +393,7 @@ def test_a_recurrent_training_step_allocates_nothing(backend, dtype):
     net = fb.Network([fb.LSTM(5, 32, return_sequences=True, bidirectional=True),
                       fb.GRU(64, 32, return_sequences=True, truncate=4), fb.RNN(32, 32),
                       fb.Dense(32, 16)], loss="softmax_cross_entropy", dtype=dtype, seed=0)
-    optimizer = fb.Adam(net, lr=1e-3)
-    net.fit(X, y, optimizer=optimizer, epochs=1, batch_size=64, verbose=0)  # makes the buffers
-    backend_module, n_threads = fb._backend.runtime()
-    X, (y, loss_kernel) = net._check_X(X), net._check_y(y, 96)
-    gather_x, gather_y = net._gather
-    gather_x[:96], gather_y[:96] = X, y
-
-    def step(size):
-        return _training.train_step(net, net._workspace((size,) + X.shape[1:]), gather_x[:size], gather_y[:size],
-                                    loss_kernel, optimizer, backend_module, n_threads)
-
-    retained, peak = _traced_steps(step, (64, 32), warm_up=10)
+    retained, peak = _traced_fit_steps(net, X, y, fb.Adam(net, lr=1e-3))
     assert retained < 1024
     assert peak < 8192, peak
 
