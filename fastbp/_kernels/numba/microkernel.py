@@ -43,6 +43,35 @@ def _splat(builder, scalar, undef, mask):
     return builder.shuffle_vector(builder.insert_element(undef, scalar, ir.Constant(ir.IntType(32), 0)), undef, mask)
 
 
+def _fma_k_loop(builder, loop, entry, done, kc, mr, n_vec, zero, fma, load_b_row, load_a):
+    """Emit in block ``loop`` (entered from ``entry``, leaving to ``done``) the tile's k loop:
+    acc[i·n_vec + v] := fma(a(p, i), b(p)[v], acc[...]) for p = 0 .. kc-1, from acc = zero, in
+    order. ``load_b_row(p)`` gives B's row p as n_vec vectors, ``load_a(p, i)`` A's value of row
+    i at p broadcast. The accumulators are phi nodes, which the register allocator keeps in
+    registers. Returns (accumulators after the last step, the block that exits to ``done``)."""
+    i64 = ir.IntType(64)
+    builder.position_at_end(loop)
+    p = builder.phi(i64, name="p")
+    p.add_incoming(ir.Constant(i64, 0), entry)
+    acc = []
+    for t in range(mr * n_vec):
+        phi = builder.phi(zero.type, name=f"acc{t}")
+        phi.add_incoming(zero, entry)
+        acc.append(phi)
+    b_vec = load_b_row(p)
+    new_acc = []
+    for i in range(mr):
+        a_bcast = load_a(p, i)
+        for v in range(n_vec):
+            new_acc.append(builder.call(fma, [a_bcast, b_vec[v], acc[i * n_vec + v]]))
+    p_next = builder.add(p, ir.Constant(i64, 1))
+    builder.cbranch(builder.icmp_signed("<", p_next, kc), loop, done)
+    p.add_incoming(p_next, builder.block)
+    for phi, value in zip(acc, new_acc):
+        phi.add_incoming(value, builder.block)
+    return new_acc, builder.block
+
+
 @intrinsic
 def micro_kernel_simd(typingctx, mr_ty, nr_ty, kc_ty, pa_ty, pa_off_ty, pb_ty, pb_off_ty,
                       c_ty, c_off_ty, ldc_ty, alpha_ty, beta_ty):
@@ -82,35 +111,21 @@ def micro_kernel_simd(typingctx, mr_ty, nr_ty, kc_ty, pa_ty, pa_off_ty, pb_ty, p
         undef = ir.Constant(vty, ir.Undefined)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
 
+        def load_b_row(p):  # packed B: row p at p·NR
+            b_row = builder.gep(pb_ptr, [builder.mul(p, ir.Constant(i64, nr))])
+            return [builder.load(builder.bitcast(builder.gep(b_row, [ir.Constant(i64, v * lanes)]),
+                                                 vty.as_pointer()), align=align)
+                    for v in range(n_vec)]
+
+        def load_a(p, i):  # packed A: column p at p·MR
+            a_col = builder.gep(pa_ptr, [builder.mul(p, ir.Constant(i64, mr))])
+            return _splat(builder, builder.load(builder.gep(a_col, [ir.Constant(i64, i)]), align=align), undef, splat)
+
         entry = builder.block
         loop = builder.append_basic_block("mk.k_loop")
         done = builder.append_basic_block("mk.done")
         builder.branch(loop)
-        builder.position_at_end(loop)
-        p = builder.phi(i64, name="p")
-        p.add_incoming(ir.Constant(i64, 0), entry)
-        acc = []
-        for t in range(mr * n_vec):
-            phi = builder.phi(vty, name=f"acc{t}")
-            phi.add_incoming(zero, entry)
-            acc.append(phi)
-        b_row = builder.gep(pb_ptr, [builder.mul(p, ir.Constant(i64, nr))])
-        b_vec = [
-            builder.load(builder.bitcast(builder.gep(b_row, [ir.Constant(i64, v * lanes)]), vty.as_pointer()),
-                         align=align)
-            for v in range(n_vec)
-        ]
-        a_col = builder.gep(pa_ptr, [builder.mul(p, ir.Constant(i64, mr))])
-        new_acc = []
-        for i in range(mr):
-            a_bcast = _splat(builder, builder.load(builder.gep(a_col, [ir.Constant(i64, i)]), align=align), undef, splat)
-            for v in range(n_vec):
-                new_acc.append(builder.call(fma, [a_bcast, b_vec[v], acc[i * n_vec + v]]))
-        p_next = builder.add(p, ir.Constant(i64, 1))
-        builder.cbranch(builder.icmp_signed("<", p_next, kc), loop, done)
-        p.add_incoming(p_next, builder.block)
-        for phi, value in zip(acc, new_acc):
-            phi.add_incoming(value, builder.block)
+        new_acc, _ = _fma_k_loop(builder, loop, entry, done, kc, mr, n_vec, zero, fma, load_b_row, load_a)
 
         # Epilogue: C := alpha·AB (beta == 0, C unread) or alpha·AB + beta·C, as mul then add.
         builder.position_at_end(done)
@@ -227,37 +242,23 @@ def direct_kernel_simd(typingctx, mr_ty, nv_ty, kc_ty, a_ty, a_off_ty, rs_a_ty, 
         done = builder.append_basic_block("dk.done")
         builder.cbranch(builder.icmp_signed("==", cols, ir.Constant(i64, nv * lanes)), full_loop, masked_loop)
 
-        def k_loop(loop, load_b):
-            """The k loop in block ``loop`` with B's vector v of a row loaded by load_b(pointer, v);
-            returns the accumulators after the last step and the block that exits to ``done``."""
-            builder.position_at_end(loop)
-            p = builder.phi(i64, name="p")
-            p.add_incoming(ir.Constant(i64, 0), entry)
-            acc = []
-            for t in range(mr * nv):
-                phi = builder.phi(vty, name=f"acc{t}")
-                phi.add_incoming(zero, entry)
-                acc.append(phi)
-            b_row = builder.gep(b_ptr, [builder.mul(p, rs_b)])
-            b_vec = [load_b(builder.bitcast(builder.gep(b_row, [ir.Constant(i64, v * lanes)]), vptr), v)
-                     for v in range(nv)]
-            a_step = builder.mul(p, cs_a)
-            new_acc = []
-            for i in range(mr):
-                a_val = builder.load(builder.gep(a_rows[i], [a_step]), align=align)
-                a_bcast = _splat(builder, a_val, undef, splat)
-                for v in range(nv):
-                    new_acc.append(builder.call(fma, [a_bcast, b_vec[v], acc[i * nv + v]]))
-            p_next = builder.add(p, ir.Constant(i64, 1))
-            builder.cbranch(builder.icmp_signed("<", p_next, kc), loop, done)
-            p.add_incoming(p_next, builder.block)
-            for phi, value in zip(acc, new_acc):
-                phi.add_incoming(value, builder.block)
-            return new_acc, builder.block
+        def b_row_loader(load_b):
+            """B's row p (at p·rs_b) as nv vectors, vector v loaded by load_b(pointer, v)."""
+            def load_b_row(p):
+                b_row = builder.gep(b_ptr, [builder.mul(p, rs_b)])
+                return [load_b(builder.bitcast(builder.gep(b_row, [ir.Constant(i64, v * lanes)]), vptr), v)
+                        for v in range(nv)]
+            return load_b_row
 
-        full_acc, full_exit = k_loop(full_loop, lambda ptr, v: builder.load(ptr, align=align))
-        masked_acc, masked_exit = k_loop(
-            masked_loop, lambda ptr, v: builder.call(masked_load, [ptr, align_arg, col_mask[v], zero]))
+        def load_a(p, i):  # A's row i at column p·cs_a, any strides
+            return _splat(builder, builder.load(builder.gep(a_rows[i], [builder.mul(p, cs_a)]), align=align),
+                          undef, splat)
+
+        full_acc, full_exit = _fma_k_loop(builder, full_loop, entry, done, kc, mr, nv, zero, fma,
+                                          b_row_loader(lambda ptr, v: builder.load(ptr, align=align)), load_a)
+        masked_acc, masked_exit = _fma_k_loop(
+            builder, masked_loop, entry, done, kc, mr, nv, zero, fma,
+            b_row_loader(lambda ptr, v: builder.call(masked_load, [ptr, align_arg, col_mask[v], zero])), load_a)
         builder.position_at_end(done)
         new_acc = []
         for t in range(mr * nv):
